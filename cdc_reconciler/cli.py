@@ -1,0 +1,103 @@
+"""The ``cdcr`` command line. The only place that turns CdcrError into ``FAILED: …`` and an exit
+status; every command's work lives in a library function it calls."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+from cdc_reconciler import __version__
+from cdc_reconciler.config import Settings, load_settings
+from cdc_reconciler.errors import CdcrError
+
+app = typer.Typer(
+    name="cdcr",
+    help=(
+        "cdc-reconciler: apply Debezium change events to a target database idempotently, "
+        "and prove window by window that source and target agree.\n\n"
+        "Configuration comes from CDCR_* environment variables (nesting with __, e.g. "
+        "CDCR_KAFKA__BOOTSTRAP_SERVERS) and an optional YAML file given with --config."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML file with settings and table mappings.",
+                 envvar="CDCR_CONFIG_FILE", exists=True, dir_okay=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+
+
+def fail(exc: CdcrError) -> NoReturn:
+    err_console.print(f"[bold red]FAILED:[/] {exc}", highlight=False)
+    raise typer.Exit(code=1)
+
+
+def settings_or_fail(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except CdcrError as exc:
+        fail(exc)
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Show the version and exit.")] = False,
+) -> None:
+    if version:
+        typer.echo(f"cdcr {__version__}")
+        raise typer.Exit()
+
+
+@config_app.command("show")
+def config_show(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Print the effective configuration, secrets redacted."""
+    settings = settings_or_fail(config)
+    data = settings.redacted()
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        import yaml
+
+        typer.echo(yaml.safe_dump(data, sort_keys=True), nl=False)
+
+
+@app.command()
+def migrate(
+    config: ConfigOpt = None,
+    revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
+    sql: Annotated[bool, typer.Option("--sql", help="Print the SQL instead of running it.")] = False,
+) -> None:
+    """Upgrade the service's own tables in the target database (Alembic) to REVISION."""
+    from cdc_reconciler import migrations
+
+    settings = settings_or_fail(config)
+    try:
+        migrations.upgrade(settings, revision, sql=sql)
+    except CdcrError as exc:
+        fail(exc)
+    if not sql:
+        err_console.print(f"target database at revision {revision}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Configuration: one pydantic-settings model, read only at the edge (the CLI).
+
+Environment variables use the prefix ``CDCR_`` and ``__`` for nesting, for example
+``CDCR_KAFKA__BOOTSTRAP_SERVERS``. An optional YAML file (``--config``) supplies the same keys plus
+per-table mappings; environment variables win over the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from cdc_reconciler.errors import ConfigError
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Frozen):
+    bootstrap_servers: str = "127.0.0.1:19092"
+    group_id: str = "cdcr"
+    # A regex of Debezium topics to consume: <prefix>.<schema>.<table>.
+    topic_pattern: str = r"^cdc\.[^.]+\.[^.]+$"
+    topic_prefix: str = "cdc"
+    dead_letter_topic: str | None = None  # default: <topic_prefix>.cdcr.dlq
+    connect_url: str = "http://127.0.0.1:18083"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    batch_size: int = Field(default=5000, ge=1)
+    batch_timeout_s: float = Field(default=0.5, gt=0)
+
+    def dlq_topic(self) -> str:
+        return self.dead_letter_topic or f"{self.topic_prefix}.cdcr.dlq"
+
+
+class DatabaseSettings(_Frozen):
+    url: SecretStr = SecretStr("")
+
+    def url_str(self) -> str:
+        return self.url.get_secret_value()
+
+
+class RedisSettings(_Frozen):
+    url: SecretStr = SecretStr("redis://127.0.0.1:16379/0")
+    # Processed change IDs live in per-hour sets that expire after this many seconds.
+    id_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+
+
+class ReconcileSettings(_Frozen):
+    window_s: int = Field(default=300, ge=1)
+    grace_s: int = Field(default=30, ge=0)
+
+
+class MetricsSettings(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = 9464
+
+
+class TableMapping(_Frozen):
+    """How one source table maps to the target. Keys are ``<schema>.<table>`` of the source."""
+
+    target: str | None = None  # "<schema>.<table>" in the target; default: same as source
+    key_columns: list[str] | None = None
+    include_columns: list[str] | None = None
+    exclude_columns: list[str] = []
+    soft_delete_column: str | None = None
+    change_time_column: str | None = None
+
+
+class Settings(BaseSettings):
+    """The effective configuration. Nested groups: kafka, source, target, redis, reconcile."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CDCR_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    source: DatabaseSettings = DatabaseSettings()
+    target: DatabaseSettings = DatabaseSettings()
+    redis: RedisSettings = RedisSettings()
+    reconcile: ReconcileSettings = ReconcileSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    tables: dict[str, TableMapping] = {}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first, then values passed in (the YAML file), so env always wins.
+        return (env_settings, init_settings)
+
+    def redacted(self) -> dict[str, Any]:
+        """The configuration as plain data with every secret shown as ``**********``."""
+        return self.model_dump(mode="json")
+
+
+def load_settings(config_file: Path | None = None) -> Settings:
+    """Read the configuration from the environment and the optional YAML file.
+
+    Raises ConfigError with the offending keys when the file is unreadable or a value is invalid.
+    """
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            loaded = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {config_file} must hold a mapping at the top level")
+        data = loaded
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration:\n{exc}") from exc

@@ -1,0 +1,1 @@
+"""The edges: Debezium decoding, database adapters, Kafka and Redis clients."""

@@ -1,0 +1,1 @@
+"""The windowed reconciler: compare source and target per closed window, repair, advance watermarks."""

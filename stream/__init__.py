@@ -1,0 +1,1 @@
+"""The apply engine: consume Debezium events, apply them idempotently to the target."""
