@@ -92,6 +92,10 @@ def migrate(
         err_console.print(f"target database at revision {revision}")
 
 
+# Commands defined in their own packages register here, one line each.
+# (registrations)
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,186 @@
+"""Shared fixtures: the real services, and factories that give each test its own topics, tables
+and connectors.
+
+Endpoints come from the environment that ``scripts/stack env`` prints (the native stack). Without
+it, a Docker engine is tried through testcontainers. Without either, service tests FAIL (never
+skip) with the command that starts the services.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+REPO = Path(__file__).resolve().parents[1]
+START_HINT = 'start them with: scripts/stack up && eval "$(scripts/stack env)"'
+
+
+@dataclass(frozen=True)
+class Services:
+    kafka_bootstrap: str
+    connect_url: str
+    source_url: str
+    target_url: str
+    redis_url: str
+
+
+def _from_env() -> Services | None:
+    names = ["KAFKA_BOOTSTRAP_SERVERS", "KAFKA_CONNECT_URL", "SOURCE_DATABASE_URL",
+             "TARGET_DATABASE_URL", "REDIS_URL"]
+    if not all(os.environ.get(n) for n in names):
+        return None
+    return Services(*(os.environ[n] for n in names))
+
+
+def _docker_available() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env().ping()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "no engine"
+        return False
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[Services]:
+    found = _from_env()
+    if found is not None:
+        yield found
+        return
+    if _docker_available():  # pragma: no cover - no Docker engine on the project's machines
+        from tests.containers import compose_services
+
+        with compose_services() as svc:
+            yield svc
+        return
+    pytest.fail(f"the real services are not configured (no scripts/stack env, no Docker): {START_HINT}")
+
+
+@pytest.fixture(scope="session")
+def source_engine(services: Services) -> Iterator[sa.Engine]:
+    engine = sa.create_engine(services.source_url, pool_pre_ping=True)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def target_engine(services: Services) -> Iterator[sa.Engine]:
+    engine = sa.create_engine(services.target_url, pool_pre_ping=True)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture()
+def unique_name(request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """Names unique to this test: lower-case, safe as SQL identifiers and topic parts."""
+    base = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:24].strip("_")
+    tag = uuid.uuid4().hex[:6]
+
+    def make(kind: str) -> str:
+        return f"{kind}_{base}_{tag}"
+
+    return make
+
+
+@dataclass
+class Connector:
+    name: str
+    topic_prefix: str
+    tables: list[str]
+
+    def topic(self, table: str) -> str:
+        return f"{self.topic_prefix}.{table}"
+
+
+@pytest.fixture()
+def debezium(services: Services, source_engine: sa.Engine) -> Iterator[Callable[..., Connector]]:
+    """Factory: register a Debezium PostgreSQL connector for tables of the source database, with
+    its own slot, publication and topic prefix. Removed (and its slot dropped) after the test."""
+    made: list[Connector] = []
+    client = httpx.Client(base_url=services.connect_url, timeout=30)
+    src = sa.engine.make_url(services.source_url)
+
+    def register(tables: list[str], *, prefix: str | None = None, schemas: bool = True,
+                 snapshot: str = "initial", extra: dict[str, str] | None = None) -> Connector:
+        name = f"t{uuid.uuid4().hex[:10]}"
+        prefix = prefix or f"cdc{name}"
+        config = {
+            "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
+            "plugin.name": "pgoutput",
+            "database.hostname": src.host or "127.0.0.1",
+            "database.port": str(src.port or 5432),
+            "database.user": src.username or "postgres",
+            "database.password": src.password or "",
+            "database.dbname": src.database or "source",
+            "topic.prefix": prefix,
+            "table.include.list": ",".join(tables),
+            "slot.name": name,
+            "publication.name": f"{name}_pub",
+            "publication.autocreate.mode": "filtered",
+            "snapshot.mode": snapshot,
+            "tombstones.on.delete": "true",
+            "key.converter": "org.apache.kafka.connect.json.JsonConverter",
+            "value.converter": "org.apache.kafka.connect.json.JsonConverter",
+            "key.converter.schemas.enable": str(schemas).lower(),
+            "value.converter.schemas.enable": str(schemas).lower(),
+            "poll.interval.ms": "100",
+            **(extra or {}),
+        }
+        resp = client.put(f"/connectors/{name}/config", json=config)
+        assert resp.status_code in (200, 201), resp.text
+        connector = Connector(name, prefix, tables)
+        made.append(connector)
+        _wait_running(client, name)
+        return connector
+
+    yield register
+
+    for c in made:
+        client.delete(f"/connectors/{c.name}")
+        _drop_slot(source_engine, c.name)
+    client.close()
+
+
+def _wait_running(client: httpx.Client, name: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        resp = client.get(f"/connectors/{name}/status")
+        if resp.status_code == 200:
+            body = resp.json()
+            tasks = body.get("tasks", [])
+            last = str(body)
+            if any(t.get("state") == "FAILED" for t in tasks):
+                pytest.fail(f"connector {name} failed: {tasks}")
+            if tasks and all(t.get("state") == "RUNNING" for t in tasks):
+                return
+        time.sleep(0.3)
+    pytest.fail(f"connector {name} not running after {timeout}s: {last}")
+
+
+def _drop_slot(engine: sa.Engine, slot: str) -> None:
+    # The slot outlives the connector and pins WAL; drop it once the connector let go of it.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with engine.begin() as conn:
+            row = conn.execute(
+                sa.text("select active from pg_replication_slots where slot_name = :s"), {"s": slot}
+            ).first()
+            if row is None:
+                break
+            if not row.active:
+                conn.execute(sa.text("select pg_drop_replication_slot(:s)"), {"s": slot})
+                break
+        time.sleep(0.5)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'drop publication if exists "{slot}_pub"'))
