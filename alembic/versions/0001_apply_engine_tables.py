@@ -32,6 +32,8 @@ def upgrade() -> None:
         sa.Column("skipped_duplicate", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("skipped_stale", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("dead_lettered", sa.BigInteger, nullable=False, server_default="0"),
+        # Tombstones, transaction markers and logical messages: consumed, nothing to apply.
+        sa.Column("skipped_noop", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False,
                   server_default=sa.func.now()),
         schema=S,
