@@ -1,0 +1,338 @@
+"""Thin wrappers over confluent-kafka's AdminClient and Consumer for read-only inspection: consumer
+groups, their committed offsets, partition watermarks and the timestamp of the message at an offset.
+
+Contract:
+
+- Every call is bounded by a timeout; nothing blocks forever on an unreachable broker.
+- Every Kafka failure surfaces as :class:`KafkaAdminError` (a CdcrError) that keeps the Kafka
+  error code and name (``code``, ``code_name``), so callers decide by code, never by message text.
+- Nothing here commits offsets or joins a group: inspecting a group never disturbs it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._listoffsets import OffsetSpec
+from confluent_kafka.cimpl import NewTopic
+
+from cdc_reconciler.errors import CdcrError
+
+# A metadata round trip on a healthy local or LAN broker takes milliseconds; 10 s leaves room for a
+# loaded cluster while still failing fast enough for an operator running `cdcr lag` by hand.
+DEFAULT_TIMEOUT_S = 10.0
+# Reading one message per lagging partition: a fetch from a healthy broker answers in well under a
+# second; partitions that do not answer in time are reported without a timestamp, not waited for.
+DEFAULT_TIMESTAMP_TIMEOUT_S = 2.0
+# When the next offset wanted on a partition is this close ahead, reading on is cheaper than a seek
+# (which throws away the prefetched messages).
+_SEEK_GAP = 500
+
+TP = tuple[str, int]
+"""A partition: (topic, partition)."""
+
+_T = TypeVar("_T")
+
+
+class KafkaAdminError(CdcrError):
+    """A Kafka admin or metadata call failed. ``code`` is the Kafka error code (librdkafka's
+    negative local codes included), ``code_name`` its symbolic name; both None when the failure
+    did not come from Kafka (for example a timeout waiting for a future)."""
+
+    def __init__(self, message: str, *, code: int | None = None, code_name: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.code_name = code_name
+
+    @classmethod
+    def wrap(cls, what: str, exc: BaseException) -> KafkaAdminError:
+        """Build the error for ``what`` failing with ``exc``, keeping Kafka's code when there is
+        one."""
+        kerr = _kafka_error(exc)
+        if kerr is None:
+            return cls(f"{what}: {exc}")
+        hint = ""
+        if kerr.code() in (KafkaError._TRANSPORT, KafkaError._TIMED_OUT,
+                           KafkaError._ALL_BROKERS_DOWN):
+            hint = " (is the broker reachable? check CDCR_KAFKA__BOOTSTRAP_SERVERS)"
+        return cls(f"{what}: {kerr.name()}: {kerr.str()}{hint}",
+                   code=kerr.code(), code_name=kerr.name())
+
+
+class UnknownGroupError(KafkaAdminError):
+    """A consumer group the caller asked about does not exist on the cluster."""
+
+
+def _latest() -> OffsetSpec:
+    return OffsetSpec.latest()  # type: ignore[no-untyped-call,no-any-return]
+
+
+def _earliest() -> OffsetSpec:
+    return OffsetSpec.earliest()  # type: ignore[no-untyped-call,no-any-return]
+
+
+def _kafka_error(exc: BaseException) -> KafkaError | None:
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0]
+    return None
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """What the group coordinator says about a group right now."""
+
+    group: str
+    state: str  # STABLE, EMPTY, PREPARING_REBALANCING, COMPLETING_REBALANCING, DEAD, UNKNOWN
+    members: int
+    assigned: frozenset[TP] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class Watermarks:
+    """The first offset still in the log and the offset the next produced message will get."""
+
+    log_start: int
+    log_end: int
+
+
+def client_config(bootstrap_servers: str, *, sasl_username: str | None = None,
+                  sasl_password: str | None = None) -> dict[str, Any]:
+    """The librdkafka settings shared by the admin client and the inspection consumer."""
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap_servers}
+    if sasl_username:
+        conf.update({"security.protocol": "SASL_SSL", "sasl.mechanisms": "PLAIN",
+                     "sasl.username": sasl_username, "sasl.password": sasl_password or ""})
+    return conf
+
+
+class KafkaAdmin:
+    """Read-only inspection of a Kafka cluster. Create one per command; no global clients."""
+
+    def __init__(self, config: Mapping[str, Any], *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self._config = dict(config)
+        self._timeout_s = timeout_s
+        # socket.timeout.ms bounds each request; the admin calls below also pass request_timeout.
+        self._admin = AdminClient({**self._config,
+                                   "socket.timeout.ms": int(timeout_s * 1000)})
+
+    # -- groups ---------------------------------------------------------------------------------
+
+    def list_groups(self) -> list[str]:
+        """Names of all consumer groups the cluster knows, sorted."""
+        fut = self._admin.list_consumer_groups(request_timeout=self._timeout_s)
+        result = self._result("list consumer groups", fut)
+        return sorted(g.group_id for g in result.valid)
+
+    def describe_groups(self, groups: Iterable[str]) -> dict[str, GroupInfo]:
+        """State, member count and current assignment of each group, in one request. A group the
+        cluster does not know comes back with state DEAD and no members (Kafka's own answer)."""
+        names = sorted(set(groups))
+        if not names:
+            return {}
+        futs = self._admin.describe_consumer_groups(names, request_timeout=self._timeout_s)
+        out: dict[str, GroupInfo] = {}
+        for name, fut in futs.items():
+            desc = self._result(f"describe consumer group {name!r}", fut)
+            assigned: set[TP] = set()
+            for m in desc.members:
+                if m.assignment is not None:
+                    assigned.update((tp.topic, tp.partition)
+                                    for tp in m.assignment.topic_partitions)
+            state = getattr(desc, "state", None)
+            out[name] = GroupInfo(name, state.name if state is not None else "UNKNOWN",
+                                  len(desc.members), frozenset(assigned))
+        return out
+
+    def committed_offsets(self, groups: Iterable[str]) -> dict[str, dict[TP, int | None]]:
+        """Committed offsets of every partition each group has committed for. Kafka answers one
+        group per request, so the requests for all groups are sent at once and awaited together.
+        A partition listed without a commit maps to None."""
+        futs: dict[str, Future[Any]] = {}
+        for g in sorted(set(groups)):
+            futs.update(self._admin.list_consumer_group_offsets(
+                [ConsumerGroupTopicPartitions(g)], request_timeout=self._timeout_s))
+        out: dict[str, dict[TP, int | None]] = {}
+        for g, fut in futs.items():
+            res = self._result(f"committed offsets of group {g!r}", fut)
+            parts: dict[TP, int | None] = {}
+            for tp in res.topic_partitions or []:
+                if tp.error is not None:
+                    raise KafkaAdminError.wrap(
+                        f"committed offset of {g!r} {tp.topic}[{tp.partition}]",
+                        KafkaException(tp.error))
+                parts[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else None
+            out[g] = parts
+        return out
+
+    # -- topics and offsets ---------------------------------------------------------------------
+
+    def topic_partitions(self, pattern: str | None = None) -> dict[str, int]:
+        """Partition count of each topic whose name matches ``pattern`` (a regex, searched like
+        ``re.search``); internal topics (names starting with ``__``) excluded. None: all topics."""
+        try:
+            md = self._admin.list_topics(timeout=self._timeout_s)
+        except KafkaException as exc:
+            raise KafkaAdminError.wrap("list topics", exc) from exc
+        rx = re.compile(pattern) if pattern else None
+        out: dict[str, int] = {}
+        for name, t in md.topics.items():
+            if name.startswith("__") or (rx is not None and not rx.search(name)):
+                continue
+            if t.error is not None:
+                raise KafkaAdminError.wrap(f"metadata of topic {name!r}", KafkaException(t.error))
+            out[name] = len(t.partitions)
+        return out
+
+    def log_end_offsets(self, partitions: Iterable[TP]) -> dict[TP, int]:
+        """The log-end offset (high watermark) of each partition, in one request."""
+        return self._list_offsets(partitions, _latest(), "log-end offsets")
+
+    def watermarks(self, partitions: Iterable[TP]) -> dict[TP, Watermarks]:
+        """Log-start and log-end offsets of each partition: one request per kind, both in flight
+        together."""
+        parts = sorted(set(partitions))
+        if not parts:
+            return {}
+        start_futs = self._admin.list_offsets(
+            {TopicPartition(t, p): _earliest() for t, p in parts},
+            request_timeout=self._timeout_s)
+        end_futs = self._admin.list_offsets(
+            {TopicPartition(t, p): _latest() for t, p in parts},
+            request_timeout=self._timeout_s)
+        starts = self._offsets("log-start offsets", start_futs)
+        ends = self._offsets("log-end offsets", end_futs)
+        return {tp: Watermarks(starts[tp], ends[tp]) for tp in parts}
+
+    def _list_offsets(self, partitions: Iterable[TP], spec: OffsetSpec, what: str) -> dict[TP, int]:
+        parts = sorted(set(partitions))
+        if not parts:
+            return {}
+        futs = self._admin.list_offsets({TopicPartition(t, p): spec for t, p in parts},
+                                        request_timeout=self._timeout_s)
+        return self._offsets(what, futs)
+
+    def _offsets(self, what: str, futs: Mapping[TopicPartition, Future[Any]]) -> dict[TP, int]:
+        return {(tp.topic, tp.partition): int(self._result(f"{what} of {tp.topic}[{tp.partition}]",
+                                                           fut).offset)
+                for tp, fut in futs.items()}
+
+    def message_timestamps(self, wanted: Iterable[tuple[str, int, int]], *,
+                           timeout_s: float = DEFAULT_TIMESTAMP_TIMEOUT_S,
+                           ) -> dict[tuple[str, int, int], datetime]:
+        """Timestamp (UTC) of the first message at or after each wanted (topic, partition, offset).
+
+        One consumer, outside any group (it never commits), is assigned every wanted partition at
+        its smallest wanted offset and reads one message per wanted offset, seeking forward when
+        the next wanted offset is far ahead. Offsets with no message within ``timeout_s`` (control
+        records only, data deleted meanwhile, a slow broker) and messages without a timestamp are
+        left out of the answer rather than guessed.
+        """
+        todo: dict[TP, list[int]] = {}
+        for t, p, o in wanted:
+            todo.setdefault((t, p), []).append(o)
+        if not todo:
+            return {}
+        for offs in todo.values():
+            offs.sort(reverse=True)  # pop() gives the smallest
+        consumer = Consumer({
+            **self._config,
+            # A throwaway id: assign() needs no group, but the client wants one; it never commits.
+            "group.id": f"cdcr-inspect-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": False,
+            # One message per partition is all we need: keep fetches small.
+            "fetch.max.bytes": 1 << 20,
+            "max.partition.fetch.bytes": 64 << 10,
+            "fetch.wait.max.ms": 50,
+            "socket.timeout.ms": int(self._timeout_s * 1000),
+        })
+        out: dict[tuple[str, int, int], datetime] = {}
+        try:
+            consumer.assign([TopicPartition(t, p, offs[-1]) for (t, p), offs in todo.items()])
+            deadline = time.monotonic() + timeout_s
+            while todo and (left := deadline - time.monotonic()) > 0:
+                for msg in consumer.consume(num_messages=1000, timeout=min(left, 0.2)):
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            continue
+                        raise KafkaAdminError.wrap("read message timestamps", KafkaException(err))
+                    topic, part, off = msg.topic(), msg.partition(), msg.offset()
+                    if topic is None or part is None or off is None:
+                        continue
+                    if not (pending := todo.get((topic, part))):
+                        continue
+                    ts_type, ts_ms = msg.timestamp()
+                    while pending and pending[-1] <= off:
+                        wanted_off = pending.pop()
+                        if ts_type != TIMESTAMP_NOT_AVAILABLE and ts_ms >= 0:
+                            out[(topic, part, wanted_off)] = datetime.fromtimestamp(ts_ms / 1000,
+                                                                                     tz=UTC)
+                    if not pending:
+                        del todo[(topic, part)]
+                        consumer.pause([TopicPartition(topic, part)])
+                    elif pending[-1] - off > _SEEK_GAP:
+                        consumer.seek(TopicPartition(topic, part, pending[-1]))
+        except KafkaException as exc:
+            raise KafkaAdminError.wrap("read message timestamps", exc) from exc
+        finally:
+            consumer.close()
+        return out
+
+    # -- topic management (tests, benchmarks, tooling) ------------------------------------------
+
+    def create_topic(self, name: str, partitions: int, *, replication_factor: int = 1,
+                     config: Mapping[str, str] | None = None) -> None:
+        """Create a topic and wait until it exists."""
+        futs = self._admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=replication_factor,
+                      config=dict(config or {}))], request_timeout=self._timeout_s)
+        for fut in futs.values():
+            self._result(f"create topic {name!r}", fut)
+
+    def delete_topics(self, names: Iterable[str]) -> None:
+        """Delete topics; topics that do not exist are ignored."""
+        names = list(names)
+        if not names:
+            return
+        futs = self._admin.delete_topics(names, request_timeout=self._timeout_s)
+        for name, fut in futs.items():
+            try:
+                fut.result(timeout=self._timeout_s + 5)
+            except KafkaException as exc:
+                kerr = _kafka_error(exc)
+                if kerr is not None and kerr.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    continue
+                raise KafkaAdminError.wrap(f"delete topic {name!r}", exc) from exc
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _result(self, what: str, fut: Future[_T]) -> _T:
+        # The request_timeout given to each call bounds the broker side; the margin covers the
+        # client's own queueing so a timeout is reported by Kafka (with its code) when it can be.
+        try:
+            return fut.result(timeout=self._timeout_s + 5)
+        except KafkaException as exc:
+            raise KafkaAdminError.wrap(what, exc) from exc
+        except TimeoutError as exc:
+            raise KafkaAdminError(f"{what}: no answer within {self._timeout_s + 5:.0f}s "
+                                  "(is the broker reachable?)") from exc
+
