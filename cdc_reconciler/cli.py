@@ -94,6 +94,9 @@ def migrate(
 
 # Commands defined in their own packages register here, one line each.
 # (registrations)
+from cdc_reconciler.stream import cli as stream_cli  # noqa: E402
+
+stream_cli.register(app)
 from cdc_reconciler.stream import lag_cli; lag_cli.register(app)  # noqa: E402, E702, I001
 
 

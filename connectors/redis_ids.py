@@ -1,0 +1,99 @@
+"""Processed change IDs in Redis: the fast path for skipping redelivered events, never the truth.
+
+IDs are 16-byte digests kept in one set per hour of event time (``cdcr:ids:<hours since epoch>``),
+each set expiring ``ttl_s`` after it was last written. A batch costs one round trip to look up
+(SMISMEMBER per hour set, pipelined) and one to record (SADD + EXPIRE per hour set, pipelined).
+Measured memory: about 72 bytes per ID in a set (DESIGN.md); see docs/benchmarks.md.
+
+If Redis is unreachable, lookups answer "not seen" and records are dropped: the pipeline stays
+correct through the position guard in the target (DESIGN invariant 4). Every such failure is
+counted and logged by the caller through :attr:`ProcessedIds.available`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+import redis
+
+log = logging.getLogger(__name__)
+
+HOUR_US = 3_600_000_000
+KEY_PREFIX = "cdcr:ids:"
+
+
+def set_key(ts_us: int) -> str:
+    return f"{KEY_PREFIX}{ts_us // HOUR_US}"
+
+
+class ProcessedIds:
+    """Lookup and record processed change IDs. Methods never raise for Redis outages."""
+
+    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+        self._client = client
+        self._ttl_s = ttl_s
+        self.available = True
+        self.failures = 0
+
+    @classmethod
+    def from_url(cls, url: str, ttl_s: int) -> ProcessedIds:
+        # Short timeouts: Redis is an optimisation; a slow Redis must not stall the apply loop.
+        client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        return cls(client, ttl_s)
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        self.failures += 1
+        if self.available:
+            log.error(
+                "Redis unavailable (%s: %s); continuing without the dedup fast path", what, exc
+            )
+        self.available = False
+
+    def seen(self, ids: Sequence[tuple[bytes, int]]) -> list[bool]:
+        """For each (change_id, ts_us): True if Redis holds it. All False when Redis is down."""
+        if not ids:
+            return []
+        by_key: dict[str, list[int]] = defaultdict(list)
+        for i, (_, ts) in enumerate(ids):
+            by_key[set_key(ts)].append(i)
+        out = [False] * len(ids)
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            order = list(by_key.items())
+            for key, idx in order:
+                pipe.smismember(key, [ids[i][0] for i in idx])
+            results = pipe.execute()
+        except redis.RedisError as exc:
+            self._failed("lookup", exc)
+            return out
+        for (_, idx), flags in zip(order, results, strict=True):
+            for i, flag in zip(idx, flags, strict=True):
+                out[i] = bool(flag)
+        if not self.available:
+            log.warning("Redis available again")
+            self.available = True
+        return out
+
+    def record(self, ids: Iterable[tuple[bytes, int]]) -> bool:
+        """Record IDs after their batch committed. Returns False (and logs) if Redis is down."""
+        by_key: dict[str, list[bytes]] = defaultdict(list)
+        for cid, ts in ids:
+            by_key[set_key(ts)].append(cid)
+        if not by_key:
+            return True
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for key, members in by_key.items():
+                for start in range(0, len(members), 1000):
+                    pipe.sadd(key, *members[start : start + 1000])
+                pipe.expire(key, self._ttl_s)
+            pipe.execute()
+        except redis.RedisError as exc:
+            self._failed("record", exc)
+            return False
+        return True
+
+    def close(self) -> None:
+        self._client.close()

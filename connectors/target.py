@@ -1,0 +1,350 @@
+"""The target database adapter: versioned, set-based writes.
+
+Contract
+--------
+Every target table carries the source columns plus two engine columns:
+
+- ``_cdc_pos numeric(40,0) not null``: the source position of the change that wrote the row
+  (PostgreSQL: ``(lastCommitLsn << 64) | lsn``);
+- ``_cdc_ts timestamptz not null``: that change's event time.
+
+Deletes remove the row and leave a tombstone in ``cdcr.tombstones`` (table, canonical key text,
+position), so an older insert replayed later cannot bring the row back.
+
+:func:`write_batch` applies a batch of writes (at most one per key, newest already chosen) in the
+caller's transaction: COPY into a temporary staging table, then one guarded statement per kind.
+A write applies only when its position is newer than the row's and the key's tombstone's; the
+others are counted as stale. Nothing is committed here: the caller commits the rows together with
+the applied offsets (DESIGN invariant 3). Database errors propagate unchanged (SQLAlchemy
+exceptions keep their SQLSTATE in ``.orig.pgcode``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+
+POS = "_cdc_pos"
+TS = "_cdc_ts"
+ENGINE_COLUMNS = (POS, TS)
+SERVICE_SCHEMA = "cdcr"
+
+
+@dataclass(frozen=True, slots=True)
+class TargetTable:
+    """A target table as the engine sees it. ``columns`` are the data columns (no ``_cdc_*``)."""
+
+    schema: str
+    name: str
+    key_columns: tuple[str, ...]
+    columns: tuple[str, ...]
+    column_types: tuple[str, ...] = ()  # PostgreSQL type names, parallel to ``columns``
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    def type_of(self, column: str) -> str:
+        if not self.column_types:
+            return ""
+        return self.column_types[self.columns.index(column)]
+
+
+@dataclass(frozen=True, slots=True)
+class RowWrite:
+    """One change to apply. ``values`` None means delete; otherwise the columns to write (a column
+    left out, e.g. an unchanged TOASTed value, keeps its current value in the target)."""
+
+    key: tuple[Any, ...]
+    values: dict[str, Any] | None
+    position: int
+    ts_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    applied: int
+    stale: int
+
+
+def quote_ident(name: str) -> str:
+    """Quote an identifier for PostgreSQL. Identifiers never come from event text unchecked:
+    callers only pass names of columns that exist in the reflected target table."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def qualified_ident(schema: str, name: str) -> str:
+    return f"{quote_ident(schema)}.{quote_ident(name)}"
+
+
+def key_text(key: Sequence[Any]) -> str:
+    """Canonical text of a key, as stored in ``cdcr.tombstones.key``."""
+    return orjson.dumps(list(key), default=str).decode()
+
+
+def reflect_table(
+    bind: sa.Engine | sa.Connection,
+    schema: str,
+    name: str,
+    key_columns: Sequence[str] | None = None,
+) -> TargetTable | None:
+    """Read a target table's columns and key from the catalog; None when it does not exist."""
+    insp = sa.inspect(bind)
+    if not insp.has_table(name, schema=schema):
+        return None
+    cols = insp.get_columns(name, schema=schema)
+    names = [c["name"] for c in cols if c["name"] not in ENGINE_COLUMNS]
+    missing_engine = [c for c in ENGINE_COLUMNS if c not in {x["name"] for x in cols}]
+    if missing_engine:
+        from cdc_reconciler.errors import CdcrError
+
+        raise CdcrError(
+            f"target table {schema}.{name} lacks the engine columns {missing_engine}; "
+            "create it with `cdcr tables sync` or add them (see README, target tables)"
+        )
+    types = [_type_name(bind, c["type"]) for c in cols if c["name"] not in ENGINE_COLUMNS]
+    if key_columns is None:
+        pk = insp.get_pk_constraint(name, schema=schema)
+        key_columns = pk.get("constrained_columns") or []
+    if not key_columns:
+        from cdc_reconciler.errors import CdcrError
+
+        raise CdcrError(f"target table {schema}.{name} has no primary key and none is configured")
+    return TargetTable(schema, name, tuple(key_columns), tuple(names), tuple(types))
+
+
+def _type_name(bind: sa.Engine | sa.Connection, typ: Any) -> str:
+    dialect = bind.dialect
+    try:
+        return str(typ.compile(dialect=dialect))
+    except Exception:  # noqa: BLE001 - unknown types compile to their class name
+        return type(typ).__name__
+
+
+# --------------------------------------------------------------------------- COPY text encoding
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _array_item(v: Any) -> str:
+    if v is None:
+        return "NULL"
+    if isinstance(v, list):
+        return "{" + ",".join(_array_item(x) for x in v) + "}"
+    s = _scalar_text(v)
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _scalar_text(v: Any) -> str:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, bool):
+        return "t" if v else "f"
+    if isinstance(v, int | Decimal | float):
+        return str(v)
+    if isinstance(v, datetime | date | time):
+        return v.isoformat()
+    if isinstance(v, timedelta):
+        return f"{v.days} days {v.seconds} seconds {v.microseconds} microseconds"
+    if isinstance(v, bytes | bytearray | memoryview):
+        return "\\x" + bytes(v).hex()
+    if isinstance(v, list):
+        return "{" + ",".join(_array_item(x) for x in v) + "}"
+    if isinstance(v, dict):
+        wkb = v.get("wkb")
+        if isinstance(wkb, bytes | bytearray) and set(v) <= {"wkb", "srid", "x", "y"}:
+            return "\\x" + bytes(wkb).hex()
+        return orjson.dumps(v, default=str).decode()
+    return str(v)
+
+
+def copy_field(v: Any) -> str:
+    """One value in PostgreSQL COPY text format."""
+    if v is None:
+        return "\\N"
+    return _scalar_text(v).translate(_COPY_ESCAPES)
+
+
+# --------------------------------------------------------------------------- writes
+
+
+class _Statements:
+    """The SQL for one (table, column set): built once, from reflected names only."""
+
+    def __init__(self, table: TargetTable, columns: tuple[str, ...]) -> None:
+        tgt = qualified_ident(table.schema, table.name)
+        digest = hashlib.blake2b(
+            f"{table.qualified}|{','.join(columns)}".encode(), digest_size=6
+        ).hexdigest()
+        self.staging = f"cdcr_stg_{digest}"
+        stg = quote_ident(self.staging)
+        data_cols = [quote_ident(c) for c in columns]
+        keys = [quote_ident(k) for k in table.key_columns]
+        non_key = [quote_ident(c) for c in columns if c not in table.key_columns]
+        engine_cols = [quote_ident(POS), quote_ident(TS)]
+        self.copy_columns = ", ".join([*data_cols, *engine_cols, '"_cdc_op"', '"_cdc_key"'])
+        self.create = (
+            f"CREATE TEMP TABLE IF NOT EXISTS {stg} ON COMMIT DELETE ROWS AS "
+            f"SELECT {', '.join([*data_cols, *engine_cols])}, ''::text AS \"_cdc_op\", "
+            f"''::text AS \"_cdc_key\" FROM {tgt} WITH NO DATA"
+        )
+        all_cols = ", ".join([*data_cols, *engine_cols])
+        sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in [*non_key, *engine_cols])
+        tomb = f"{SERVICE_SCHEMA}.tombstones"
+        self.upsert = (
+            f"INSERT INTO {tgt} AS t ({all_cols}) "
+            f"SELECT {all_cols} FROM {stg} s WHERE s._cdc_op = 'u' "
+            f"AND NOT EXISTS (SELECT 1 FROM {tomb} tb WHERE tb.table_name = %(tn)s "
+            f"AND tb.key IN (s._cdc_key, '*') AND tb.position >= s.{quote_ident(POS)}) "
+            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sets} "
+            f"WHERE t.{quote_ident(POS)} < EXCLUDED.{quote_ident(POS)}"
+        )
+        # A newer write supersedes the key's tombstone; drop it so the table stays small.
+        self.clear_tombstones = (
+            f"DELETE FROM {tomb} tb USING {stg} s WHERE s._cdc_op = 'u' "
+            f"AND tb.table_name = %(tn)s AND tb.key = s._cdc_key "
+            f"AND tb.position < s.{quote_ident(POS)}"
+        )
+        join = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+        self.delete = (
+            f"DELETE FROM {tgt} t USING {stg} s WHERE s._cdc_op = 'd' AND {join} "
+            f"AND t.{quote_ident(POS)} < s.{quote_ident(POS)}"
+        )
+        # After the delete, a remaining row with the key is newer than the delete: stale.
+        self.tombstone = (
+            f"INSERT INTO {tomb} AS tb (table_name, key, position, deleted_at) "
+            f"SELECT %(tn)s, s._cdc_key, s.{quote_ident(POS)}, s.{quote_ident(TS)} FROM {stg} s "
+            f"WHERE s._cdc_op = 'd' AND NOT EXISTS (SELECT 1 FROM {tgt} t WHERE {join}) "
+            f"ON CONFLICT (table_name, key) DO UPDATE SET position = EXCLUDED.position, "
+            f"deleted_at = EXCLUDED.deleted_at WHERE tb.position < EXCLUDED.position"
+        )
+        self.columns = columns
+
+
+_STATEMENTS: dict[tuple[TargetTable, tuple[str, ...]], _Statements] = {}
+
+
+def _statements(table: TargetTable, columns: tuple[str, ...]) -> _Statements:
+    found = _STATEMENTS.get((table, columns))
+    if found is None:
+        found = _STATEMENTS[(table, columns)] = _Statements(table, columns)
+    return found
+
+
+def write_batch(conn: sa.Connection, table: TargetTable, writes: Sequence[RowWrite]) -> WriteResult:
+    """Apply ``writes`` (at most one per key) to ``table`` inside the caller's transaction.
+
+    Upserts and deletes are guarded by position; returns how many applied and how many were stale.
+    Writes that leave out columns are applied in their own group, so the columns they omit keep
+    their current values. Raises the database's error unchanged; nothing is committed here.
+    """
+    if not writes:
+        return WriteResult(0, 0)
+    groups: dict[tuple[str, ...], list[RowWrite]] = {}
+    full = table.columns
+    for w in writes:
+        if w.values is None or len(w.values) == len(full):
+            cols = full
+        else:
+            cols = tuple(c for c in full if c in w.values or c in table.key_columns)
+        groups.setdefault(cols, []).append(w)
+    applied = 0
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    with raw.cursor() as cur:
+        for cols, group in groups.items():
+            applied += _write_group(cur, table, _statements(table, cols), group)
+    return WriteResult(applied, len(writes) - applied)
+
+
+def _write_group(cur: Any, table: TargetTable, st: _Statements, writes: list[RowWrite]) -> int:
+    cur.execute(st.create)
+    buf = io.StringIO()
+    key_pos = [st.columns.index(k) for k in table.key_columns]
+    has_delete = False
+    has_upsert = False
+    for w in writes:
+        row: list[str]
+        if w.values is None:
+            has_delete = True
+            row = ["\\N"] * len(st.columns)
+            for i, k in zip(key_pos, w.key, strict=True):
+                row[i] = copy_field(k)
+            op = "d"
+        else:
+            has_upsert = True
+            vals = w.values
+            row = [copy_field(vals.get(c)) for c in st.columns]
+            for i, k in zip(key_pos, w.key, strict=True):
+                row[i] = copy_field(k)
+            op = "u"
+        row.append(str(w.position))
+        row.append(_ts_text(w.ts_us))
+        row.append(op)
+        row.append(copy_field(key_text(w.key)))
+        buf.write("\t".join(row))
+        buf.write("\n")
+    buf.seek(0)
+    cur.copy_expert(f"COPY {quote_ident(st.staging)} ({st.copy_columns}) FROM STDIN", buf)
+    params = {"tn": table.qualified}
+    applied = 0
+    if has_upsert:
+        cur.execute(st.upsert, params)
+        applied += cur.rowcount
+        cur.execute(st.clear_tombstones, params)
+    if has_delete:
+        cur.execute(st.delete, params)
+        cur.execute(st.tombstone, params)
+        applied += cur.rowcount
+    # ON COMMIT DELETE ROWS empties staging at commit; empty it now too, since one transaction
+    # may write the same table twice (a retry, or a second group).
+    cur.execute(f"TRUNCATE {quote_ident(st.staging)}")
+    return int(applied)
+
+
+def _ts_text(ts_us: int) -> str:
+    secs, micros = divmod(ts_us, 1_000_000)
+    return f"{datetime.fromtimestamp(secs, tz=UTC).strftime('%Y-%m-%d %H:%M:%S')}.{micros:06d}+00"
+
+
+TRUNCATE_KEY = "*"
+
+
+def truncate_table(conn: sa.Connection, table: TargetTable, position: int, ts_us: int) -> int:
+    """Apply a source TRUNCATE at ``position``: remove the rows older than it and remember it as a
+    table-wide tombstone (key ``*``), so older writes replayed later stay out. Versioned like
+    every write, so a redelivered truncate never removes newer rows. Returns rows removed."""
+    tgt = qualified_ident(table.schema, table.name)
+    removed = conn.execute(
+        sa.text(f"DELETE FROM {tgt} WHERE {quote_ident(POS)} < :pos"), {"pos": position}
+    ).rowcount
+    conn.execute(
+        sa.text(
+            f"DELETE FROM {SERVICE_SCHEMA}.tombstones WHERE table_name = :tn AND position < :pos "
+            "AND key <> '*'"
+        ),
+        {"tn": table.qualified, "pos": position},
+    )
+    conn.execute(
+        sa.text(
+            f"INSERT INTO {SERVICE_SCHEMA}.tombstones AS tb (table_name, key, position, deleted_at) "
+            "VALUES (:tn, '*', :pos, :ts) ON CONFLICT (table_name, key) DO UPDATE SET "
+            "position = EXCLUDED.position, deleted_at = EXCLUDED.deleted_at "
+            "WHERE tb.position < EXCLUDED.position"
+        ),
+        {"tn": table.qualified, "pos": position, "ts": _ts_text(ts_us)},
+    )
+    return int(removed)
+
+
+def engine_column_ddl() -> Iterable[str]:
+    yield f"{quote_ident(POS)} numeric(40,0) NOT NULL"
+    yield f"{quote_ident(TS)} timestamptz NOT NULL"

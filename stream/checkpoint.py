@@ -1,0 +1,75 @@
+"""Applied offsets: written in the same transaction as the rows (DESIGN invariant 3), read back on
+partition assignment to resume where the target really is."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from cdc_reconciler.stream.outcomes import BatchOutcome
+
+_UPSERT = sa.text(
+    """
+    INSERT INTO cdcr.applied_offsets AS a (consumer_group, topic, partition, next_offset,
+        last_event_time, consumed, applied, skipped_duplicate, skipped_stale, dead_lettered,
+        skipped_noop, updated_at)
+    VALUES (:g, :t, :p, :o, :ev, :consumed, :applied, :dup, :stale, :dlq, :noop, now())
+    ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET
+        next_offset = GREATEST(a.next_offset, EXCLUDED.next_offset),
+        last_event_time = GREATEST(a.last_event_time, EXCLUDED.last_event_time),
+        consumed = a.consumed + EXCLUDED.consumed,
+        applied = a.applied + EXCLUDED.applied,
+        skipped_duplicate = a.skipped_duplicate + EXCLUDED.skipped_duplicate,
+        skipped_stale = a.skipped_stale + EXCLUDED.skipped_stale,
+        dead_lettered = a.dead_lettered + EXCLUDED.dead_lettered,
+        skipped_noop = a.skipped_noop + EXCLUDED.skipped_noop,
+        updated_at = now()
+    """
+)
+
+
+def _ts(us: int | None) -> datetime | None:
+    return None if us is None else datetime.fromtimestamp(us / 1_000_000, tz=UTC)
+
+
+def record_applied(conn: sa.Connection, group: str, outcome: BatchOutcome) -> None:
+    rows = [
+        {
+            "g": group,
+            "t": t,
+            "p": p,
+            "o": c.next_offset,
+            "ev": _ts(c.last_event_us),
+            "consumed": c.consumed,
+            "applied": c.applied,
+            "dup": c.skipped_duplicate,
+            "stale": c.skipped_stale,
+            "dlq": c.dead_lettered,
+            "noop": c.skipped_noop,
+        }
+        for (t, p), c in sorted(outcome.partitions.items())
+        if c.next_offset >= 0
+    ]
+    if rows:
+        conn.execute(_UPSERT, rows)
+
+
+def applied_offsets(
+    conn: sa.Connection, group: str, partitions: Iterable[tuple[str, int]]
+) -> dict[tuple[str, int], int]:
+    """The next offset to consume per partition, as recorded in the target."""
+    wanted = list(partitions)
+    if not wanted:
+        return {}
+    rows = conn.execute(
+        sa.text(
+            "SELECT topic, partition, next_offset FROM cdcr.applied_offsets "
+            "WHERE consumer_group = :g AND topic = ANY(:topics)"
+        ),
+        {"g": group, "topics": sorted({t for t, _ in wanted})},
+    )
+    want = set(wanted)
+    return {
+        (r.topic, r.partition): int(r.next_offset) for r in rows if (r.topic, r.partition) in want
+    }
