@@ -114,7 +114,9 @@ class Watermarks:
 def client_config(bootstrap_servers: str, *, sasl_username: str | None = None,
                   sasl_password: str | None = None) -> dict[str, Any]:
     """The librdkafka settings shared by the admin client and the inspection consumer."""
-    conf: dict[str, Any] = {"bootstrap.servers": bootstrap_servers}
+    # Failures reach the caller as KafkaAdminError with their code; librdkafka's own log lines
+    # (one per failed connection attempt) would only repeat them on stderr, so only CRIT is logged.
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, "log_level": 2}
     if sasl_username:
         conf.update({"security.protocol": "SASL_SSL", "sasl.mechanisms": "PLAIN",
                      "sasl.username": sasl_username, "sasl.password": sasl_password or ""})

@@ -81,6 +81,9 @@ def lag(
     stall_after: Annotated[float, typer.Option(
         "--stall-after", min=0.0, help="Seconds a standing committed offset may leave messages "
                                        "waiting before the partition is STALL.")] = 60.0,
+    timeout: Annotated[float, typer.Option(
+        "--timeout", min=0.1, help="Seconds to wait for each Kafka request before failing.")
+                       ] = 10.0,
     config: Annotated[Path | None, typer.Option(
         "--config", "-c", help="YAML file with settings and table mappings.",
         envvar="CDCR_CONFIG_FILE", exists=True, dir_okay=False)] = None,
@@ -108,7 +111,7 @@ def lag(
     settings = settings_or_fail(config)
     groups = list(dict.fromkeys(group or [settings.kafka.group_id]))
     try:
-        with _Session(settings, groups, topic, stall_after) as session:
+        with _Session(settings, groups, topic, stall_after, timeout) as session:
             if serve is not None:
                 _serve(session, port=serve, samples=samples, interval=interval, refresh=refresh)
             elif watch:
@@ -131,13 +134,14 @@ class _Session:
     reader, closed together."""
 
     def __init__(self, settings: Settings, groups: Sequence[str], topic: str | None,
-                 stall_after: float) -> None:
+                 stall_after: float, timeout_s: float) -> None:
         from cdc_reconciler.connectors.kafka_admin import KafkaAdmin, client_config
 
         k = settings.kafka
         admin = KafkaAdmin(client_config(
             k.bootstrap_servers, sasl_username=k.sasl_username,
-            sasl_password=k.sasl_password.get_secret_value() if k.sasl_password else None))
+            sasl_password=k.sasl_password.get_secret_value() if k.sasl_password else None),
+            timeout_s=timeout_s)
         self.groups = list(groups)
         self.monitor = LagMonitor(admin, self.groups, topic_pattern=topic,
                                   thresholds=Thresholds(stall_after_s=stall_after))
