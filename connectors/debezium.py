@@ -81,7 +81,6 @@ DecodeError kinds (stable reason codes)
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 from collections import OrderedDict
@@ -154,6 +153,50 @@ class ChangeEvent:
     message: dict[str, Any] | None = None  # op 'm': {"prefix": str, "content": bytes | None}
 
 
+_S = {name: ChangeEvent.__dict__[name].__set__ for name in ChangeEvent.__slots__}
+_s_op, _s_schema, _s_table, _s_key = _S["op"], _S["source_schema"], _S["source_table"], _S["key"]
+_s_before, _s_after, _s_unav, _s_pos = _S["before"], _S["after"], _S["unavailable"], _S["position"]
+_s_ts, _s_snap, _s_id, _s_types = _S["ts_us"], _S["snapshot"], _S["change_id"], _S["column_types"]
+_s_tx, _s_msg = _S["transaction_id"], _S["message"]
+_new = object.__new__
+
+
+def _make_event(
+    op: str,
+    source_schema: str | None,
+    source_table: str | None,
+    key: dict[str, Any] | None,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    unavailable: frozenset[str],
+    position: int,
+    ts_us: int,
+    snapshot: bool,
+    change_id: bytes,
+    column_types: Mapping[str, str] | None,
+    transaction_id: str | None,
+    message: dict[str, Any] | None,
+) -> ChangeEvent:
+    """Same result as ``ChangeEvent(...)``; the frozen dataclass ``__init__`` costs ~2 µs per
+    event (one ``object.__setattr__`` lookup per field), which matters on the hot path."""
+    ev: ChangeEvent = _new(ChangeEvent)
+    _s_op(ev, op)
+    _s_schema(ev, source_schema)
+    _s_table(ev, source_table)
+    _s_key(ev, key)
+    _s_before(ev, before)
+    _s_after(ev, after)
+    _s_unav(ev, unavailable)
+    _s_pos(ev, position)
+    _s_ts(ev, ts_us)
+    _s_snap(ev, snapshot)
+    _s_id(ev, change_id)
+    _s_types(ev, column_types)
+    _s_tx(ev, transaction_id)
+    _s_msg(ev, message)
+    return ev
+
+
 @dataclass(frozen=True, slots=True)
 class Tombstone:
     """A Kafka record with a null value: the key's row is gone (follows a delete)."""
@@ -190,6 +233,13 @@ _NOT_SNAPSHOT = frozenset({"false", ""})
 _MAX_LSN = 1 << 64
 _EPOCH_NAIVE = datetime(1970, 1, 1)  # noqa: DTZ001 - wall clock of `timestamp without time zone`
 _EPOCH_DATE = date(1970, 1, 1)
+_EPOCH_ORDINAL = _EPOCH_DATE.toordinal()
+_fromordinal = date.fromordinal
+_td = timedelta
+_b64 = binascii.a2b_base64
+_EMPTY: frozenset[str] = frozenset()
+_MAX_PLAIN_US = 250_000_000_000_000_000  # within ±7900 years of 1970: no infinity check needed
+_fromisoformat = datetime.fromisoformat
 _NAIVE_MAX = datetime(9999, 12, 31, 23, 59, 59, 999999)  # noqa: DTZ001 - 'infinity'
 _NAIVE_MIN = datetime(1, 1, 1)  # noqa: DTZ001 - '-infinity'
 # PostgreSQL 'infinity'/'-infinity' as the Debezium PG connector emits them (ms and µs forms).
@@ -199,6 +249,7 @@ _DEC_CTX = Context(prec=1000)  # scaleb must never round a numeric(1000, s)
 _PREFIX = b'{"schema":'
 _SEP = b',"payload":'
 _SEP_LEN = len(_SEP)
+_blake2b = hashlib.blake2b
 _SORTED = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
 
 _Conv = Callable[[Any], Any]
@@ -210,9 +261,8 @@ _Conv = Callable[[Any], Any]
 
 def decimal_from_bytes(v: Any, scale: int) -> Decimal:
     """Kafka Connect Decimal: base64 of a big-endian two's-complement unscaled integer."""
-    if isinstance(v, str):
-        raw = base64.b64decode(v, validate=True)
-        unscaled = int.from_bytes(raw, "big", signed=True)
+    if v.__class__ is str:
+        unscaled = int.from_bytes(_b64(v, strict_mode=True), "big", signed=True)
         return Decimal(unscaled).scaleb(-scale, _DEC_CTX)
     if isinstance(v, bool):
         raise TypeError("boolean is not a decimal")
@@ -238,11 +288,13 @@ def variable_scale_decimal(v: Any) -> Decimal:
 
 
 def date_from_days(v: int) -> date:
-    return _EPOCH_DATE + timedelta(days=v)
+    if v.__class__ is not int:
+        raise TypeError(f"expected integer days, got {type(v).__name__}")
+    return _fromordinal(_EPOCH_ORDINAL + v)
 
 
 def _time_from_us(us: int) -> time:
-    if not 0 <= us < 86_400_000_000:
+    if us.__class__ is not int or not 0 <= us < 86_400_000_000:
         raise ValueError(f"time of day out of range: {us} µs")
     s, us = divmod(us, 1_000_000)
     m, s = divmod(s, 60)
@@ -259,31 +311,49 @@ def time_from_us(v: int) -> time:
 
 
 def time_from_ns(v: int) -> time:
-    return _time_from_us(v // 1000)
+    return _time_from_us(v // 1000 if v.__class__ is int else v)
 
 
 def timestamp_from_ms(v: int) -> datetime:
+    if v.__class__ is not int:
+        raise TypeError(f"expected integer, got {type(v).__name__}")
     if v >= _PG_POS_INF_MS:
         return _NAIVE_MAX
     if v <= _PG_NEG_INF_MS:
         return _NAIVE_MIN
-    return _EPOCH_NAIVE + timedelta(milliseconds=v)
+    return _EPOCH_NAIVE + _td(0, 0, 0, v)
 
 
 def timestamp_from_us(v: int) -> datetime:
+    if v.__class__ is int and -_MAX_PLAIN_US < v < _MAX_PLAIN_US:
+        return _EPOCH_NAIVE + _td(0, 0, v)
+    if v.__class__ is not int:
+        raise TypeError(f"expected integer, got {type(v).__name__}")
     if v >= _PG_POS_INF_MS:
         return _NAIVE_MAX
     if v <= _PG_NEG_INF_MS:
         return _NAIVE_MIN
-    return _EPOCH_NAIVE + timedelta(microseconds=v)
+    return _EPOCH_NAIVE + _td(0, 0, v)
 
 
 def timestamp_from_ns(v: int) -> datetime:
-    return _EPOCH_NAIVE + timedelta(microseconds=v // 1000)
+    if v.__class__ is not int:
+        raise TypeError(f"expected integer, got {type(v).__name__}")
+    return _EPOCH_NAIVE + _td(0, 0, v // 1000)
 
 
 def zoned_timestamp(v: str) -> datetime:
     """ISO-8601 string (Debezium normalises to ``Z``) -> aware datetime in UTC."""
+    if v.__class__ is str and len(v) > 10:
+        try:
+            dt = _fromisoformat(v)
+        except ValueError:
+            pass
+        else:
+            if dt.tzinfo is UTC:
+                return dt
+    if v.__class__ is not str:
+        raise TypeError(f"expected string, got {type(v).__name__}")
     if v == "infinity":
         return _NAIVE_MAX.replace(tzinfo=UTC)
     if v == "-infinity":
@@ -297,6 +367,8 @@ def zoned_timestamp(v: str) -> datetime:
 
 
 def zoned_time(v: str) -> time:
+    if v.__class__ is not str:
+        raise TypeError(f"expected string, got {type(v).__name__}")
     t = time.fromisoformat(v)
     if t.tzinfo is None:
         raise ValueError(f"ZonedTime without offset: {v!r}")
@@ -304,13 +376,15 @@ def zoned_time(v: str) -> time:
 
 
 def micro_duration(v: int) -> timedelta:
-    return timedelta(microseconds=v)
+    if v.__class__ is not int:
+        raise TypeError(f"expected integer, got {type(v).__name__}")
+    return _td(0, 0, v)
 
 
 def bytes_from_b64(v: Any) -> bytes:
-    if not isinstance(v, str):
+    if v.__class__ is not str:
         raise TypeError(f"expected base64 string, got {type(v).__name__}")
-    return base64.b64decode(v, validate=True)
+    return _b64(v, strict_mode=True)
 
 
 def geometry(v: dict[str, Any]) -> dict[str, Any]:
@@ -321,43 +395,25 @@ def geometry(v: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _int_only(fn: Callable[[int], Any]) -> _Conv:
-    def conv(v: Any) -> Any:
-        if v.__class__ is not int:
-            raise TypeError(f"expected integer, got {type(v).__name__}")
-        return fn(v)
-
-    return conv
-
-
-def _str_only(fn: Callable[[str], Any]) -> _Conv:
-    def conv(v: Any) -> Any:
-        if v.__class__ is not str:
-            raise TypeError(f"expected string, got {type(v).__name__}")
-        return fn(v)
-
-    return conv
-
-
 _BY_NAME: dict[str, _Conv] = {
     "io.debezium.data.VariableScaleDecimal": variable_scale_decimal,
-    "io.debezium.time.Date": _int_only(date_from_days),
-    "io.debezium.time.Time": _int_only(time_from_ms),
-    "io.debezium.time.MicroTime": _int_only(time_from_us),
-    "io.debezium.time.NanoTime": _int_only(time_from_ns),
-    "io.debezium.time.Timestamp": _int_only(timestamp_from_ms),
-    "io.debezium.time.MicroTimestamp": _int_only(timestamp_from_us),
-    "io.debezium.time.NanoTimestamp": _int_only(timestamp_from_ns),
-    "io.debezium.time.ZonedTimestamp": _str_only(zoned_timestamp),
-    "io.debezium.time.ZonedTime": _str_only(zoned_time),
-    "io.debezium.time.MicroDuration": _int_only(micro_duration),
+    "io.debezium.time.Date": date_from_days,
+    "io.debezium.time.Time": time_from_ms,
+    "io.debezium.time.MicroTime": time_from_us,
+    "io.debezium.time.NanoTime": time_from_ns,
+    "io.debezium.time.Timestamp": timestamp_from_ms,
+    "io.debezium.time.MicroTimestamp": timestamp_from_us,
+    "io.debezium.time.NanoTimestamp": timestamp_from_ns,
+    "io.debezium.time.ZonedTimestamp": zoned_timestamp,
+    "io.debezium.time.ZonedTime": zoned_time,
+    "io.debezium.time.MicroDuration": micro_duration,
     "io.debezium.data.geometry.Geometry": geometry,
     "io.debezium.data.geometry.Geography": geometry,
     "io.debezium.data.geometry.Point": geometry,
     # Kafka Connect's own logical types (rare with Debezium, cheap to support).
-    "org.apache.kafka.connect.data.Date": _int_only(date_from_days),
-    "org.apache.kafka.connect.data.Time": _int_only(time_from_ms),
-    "org.apache.kafka.connect.data.Timestamp": _int_only(timestamp_from_ms),
+    "org.apache.kafka.connect.data.Date": date_from_days,
+    "org.apache.kafka.connect.data.Time": time_from_ms,
+    "org.apache.kafka.connect.data.Timestamp": timestamp_from_ms,
 }
 # Logical names whose JSON value is already the Python value we want.
 _IDENTITY_NAMES = frozenset(
@@ -373,6 +429,16 @@ _IDENTITY_NAMES = frozenset(
     }
 )
 _TOASTABLE_TYPES = frozenset({"string", "bytes", "array", "map"})
+# Fixed-size PostgreSQL types are never TOASTed, so their string renderings need no placeholder check.
+_NEVER_TOASTED = frozenset(
+    {
+        "io.debezium.time.ZonedTimestamp",
+        "io.debezium.time.ZonedTime",
+        "io.debezium.time.Interval",
+        "io.debezium.data.Uuid",
+        "io.debezium.data.Enum",
+    }
+)
 
 
 def _short_type(schema: Mapping[str, Any]) -> str:
@@ -458,16 +524,17 @@ class _RowConverter:
             conv = _build_converter(f)
             if conv is not None:
                 convs.append((fname, conv))
-            if f.get("type") in _TOASTABLE_TYPES:
+            if f.get("type") in _TOASTABLE_TYPES and f.get("name") not in _NEVER_TOASTED:
                 toastable.append(fname)
         return cls(tuple(convs), tuple(toastable), MappingProxyType(types))
 
     def apply(self, row: dict[str, Any]) -> dict[str, Any]:
         """Convert ``row`` in place (no TOAST handling); raises DecodeError on a bad value."""
         name = ""
+        get = row.get
         try:
             for name, fn in self.convs:
-                v = row.get(name)
+                v = get(name)
                 if v is not None:
                     row[name] = fn(v)
         except DecodeError:
@@ -482,9 +549,15 @@ class _RowConverter:
     def apply_row(self, row: dict[str, Any]) -> set[str] | None:
         """TOAST placeholders out (returned), then conversion in place."""
         gone: set[str] | None = None
+        get = row.get
         for name in self.toastable:
-            v = row.get(name)
-            if v is not None and _is_placeholder(v):
+            v = get(name)
+            # Inline for speed: the str checks first, a one-item list for arrays.
+            if v is not None and (
+                v == _TOAST
+                or v == _TOAST_B64
+                or (v.__class__ is list and len(v) == 1 and v[0] == _TOAST)
+            ):
                 del row[name]
                 if gone is None:
                     gone = set()
@@ -581,7 +654,25 @@ def _lsn(v: Any, what: str) -> int:
 
 
 def _pg_sequence(seq: Any) -> int:
-    if isinstance(seq, str):
+    if seq.__class__ is str:
+        # Fast path for the exact Debezium rendering '["123","456"]' / '[null,"456"]'.
+        a, sep, b = seq[1:-1].partition(",")
+        if (
+            sep
+            and seq[0] == "["
+            and seq[-1] == "]"
+            and b[:1] == '"'
+            and b[-1:] == '"'
+            and (a == "null" or (a[:1] == '"' and a[-1:] == '"'))
+        ):
+            try:
+                hi = 0 if a == "null" else int(a[1:-1])
+                lo = int(b[1:-1])
+            except ValueError:
+                raise DecodeError("invalid_position", f"sequence {seq!r}") from None
+            if 0 <= hi < _MAX_LSN and 0 <= lo < _MAX_LSN:
+                return (hi << 64) | lo
+            raise DecodeError("invalid_position", f"sequence out of range: {seq!r}")
         try:
             seq = orjson.loads(seq)
         except orjson.JSONDecodeError:
@@ -654,10 +745,9 @@ def change_id_for(
     schema: str | None, table: str | None, op: str, position: int, ident: Any
 ) -> bytes:
     """The deterministic 16-byte id of a change (see the module docstring)."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"{schema or ''}\x1f{table or ''}\x1f{op}\x1f{position}\x1f".encode())
-    h.update(orjson.dumps(ident, default=_canon_default, option=_SORTED))
-    return h.digest()
+    head = f"{schema or ''}\x1f{table or ''}\x1f{op}\x1f{position}\x1f".encode()
+    body = orjson.dumps(ident, default=_canon_default, option=_SORTED)
+    return _blake2b(head + body, digest_size=16).digest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -678,16 +768,33 @@ class DebeziumDecoder:
         self._allow_missing_position = allow_missing_position
         self._lru: OrderedDict[bytes, _Compiled | None] = OrderedDict()
         self._by_len: dict[int, list[bytes]] = {}
+        # The most recent (prefix, compiled) per slot (0: values, 1: keys). A partition mostly
+        # carries one table version, so one memcmp usually finds the schema without a search.
+        self._last: list[tuple[bytes, _Compiled | None] | None] = [None, None]
         self.cache_hits = 0
         self.cache_misses = 0
 
     # -- parsing ------------------------------------------------------------------------------
 
-    def _split(self, raw: bytes) -> tuple[_Compiled | None, Any, bool] | None:
+    def _split(self, raw: bytes, slot: int) -> tuple[_Compiled | None, Any, bool] | None:
         """Fast path: ``{"schema":S,"payload":P}`` as JsonConverter writes it. Returns
-        (compiled schema, parsed payload, True), or None when the fast path does not apply."""
+        (compiled schema, parsed payload, True), or None when the fast path does not apply.
+
+        A hit needs the record to start with exactly the cached ``{"schema":S,"payload":`` bytes,
+        where S was verified to be one complete JSON value when it was cached; then the rest up to
+        the final ``}`` is the payload, and orjson validates it."""
+        if raw[-1] != 0x7D:  # '}'
+            return None
+        last = self._last[slot]
+        if last is not None and raw.startswith(last[0]):
+            try:
+                payload = orjson.loads(memoryview(raw)[len(last[0]) : -1])
+            except orjson.JSONDecodeError:
+                return None
+            self.cache_hits += 1
+            return last[1], payload, True
         idx = raw.find(_SEP, 10)
-        if idx < 0 or raw[-1] != 0x7D:  # '}'
+        if idx < 0:
             return None
         end = idx + _SEP_LEN
         bucket = self._by_len.get(end)
@@ -701,6 +808,7 @@ class DebeziumDecoder:
                     except orjson.JSONDecodeError:
                         return None
                     self.cache_hits += 1
+                    self._last[slot] = (prefix, compiled)
                     return compiled, payload, True
         # The schema slice must be one complete JSON value; if the first ',"payload":' was not the
         # top-level one, the slice is unbalanced and fails here (then the slow path decides).
@@ -712,6 +820,7 @@ class DebeziumDecoder:
         compiled = _compile_schema(schema)
         self.cache_misses += 1
         prefix = raw[:end]
+        self._last[slot] = (prefix, compiled)
         self._lru[prefix] = compiled
         self._by_len.setdefault(end, []).append(prefix)
         if len(self._lru) > self._cache_size:
@@ -722,9 +831,9 @@ class DebeziumDecoder:
                 del self._by_len[len(old)]
         return compiled, payload, True
 
-    def _parse(self, raw: bytes, bad_kind: str) -> tuple[_Compiled | None, Any, bool]:
+    def _parse(self, raw: bytes, bad_kind: str, slot: int) -> tuple[_Compiled | None, Any, bool]:
         if raw.startswith(_PREFIX):
-            fast = self._split(raw)
+            fast = self._split(raw, slot)
             if fast is not None:
                 return fast
         try:
@@ -749,7 +858,7 @@ class DebeziumDecoder:
         if key is None:
             return None
         try:
-            compiled, payload, _ = self._parse(key, "bad_key")
+            compiled, payload, _ = self._parse(key, "bad_key", 1)
         except DecodeError as exc:
             raise DecodeError("bad_key", exc.message) from None
         if payload is None:
@@ -760,7 +869,8 @@ class DebeziumDecoder:
             if compiled.row is None:
                 raise DecodeError("bad_key", f"key schema unusable: {compiled.error}")
             try:
-                compiled.row.apply(payload)
+                if compiled.row.convs:
+                    compiled.row.apply(payload)
             except DecodeError as exc:
                 raise DecodeError("bad_key", exc.message) from None
         return payload
@@ -783,7 +893,7 @@ class DebeziumDecoder:
     ) -> ChangeEvent | Tombstone | TransactionMarker:
         if value is None:
             return Tombstone(self.decode_key(key))
-        compiled, p, _wrapped = self._parse(value, "not_json")
+        compiled, p, _wrapped = self._parse(value, "not_json", 0)
         if p is None:
             return Tombstone(self.decode_key(key))
         if not isinstance(p, dict):
@@ -807,14 +917,20 @@ class DebeziumDecoder:
         if op.__class__ is not str or op not in _OPS:
             raise DecodeError("unknown_op", f"op {op!r}")
         src = p.get("source")
-        if not isinstance(src, dict):
+        if src.__class__ is not dict:
             raise DecodeError("not_an_envelope", "source block missing")
         if "ddl" in p or "historyRecord" in p:
             raise DecodeError("schema_change_event", "schema change record")
-        connector = src.get("connector")
+        sget = src.get
+        connector = sget("connector")
         if connector == "postgresql" or (connector is None and "lsn" in src):
-            position = _pg_position(src.get("sequence"), src.get("lsn"))
-            schema_name = src.get("schema")
+            seq = sget("sequence")
+            if seq is not None:
+                position: int | None = _pg_sequence(seq)
+            else:
+                lsn = sget("lsn")
+                position = None if lsn is None else _lsn(lsn, "lsn")
+            schema_name = sget("schema")
         elif connector in ("mysql", "mariadb") or (connector is None and "file" in src):
             position = _mysql_position(src.get("file"), src.get("pos"), src.get("row"))
             schema_name = src.get("db")
@@ -822,13 +938,15 @@ class DebeziumDecoder:
             raise DecodeError("unsupported_connector", f"connector {connector!r}")
         if position is None:
             position = self._missing_position()
-        ts = _ts_us(src.get("ts_us"), src.get("ts_ms"), p.get("ts_ms"))
-        if ts is None:
-            raise DecodeError("missing_timestamp", "no source.ts_us/ts_ms nor ts_ms")
+        ts = sget("ts_us")
+        if ts.__class__ is not int:
+            ts = _ts_us(None, sget("ts_ms"), p.get("ts_ms"))
+            if ts is None:
+                raise DecodeError("missing_timestamp", "no source.ts_us/ts_ms nor ts_ms")
         before = p.get("before")
         after = p.get("after")
-        if (before is not None and not isinstance(before, dict)) or (
-            after is not None and not isinstance(after, dict)
+        if (before is not None and before.__class__ is not dict) or (
+            after is not None and after.__class__ is not dict
         ):
             raise DecodeError("bad_row", "before/after is not an object")
         if after is None and op in ("c", "u", "r"):
@@ -865,21 +983,25 @@ class DebeziumDecoder:
                 if op in _ROW_OPS:
                     raise DecodeError("missing_key", f"op {op!r} without key, before or after")
                 ident = message
-        table = src.get("table") or None
+        table = sget("table") or None
         schema_name = schema_name or None
         tx = p.get("transaction")
-        tx_id = tx.get("id") if isinstance(tx, dict) else None
-        return ChangeEvent(
+        tx_id = tx.get("id") if tx.__class__ is dict else None
+        snap = sget("snapshot")
+        snapshot = op == "r" or (
+            snap is not None and snap != "false" and snap is not False and _is_snapshot(op, snap)
+        )
+        return _make_event(
             op,
             schema_name,
             table,
             k,
             before,
             after,
-            frozenset(unavailable) if unavailable else frozenset(),
+            frozenset(unavailable) if unavailable else _EMPTY,
             position,
             ts,
-            _is_snapshot(op, src.get("snapshot")),
+            snapshot,
             change_id_for(schema_name, table, op, position, ident),
             column_types,
             tx_id,
@@ -937,7 +1059,7 @@ class DebeziumDecoder:
             k,
             before,
             after,
-            frozenset(unavailable) if unavailable and after is not None else frozenset(),
+            frozenset(unavailable) if unavailable and after is not None else _EMPTY,
             position,
             ts,
             _is_snapshot(op, meta("snapshot")),
