@@ -271,7 +271,7 @@ class KafkaAdmin:
             consumer.assign([TopicPartition(t, p, offs[-1]) for (t, p), offs in todo.items()])
             deadline = time.monotonic() + timeout_s
             while todo and (left := deadline - time.monotonic()) > 0:
-                for msg in consumer.consume(num_messages=1000, timeout=min(left, 0.2)):
+                for msg in consumer.consume(num_messages=500, timeout=min(left, 0.02)):
                     err = msg.error()
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
