@@ -98,6 +98,7 @@ from cdc_reconciler.stream import cli as stream_cli  # noqa: E402
 
 stream_cli.register(app)
 from cdc_reconciler.stream import lag_cli; lag_cli.register(app)  # noqa: E402, E702, I001
+from cdc_reconciler.reconcile import cli as reconcile_cli; reconcile_cli.register(app)  # noqa: E402, E501, E702, I001
 
 
 def main() -> None:

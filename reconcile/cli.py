@@ -1,0 +1,177 @@
+"""``cdcr reconcile`` and ``cdcr status``: thin typer layers over reconcile/command.py."""
+
+# No `from __future__ import annotations`: typer reads the option types at registration, and
+# ConfigOpt/JsonOpt are imported inside register() (cdc_reconciler.cli imports this module).
+
+import json
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+from cdc_reconciler.reconcile.run import TableReport
+from cdc_reconciler.reconcile.segments import Window
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cdc_reconciler.errors import CdcrError
+
+_out = Console()
+_err = Console(stderr=True)
+
+
+def _when(value: str | None, what: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise CdcrError(f"{what}: not an ISO-8601 time: {value!r}") from exc
+    if t.tzinfo is None:
+        raise CdcrError(f"{what} must carry a time zone, e.g. 2026-01-01T00:00:00Z")
+    return t
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``reconcile`` and ``status`` to the ``cdcr`` application."""
+    from cdc_reconciler.cli import ConfigOpt, JsonOpt, fail, settings_or_fail
+
+    @app.command()
+    def reconcile(
+        table: Annotated[list[str] | None, typer.Option(
+            "--table", "-t", help="Source table <schema>.<table>; repeat for more. Default: every "
+            "table in the configuration.")] = None,
+        from_: Annotated[str | None, typer.Option(
+            "--from", help="Reconcile windows from this ISO-8601 UTC time instead of from the "
+            "watermark (e.g. 2026-01-01T00:00:00Z).")] = None,
+        to: Annotated[str | None, typer.Option(
+            "--to", help="Stop at this time (exclusive). Only closed windows are reconciled.")] = None,
+        once: Annotated[bool, typer.Option(
+            "--once", help="One pass over the windows closed now, then exit. Without it, run "
+            "until interrupted.")] = False,
+        dry_run: Annotated[bool, typer.Option(
+            "--dry-run", help="Report differences only; write nothing (no repairs, no audit rows, "
+            "no watermark).")] = False,
+        delete_extra: Annotated[bool, typer.Option(
+            "--delete-extra", help="Archive, then delete, rows found only in the target. "
+            "Without it they are only recorded for review.")] = False,
+        config: ConfigOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Verify closed windows against the source, repair the target, advance watermarks.
+
+        Each table is compared window by window, oldest unreconciled window first: count and
+        checksum inside each database, bisection by key range down to rows, then repair of
+        missing and mismatched rows from the source at a position any later change beats.
+        A window is reconciled only once every Kafka partition feeding the table has applied
+        events past its end plus the grace period (or is idle at its log end).
+
+        Exit status 1 when a window stays unresolved after repair.
+        """
+        from cdc_reconciler.reconcile import command
+
+        settings = settings_or_fail(config)
+        try:
+            start, end = _when(from_, "--from"), _when(to, "--to")
+            if as_json:
+                reports = command.reconcile(settings, tables=table or (), start=start, end=end,
+                                            once=once, dry_run=dry_run, delete_extra=delete_extra)
+            else:
+                with Progress(SpinnerColumn(), TextColumn("{task.description}"),
+                              TimeElapsedColumn(), console=_err, transient=True) as progress:
+                    task = progress.add_task("reconciling", total=None)
+
+                    def on_window(name: str, w: Window) -> None:
+                        progress.update(task, description=f"{name} [{_t(w.start)}, {_t(w.end)})")
+
+                    reports = command.reconcile(
+                        settings, tables=table or (), start=start, end=end, once=once,
+                        dry_run=dry_run, delete_extra=delete_extra, on_window=on_window)
+        except CdcrError as exc:
+            fail(exc)
+        if as_json:
+            typer.echo(json.dumps({"dry_run": dry_run,
+                                   "tables": [r.as_json() for r in reports]}, indent=2))
+        else:
+            _print_reports(reports, dry_run)
+        if any(w.status in ("unresolved", "failed") for r in reports for w in r.windows):
+            raise typer.Exit(code=1)
+
+    @app.command()
+    def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+        """Watermarks and gaps (newest first), applied offsets, recent reconcile runs and open
+        discrepancies, from the service's tables in the target database."""
+        from cdc_reconciler.reconcile import command
+
+        settings = settings_or_fail(config)
+        try:
+            data = command.status(settings)
+        except CdcrError as exc:
+            fail(exc)
+        if as_json:
+            typer.echo(json.dumps(data, indent=2, default=str))
+        else:
+            _print_status(data)
+
+
+def _t(t: datetime | None) -> str:
+    return "-inf" if t is None else t.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _print_reports(reports: list[TableReport], dry_run: bool) -> None:
+    tbl = Table(title="reconcile (dry run: nothing written)" if dry_run else "reconcile")
+    for col in ("table", "window", "status", "missing", "extra", "mismatched", "rows"):
+        tbl.add_column(col)
+    for r in reports:
+        if not r.windows:
+            why = "no closed window" if r.closed_through is not None else "not closed (no " \
+                  "applied offsets prove closure)"
+            tbl.add_row(r.table, "", why, "", "", "", "")
+        for w in r.windows:
+            c = w.counts
+            tbl.add_row(r.table, f"[{_t(w.window.start)}, {_t(w.window.end)})", w.status,
+                        str(c.get("missing", 0)), str(c.get("extra", 0)),
+                        str(c.get("mismatched", 0)), str(c.get("source_rows", "")))
+    _out.print(tbl)
+    for r in reports:
+        for w in r.windows:
+            for d in w.differences:
+                cols = f" columns={','.join(d.columns)}" if d.columns else ""
+                _out.print(f"  {r.table} {d.kind.value} key={list(d.key)}{cols}", highlight=False)
+        _out.print(f"{r.table}: reconciled through {_t(r.reconciled_through)}", highlight=False)
+
+
+def _print_status(data: dict[str, Any]) -> None:
+    t = Table(title="watermarks")
+    for col in ("table", "reconciled_through", "state", "updated_at"):
+        t.add_column(col)
+    for m in data["watermarks"]:
+        t.add_row(m["table"], str(m["reconciled_through"]), m["state"], m["updated_at"])
+    _out.print(t)
+    if data["gaps"]:
+        g = Table(title="gaps (newest first)")
+        for col in ("table", "reconciled_through", "closed_through", "windows_behind"):
+            g.add_column(col)
+        for x in data["gaps"]:
+            g.add_row(x["table"], str(x["reconciled_through"]), str(x["closed_through"]),
+                      str(x["windows_behind"]))
+        _out.print(g)
+    o = Table(title="applied offsets")
+    for col in ("group", "topic", "partition", "next_offset", "last_event_time"):
+        o.add_column(col)
+    for x in data["applied_offsets"]:
+        o.add_row(x["consumer_group"], x["topic"], str(x["partition"]), str(x["next_offset"]),
+                  str(x["last_event_time"]))
+    _out.print(o)
+    r = Table(title="recent runs")
+    for col in ("started", "table", "window_end", "status"):
+        r.add_column(col)
+    for x in data["recent_runs"]:
+        r.add_row(str(x["started"]), x["table_name"], str(x["window_end"]), x["status"])
+    _out.print(r)
+    d = Table(title="open discrepancies")
+    for col in ("table", "kind", "count"):
+        d.add_column(col)
+    for x in data["open_discrepancies"]["counts"]:
+        d.add_row(x["table_name"], x["kind"], str(x["n"]))
+    _out.print(d)

@@ -1,0 +1,179 @@
+"""One public function per command (after alembic's ``command.py``). Each takes the settings,
+builds its clients at this edge, and raises CdcrError for anything the user can act on."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from cdc_reconciler.reconcile import repair as rp
+from cdc_reconciler.reconcile import watermarks as wm
+from cdc_reconciler.reconcile.diff import DiffOptions
+from cdc_reconciler.reconcile.run import Env, Request, TableReport, reconcile_table
+from cdc_reconciler.reconcile.segments import Window
+from cdc_reconciler.reconcile.windows import (
+    Clock,
+    LogEnds,
+    checked_now,
+    floor_to_grid,
+    kafka_log_ends,
+    table_topic,
+    utc_now,
+)
+from sqlalchemy.exc import SQLAlchemyError
+
+from cdc_reconciler.config import Settings
+from cdc_reconciler.errors import CdcrError
+
+# How long continuous mode sleeps when no window is closed: a tenth of a window, so a window is
+# picked up soon after it closes without polling the databases constantly.
+POLL_FRACTION = 0.1
+
+
+def _engines(settings: Settings) -> tuple[sa.Engine, sa.Engine]:
+    if not settings.source.url_str():
+        raise CdcrError("CDCR_SOURCE__URL is not set")
+    if not settings.target.url_str():
+        raise CdcrError("CDCR_TARGET__URL is not set")
+    return (sa.create_engine(settings.source.url_str(), pool_pre_ping=True),
+            sa.create_engine(settings.target.url_str(), pool_pre_ping=True))
+
+
+def _aware(t: datetime | None, what: str) -> datetime | None:
+    if t is not None and t.tzinfo is None:
+        raise CdcrError(f"{what} must carry a time zone (e.g. 2026-01-01T00:00:00Z)")
+    return t
+
+
+def reconcile(
+    settings: Settings,
+    *,
+    tables: Sequence[str] = (),
+    start: datetime | None = None,
+    end: datetime | None = None,
+    once: bool = True,
+    dry_run: bool = False,
+    delete_extra: bool = False,
+    diff_options: DiffOptions | None = None,
+    now_getter: Clock = utc_now,
+    log_ends: LogEnds | None = None,
+    replay_hook: rp.ReplayHook = rp.kafka_replay_hook,
+    on_window: Callable[[str, Window], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> list[TableReport]:
+    """Reconcile the closed windows of ``tables`` (default: every configured table).
+
+    ``once``: one pass over what is closed now, then return the reports. Otherwise keep going
+    (sleeping between passes) until ``should_stop()`` or KeyboardInterrupt, returning the last
+    pass's reports. Raises CdcrError on configuration or database failures."""
+    names = tuple(tables) or tuple(settings.tables)
+    if not names:
+        raise CdcrError("no tables to reconcile: pass --table <schema>.<table> or configure "
+                        "tables in the YAML file")
+    if start is not None and end is not None and start >= end:
+        raise CdcrError("--from must be before --to")
+    req = Request(names, _aware(start, "--from"), _aware(end, "--to"), dry_run, delete_extra,
+                  diff_options or DiffOptions())
+    source, target = _engines(settings)
+    k = settings.kafka
+    env = Env(settings, source, target, now_getter,
+              log_ends or kafka_log_ends(k.bootstrap_servers, sasl_username=k.sasl_username,
+                                         sasl_password=k.sasl_password.get_secret_value()
+                                         if k.sasl_password else None),
+              replay_hook, on_window)
+    try:
+        while True:
+            reports = [reconcile_table(env, req, t) for t in names]
+            if once or should_stop():
+                return reports
+            if not any(r.windows for r in reports):
+                time.sleep(settings.reconcile.window_s * POLL_FRACTION)
+    except SQLAlchemyError as exc:
+        raise CdcrError(f"reconcile failed: {exc.__class__.__name__}: {exc}") from exc
+    finally:
+        source.dispose()
+        target.dispose()
+
+
+def status(settings: Settings, *, now_getter: Clock = utc_now, runs: int = 20,
+           discrepancies: int = 50) -> dict[str, Any]:
+    """Watermarks (with the gap to what the applied offsets say is closed, newest gaps first),
+    applied offsets, recent runs and open discrepancies, as plain data (the ``--json`` form).
+    Reads the target only (no Kafka: idle partitions are not detected here)."""
+    if not settings.target.url_str():
+        raise CdcrError("CDCR_TARGET__URL is not set")
+    engine = sa.create_engine(settings.target.url_str())
+    now = checked_now(now_getter)
+    grace = timedelta(seconds=settings.reconcile.grace_s)
+    size = timedelta(seconds=settings.reconcile.window_s)
+    try:
+        with engine.connect() as c:
+            marks = wm.read_all(c)
+            offsets = c.execute(sa.text(
+                "SELECT consumer_group, topic, partition, next_offset, last_event_time, applied, "
+                "skipped_duplicate, skipped_stale, dead_lettered, updated_at "
+                "FROM cdcr.applied_offsets ORDER BY consumer_group, topic, partition"
+            )).mappings().all()
+            recent = c.execute(sa.text(
+                "SELECT run_id, table_name, window_start, window_end, started, finished, status, "
+                "counts FROM cdcr.reconcile_runs ORDER BY started DESC LIMIT :n"),
+                {"n": runs}).mappings().all()
+            open_counts = c.execute(sa.text(
+                "SELECT table_name, kind, count(*) AS n FROM cdcr.discrepancies "
+                "WHERE review_state = 'open' GROUP BY 1, 2 ORDER BY 1, 2")).mappings().all()
+            open_rows = c.execute(sa.text(
+                "SELECT id, run_id, table_name, key, kind, columns, action, created_at "
+                "FROM cdcr.discrepancies WHERE review_state = 'open' ORDER BY id DESC LIMIT :n"),
+                {"n": discrepancies}).mappings().all()
+    except SQLAlchemyError as exc:
+        raise CdcrError(f"status failed (is the target migrated? run `cdcr migrate`): "
+                        f"{exc.__class__.__name__}: {exc}") from exc
+    finally:
+        engine.dispose()
+
+    topic_times: dict[str, list[datetime | None]] = {}
+    for o in offsets:
+        if o["consumer_group"] == settings.kafka.group_id:
+            topic_times.setdefault(o["topic"], []).append(o["last_event_time"])
+    gaps = []
+    for m in marks:
+        times = topic_times.get(table_topic(settings.kafka.topic_prefix, m.table), [])
+        if not times or any(t is None for t in times):
+            continue
+        closed = floor_to_grid(min(min(t for t in times if t is not None), now) - grace, size)
+        if m.reconciled_through is None or m.reconciled_through < closed:
+            behind = None if m.reconciled_through is None else (
+                closed - m.reconciled_through).total_seconds()
+            gaps.append({"table": m.table, "reconciled_through": _iso(m.reconciled_through),
+                         "closed_through": _iso(closed), "behind_s": behind,
+                         "windows_behind": None if behind is None
+                         else int(behind // size.total_seconds())})
+    # Priority: the most recent gaps first (they hold the freshest data back).
+    gaps.sort(key=lambda g: g["closed_through"] or "", reverse=True)
+    return {
+        "now": now.isoformat(),
+        "watermarks": [{"table": m.table, "reconciled_through": _iso(m.reconciled_through),
+                        "state": m.state, "updated_at": _iso(m.updated_at)} for m in marks],
+        "gaps": gaps,
+        "applied_offsets": [{k: _plain(v) for k, v in o.items()} for o in offsets],
+        "recent_runs": [{k: _plain(v) for k, v in r.items()} for r in recent],
+        "open_discrepancies": {
+            "counts": [dict(r) for r in open_counts],
+            "latest": [{k: _plain(v) for k, v in r.items()} for r in open_rows],
+        },
+    }
+
+
+def _iso(t: datetime | None) -> str | None:
+    return None if t is None else t.isoformat()
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, datetime):
+        return v.isoformat()
+    if isinstance(v, (str, int, float, bool, dict, list)) or v is None:
+        return v
+    return str(v)

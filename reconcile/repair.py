@@ -1,0 +1,183 @@
+"""Repair a window's differences and record every correction.
+
+Order of repair for missing and mismatched rows:
+
+1. ``kafka_replay_hook``: replay the window's events for those keys from Kafka through the apply
+   engine. **This hook belongs to the apply engine (time-range replay) and is not wired yet**: the
+   default replays nothing and hands every key on.
+2. Re-read the remaining keys from the source and upsert them through
+   ``connectors.target.write_batch`` at the *repair position* (below), so that any later real
+   change still wins and no older event replayed later can undo the repair.
+
+Rows only in the target (``extra``) are recorded for review; with ``delete_extra`` they are
+archived to ``cdcr.extra_rows_archive`` and then deleted (a guarded delete that leaves a tombstone)
+— but only when the source still has no such row at read time.
+
+The repair position
+-------------------
+Positions are ``(lastCommitLsn << 64) | lsn``: an event carries the commit LSN of the
+transaction streamed *before* its own. Let ``A = max(_cdc_pos) >> 64`` over the target table and its
+tombstones, read (committed) *before* the source snapshot is taken. ``A`` is the lastCommitLsn of
+an applied event of a transaction ``V``; ``V`` committed before we read the target, hence before the
+source snapshot, hence ``V`` is visible to our read. The repair position is
+``P = (A << 64) | (2**64 - 1)``:
+
+- every change *not* visible to our read commits after ``V``, so its lastCommitLsn is at least
+  ``commit(V) > A``, and its position is at least ``(A + 1) << 64 > P``: later real changes win;
+- every event already applied to the table has lastCommitLsn ``<= A``, so ``P`` beats it: the
+  repair lands even over a corrupted row written by the newest applied batch;
+- an event visible to our read but not yet applied (consumer lag) whose position is above ``P``
+  will still be applied and overwrite the repair with an older value; the stream then delivers the
+  newer visible events too (they are newer than ``P`` as well), so the row converges to what we
+  read. Until it does, re-verification reports the key and the window stays unreconciled (no
+  watermark move) — a retry, never a wrong row.
+
+``pg_current_wal_lsn()`` read before the snapshot is recorded in the run's audit but is *not* used
+as the position: a later transaction's lastCommitLsn can be below it (its previous commit happened
+before that WAL position), so ``lsn << 64`` could beat a real later change. With an empty target
+table and no tombstones ``P = 0``, which every real change beats.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from cdc_reconciler.connectors.target import RowWrite, TargetTable, key_text, write_batch
+from cdc_reconciler.reconcile import checksum as ck
+from cdc_reconciler.reconcile.checksum import TablePair
+from cdc_reconciler.reconcile.diff import Difference, DiffResult, Kind
+from cdc_reconciler.reconcile.segments import Key, Window
+
+LOW_64 = (1 << 64) - 1
+
+ReplayHook = Callable[[TablePair, Window | None, Sequence[Key]], list[Key]]
+
+
+def kafka_replay_hook(pair: TablePair, window: Window | None, keys: Sequence[Key]) -> list[Key]:
+    """Replay ``window``'s Kafka events for ``keys`` through the apply engine; return the keys
+    that replay did not fix (Kafka retention passed, events never produced).
+
+    Owned by the apply engine's time-range replay (``cdcr replay``); until it is wired in, this
+    replays nothing and returns every key, so repair falls back to re-reading the source."""
+    return list(keys)
+
+
+@dataclass(slots=True)
+class RepairOutcome:
+    actions: dict[Key, str] = field(default_factory=dict)
+    position: int = 0
+    source_wal_lsn: str | None = None
+    applied: int = 0
+    stale: int = 0
+    archived: int = 0
+
+    def counts(self) -> dict[str, Any]:
+        return {"repair_position": str(self.position), "source_wal_lsn": self.source_wal_lsn,
+                "applied": self.applied, "stale": self.stale, "archived": self.archived}
+
+
+def repair_position(conn: sa.Connection, table: TargetTable) -> int:
+    """``P`` as described in the module docstring, from committed target data."""
+    top = conn.execute(sa.text(
+        f"SELECT greatest((SELECT max(_cdc_pos) FROM {ck.quote_ident(table.schema)}."
+        f"{ck.quote_ident(table.name)}), (SELECT max(position) FROM cdcr.tombstones "
+        "WHERE table_name = :tn))"), {"tn": table.qualified}).scalar()
+    if top is None:
+        return 0
+    return ((int(top) >> 64) << 64) | LOW_64
+
+
+def _ts_us(t: datetime) -> int:
+    return int(t.timestamp() * 1_000_000)
+
+
+def repair(source: sa.Engine, target: sa.Engine, pair: TablePair, table: TargetTable,
+           diff: DiffResult, *, window: Window | None, run_id: uuid.UUID, delete_extra: bool,
+           now: datetime, replay_hook: ReplayHook = kafka_replay_hook) -> RepairOutcome:
+    """Repair ``diff``'s differences and record each in ``cdcr.discrepancies`` (review state
+    ``open``; the caller resolves them after re-verifying). Writes and audit rows commit together
+    in one target transaction; on error nothing of the repair is committed and the error
+    propagates."""
+    out = RepairOutcome()
+    to_fix = [d.key for d in diff.differences if d.kind is not Kind.EXTRA]
+    extras = [d.key for d in diff.differences if d.kind is Kind.EXTRA]
+    remaining = set(replay_hook(pair, window, to_fix)) if to_fix else set()
+    for k in to_fix:
+        if k not in remaining:
+            out.actions[k] = "replayed"
+
+    with target.connect() as tconn:
+        out.position = repair_position(tconn, table)
+        tconn.rollback()
+    wanted = [k for k in to_fix if k in remaining] + (extras if delete_extra else [])
+    with source.connect() as sconn:
+        sconn = sconn.execution_options(isolation_level="REPEATABLE READ")
+        with sconn.begin():
+            out.source_wal_lsn = str(sconn.execute(sa.text("SELECT pg_current_wal_lsn()"))
+                                     .scalar())
+            rows = ck.fetch_raw_by_keys(sconn, pair.source, wanted) if wanted else {}
+
+    ts = _ts_us(now)
+    writes: list[RowWrite] = []
+    for k in to_fix:
+        if k not in remaining:
+            continue
+        if k in rows:
+            writes.append(RowWrite(k, rows[k], out.position, ts))
+            out.actions[k] = "upserted"
+        else:
+            out.actions[k] = "vanished"  # deleted in the source since the diff; a later run sees it
+    archive: list[Key] = []
+    for k in extras:
+        if not delete_extra:
+            out.actions[k] = "reported"
+        elif k in rows:
+            out.actions[k] = "source_has_row"  # appeared in the source since the diff
+        else:
+            archive.append(k)
+            writes.append(RowWrite(k, None, out.position, ts))
+            out.actions[k] = "deleted"
+
+    with target.begin() as tconn:
+        if archive:
+            whole = ck.fetch_json_by_keys(tconn, pair.target, archive)
+            tconn.execute(sa.text(
+                "INSERT INTO cdcr.extra_rows_archive (run_id, table_name, key, row) "
+                "VALUES (:r, :t, :k, CAST(:row AS jsonb))"),
+                [{"r": run_id, "t": pair.name, "k": key_text(k),
+                  "row": orjson.dumps(whole[k]).decode()} for k in archive if k in whole])
+            out.archived = len(whole)
+        result = write_batch(tconn, table, writes)
+        out.applied, out.stale = result.applied, result.stale
+        record_discrepancies(tconn, run_id, pair.name, diff.differences, out.actions)
+    return out
+
+
+def record_discrepancies(conn: sa.Connection, run_id: uuid.UUID, table: str,
+                         differences: Sequence[Difference], actions: dict[Key, str]) -> None:
+    if not differences:
+        return
+    conn.execute(sa.text(
+        "INSERT INTO cdcr.discrepancies (run_id, table_name, key, kind, columns, source_row, "
+        "target_row, action, review_state) VALUES (:run, :t, :k, :kind, :cols, "
+        "CAST(:s AS jsonb), CAST(:tr AS jsonb), :action, 'open')"),
+        [{"run": run_id, "t": table, "k": key_text(d.key), "kind": d.kind.value,
+          "cols": list(d.columns) or None,
+          "s": None if d.source_row is None else orjson.dumps(d.source_row).decode(),
+          "tr": None if d.target_row is None else orjson.dumps(d.target_row).decode(),
+          "action": actions.get(d.key, "reported")} for d in differences])
+
+
+def resolve_discrepancies(conn: sa.Connection, run_id: uuid.UUID,
+                          still_different: Sequence[Difference]) -> None:
+    """Mark this run's discrepancies resolved unless re-verification still finds the key."""
+    keep = [key_text(d.key) for d in still_different]
+    conn.execute(sa.text(
+        "UPDATE cdcr.discrepancies SET review_state = 'resolved' WHERE run_id = :r "
+        "AND NOT (key = ANY(:keep))"), {"r": run_id, "keep": keep})

@@ -1,0 +1,274 @@
+"""Reconcile closed windows of one table, oldest first: diff, repair, re-verify, audit, advance.
+
+Statuses of a window:
+
+- ``clean``: source and target agreed; the watermark moved past the window;
+- ``repaired``: differences were repaired and re-verification found none left; watermark moved;
+- ``open_extras``: only rows present in the target alone remain, recorded for review (deleted only
+  with ``delete_extra``); they do not hold the watermark back, the review queue keeps them;
+- ``unresolved``: something still differs after repair; the watermark stays, later windows of the
+  table wait (the watermark never skips a window);
+- ``superseded``: another reconciler moved the watermark first (compare-and-swap lost); this
+  reconciler re-reads the watermark and goes on from there;
+- ``differences`` / ``clean`` under ``--dry-run``, which reads only and writes nothing at all
+  (no run rows, no discrepancies, not even the watermark row).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from cdc_reconciler.connectors.target import TargetTable, reflect_table
+from cdc_reconciler.reconcile import repair as rp
+from cdc_reconciler.reconcile import watermarks as wm
+from cdc_reconciler.reconcile.checksum import TablePair, describe_pair, quote_ident, split_name
+from cdc_reconciler.reconcile.diff import Difference, DiffOptions, DiffResult, Kind, diff_table
+from cdc_reconciler.reconcile.segments import Window
+from cdc_reconciler.reconcile.windows import (
+    Clock,
+    LogEnds,
+    checked_now,
+    closed_through,
+    closed_windows,
+    partition_progress,
+    table_topic,
+)
+
+from cdc_reconciler.config import Settings, TableMapping
+from cdc_reconciler.errors import CdcrError
+
+ADVANCING = ("clean", "repaired", "open_extras")
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    tables: tuple[str, ...]
+    start: datetime | None = None  # --from: reconcile this range instead of from the watermark
+    end: datetime | None = None  # --to
+    dry_run: bool = False
+    delete_extra: bool = False
+    diff: DiffOptions = DiffOptions()
+
+
+@dataclass(frozen=True, slots=True)
+class Env:
+    settings: Settings
+    source: sa.Engine
+    target: sa.Engine
+    now_getter: Clock
+    log_ends: LogEnds
+    replay_hook: rp.ReplayHook = rp.kafka_replay_hook
+    on_window: Callable[[str, Window], None] | None = None  # progress
+
+
+@dataclass(slots=True)
+class WindowReport:
+    table: str
+    window: Window
+    status: str
+    differences: tuple[Difference, ...] = ()
+    counts: dict[str, Any] = field(default_factory=dict)
+    run_id: uuid.UUID | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "table": self.table,
+            "window_start": None if self.window.start is None else self.window.start.isoformat(),
+            "window_end": self.window.end.isoformat(),
+            "status": self.status,
+            "run_id": None if self.run_id is None else str(self.run_id),
+            "counts": self.counts,
+            "differences": [{"kind": d.kind.value, "key": list(d.key), "columns": list(d.columns)}
+                            for d in self.differences],
+        }
+
+
+@dataclass(slots=True)
+class TableReport:
+    table: str
+    closed_through: datetime | None
+    reconciled_through: datetime | None
+    windows: list[WindowReport] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        def iso(t: datetime | None) -> str | None:
+            return None if t is None else t.isoformat()
+
+        return {"table": self.table, "closed_through": iso(self.closed_through),
+                "reconciled_through": iso(self.reconciled_through),
+                "windows": [w.as_json() for w in self.windows]}
+
+
+def _mapping(settings: Settings, table: str) -> TableMapping:
+    return settings.tables.get(table) or TableMapping()
+
+
+def describe(env: Env, table: str) -> tuple[TablePair, TargetTable]:
+    m = _mapping(env.settings, table)
+    with env.source.connect() as s, env.target.connect() as t:
+        pair = describe_pair(s, t, table, target_table=m.target, key_columns=m.key_columns,
+                             include_columns=m.include_columns, exclude_columns=m.exclude_columns,
+                             change_time_column=m.change_time_column)
+    schema, name = split_name(m.target or table)
+    ttable = reflect_table(env.target, schema, name, key_columns=pair.key_columns)
+    if ttable is None:
+        raise CdcrError(f"target table {schema}.{name} not found")
+    return pair, ttable
+
+
+def _first_change(env: Env, pair: TablePair) -> datetime | None:
+    firsts: list[datetime] = []
+    for engine, side in ((env.source, pair.source), (env.target, pair.target)):
+        assert side.change_time_column is not None
+        with engine.connect() as c:
+            v = c.execute(sa.text(f"SELECT min({quote_ident(side.change_time_column)}) "
+                                  f"FROM {side.sql_name}")).scalar()
+        if isinstance(v, datetime):
+            firsts.append(v)
+    return min(firsts) if firsts else None
+
+
+def _closed(env: Env, table: str, now: datetime) -> datetime | None:
+    s = env.settings
+    with env.target.connect() as c:
+        parts = partition_progress(c, s.kafka.group_id, table_topic(s.kafka.topic_prefix, table))
+    found: datetime | None = closed_through(parts, timedelta(seconds=s.reconcile.grace_s), now,
+                                            env.log_ends)
+    return found
+
+
+def reconcile_table(env: Env, req: Request, table: str) -> TableReport:
+    """Reconcile ``table``'s closed windows oldest first (see the module docstring). Raises
+    CdcrError for configuration problems; database errors mark the current run ``failed`` and
+    propagate."""
+    pair, ttable = describe(env, table)
+    now = checked_now(env.now_getter)
+    closed = _closed(env, table, now)
+    if not req.dry_run:
+        with env.target.begin() as c:
+            wm.ensure(c, table)
+    with env.target.connect() as c:
+        mark = wm.read(c, table)
+    report = TableReport(table, closed, mark.reconciled_through if mark else None)
+    if closed is None:
+        return report
+    size = timedelta(seconds=env.settings.reconcile.window_s)
+    first = _first_change(env, pair) if pair.windowed else None
+    explicit = req.start is not None
+    while True:
+        with env.target.connect() as c:
+            mark = wm.read(c, table)
+        current = mark.reconciled_through if mark else None
+        start = req.start if explicit else current
+        windows = list(closed_windows(start, first, closed, size, windowed=pair.windowed,
+                                      until=req.end))
+        if req.dry_run or explicit:
+            # One pass; an explicit range still moves the watermark while contiguous with it.
+            for w in windows:
+                r = reconcile_window(env, req, pair, ttable, w, current)
+                report.windows.append(r)
+                if not req.dry_run and r.status in ADVANCING and w.start == current:
+                    current = w.end
+            break
+        restart = False
+        for w in windows:
+            r = reconcile_window(env, req, pair, ttable, w, current)
+            report.windows.append(r)
+            if r.status == "superseded":
+                restart = True
+                break
+            if r.status not in ADVANCING:
+                break
+            current = w.end
+        if not restart:
+            break
+    with env.target.connect() as c:
+        mark = wm.read(c, table)
+    report.reconciled_through = mark.reconciled_through if mark else None
+    return report
+
+
+def _kinds(diffs: tuple[Difference, ...]) -> dict[str, int]:
+    out = {k.value: 0 for k in Kind}
+    for d in diffs:
+        out[d.kind.value] += 1
+    return out
+
+
+def reconcile_window(env: Env, req: Request, pair: TablePair, ttable: TargetTable, w: Window,
+                     expected: datetime | None) -> WindowReport:
+    """Diff one window; unless dry-run: repair, re-verify, audit, and advance the watermark from
+    ``expected`` when the window starts there."""
+    if env.on_window is not None:
+        env.on_window(pair.name, w)
+    started = checked_now(env.now_getter)
+    before = diff_table(env.source, env.target, pair, w, req.diff)
+    counts: dict[str, Any] = {**before.stats.as_dict(), **_kinds(before.differences)}
+    checks: list[dict[str, Any]] = [_check("count_checksum", before)]
+    if req.dry_run:
+        status = "clean" if before.clean else "differences"
+        return WindowReport(pair.name, w, status, before.differences, counts)
+
+    run_id = uuid.uuid4()
+    with env.target.begin() as c:
+        c.execute(sa.text(
+            "INSERT INTO cdcr.reconcile_runs (run_id, table_name, window_start, window_end, "
+            "started, status, dry_run) VALUES (:r, :t, :ws, :we, :st, 'running', false)"),
+            {"r": run_id, "t": pair.name, "ws": w.start, "we": w.end, "st": started})
+        wm.set_state(c, pair.name, "reconciling")
+    try:
+        status, remaining = "clean", ()
+        if not before.clean:
+            outcome = rp.repair(env.source, env.target, pair, ttable, before, window=w,
+                                run_id=run_id, delete_extra=req.delete_extra, now=started,
+                                replay_hook=env.replay_hook)
+            counts.update(outcome.counts())
+            after = diff_table(env.source, env.target, pair, w, req.diff)
+            checks.append(_check("reverify", after))
+            remaining = after.differences
+            reported = {k for k, a in outcome.actions.items() if a == "reported"}
+            if after.clean:
+                status = "repaired"
+            elif all(d.kind is Kind.EXTRA and d.key in reported for d in remaining):
+                status = "open_extras"
+            else:
+                status = "unresolved"
+            counts["remaining"] = len(remaining)
+        with env.target.begin() as c:
+            if not before.clean:
+                rp.resolve_discrepancies(c, run_id, remaining)
+            if status in ADVANCING and w.start == expected:
+                try:
+                    with c.begin_nested():
+                        wm.advance(c, pair.name, expected, w.end)
+                except wm.WatermarkConflict:
+                    status = "superseded"
+            _finish(c, run_id, status, counts, checks, env.now_getter)
+            wm.set_state(c, pair.name, "idle" if status in (*ADVANCING, "superseded")
+                         else status)
+    except Exception:
+        with env.target.begin() as c:
+            _finish(c, run_id, "failed", counts, checks, env.now_getter)
+        raise
+    return WindowReport(pair.name, w, status, before.differences, counts, run_id)
+
+
+def _check(name: str, result: DiffResult) -> dict[str, Any]:
+    return {"check": name, "source_rows": result.stats.source_rows,
+            "target_rows": result.stats.target_rows,
+            "result": "equal" if result.clean else f"{len(result.differences)} differences"}
+
+
+def _finish(c: sa.Connection, run_id: uuid.UUID, status: str, counts: dict[str, Any],
+            checks: list[dict[str, Any]], now_getter: Clock) -> None:
+    c.execute(sa.text(
+        "UPDATE cdcr.reconcile_runs SET status = :s, finished = :f, counts = CAST(:c AS jsonb), "
+        "checks = CAST(:k AS jsonb) WHERE run_id = :r"),
+        {"s": status, "f": checked_now(now_getter), "c": orjson.dumps(counts).decode(),
+         "k": orjson.dumps(checks).decode(), "r": run_id})
