@@ -291,7 +291,10 @@ class LagMonitor:
             raise LagError("no consumer group given")
         self._source = source
         self._groups = list(dict.fromkeys(groups))
-        self._rx = re.compile(topic_pattern) if topic_pattern else None
+        try:
+            self._rx = re.compile(topic_pattern) if topic_pattern else None
+        except re.error as exc:
+            raise LagError(f"invalid --topic regex {topic_pattern!r}: {exc}") from exc
         self._pattern = topic_pattern
         self._history = max(1, history)
         self._thresholds = thresholds

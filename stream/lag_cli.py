@@ -269,13 +269,13 @@ def _watch(session: _Session, *, as_json: bool, samples: int, interval: float,
         while True:
             _emit(report, as_json=True)
             time.sleep(refresh)
-            report = session.refresh(samples=1, interval=0.0)
+            report = session.refresh(samples=1, interval=refresh)
     from rich.live import Live
 
     with Live(render(report), refresh_per_second=4, screen=False) as live:
         while True:
             time.sleep(refresh)
-            report = session.refresh(samples=1, interval=0.0)
+            report = session.refresh(samples=1, interval=refresh)
             live.update(render(report))
 
 
@@ -359,7 +359,7 @@ def _serve(session: _Session, *, port: int, samples: int, interval: float, refre
     try:
         while not stop.wait(refresh):
             try:
-                report: LagReport | None = session.refresh(samples=1, interval=0.0)
+                report: LagReport | None = session.refresh(samples=1, interval=refresh)
                 collector.update(report, up=True)
             except CdcrError as exc:
                 # Keep serving through a broker outage; cdcr_lag_up=0 says so to the alerts.
