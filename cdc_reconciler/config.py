@@ -33,6 +33,8 @@ class KafkaSettings(_Frozen):
     sasl_password: SecretStr | None = None
     batch_size: int = Field(default=5000, ge=1)
     batch_timeout_s: float = Field(default=0.5, gt=0)
+    # A crashed member keeps its partitions until this expires (broker minimum: 6000).
+    session_timeout_ms: int = Field(default=45000, ge=1000)
 
     def dlq_topic(self) -> str:
         return self.dead_letter_topic or f"{self.topic_prefix}.cdcr.dlq"

@@ -71,7 +71,7 @@ def consumer_config(settings: KafkaSettings, *, group_id: str | None = None) -> 
         # Large fetches: the engine consumes in batches of thousands.
         "fetch.min.bytes": 1,
         "queued.max.messages.kbytes": 262144,
-        "session.timeout.ms": 45000,
+        "session.timeout.ms": settings.session_timeout_ms,
         "max.poll.interval.ms": 600000,
         **_security(settings),
     }

@@ -19,6 +19,7 @@ Failure policy, in one place:
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -197,27 +198,21 @@ class ApplyEngine:
         started = time.perf_counter()
         plan = self._plan(records)
         self._dead.publish(plan.dead)
+        planned = plan.outcome
         delay = RETRY_INITIAL_S
         while True:
+            # Each attempt accounts on a fresh copy, so a retried transaction never counts twice.
+            plan.outcome = copy.deepcopy(planned)
             try:
-                applied = self._transaction(plan)
+                self._transaction(plan)
                 break
             except DBAPIError as exc:
                 if _is_bad_data(exc):
-                    applied = self._isolate_bad_rows(plan)
+                    plan.outcome = copy.deepcopy(planned)
+                    self._isolate_bad_rows(plan)
                     break
                 self._retry_wait(exc, delay)
                 delay = min(delay * 2, RETRY_MAX_S)
-        for (table, _topic, _part), (route, group) in plan.writes.items():
-            n_applied = applied.get((table, _topic, _part), 0)
-            del route
-            counts = plan.outcome.counts(_topic, _part)
-            counts.applied += n_applied
-            counts.skipped_stale += len(group) - n_applied
-            plan.outcome.table_add(table, "applied", n_applied)
-            plan.outcome.table_add(table, "skipped_stale", len(group) - n_applied)
-        for p in plan.truncates:
-            self._count(plan, p, "applied")
         if self._ids is not None:
             self._ids.record(plan.fresh_ids)
         if self._metrics is not None:
@@ -241,7 +236,7 @@ class ApplyEngine:
         if self._stop.is_set():
             raise Interrupted("stopped while the target database was unavailable; nothing applied")
 
-    def _transaction(self, plan: _Plan) -> dict[tuple[str, str, int], int]:
+    def _transaction(self, plan: _Plan) -> None:
         applied: dict[tuple[str, str, int], int] = {}
         with self._target.begin() as conn:
             for gk, (route, group) in plan.writes.items():
@@ -249,15 +244,28 @@ class ApplyEngine:
                 applied[gk] = res.applied
             for p in plan.truncates:
                 truncate_table(conn, p.route.table, p.event.position, p.event.ts_us)
-            self._finish(conn, plan)
-        return applied
+            self._finish(conn, plan, applied)
 
-    def _finish(self, conn: sa.Connection, plan: _Plan) -> None:
+    def _account(self, plan: _Plan, applied: dict[tuple[str, str, int], int]) -> None:
+        for (table, topic, part), (_route, group) in plan.writes.items():
+            n = applied.get((table, topic, part), 0)
+            counts = plan.outcome.counts(topic, part)
+            counts.applied += n
+            counts.skipped_stale += len(group) - n
+            plan.outcome.table_add(table, "applied", n)
+            plan.outcome.table_add(table, "skipped_stale", len(group) - n)
+        for p in plan.truncates:
+            self._count(plan, p, "applied")
+
+    def _finish(self, conn: sa.Connection, plan: _Plan,
+                applied: dict[tuple[str, str, int], int]) -> None:
+        """Account the outcome and write dead letters and applied offsets, in the transaction."""
+        self._account(plan, applied)
         DeadLetterSink.record(conn, plan.dead)
         if self._group is not None:
             record_applied(conn, self._group, plan.outcome)
 
-    def _isolate_bad_rows(self, plan: _Plan) -> dict[tuple[str, str, int], int]:
+    def _isolate_bad_rows(self, plan: _Plan) -> None:
         """A row the database rejects: apply each write in its own savepoint; the rejected ones
         become dead letters with the database's message; the rest commit with the batch."""
         log.warning("the target rejected part of a batch; isolating the bad rows")
@@ -287,8 +295,7 @@ class ApplyEngine:
                 plan.outcome.counts(p.record.topic, p.record.partition).dead_lettered += 1
                 plan.outcome.table_add(p.route.table.qualified, "dead_lettered")
             self._dead.publish([d for d in plan.dead if d.kind == "apply_rejected"])
-            self._finish(conn, plan)
-        return applied
+            self._finish(conn, plan, applied)
 
 
 def _row_write(p: Pending) -> RowWrite:

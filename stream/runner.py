@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 # How often the loop logs its per-interval counts.
 LOG_INTERVAL_S = 10.0
+# With --stop-when-idle and no partition assigned, how much longer to wait for an assignment
+# (a killed member holds its partitions until its session times out).
+IDLE_UNASSIGNED_S = 60.0
 # How often new topics matching the pattern are looked for (a new table's first events wait at
 # most this long).
 TOPIC_REFRESH_S = 10.0
@@ -71,6 +74,7 @@ class Runner:
         self._clock = clock
         self.last_loop = clock()
         self.assigned: set[tuple[str, int]] = set()
+        self.assigned_at = clock()
 
     # ------------------------------------------------------------------ rebalance callbacks
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -97,6 +101,7 @@ class Runner:
                 p.offset = ours
         consumer.incremental_assign(partitions)
         self.assigned.update(wanted)
+        self.assigned_at = self._clock()
         log.info("assigned %d partitions", len(partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -121,7 +126,8 @@ class Runner:
                     last_refresh = now
                 if not self._topics:
                     self.stop.wait(min(1.0, self._timeout))
-                    if stop_when_idle_s is not None and now - last_record >= stop_when_idle_s:
+                    if stop_when_idle_s is not None and self._idle(now, last_record,
+                                                                    stop_when_idle_s):
                         summary.stopped_by = "idle"
                         break
                     continue
@@ -139,7 +145,7 @@ class Runner:
                     total = outcome.total()
                     summary.totals.merge(total)
                     interval.merge(total)
-                elif stop_when_idle_s is not None and now - last_record >= stop_when_idle_s:
+                elif stop_when_idle_s is not None and self._idle(now, last_record, stop_when_idle_s):
                     summary.stopped_by = "idle"
                     break
                 if now - last_log >= LOG_INTERVAL_S:
@@ -152,6 +158,15 @@ class Runner:
             _log_interval(interval)
             self._consumer.close()
         return summary
+
+    def _idle(self, now: float, last_record: float, idle_s: float) -> bool:
+        """Caught up: nothing arrived for idle_s since the last record and the last assignment.
+        Without any assignment (e.g. a dead member's session has not expired yet) wait longer,
+        up to IDLE_UNASSIGNED_S, before calling it idle."""
+        quiet = now - max(last_record, self.assigned_at)
+        if self.assigned:
+            return quiet >= idle_s
+        return quiet >= idle_s + IDLE_UNASSIGNED_S
 
     def matching_topics(self) -> list[str]:
         try:

@@ -1,0 +1,264 @@
+"""The apply engine end to end: real PostgreSQL source -> real Debezium -> real Kafka ->
+cdcr -> real PostgreSQL target, with real Redis. Each test owns its table, connector, topics and
+consumer group."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import redis
+import sqlalchemy as sa
+from confluent_kafka import Producer
+
+from cdc_reconciler.config import Settings
+from cdc_reconciler.stream import command
+from tests.helpers import count_records, read_topic, rows, settings_for, wait_for
+
+pytestmark = pytest.mark.services
+
+COLUMNS = "id, name, amount, created, payload::text, big, flag"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Pipeline:
+    table: str
+    topic: str
+    prefix: str
+    settings: Settings
+    env: dict[str, str]
+
+    @property
+    def qualified(self) -> str:
+        return f"public.{self.table}"
+
+
+@pytest.fixture()
+def pipeline(services, source_engine, target_engine, debezium, unique_name, monkeypatch) -> Pipeline:
+    table = unique_name("t")
+    with source_engine.begin() as conn:
+        conn.execute(sa.text(
+            f"create table public.{table} (id int primary key, name text not null, "
+            "amount numeric(12,2), created timestamptz, payload jsonb, big text, flag boolean)"
+        ))
+        # Rows present before the connector starts arrive as snapshot reads (op r).
+        conn.execute(sa.text(
+            f"insert into public.{table} select g, 'snap' || g, g * 1.5, "
+            "timestamptz '2024-01-01 00:00:00+00' + g * interval '1 hour', "
+            "jsonb_build_object('g', g), repeat('x', 3000), g % 2 = 0 from generate_series(1, 20) g"
+        ))
+    connector = debezium([f"public.{table}"])
+    env = {
+        "KAFKA__TOPIC_PATTERN": rf"^{connector.topic_prefix}\.public\.{table}$",
+        "KAFKA__TOPIC_PREFIX": connector.topic_prefix,
+        "KAFKA__GROUP_ID": f"g_{table}",
+        "KAFKA__BATCH_TIMEOUT_S": "0.2",
+        "KAFKA__SESSION_TIMEOUT_MS": "6000",
+        "METRICS__PORT": str(free_port()),
+    }
+    settings = settings_for(monkeypatch, **env)
+    command.sync_tables(settings, [f"public.{table}"])
+    yield Pipeline(table, connector.topic(f"public.{table}"), connector.topic_prefix, settings, env)
+    with source_engine.begin() as conn:
+        conn.execute(sa.text(f"drop table if exists public.{table}"))
+    with target_engine.begin() as conn:
+        conn.execute(sa.text(f"drop table if exists public.{table}"))
+        conn.execute(sa.text("delete from cdcr.tombstones where table_name = :t"),
+                     {"t": f"public.{table}"})
+
+
+def source_traffic(engine: sa.Engine, table: str) -> None:
+    """Inserts, updates (one leaving the TOASTed column unchanged), deletes, a key change."""
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            f"insert into public.{table} select g, 'new' || g, g * 2.25, now(), "
+            "jsonb_build_object('n', g, 'a', array[1,2]), repeat('y', 5000), true "
+            "from generate_series(21, 60) g"))
+    for i in range(5):
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"update public.{table} set name = name || '-u{i}', "
+                                 f"amount = amount + 1 where id % 7 = {i}"))
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"delete from public.{table} where id in (3, 4, 30)"))
+        conn.execute(sa.text(f"update public.{table} set id = 1000 where id = 5"))
+        conn.execute(sa.text(f"insert into public.{table} (id, name) values (3, 'reborn')"))
+
+
+def expected_records(p: Pipeline, services: Any, n: int) -> None:
+    wait_for(f"{n} records in {p.topic}", lambda: count_records(services.kafka_bootstrap, p.topic) >= n)
+
+
+def target_matches_source(p: Pipeline, source: sa.Engine, target: sa.Engine) -> None:
+    assert rows(target, p.qualified, COLUMNS) == rows(source, p.qualified, COLUMNS)
+
+
+def applied_counts(target: sa.Engine, group: str) -> dict[str, int]:
+    with target.connect() as conn:
+        r = conn.execute(sa.text(
+            "select sum(consumed) consumed, sum(applied) applied, sum(skipped_duplicate) dup, "
+            "sum(skipped_stale) stale, sum(dead_lettered) dlq, sum(skipped_noop) noop, "
+            "max(next_offset) next_offset from cdcr.applied_offsets where consumer_group = :g"),
+            {"g": group}).one()
+    return {k: int(v or 0) for k, v in r._mapping.items()}
+
+
+# Records source_traffic produces after the 20 snapshot reads: 40 inserts, 44 updates
+# (ids 1..60 with id % 7 in 0..4), 3 deletes + 3 tombstones, a key change (delete + tombstone +
+# create) and 1 insert.
+TRAFFIC_RECORDS = 20 + 40 + 44 + 6 + 3 + 1
+
+
+def run_until_idle(settings: Settings, idle: float = 3.0) -> Any:
+    return command.run(settings, stop_when_idle_s=idle, serve_metrics=False)
+
+
+def test_stream_applies_every_change_and_counts_add_up(pipeline, services, source_engine,
+                                                       target_engine):
+    source_traffic(source_engine, pipeline.table)
+    expected_records(pipeline, services, TRAFFIC_RECORDS)
+
+    summary = run_until_idle(pipeline.settings)
+
+    target_matches_source(pipeline, source_engine, target_engine)
+    t = summary.totals
+    assert t.consumed == count_records(services.kafka_bootstrap, pipeline.topic)
+    assert t.consumed == (t.applied + t.skipped_duplicate + t.skipped_stale + t.dead_lettered
+                          + t.skipped_noop)
+    assert t.dead_lettered == 0
+    assert t.skipped_noop == 4  # the tombstones after the 3 deletes and the key change
+    db = applied_counts(target_engine, f"g_{pipeline.table}")
+    assert db["consumed"] == t.consumed and db["applied"] == t.applied
+    assert db["next_offset"] == t.consumed  # one partition: next offset = records consumed
+    # The TOASTed column survived the updates that did not touch it.
+    with target_engine.connect() as conn:
+        big = conn.execute(sa.text(f"select length(big) from {pipeline.qualified} where id = 21"))
+        assert big.scalar() == 5000
+        amount = conn.execute(sa.text(f"select amount from {pipeline.qualified} where id = 2"))
+        assert amount.scalar() == Decimal("4.00")  # snapshot 2 * 1.5, then +1 (id % 7 == 2)
+
+
+def test_redelivered_and_reordered_events_leave_the_target_unchanged(
+    pipeline, services, source_engine, target_engine
+):
+    source_traffic(source_engine, pipeline.table)
+    expected_records(pipeline, services, TRAFFIC_RECORDS)
+    run_until_idle(pipeline.settings)
+    target_matches_source(pipeline, source_engine, target_engine)
+    before = rows(target_engine, pipeline.qualified, COLUMNS + ", _cdc_pos")
+
+    # Re-produce an old slice (the snapshot and the first inserts) reversed, after newer
+    # changes were applied: first with Redis remembering them, then with Redis flushed.
+    old = read_topic(services.kafka_bootstrap, pipeline.topic)[:60]
+    producer = Producer({"bootstrap.servers": services.kafka_bootstrap})
+    for m in reversed(old):
+        producer.produce(pipeline.topic, key=m.key(), value=m.value())
+    producer.flush(30)
+    first = run_until_idle(pipeline.settings).totals
+    assert first.consumed == 60 and first.skipped_duplicate == 60 and first.applied == 0
+
+    redis.Redis.from_url(services.redis_url).flushdb()
+    for m in old:
+        producer.produce(pipeline.topic, key=m.key(), value=m.value())
+    producer.flush(30)
+    second = run_until_idle(pipeline.settings).totals
+    assert second.consumed == 60 and second.applied == 0
+    assert second.skipped_stale + second.skipped_duplicate == 60
+    assert rows(target_engine, pipeline.qualified, COLUMNS + ", _cdc_pos") == before
+
+
+def test_poison_message_is_dead_lettered_and_the_rest_applied(pipeline, services, source_engine,
+                                                              target_engine):
+    expected_records(pipeline, services, 20)
+    producer = Producer({"bootstrap.servers": services.kafka_bootstrap})
+    producer.produce(pipeline.topic, key=b'{"id":999}', value=b'{"not debezium": true')
+    producer.flush(30)
+    with source_engine.begin() as conn:
+        conn.execute(sa.text(f"insert into public.{pipeline.table} (id, name) values (500, 'after')"))
+    expected_records(pipeline, services, 22)
+
+    summary = run_until_idle(pipeline.settings)
+
+    assert summary.totals.dead_lettered == 1
+    target_matches_source(pipeline, source_engine, target_engine)
+    with target_engine.connect() as conn:
+        dl = conn.execute(sa.text(
+            "select error_kind, error, value from cdcr.dead_letters where topic = :t"),
+            {"t": pipeline.topic}).all()
+    assert len(dl) == 1 and dl[0].error_kind == "decode:not_json"
+    assert bytes(dl[0].value) == b'{"not debezium": true'
+    dlq = read_topic(services.kafka_bootstrap, f"{pipeline.prefix}.cdcr.dlq")
+    assert len(dlq) == 1 and dlq[0].value() == b'{"not debezium": true'
+    assert dict(dlq[0].headers())["cdcr.error.kind"] == b"decode:not_json"
+
+
+def test_without_redis_the_pipeline_stays_correct(pipeline, services, source_engine,
+                                                  target_engine, monkeypatch):
+    # Nothing listens on this port: every Redis call fails fast.
+    settings = settings_for(monkeypatch, REDIS__URL=f"redis://127.0.0.1:{free_port()}/0")
+    source_traffic(source_engine, pipeline.table)
+    expected_records(pipeline, services, TRAFFIC_RECORDS)
+    summary = run_until_idle(settings)
+    target_matches_source(pipeline, source_engine, target_engine)
+    assert summary.totals.consumed > 0 and summary.totals.dead_lettered == 0
+
+
+def test_kill_9_mid_stream_then_restart_converges(pipeline, services, source_engine,
+                                                  target_engine):
+    with source_engine.begin() as conn:
+        conn.execute(sa.text(
+            f"insert into public.{pipeline.table} select g, 'bulk' || g, g, now(), '{{}}', 'b', "
+            "false from generate_series(100, 20099) g"))
+    expected_records(pipeline, services, 20020)
+    env = {**os.environ, **{f"CDCR_{k}": v for k, v in pipeline.env.items()},
+           "CDCR_KAFKA__BATCH_SIZE": "500"}
+    proc = subprocess.Popen([sys.executable, "-m", "cdc_reconciler", "run", "--no-metrics"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    group = f"g_{pipeline.table}"
+    try:
+        wait_for("some batches applied",
+                 lambda: proc.poll() is not None or applied_counts(target_engine, group)[
+                     "consumed"] > 2000, timeout=120, every=0.05)
+        assert proc.poll() is None, f"cdcr run exited early with {proc.returncode}"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    partial = applied_counts(target_engine, group)["consumed"]
+    assert partial < 20020, "killed too late to test anything"
+
+    run_until_idle(pipeline.settings)
+
+    target_matches_source(pipeline, source_engine, target_engine)
+    c = applied_counts(target_engine, group)
+    assert c["next_offset"] == count_records(services.kafka_bootstrap, pipeline.topic)
+    assert c["consumed"] == c["applied"] + c["dup"] + c["stale"] + c["dlq"] + c["noop"]
+
+
+def test_sigterm_stops_cleanly_and_commits_only_what_was_applied(pipeline, services,
+                                                                  target_engine):
+    expected_records(pipeline, services, 20)
+    stop = threading.Event()
+    result: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: result.update(s=command.run(
+        pipeline.settings, serve_metrics=False, stop=stop)))
+    t.start()
+    wait_for("snapshot applied", lambda: applied_counts(target_engine, f"g_{pipeline.table}")[
+        "consumed"] >= 20)
+    stop.set()
+    t.join(30)
+    assert not t.is_alive()
+    assert result["s"].stopped_by == "signal"
+    assert rows(target_engine, pipeline.qualified, "count(*)") == [(20,)]
