@@ -1,0 +1,57 @@
+# cdc-reconciler developer commands. `make demo` and `make test` are the README's quickstart.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STACK_ENV = eval "$$(scripts/stack env)"
+
+.PHONY: venv lint typecheck test test-unit bench bench-quick stack-up stack-down stack-status demo clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q -U pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check cdc_reconciler stream connectors reconcile
+
+typecheck: venv
+	$(VENV)/bin/mypy cdc_reconciler stream connectors reconcile
+
+## Starts the real services if they are not up (idempotent), then runs every test against them.
+test: venv
+	scripts/stack up
+	$(STACK_ENV) && $(VENV)/bin/pytest -q
+
+## Only the tests that need no services (decoding, diff logic, status rules).
+test-unit: venv
+	$(VENV)/bin/pytest -q -m "not services"
+
+bench: venv
+	scripts/stack up
+	$(STACK_ENV) && $(PY) -m bench.run
+
+bench-quick: venv
+	scripts/stack up
+	$(STACK_ENV) && $(PY) -m bench.run --quick
+
+stack-up:
+	scripts/stack up
+
+stack-down:
+	scripts/stack down
+
+stack-status:
+	scripts/stack status
+
+## Starts the stack, creates a demo schema with a trickle of writes, registers Debezium and runs
+## the consumer; Ctrl-C stops the demo (the stack keeps running: make stack-down).
+demo: venv
+	scripts/stack up
+	$(STACK_ENV) && scripts/demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
