@@ -40,6 +40,16 @@ class RunSummary:
     batches: int = 0
     totals: PartitionCounts = field(default_factory=PartitionCounts)
     stopped_by: str = ""
+    # Wall-clock seconds (time.time) of the first record consumed and the last batch committed:
+    # the apply rate is totals.consumed / (last_commit_at - first_record_at).
+    first_record_at: float | None = None
+    last_commit_at: float | None = None
+
+    def rate(self) -> float | None:
+        if self.first_record_at is None or self.last_commit_at is None:
+            return None
+        span = self.last_commit_at - self.first_record_at
+        return self.totals.consumed / span if span > 0 else None
 
 
 class Runner:
@@ -135,12 +145,15 @@ class Runner:
                 records = self._records(msgs)
                 if records:
                     last_record = now
+                    if summary.first_record_at is None:
+                        summary.first_record_at = time.time()
                     try:
                         outcome = self._engine.process(records)
                     except Interrupted:
                         summary.stopped_by = "signal"
                         break
                     self._commit(outcome.partitions)
+                    summary.last_commit_at = time.time()
                     summary.batches += 1
                     total = outcome.total()
                     summary.totals.merge(total)
