@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from cdc_reconciler.connectors.kafka import FLUSH_TIMEOUT_S, Record, raise_for
 from confluent_kafka import KafkaException, Producer
+
+from cdc_reconciler.connectors.kafka import FLUSH_TIMEOUT_S, Record, raise_for
 
 log = logging.getLogger(__name__)
 

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -19,111 +17,20 @@ import redis
 import sqlalchemy as sa
 from confluent_kafka import Producer
 
-from cdc_reconciler.config import Settings
 from cdc_reconciler.stream import command
 from tests.helpers import count_records, read_topic, rows, settings_for, wait_for
+from tests.stream.pipeline import (
+    COLUMNS,
+    TRAFFIC_RECORDS,
+    applied_counts,
+    expected_records,
+    free_port,
+    run_until_idle,
+    source_traffic,
+    target_matches_source,
+)
 
 pytestmark = pytest.mark.services
-
-COLUMNS = "id, name, amount, created, payload::text, big, flag"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Pipeline:
-    table: str
-    topic: str
-    prefix: str
-    settings: Settings
-    env: dict[str, str]
-
-    @property
-    def qualified(self) -> str:
-        return f"public.{self.table}"
-
-
-@pytest.fixture()
-def pipeline(services, source_engine, target_engine, debezium, unique_name, monkeypatch) -> Pipeline:
-    table = unique_name("t")
-    with source_engine.begin() as conn:
-        conn.execute(sa.text(
-            f"create table public.{table} (id int primary key, name text not null, "
-            "amount numeric(12,2), created timestamptz, payload jsonb, big text, flag boolean)"
-        ))
-        # Rows present before the connector starts arrive as snapshot reads (op r).
-        conn.execute(sa.text(
-            f"insert into public.{table} select g, 'snap' || g, g * 1.5, "
-            "timestamptz '2024-01-01 00:00:00+00' + g * interval '1 hour', "
-            "jsonb_build_object('g', g), repeat('x', 3000), g % 2 = 0 from generate_series(1, 20) g"
-        ))
-    connector = debezium([f"public.{table}"])
-    env = {
-        "KAFKA__TOPIC_PATTERN": rf"^{connector.topic_prefix}\.public\.{table}$",
-        "KAFKA__TOPIC_PREFIX": connector.topic_prefix,
-        "KAFKA__GROUP_ID": f"g_{table}",
-        "KAFKA__BATCH_TIMEOUT_S": "0.2",
-        "KAFKA__SESSION_TIMEOUT_MS": "6000",
-        "METRICS__PORT": str(free_port()),
-    }
-    settings = settings_for(monkeypatch, **env)
-    command.sync_tables(settings, [f"public.{table}"])
-    yield Pipeline(table, connector.topic(f"public.{table}"), connector.topic_prefix, settings, env)
-    with source_engine.begin() as conn:
-        conn.execute(sa.text(f"drop table if exists public.{table}"))
-    with target_engine.begin() as conn:
-        conn.execute(sa.text(f"drop table if exists public.{table}"))
-        conn.execute(sa.text("delete from cdcr.tombstones where table_name = :t"),
-                     {"t": f"public.{table}"})
-
-
-def source_traffic(engine: sa.Engine, table: str) -> None:
-    """Inserts, updates (one leaving the TOASTed column unchanged), deletes, a key change."""
-    with engine.begin() as conn:
-        conn.execute(sa.text(
-            f"insert into public.{table} select g, 'new' || g, g * 2.25, now(), "
-            "jsonb_build_object('n', g, 'a', array[1,2]), repeat('y', 5000), true "
-            "from generate_series(21, 60) g"))
-    for i in range(5):
-        with engine.begin() as conn:
-            conn.execute(sa.text(f"update public.{table} set name = name || '-u{i}', "
-                                 f"amount = amount + 1 where id % 7 = {i}"))
-    with engine.begin() as conn:
-        conn.execute(sa.text(f"delete from public.{table} where id in (3, 4, 30)"))
-        conn.execute(sa.text(f"update public.{table} set id = 1000 where id = 5"))
-        conn.execute(sa.text(f"insert into public.{table} (id, name) values (3, 'reborn')"))
-
-
-def expected_records(p: Pipeline, services: Any, n: int) -> None:
-    wait_for(f"{n} records in {p.topic}", lambda: count_records(services.kafka_bootstrap, p.topic) >= n)
-
-
-def target_matches_source(p: Pipeline, source: sa.Engine, target: sa.Engine) -> None:
-    assert rows(target, p.qualified, COLUMNS) == rows(source, p.qualified, COLUMNS)
-
-
-def applied_counts(target: sa.Engine, group: str) -> dict[str, int]:
-    with target.connect() as conn:
-        r = conn.execute(sa.text(
-            "select sum(consumed) consumed, sum(applied) applied, sum(skipped_duplicate) dup, "
-            "sum(skipped_stale) stale, sum(dead_lettered) dlq, sum(skipped_noop) noop, "
-            "max(next_offset) next_offset from cdcr.applied_offsets where consumer_group = :g"),
-            {"g": group}).one()
-    return {k: int(v or 0) for k, v in r._mapping.items()}
-
-
-# Records source_traffic produces after the 20 snapshot reads: 40 inserts, 44 updates
-# (ids 1..60 with id % 7 in 0..4), 3 deletes + 3 tombstones, a key change (delete + tombstone +
-# create) and 1 insert.
-TRAFFIC_RECORDS = 20 + 40 + 44 + 6 + 3 + 1
-
-
-def run_until_idle(settings: Settings, idle: float = 3.0) -> Any:
-    return command.run(settings, stop_when_idle_s=idle, serve_metrics=False)
 
 
 def test_stream_applies_every_change_and_counts_add_up(pipeline, services, source_engine,

@@ -21,13 +21,13 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from cdc_reconciler.connectors.kafka_admin import KafkaAdmin, KafkaAdminError, client_config
-from cdc_reconciler.stream.lag import LagMonitor, Status, TimeLagSource, collect
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from cdc_reconciler.cli import app
+from cdc_reconciler.connectors.kafka_admin import KafkaAdmin, KafkaAdminError, client_config
+from cdc_reconciler.stream.lag import LagMonitor, Status, TimeLagSource, collect
 from tests.conftest import Services
 
 pytestmark = pytest.mark.services

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
+from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.stream.lag import (
     TP,
     LagError,
@@ -22,8 +24,6 @@ from cdc_reconciler.stream.lag import (
     report_as_json,
     time_lag,
 )
-
-from cdc_reconciler.errors import CdcrError
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
