@@ -51,6 +51,8 @@ class RedisSettings(_Frozen):
     url: SecretStr = SecretStr("redis://127.0.0.1:16379/0")
     # Processed change IDs live in per-hour sets that expire after this many seconds.
     id_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    # Processed IDs are kept per target database; default: derived from the target URL.
+    namespace: str | None = None
 
 
 class ReconcileSettings(_Frozen):

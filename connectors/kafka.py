@@ -36,15 +36,8 @@ class Record:
 
     @classmethod
     def from_message(cls, msg: Message) -> Record:
-        ts_type, ts = msg.timestamp()
-        return cls(
-            msg.topic() or "",
-            msg.partition() or 0,
-            msg.offset() or 0,
-            msg.key(),
-            msg.value(),
-            ts if ts_type != 0 else None,
-        )
+        # The Kafka timestamp is not needed on the apply path (event time comes from the event).
+        return cls(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value())  # type: ignore[arg-type]
 
 
 def _security(settings: KafkaSettings) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """Processed change IDs in Redis: the fast path for skipping redelivered events, never the truth.
 
-IDs are 16-byte digests kept in one set per hour of event time (``cdcr:ids:<hours since epoch>``),
+IDs are 16-byte digests kept in one set per hour of event time
+(``cdcr:<namespace>:ids:<hours since epoch>``; the namespace names the target database, since an
+ID processed into one target says nothing about another),
 each set expiring ``ttl_s`` after it was last written. A batch costs one round trip to look up
 (SMISMEMBER per hour set, pipelined) and one to record (SADD + EXPIRE per hour set, pipelined).
 Measured memory: about 72 bytes per ID in a set (DESIGN.md); see docs/benchmarks.md.
@@ -12,6 +14,7 @@ counted and logged by the caller through :attr:`ProcessedIds.available`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -21,27 +24,36 @@ import redis
 log = logging.getLogger(__name__)
 
 HOUR_US = 3_600_000_000
-KEY_PREFIX = "cdcr:ids:"
 
 
-def set_key(ts_us: int) -> str:
-    return f"{KEY_PREFIX}{ts_us // HOUR_US}"
+def namespace_for(target_url: str) -> str:
+    """A short, stable namespace for a target database: host, port and database name (never the
+    credentials) hashed."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(target_url)
+    ident = f"{u.host}:{u.port}/{u.database}"
+    return hashlib.blake2b(ident.encode(), digest_size=4).hexdigest()
 
 
 class ProcessedIds:
     """Lookup and record processed change IDs. Methods never raise for Redis outages."""
 
-    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, ttl_s: int, namespace: str = "default") -> None:
         self._client = client
+        self._prefix = f"cdcr:{namespace}:ids:"
         self._ttl_s = ttl_s
         self.available = True
         self.failures = 0
 
     @classmethod
-    def from_url(cls, url: str, ttl_s: int) -> ProcessedIds:
+    def from_url(cls, url: str, ttl_s: int, namespace: str = "default") -> ProcessedIds:
         # Short timeouts: Redis is an optimisation; a slow Redis must not stall the apply loop.
         client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
-        return cls(client, ttl_s)
+        return cls(client, ttl_s, namespace)
+
+    def set_key(self, ts_us: int) -> str:
+        return f"{self._prefix}{ts_us // HOUR_US}"
 
     def _failed(self, what: str, exc: Exception) -> None:
         self.failures += 1
@@ -57,7 +69,7 @@ class ProcessedIds:
             return []
         by_key: dict[str, list[int]] = defaultdict(list)
         for i, (_, ts) in enumerate(ids):
-            by_key[set_key(ts)].append(i)
+            by_key[self.set_key(ts)].append(i)
         out = [False] * len(ids)
         try:
             pipe = self._client.pipeline(transaction=False)
@@ -80,7 +92,7 @@ class ProcessedIds:
         """Record IDs after their batch committed. Returns False (and logs) if Redis is down."""
         by_key: dict[str, list[bytes]] = defaultdict(list)
         for cid, ts in ids:
-            by_key[set_key(ts)].append(cid)
+            by_key[self.set_key(ts)].append(cid)
         if not by_key:
             return True
         try:

@@ -143,26 +143,56 @@ def _array_item(v: Any) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _bytes_text(v: Any) -> str:
+    return "\\x" + bytes(v).hex()
+
+
+def _bool_text(v: bool) -> str:
+    return "t" if v else "f"
+
+
+def _interval_text(v: timedelta) -> str:
+    return f"{v.days} days {v.seconds} seconds {v.microseconds} microseconds"
+
+
+def _list_text(v: list[Any]) -> str:
+    return "{" + ",".join(_array_item(x) for x in v) + "}"
+
+
+def _dict_text(v: dict[str, Any]) -> str:
+    wkb = v.get("wkb")
+    if isinstance(wkb, bytes | bytearray) and set(v) <= {"wkb", "srid", "x", "y"}:
+        return "\\x" + bytes(wkb).hex()
+    return orjson.dumps(v, default=str).decode()
+
+
+# Exact-type dispatch: one dict lookup per value on the hot path.
+_TEXT: dict[type, Any] = {
+    int: int.__repr__,
+    float: float.__repr__,
+    Decimal: Decimal.__str__,
+    bool: _bool_text,
+    datetime: datetime.isoformat,
+    date: date.isoformat,
+    time: time.isoformat,
+    timedelta: _interval_text,
+    bytes: _bytes_text,
+    bytearray: _bytes_text,
+    memoryview: _bytes_text,
+    list: _list_text,
+    dict: _dict_text,
+}
+
+
 def _scalar_text(v: Any) -> str:
-    if isinstance(v, str):
+    if type(v) is str:
         return v
-    if isinstance(v, bool):
-        return "t" if v else "f"
-    if isinstance(v, int | Decimal | float):
-        return str(v)
-    if isinstance(v, datetime | date | time):
-        return v.isoformat()
-    if isinstance(v, timedelta):
-        return f"{v.days} days {v.seconds} seconds {v.microseconds} microseconds"
-    if isinstance(v, bytes | bytearray | memoryview):
-        return "\\x" + bytes(v).hex()
-    if isinstance(v, list):
-        return "{" + ",".join(_array_item(x) for x in v) + "}"
-    if isinstance(v, dict):
-        wkb = v.get("wkb")
-        if isinstance(wkb, bytes | bytearray) and set(v) <= {"wkb", "srid", "x", "y"}:
-            return "\\x" + bytes(wkb).hex()
-        return orjson.dumps(v, default=str).decode()
+    f = _TEXT.get(type(v))
+    if f is not None:
+        return str(f(v))
+    for t, g in _TEXT.items():  # subclasses (e.g. an IntEnum)
+        if isinstance(v, t):
+            return str(g(v))
     return str(v)
 
 
@@ -170,7 +200,14 @@ def copy_field(v: Any) -> str:
     """One value in PostgreSQL COPY text format."""
     if v is None:
         return "\\N"
-    return _scalar_text(v).translate(_COPY_ESCAPES)
+    if type(v) is str:
+        s = v
+    else:
+        f = _TEXT.get(type(v))
+        s = f(v) if f is not None else _scalar_text(v)
+    if "\\" in s or "\t" in s or "\n" in s or "\r" in s:
+        return s.translate(_COPY_ESCAPES)
+    return s
 
 
 # --------------------------------------------------------------------------- writes
@@ -190,18 +227,24 @@ class _Statements:
         keys = [quote_ident(k) for k in table.key_columns]
         non_key = [quote_ident(c) for c in columns if c not in table.key_columns]
         engine_cols = [quote_ident(POS), quote_ident(TS)]
-        self.copy_columns = ", ".join([*data_cols, *engine_cols, '"_cdc_op"', '"_cdc_key"'])
+        # Staging carries the event time as integer microseconds (cheap to format); SQL turns it
+        # into timestamptz exactly.
+        self.copy_columns = ", ".join(
+            [*data_cols, quote_ident(POS), '"_cdc_ts_us"', '"_cdc_op"', '"_cdc_key"']
+        )
         self.create = (
             f"CREATE TEMP TABLE IF NOT EXISTS {stg} ON COMMIT DELETE ROWS AS "
-            f"SELECT {', '.join([*data_cols, *engine_cols])}, ''::text AS \"_cdc_op\", "
-            f"''::text AS \"_cdc_key\" FROM {tgt} WITH NO DATA"
+            f"SELECT {', '.join([*data_cols, quote_ident(POS)])}, 0::bigint AS \"_cdc_ts_us\", "
+            f"''::text AS \"_cdc_op\", ''::text AS \"_cdc_key\" FROM {tgt} WITH NO DATA"
         )
         all_cols = ", ".join([*data_cols, *engine_cols])
+        ts_expr = "(timestamptz 'epoch' + s._cdc_ts_us * interval '1 microsecond')"
+        select_cols = ", ".join([*(f"s.{c}" for c in data_cols), f"s.{quote_ident(POS)}", ts_expr])
         sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in [*non_key, *engine_cols])
         tomb = f"{SERVICE_SCHEMA}.tombstones"
         self.upsert = (
             f"INSERT INTO {tgt} AS t ({all_cols}) "
-            f"SELECT {all_cols} FROM {stg} s WHERE s._cdc_op = 'u' "
+            f"SELECT {select_cols} FROM {stg} s WHERE s._cdc_op = 'u' "
             f"AND NOT EXISTS (SELECT 1 FROM {tomb} tb WHERE tb.table_name = %(tn)s "
             f"AND tb.key IN (s._cdc_key, '*') AND tb.position >= s.{quote_ident(POS)}) "
             f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sets} "
@@ -221,7 +264,7 @@ class _Statements:
         # After the delete, a remaining row with the key is newer than the delete: stale.
         self.tombstone = (
             f"INSERT INTO {tomb} AS tb (table_name, key, position, deleted_at) "
-            f"SELECT %(tn)s, s._cdc_key, s.{quote_ident(POS)}, s.{quote_ident(TS)} FROM {stg} s "
+            f"SELECT %(tn)s, s._cdc_key, s.{quote_ident(POS)}, {ts_expr} FROM {stg} s "
             f"WHERE s._cdc_op = 'd' AND NOT EXISTS (SELECT 1 FROM {tgt} t WHERE {join}) "
             f"ON CONFLICT (table_name, key) DO UPDATE SET position = EXCLUDED.position, "
             f"deleted_at = EXCLUDED.deleted_at WHERE tb.position < EXCLUDED.position"
@@ -271,23 +314,27 @@ def _write_group(cur: Any, table: TargetTable, st: _Statements, writes: list[Row
     key_pos = [st.columns.index(k) for k in table.key_columns]
     has_delete = False
     has_upsert = False
+    cols = st.columns
+    n_keys = len(key_pos)
+    single_key = key_pos[0] if n_keys == 1 else -1
     for w in writes:
-        row: list[str]
-        if w.values is None:
+        vals = w.values
+        if vals is None:
             has_delete = True
-            row = ["\\N"] * len(st.columns)
-            for i, k in zip(key_pos, w.key, strict=True):
-                row[i] = copy_field(k)
+            row = ["\\N"] * len(cols)
             op = "d"
         else:
             has_upsert = True
-            vals = w.values
-            row = [copy_field(vals.get(c)) for c in st.columns]
+            get = vals.get
+            row = [copy_field(get(c)) for c in cols]
+            op = "u"
+        if single_key >= 0:
+            row[single_key] = copy_field(w.key[0])
+        else:
             for i, k in zip(key_pos, w.key, strict=True):
                 row[i] = copy_field(k)
-            op = "u"
         row.append(str(w.position))
-        row.append(_ts_text(w.ts_us))
+        row.append(str(w.ts_us))
         row.append(op)
         row.append(copy_field(key_text(w.key)))
         buf.write("\t".join(row))

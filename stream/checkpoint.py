@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
+
 from cdc_reconciler.stream.outcomes import BatchOutcome
 
 _UPSERT = sa.text(

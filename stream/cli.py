@@ -94,6 +94,9 @@ def register(app: typer.Typer) -> None:
             "dead_lettered": t.dead_lettered,
             "skipped_noop": t.skipped_noop,
             "stopped_by": summary.stopped_by,
+            "first_record_at": summary.first_record_at,
+            "last_commit_at": summary.last_commit_at,
+            "events_per_s": summary.rate(),
         }
         if as_json:
             typer.echo(json.dumps(data))

@@ -8,16 +8,16 @@ import threading
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+
+from cdc_reconciler.config import Settings
 from cdc_reconciler.connectors.kafka import make_consumer, make_producer
-from cdc_reconciler.connectors.redis_ids import ProcessedIds
+from cdc_reconciler.connectors.redis_ids import ProcessedIds, namespace_for
+from cdc_reconciler.errors import CdcrError, ConfigError
 from cdc_reconciler.stream.dead_letters import DeadLetterSink
 from cdc_reconciler.stream.engine import ApplyEngine
 from cdc_reconciler.stream.metrics import Metrics, serve
 from cdc_reconciler.stream.runner import Runner, RunSummary
 from cdc_reconciler.stream.tables import ApplyError, TableResolver
-
-from cdc_reconciler.config import Settings
-from cdc_reconciler.errors import CdcrError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,11 @@ def build_engine(
     check_migrated(target)
     source = source_engine(settings)
     metrics = metrics or Metrics()
-    ids = ProcessedIds.from_url(settings.redis.url.get_secret_value(), settings.redis.id_ttl_s)
+    ids = ProcessedIds.from_url(
+        settings.redis.url.get_secret_value(),
+        settings.redis.id_ttl_s,
+        settings.redis.namespace or namespace_for(settings.target.url_str()),
+    )
     resolver = TableResolver(target, settings.tables, source=source, create_missing=create_missing)
     sink = DeadLetterSink(make_producer(settings.kafka), settings.kafka.dlq_topic())
     engine = ApplyEngine(
@@ -142,10 +146,9 @@ def run(
 def sync_tables(settings: Settings, tables: list[str], *, dry_run: bool = False) -> list[str]:
     """Create missing target tables mirroring the named source tables ("schema.table").
     Returns the DDL executed (or that would be, with dry_run). Raises CdcrError."""
+    from cdc_reconciler.config import TableMapping
     from cdc_reconciler.connectors.target import reflect_table
     from cdc_reconciler.stream.tables import mirror_ddl
-
-    from cdc_reconciler.config import TableMapping
 
     target = target_engine(settings)
     source = source_engine(settings)

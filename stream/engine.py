@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
+
 from cdc_reconciler.connectors.debezium import (
     ChangeEvent,
     DebeziumDecoder,
@@ -38,14 +40,12 @@ from cdc_reconciler.connectors.debezium import (
 from cdc_reconciler.connectors.kafka import Record
 from cdc_reconciler.connectors.redis_ids import ProcessedIds
 from cdc_reconciler.connectors.target import RowWrite, truncate_table, write_batch
+from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.stream.checkpoint import record_applied
 from cdc_reconciler.stream.dead_letters import DeadLetter, DeadLetterSink
 from cdc_reconciler.stream.metrics import Metrics
 from cdc_reconciler.stream.outcomes import BatchOutcome
 from cdc_reconciler.stream.tables import ApplyError, Route, TableResolver, key_of
-from sqlalchemy.exc import DBAPIError
-
-from cdc_reconciler.errors import CdcrError
 
 log = logging.getLogger(__name__)
 
@@ -257,8 +257,9 @@ class ApplyEngine:
         for p in plan.truncates:
             self._count(plan, p, "applied")
 
-    def _finish(self, conn: sa.Connection, plan: _Plan,
-                applied: dict[tuple[str, str, int], int]) -> None:
+    def _finish(
+        self, conn: sa.Connection, plan: _Plan, applied: dict[tuple[str, str, int], int]
+    ) -> None:
         """Account the outcome and write dead letters and applied offsets, in the transaction."""
         self._account(plan, applied)
         DeadLetterSink.record(conn, plan.dead)

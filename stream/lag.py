@@ -161,8 +161,13 @@ class LagReport:
 # -- rules ----------------------------------------------------------------------------------------
 
 
-def partition_status(samples: Sequence[Sample], *, group_active: bool,
-                     time_lag_s: float | None, thresholds: Thresholds = Thresholds()) -> Status:
+def partition_status(
+    samples: Sequence[Sample],
+    *,
+    group_active: bool,
+    time_lag_s: float | None,
+    thresholds: Thresholds = Thresholds(),
+) -> Status:
     """The status of one partition from its samples (oldest first; at least one). See the module
     docstring for the rules."""
     if not samples:
@@ -181,7 +186,8 @@ def partition_status(samples: Sequence[Sample], *, group_active: bool,
         return Status.STALL if age >= thresholds.stall_after_s else Status.OK
     lags = [s.offset_lag for s in samples]
     if len(lags) >= thresholds.warn_min_samples and all(
-            b > a for a, b in zip(lags, lags[1:], strict=False)):
+        b > a for a, b in zip(lags, lags[1:], strict=False)
+    ):
         return Status.WARN
     return Status.OK
 
@@ -196,8 +202,11 @@ def group_is_active(state: str, members: int) -> bool:
     return members > 0 or state in ("PREPARING_REBALANCING", "COMPLETING_REBALANCING")
 
 
-def time_lag(now: datetime, samples: Sequence[Sample], oldest_unconsumed: datetime | None,
-             ) -> tuple[float | None, TimeLagSource]:
+def time_lag(
+    now: datetime,
+    samples: Sequence[Sample],
+    oldest_unconsumed: datetime | None,
+) -> tuple[float | None, TimeLagSource]:
     """Seconds between now and the arrival of the oldest unconsumed message of a partition, from
     the newest sample's position. See the module docstring for the fallbacks."""
     latest = samples[-1]
@@ -263,8 +272,9 @@ class LagSource(Protocol):
     def committed_offsets(self, groups: Iterable[str]) -> Mapping[str, Mapping[TP, int | None]]: ...
     def topic_partitions(self, pattern: str | None = None) -> Mapping[str, int]: ...
     def watermarks(self, partitions: Iterable[TP]) -> Mapping[TP, Offsets]: ...
-    def message_timestamps(self, wanted: Iterable[tuple[str, int, int]], *,
-                           timeout_s: float = ...) -> Mapping[tuple[str, int, int], datetime]: ...
+    def message_timestamps(
+        self, wanted: Iterable[tuple[str, int, int]], *, timeout_s: float = ...
+    ) -> Mapping[tuple[str, int, int], datetime]: ...
 
 
 @dataclass
@@ -282,11 +292,17 @@ class LagMonitor:
     CdcrError (broker unreachable, …) through.
     """
 
-    def __init__(self, source: LagSource, groups: Sequence[str], *,
-                 topic_pattern: str | None = None, history: int = 10,
-                 thresholds: Thresholds = Thresholds(),
-                 now_getter: Callable[[], datetime] = utc_now,
-                 timestamp_timeout_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        source: LagSource,
+        groups: Sequence[str],
+        *,
+        topic_pattern: str | None = None,
+        history: int = 10,
+        thresholds: Thresholds = Thresholds(),
+        now_getter: Callable[[], datetime] = utc_now,
+        timestamp_timeout_s: float = 2.0,
+    ) -> None:
         if not groups:
             raise LagError("no consumer group given")
         self._source = source
@@ -341,17 +357,25 @@ class LagMonitor:
                 del view.history[tp]  # no longer committed, assigned or matching
         self._samples += 1
 
-    def report(self, *, applied: Mapping[tuple[str, str, int], AppliedOffset] | None = None,
-               applied_note: str | None = None, interval_s: float = 0.0) -> LagReport:
+    def report(
+        self,
+        *,
+        applied: Mapping[tuple[str, str, int], AppliedOffset] | None = None,
+        applied_note: str | None = None,
+        interval_s: float = 0.0,
+    ) -> LagReport:
         """The lag as of the newest sample. Reads the timestamp of the oldest unconsumed message of
         each lagging partition (one read for all). ``applied``: the apply engine's recorded offsets
         by (group, topic, partition), None when they could not be read (``applied_note`` says why).
         """
         if self._samples == 0:
             raise LagError("no sample taken yet")
-        lookups = {(tp[0], tp[1], h[-1].position)
-                   for v in self._views.values() for tp, h in v.history.items()
-                   if h[-1].offset_lag > 0}
+        lookups = {
+            (tp[0], tp[1], h[-1].position)
+            for v in self._views.values()
+            for tp, h in v.history.items()
+            if h[-1].offset_lag > 0
+        }
         stamps = self._source.message_timestamps(lookups, timeout_s=self._ts_timeout)
         now = self._now()
         groups = []
@@ -362,37 +386,67 @@ class LagMonitor:
             for (topic, part), hist in sorted(view.history.items()):
                 latest = hist[-1]
                 secs, how = time_lag(now, hist, stamps.get((topic, part, latest.position)))
-                status = partition_status(hist, group_active=active, time_lag_s=secs,
-                                          thresholds=self._thresholds)
+                status = partition_status(
+                    hist, group_active=active, time_lag_s=secs, thresholds=self._thresholds
+                )
                 ap = (applied or {}).get((g, topic, part))
-                parts.append(PartitionLag(
-                    topic, part, latest.committed, latest.log_end, latest.offset_lag,
-                    None if secs is None else round(secs, 3), status,
-                    log_start=latest.log_start, time_lag_source=how,
-                    applied=ap.next_offset if ap else None,
-                    applied_event_time=ap.last_event_time if ap else None))
-            groups.append(GroupLag(g, view.state, view.members,
-                                   group_status(p.status for p in parts), tuple(parts)))
-        return LagReport(now, self._samples, interval_s, tuple(groups),
-                         applied_available=applied is not None, applied_note=applied_note)
+                parts.append(
+                    PartitionLag(
+                        topic,
+                        part,
+                        latest.committed,
+                        latest.log_end,
+                        latest.offset_lag,
+                        None if secs is None else round(secs, 3),
+                        status,
+                        log_start=latest.log_start,
+                        time_lag_source=how,
+                        applied=ap.next_offset if ap else None,
+                        applied_event_time=ap.last_event_time if ap else None,
+                    )
+                )
+            groups.append(
+                GroupLag(
+                    g, view.state, view.members, group_status(p.status for p in parts), tuple(parts)
+                )
+            )
+        return LagReport(
+            now,
+            self._samples,
+            interval_s,
+            tuple(groups),
+            applied_available=applied is not None,
+            applied_note=applied_note,
+        )
 
     def _matches(self, tp: TP) -> bool:
         return self._rx is None or bool(self._rx.search(tp[0]))
 
-    def _check_known(self, described: Mapping[str, GroupState],
-                     committed: Mapping[str, Mapping[TP, int | None]]) -> None:
-        unknown = [g for g in self._groups
-                   if not committed.get(g)
-                   and (g not in described or described[g].state in ("DEAD", "UNKNOWN"))]
+    def _check_known(
+        self, described: Mapping[str, GroupState], committed: Mapping[str, Mapping[TP, int | None]]
+    ) -> None:
+        unknown = [
+            g
+            for g in self._groups
+            if not committed.get(g)
+            and (g not in described or described[g].state in ("DEAD", "UNKNOWN"))
+        ]
         if unknown:
             known = self._source.list_groups()
             shown = ", ".join(known[:20]) + (" …" if len(known) > 20 else "") or "none"
-            raise LagError(f"unknown consumer group(s): {', '.join(unknown)} "
-                           f"(groups on the cluster: {shown}); pass --group")
+            raise LagError(
+                f"unknown consumer group(s): {', '.join(unknown)} "
+                f"(groups on the cluster: {shown}); pass --group"
+            )
 
 
-def collect(monitor: LagMonitor, *, samples: int, interval_s: float,
-            sleep: Callable[[float], None] = time.sleep) -> None:
+def collect(
+    monitor: LagMonitor,
+    *,
+    samples: int,
+    interval_s: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
     """Take ``samples`` samples ``interval_s`` apart (at least one)."""
     for i in range(max(1, samples)):
         if i:

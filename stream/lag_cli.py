@@ -18,6 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from cdc_reconciler.config import Settings
+from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.stream.lag import (
     AppliedOffset,
     LagMonitor,
@@ -29,12 +35,6 @@ from cdc_reconciler.stream.lag import (
     collect,
     report_as_json,
 )
-from rich.console import Console, Group
-from rich.table import Table
-from rich.text import Text
-
-from cdc_reconciler.config import Settings
-from cdc_reconciler.errors import CdcrError
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -44,8 +44,13 @@ if TYPE_CHECKING:
 # lag report (wanted most exactly when something is down) for longer than this.
 _DB_CONNECT_TIMEOUT_S = 3
 
-_STATUS_STYLE = {Status.OK: "green", Status.WARN: "yellow", Status.REWIND: "magenta",
-                 Status.STALL: "red", Status.STOP: "bold red"}
+_STATUS_STYLE = {
+    Status.OK: "green",
+    Status.WARN: "yellow",
+    Status.REWIND: "magenta",
+    Status.STALL: "red",
+    Status.STOP: "bold red",
+}
 
 GroupOpt = Annotated[
     list[str] | None,
@@ -60,34 +65,70 @@ def register(app: typer.Typer) -> None:
 
 def lag(
     group: GroupOpt = None,
-    topic: Annotated[str | None, typer.Option(
-        "--topic", help="Only topics matching this regex; also lists matching partitions the "
-                        "group never committed (lag from the log start).")] = None,
-    watch: Annotated[bool, typer.Option(
-        "--watch", help="Refresh every --refresh seconds, keeping a history for the status.")
-                     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON (schema below; "
-                                                         "one document per line with --watch).")
-                       ] = False,
-    serve: Annotated[int | None, typer.Option(
-        "--serve", metavar="PORT", help="Serve Prometheus gauges on 127.0.0.1:PORT/metrics, "
-                                        "refreshed every --refresh seconds, until stopped.")
-                       ] = None,
+    topic: Annotated[
+        str | None,
+        typer.Option(
+            "--topic",
+            help="Only topics matching this regex; also lists matching partitions the "
+            "group never committed (lag from the log start).",
+        ),
+    ] = None,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch", help="Refresh every --refresh seconds, keeping a history for the status."
+        ),
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Machine-readable JSON (schema below; one document per line with --watch).",
+        ),
+    ] = False,
+    serve: Annotated[
+        int | None,
+        typer.Option(
+            "--serve",
+            metavar="PORT",
+            help="Serve Prometheus gauges on 127.0.0.1:PORT/metrics, "
+            "refreshed every --refresh seconds, until stopped.",
+        ),
+    ] = None,
     samples: Annotated[int, typer.Option("--samples", min=1, help="Samples per report.")] = 2,
-    interval: Annotated[float, typer.Option("--interval", min=0.0,
-                                            help="Seconds between samples.")] = 0.25,
-    refresh: Annotated[float, typer.Option("--refresh", min=0.1,
-                                           help="Seconds between refreshes (--watch, --serve).")
-                       ] = 5.0,
-    stall_after: Annotated[float, typer.Option(
-        "--stall-after", min=0.0, help="Seconds a standing committed offset may leave messages "
-                                       "waiting before the partition is STALL.")] = 60.0,
-    timeout: Annotated[float, typer.Option(
-        "--timeout", min=0.1, help="Seconds to wait for each Kafka request before failing.")
-                       ] = 10.0,
-    config: Annotated[Path | None, typer.Option(
-        "--config", "-c", help="YAML file with settings and table mappings.",
-        envvar="CDCR_CONFIG_FILE", exists=True, dir_okay=False)] = None,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.0, help="Seconds between samples.")
+    ] = 0.25,
+    refresh: Annotated[
+        float,
+        typer.Option("--refresh", min=0.1, help="Seconds between refreshes (--watch, --serve)."),
+    ] = 5.0,
+    stall_after: Annotated[
+        float,
+        typer.Option(
+            "--stall-after",
+            min=0.0,
+            help="Seconds a standing committed offset may leave messages "
+            "waiting before the partition is STALL.",
+        ),
+    ] = 60.0,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout", min=0.1, help="Seconds to wait for each Kafka request before failing."
+        ),
+    ] = 10.0,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="YAML file with settings and table mappings.",
+            envvar="CDCR_CONFIG_FILE",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Consumer lag per partition: committed and applied offsets, log end, offset lag, time lag
     in seconds, and a status (OK, WARN, STALL, STOP, REWIND) per partition and group.
@@ -116,8 +157,9 @@ def lag(
             if serve is not None:
                 _serve(session, port=serve, samples=samples, interval=interval, refresh=refresh)
             elif watch:
-                _watch(session, as_json=as_json, samples=samples, interval=interval,
-                       refresh=refresh)
+                _watch(
+                    session, as_json=as_json, samples=samples, interval=interval, refresh=refresh
+                )
             else:
                 report = session.refresh(samples=samples, interval=interval)
                 _emit(report, as_json=as_json)
@@ -134,18 +176,32 @@ class _Session:
     """One run of the command: the Kafka inspector, the lag monitor and the applied-offsets
     reader, closed together."""
 
-    def __init__(self, settings: Settings, groups: Sequence[str], topic: str | None,
-                 stall_after: float, timeout_s: float) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        groups: Sequence[str],
+        topic: str | None,
+        stall_after: float,
+        timeout_s: float,
+    ) -> None:
         from cdc_reconciler.connectors.kafka_admin import KafkaAdmin, client_config
 
         k = settings.kafka
-        admin = KafkaAdmin(client_config(
-            k.bootstrap_servers, sasl_username=k.sasl_username,
-            sasl_password=k.sasl_password.get_secret_value() if k.sasl_password else None),
-            timeout_s=timeout_s)
+        admin = KafkaAdmin(
+            client_config(
+                k.bootstrap_servers,
+                sasl_username=k.sasl_username,
+                sasl_password=k.sasl_password.get_secret_value() if k.sasl_password else None,
+            ),
+            timeout_s=timeout_s,
+        )
         self.groups = list(groups)
-        self.monitor = LagMonitor(admin, self.groups, topic_pattern=topic,
-                                  thresholds=Thresholds(stall_after_s=stall_after))
+        self.monitor = LagMonitor(
+            admin,
+            self.groups,
+            topic_pattern=topic,
+            thresholds=Thresholds(stall_after_s=stall_after),
+        )
         self.applied = AppliedOffsetsReader(settings.target.url_str())
 
     def __enter__(self) -> _Session:
@@ -172,8 +228,10 @@ class AppliedOffsetsReader:
         self._url = url
         self._engine: sa.Engine | None = None
 
-    def read(self, groups: Sequence[str],
-             ) -> tuple[dict[tuple[str, str, int], AppliedOffset] | None, str | None]:
+    def read(
+        self,
+        groups: Sequence[str],
+    ) -> tuple[dict[tuple[str, str, int], AppliedOffset] | None, str | None]:
         if not self._url:
             return None, "no target database configured (CDCR_TARGET__URL)"
         import sqlalchemy as sa
@@ -181,19 +239,26 @@ class AppliedOffsetsReader:
         try:
             if self._engine is None:
                 self._engine = sa.create_engine(
-                    self._url, pool_pre_ping=True,
+                    self._url,
+                    pool_pre_ping=True,
                     connect_args={"connect_timeout": _DB_CONNECT_TIMEOUT_S}
-                    if self._url.startswith("postgresql") else {})
+                    if self._url.startswith("postgresql")
+                    else {},
+                )
             with self._engine.connect() as conn:
                 exists = conn.execute(
-                    sa.text("select to_regclass('cdcr.applied_offsets') is not null")).scalar()
+                    sa.text("select to_regclass('cdcr.applied_offsets') is not null")
+                ).scalar()
                 if not exists:
                     return None, "table cdcr.applied_offsets does not exist (run cdcr migrate)"
                 rows = conn.execute(
-                    sa.text("select consumer_group, topic, partition, next_offset, "
-                            "last_event_time from cdcr.applied_offsets "
-                            "where consumer_group = any(:groups)"),
-                    {"groups": list(groups)}).all()
+                    sa.text(
+                        "select consumer_group, topic, partition, next_offset, "
+                        "last_event_time from cdcr.applied_offsets "
+                        "where consumer_group = any(:groups)"
+                    ),
+                    {"groups": list(groups)},
+                ).all()
         except sa.exc.SQLAlchemyError as exc:
             cause = getattr(exc, "orig", None) or exc
             first = (str(cause).strip().splitlines() or [""])[0]
@@ -220,18 +285,35 @@ def render(report: LagReport) -> Group:
     parts: list[Any] = []
     for g in report.groups:
         title = Text.assemble(
-            (g.group, "bold"), f"  state {g.state}, {g.members} member(s), ",
-            ("status ", ""), (g.status.value, _STATUS_STYLE[g.status]),
-            f", lag {g.total_offset_lag:,} msg / {_fmt_seconds(g.max_time_lag_s)}")
+            (g.group, "bold"),
+            f"  state {g.state}, {g.members} member(s), ",
+            ("status ", ""),
+            (g.status.value, _STATUS_STYLE[g.status]),
+            f", lag {g.total_offset_lag:,} msg / {_fmt_seconds(g.max_time_lag_s)}",
+        )
         table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-        for col, just in [("topic", "left"), ("part", "right"), ("committed", "right"),
-                          ("applied", "right"), ("log end", "right"), ("lag", "right"),
-                          ("time lag", "right"), ("status", "left")]:
+        for col, just in [
+            ("topic", "left"),
+            ("part", "right"),
+            ("committed", "right"),
+            ("applied", "right"),
+            ("log end", "right"),
+            ("lag", "right"),
+            ("time lag", "right"),
+            ("status", "left"),
+        ]:
             table.add_column(col, justify=just)  # type: ignore[arg-type]
         for p in g.partitions:
-            table.add_row(p.topic, str(p.partition), _fmt_offset(p.committed),
-                          _fmt_offset(p.applied), f"{p.log_end:,}", f"{p.offset_lag:,}",
-                          _fmt_time_lag(p), Text(p.status.value, style=_STATUS_STYLE[p.status]))
+            table.add_row(
+                p.topic,
+                str(p.partition),
+                _fmt_offset(p.committed),
+                _fmt_offset(p.applied),
+                f"{p.log_end:,}",
+                f"{p.offset_lag:,}",
+                _fmt_time_lag(p),
+                Text(p.status.value, style=_STATUS_STYLE[p.status]),
+            )
         if not g.partitions:
             table.add_row("(no partitions)", "", "", "", "", "", "", "")
         parts.append(table)
@@ -256,12 +338,14 @@ def _fmt_time_lag(p: PartitionLag) -> str:
     if p.time_lag_s is None:
         return "—"
     prefix = {TimeLagSource.ESTIMATE: "~", TimeLagSource.LOWER_BOUND: "≥"}.get(
-        p.time_lag_source, "")
+        p.time_lag_source, ""
+    )
     return prefix + _fmt_seconds(p.time_lag_s)
 
 
-def _watch(session: _Session, *, as_json: bool, samples: int, interval: float,
-           refresh: float) -> None:
+def _watch(
+    session: _Session, *, as_json: bool, samples: int, interval: float, refresh: float
+) -> None:
     # The first report is built from a burst of samples; later refreshes add one sample each to
     # the monitor's bounded history, which is what the status rules read.
     report = session.refresh(samples=samples, interval=interval)
@@ -282,25 +366,34 @@ def _watch(session: _Session, *, as_json: bool, samples: int, interval: float,
 # -- Prometheus -----------------------------------------------------------------------------------
 
 
-def metric_families(report: LagReport | None, *, up: bool,
-                    last_success: datetime | None) -> Iterator[Any]:
+def metric_families(
+    report: LagReport | None, *, up: bool, last_success: datetime | None
+) -> Iterator[Any]:
     """The exported gauges for a report. Partitions without a known time lag have no time-lag
     sample (absent, never NaN)."""
     from prometheus_client.core import GaugeMetricFamily
 
     labels = ["group", "topic", "partition"]
-    offset = GaugeMetricFamily("cdcr_consumer_offset_lag",
-                               "Messages between the group's position and the log end.",
-                               labels=labels)
-    seconds = GaugeMetricFamily("cdcr_consumer_time_lag_seconds",
-                                "Age of the oldest unconsumed message (0 when caught up).",
-                                labels=labels)
-    status = GaugeMetricFamily("cdcr_consumer_status",
-                               "1 for the partition's current lag status, 0 for the others.",
-                               labels=[*labels, "status"])
-    gstatus = GaugeMetricFamily("cdcr_consumer_group_status",
-                                "1 for the group's current lag status, 0 for the others.",
-                                labels=["group", "status"])
+    offset = GaugeMetricFamily(
+        "cdcr_consumer_offset_lag",
+        "Messages between the group's position and the log end.",
+        labels=labels,
+    )
+    seconds = GaugeMetricFamily(
+        "cdcr_consumer_time_lag_seconds",
+        "Age of the oldest unconsumed message (0 when caught up).",
+        labels=labels,
+    )
+    status = GaugeMetricFamily(
+        "cdcr_consumer_status",
+        "1 for the partition's current lag status, 0 for the others.",
+        labels=[*labels, "status"],
+    )
+    gstatus = GaugeMetricFamily(
+        "cdcr_consumer_group_status",
+        "1 for the group's current lag status, 0 for the others.",
+        labels=["group", "status"],
+    )
     for g in report.groups if report else ():
         for st in Status:
             gstatus.add_metric([g.group, st.value], 1.0 if g.status is st else 0.0)
@@ -312,12 +405,15 @@ def metric_families(report: LagReport | None, *, up: bool,
             for st in Status:
                 status.add_metric([*lv, st.value], 1.0 if p.status is st else 0.0)
     yield from (offset, seconds, status, gstatus)
-    yield GaugeMetricFamily("cdcr_lag_up", "1 if the last refresh of the lag succeeded.",
-                            value=1.0 if up else 0.0)
+    yield GaugeMetricFamily(
+        "cdcr_lag_up", "1 if the last refresh of the lag succeeded.", value=1.0 if up else 0.0
+    )
     if last_success is not None:
-        yield GaugeMetricFamily("cdcr_lag_last_success_timestamp_seconds",
-                                "Unix time of the last successful refresh.",
-                                value=last_success.timestamp())
+        yield GaugeMetricFamily(
+            "cdcr_lag_last_success_timestamp_seconds",
+            "Unix time of the last successful refresh.",
+            value=last_success.timestamp(),
+        )
 
 
 class _LagCollector:
@@ -340,9 +436,16 @@ class _LagCollector:
         return metric_families(report, up=up, last_success=last)
 
 
-def _serve(session: _Session, *, port: int, samples: int, interval: float, refresh: float,
-           stop: threading.Event | None = None,
-           on_refresh: Callable[[LagReport | None], None] | None = None) -> None:
+def _serve(
+    session: _Session,
+    *,
+    port: int,
+    samples: int,
+    interval: float,
+    refresh: float,
+    stop: threading.Event | None = None,
+    on_refresh: Callable[[LagReport | None], None] | None = None,
+) -> None:
     from prometheus_client import CollectorRegistry, start_http_server
 
     collector = _LagCollector()
@@ -353,8 +456,10 @@ def _serve(session: _Session, *, port: int, samples: int, interval: float, refre
     collector.update(session.refresh(samples=samples, interval=interval), up=True)
     server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
     err = Console(stderr=True)
-    err.print(f"serving lag metrics on http://127.0.0.1:{port}/metrics every {refresh:g}s",
-              highlight=False)
+    err.print(
+        f"serving lag metrics on http://127.0.0.1:{port}/metrics every {refresh:g}s",
+        highlight=False,
+    )
     stop = stop or threading.Event()
     try:
         while not stop.wait(refresh):

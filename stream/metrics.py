@@ -11,8 +11,9 @@ from collections.abc import Callable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from cdc_reconciler.stream.outcomes import OUTCOMES, BatchOutcome
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+from cdc_reconciler.stream.outcomes import OUTCOMES, BatchOutcome
 
 
 class Metrics:

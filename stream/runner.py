@@ -16,12 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
 from cdc_reconciler.connectors.kafka import COMMIT_TIMEOUT_S, KafkaCallError, Record, raise_for
 from cdc_reconciler.stream.checkpoint import applied_offsets
 from cdc_reconciler.stream.engine import ApplyEngine, Interrupted
 from cdc_reconciler.stream.metrics import Metrics
 from cdc_reconciler.stream.outcomes import PartitionCounts
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +137,9 @@ class Runner:
                     last_refresh = now
                 if not self._topics:
                     self.stop.wait(min(1.0, self._timeout))
-                    if stop_when_idle_s is not None and self._idle(now, last_record,
-                                                                    stop_when_idle_s):
+                    if stop_when_idle_s is not None and self._idle(
+                        now, last_record, stop_when_idle_s
+                    ):
                         summary.stopped_by = "idle"
                         break
                     continue
@@ -158,7 +160,9 @@ class Runner:
                     total = outcome.total()
                     summary.totals.merge(total)
                     interval.merge(total)
-                elif stop_when_idle_s is not None and self._idle(now, last_record, stop_when_idle_s):
+                elif stop_when_idle_s is not None and self._idle(
+                    now, last_record, stop_when_idle_s
+                ):
                     summary.stopped_by = "idle"
                     break
                 if now - last_log >= LOG_INTERVAL_S:

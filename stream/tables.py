@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+
+from cdc_reconciler.config import TableMapping
 from cdc_reconciler.connectors.debezium import ChangeEvent
 from cdc_reconciler.connectors.target import (
     ENGINE_COLUMNS,
@@ -27,8 +29,6 @@ from cdc_reconciler.connectors.target import (
     quote_ident,
     reflect_table,
 )
-
-from cdc_reconciler.config import TableMapping
 from cdc_reconciler.errors import CdcrError
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,11 @@ class ApplyError(Exception):
 class Route:
     table: TargetTable
     mapping: TableMapping
+    columns: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, table: TargetTable, mapping: TableMapping) -> Route:
+        return cls(table, mapping, frozenset(table.columns))
 
 
 class TableResolver:
@@ -101,7 +106,7 @@ class TableResolver:
                     "`cdcr tables sync` or run with --create-missing",
                 )
             found = self.create_table(name, (schema, table), mapping)
-        return Route(found, mapping)
+        return Route.of(found, mapping)
 
     def create_table(
         self, source: tuple[str, str], target: tuple[str, str], mapping: TableMapping
@@ -124,20 +129,21 @@ class TableResolver:
         """The event's columns that go to the target, adding new columns when allowed (the
         returned route then describes the widened table). Raises ApplyError."""
         m = route.mapping
-        cols = set(route.table.columns)
-        out: dict[str, Any] = {}
-        unknown: list[str] = []
-        for k, v in values.items():
-            if k in m.exclude_columns or (
-                m.include_columns is not None and k not in m.include_columns
-            ):
-                continue
-            if k not in cols:
-                unknown.append(k)
-            out[k] = v
-        if unknown:
-            route = self._add_columns(route, unknown)
-        return route, out
+        if m.include_columns is None and not m.exclude_columns:
+            # Hot path: no column filter; one set comparison decides whether all are known.
+            if values.keys() <= route.columns:
+                return route, values
+            out = values
+        else:
+            out = {
+                k: v for k, v in values.items()
+                if k not in m.exclude_columns
+                and (m.include_columns is None or k in m.include_columns)
+            }
+            if out.keys() <= route.columns:
+                return route, out
+        unknown = [k for k in out if k not in route.columns]
+        return self._add_columns(route, unknown), out
 
     def _add_columns(self, route: Route, names: Sequence[str]) -> Route:
         table = route.table
@@ -164,7 +170,7 @@ class TableResolver:
                 log.warning("added column %s %s to target %s", n, typ, table.qualified)
         refreshed = reflect_table(self._target, table.schema, table.name, route.mapping.key_columns)
         assert refreshed is not None
-        new = Route(refreshed, route.mapping)
+        new = Route.of(refreshed, route.mapping)
         for k, r in list(self._routes.items()):
             if r.table.qualified == table.qualified:
                 self._routes[k] = new
@@ -178,11 +184,16 @@ class TableResolver:
 
 
 def key_of(route: Route, event: ChangeEvent) -> tuple[Any, ...]:
-    """The event's key values in the target's key-column order (from the Kafka key, else the row)."""
+    """The event's key values in the target's key-column order (from the Kafka key, else the
+    row). Raises ApplyError(missing_key)."""
     cols = route.table.key_columns
     for src in (event.key, event.after, event.before):
-        if src and all(c in src for c in cols):
-            return tuple(src[c] for c in cols)
+        if not src:
+            continue
+        try:
+            return tuple([src[c] for c in cols])
+        except KeyError:
+            continue
     raise ApplyError("missing_key", f"key columns {list(cols)} not found in the event")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -31,7 +32,10 @@ def test_faust_agent_applies_the_stream_through_the_same_engine(pipeline, servic
         env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    # Faust's worker writes terminal control codes to stdout too; the summary is one JSON object.
+    found = re.search(r'\{"consumed".*\}', proc.stdout)
+    assert found, proc.stdout[-2000:]
+    summary = json.loads(found.group(0))
     assert summary["consumed"] == TRAFFIC_RECORDS and summary["error"] is False
 
     target_matches_source(pipeline, source_engine, target_engine)
