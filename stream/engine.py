@@ -157,11 +157,13 @@ class ApplyEngine:
             newer, older = (p, cur) if p.event.position >= cur.event.position else (cur, p)
             newest[k] = _merge_unchanged(newer, older)
             self._count(plan, older, "skipped_stale")
+        # A column added mid-batch widens the table: write every group with the newest route.
+        latest = {p.route.table.qualified: p.route for p in candidates}
         for p in newest.values():
             gk = (p.route.table.qualified, p.record.topic, p.record.partition)
             entry = plan.writes.get(gk)
             if entry is None:
-                plan.writes[gk] = (p.route, [p])
+                plan.writes[gk] = (latest[gk[0]], [p])
             else:
                 entry[1].append(p)
         return plan

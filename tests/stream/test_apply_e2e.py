@@ -169,3 +169,48 @@ def test_sigterm_stops_cleanly_and_commits_only_what_was_applied(pipeline, servi
     assert not t.is_alive()
     assert result["s"].stopped_by == "signal"
     assert rows(target_engine, pipeline.qualified, "count(*)") == [(20,)]
+
+
+def test_new_source_column_is_added_to_the_target(pipeline, services, source_engine,
+                                                  target_engine):
+    with source_engine.begin() as conn:
+        conn.execute(sa.text(f"alter table public.{pipeline.table} add column region text"))
+        conn.execute(sa.text(
+            f"insert into public.{pipeline.table} (id, name, region) values (700, 'r', 'emea')"))
+    expected_records(pipeline, services, 21)
+    summary = run_until_idle(pipeline.settings)
+    assert summary.totals.dead_lettered == 0
+    assert rows(target_engine, pipeline.qualified, "id, region", "id desc")[0] == (700, "emea")
+    target_matches_source(pipeline, source_engine, target_engine)
+
+
+def test_source_truncate_empties_the_target(services, source_engine, target_engine, debezium,
+                                            unique_name, monkeypatch):
+    table = unique_name("tr")
+    with source_engine.begin() as conn:
+        conn.execute(sa.text(f"create table public.{table} (id int primary key, v text)"))
+        conn.execute(sa.text(f"insert into public.{table} select g, 'v' from generate_series(1, 5) g"))
+    # Debezium skips truncates unless told otherwise.
+    connector = debezium([f"public.{table}"], extra={"skipped.operations": "none"})
+    settings = settings_for(
+        monkeypatch, KAFKA__TOPIC_PATTERN=rf"^{connector.topic_prefix}\.public\.{table}$",
+        KAFKA__TOPIC_PREFIX=connector.topic_prefix, KAFKA__GROUP_ID=f"g_{table}",
+        KAFKA__BATCH_TIMEOUT_S="0.2")
+    command.sync_tables(settings, [f"public.{table}"])
+    topic = connector.topic(f"public.{table}")
+    wait_for("snapshot", lambda: count_records(services.kafka_bootstrap, topic) >= 5)
+    with source_engine.begin() as conn:
+        conn.execute(sa.text(f"truncate public.{table}"))
+        conn.execute(sa.text(f"insert into public.{table} values (9, 'after')"))
+    wait_for("truncate and insert", lambda: count_records(services.kafka_bootstrap, topic) >= 7)
+    try:
+        summary = run_until_idle(settings)
+        assert summary.totals.dead_lettered == 0
+        assert rows(target_engine, f"public.{table}", "id, v") == [(9, "after")]
+    finally:
+        with target_engine.begin() as conn:
+            conn.execute(sa.text(f"drop table if exists public.{table}"))
+            conn.execute(sa.text("delete from cdcr.tombstones where table_name = :t"),
+                         {"t": f"public.{table}"})
+        with source_engine.begin() as conn:
+            conn.execute(sa.text(f"drop table if exists public.{table}"))
