@@ -74,7 +74,18 @@ def source_engine(services: Services) -> Iterator[sa.Engine]:
 
 
 @pytest.fixture(scope="session")
-def target_engine(services: Services) -> Iterator[sa.Engine]:
+def migrated_target(services: Services) -> str:
+    """The target database with the service tables at head (what `cdcr migrate` does)."""
+    from cdc_reconciler import migrations
+    from cdc_reconciler.config import DatabaseSettings, Settings
+
+    settings = Settings.model_construct(target=DatabaseSettings(url=services.target_url))
+    migrations.upgrade(settings, "head")
+    return services.target_url
+
+
+@pytest.fixture(scope="session")
+def target_engine(services: Services, migrated_target: str) -> Iterator[sa.Engine]:
     engine = sa.create_engine(services.target_url, pool_pre_ping=True)
     yield engine
     engine.dispose()
