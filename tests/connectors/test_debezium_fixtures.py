@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from cdc_reconciler.connectors.debezium import (
     ChangeEvent,
     DebeziumDecoder,

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
+
 from cdc_reconciler.connectors import debezium as dbz
 from cdc_reconciler.connectors.debezium import (
     KINDS,
