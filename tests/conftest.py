@@ -31,6 +31,10 @@ class Services:
     source_url: str
     target_url: str
     redis_url: str
+    # Where Kafka Connect reaches the source database, when that differs from source_url's host
+    # (Connect in a container).
+    connect_source_host: str | None = None
+    connect_source_port: int | None = None
 
 
 def _from_env() -> Services | None:
@@ -128,8 +132,8 @@ def debezium(services: Services, source_engine: sa.Engine) -> Iterator[Callable[
         config = {
             "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
             "plugin.name": "pgoutput",
-            "database.hostname": src.host or "127.0.0.1",
-            "database.port": str(src.port or 5432),
+            "database.hostname": services.connect_source_host or src.host or "127.0.0.1",
+            "database.port": str(services.connect_source_port or src.port or 5432),
             "database.user": src.username or "postgres",
             "database.password": src.password or "",
             "database.dbname": src.database or "source",
