@@ -63,6 +63,7 @@ def build_engine(
     group: str | None,
     stop: threading.Event,
     metrics: Metrics | None = None,
+    use_redis: bool = True,
 ) -> EngineParts:
     target = target_engine(settings)
     check_migrated(target)
@@ -79,7 +80,7 @@ def build_engine(
         target=target,
         resolver=resolver,
         dead_letters=sink,
-        ids=ids,
+        ids=ids if use_redis else None,
         group=group,
         metrics=metrics,
         stop=stop,

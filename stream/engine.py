@@ -19,11 +19,12 @@ Failure policy, in one place:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +97,7 @@ class ApplyEngine:
         decoder: DebeziumDecoder | None = None,
         stop: threading.Event | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        dry_run: bool = False,
     ) -> None:
         self._target = target
         self._resolver = resolver
@@ -107,6 +109,9 @@ class ApplyEngine:
         self._stop = stop or threading.Event()
         self._sleep = sleep
         self.db_retries = 0
+        # Dry run: every transaction is rolled back, nothing goes to Redis or the DLQ topic; the
+        # outcome still says exactly what would have applied.
+        self.dry_run = dry_run
 
     # ------------------------------------------------------------------ planning
     def _plan(self, records: Sequence[Record]) -> _Plan:
@@ -199,7 +204,8 @@ class ApplyEngine:
         """
         started = time.perf_counter()
         plan = self._plan(records)
-        self._dead.publish(plan.dead)
+        if not self.dry_run:
+            self._dead.publish(plan.dead)
         planned = plan.outcome
         delay = RETRY_INITIAL_S
         while True:
@@ -215,7 +221,7 @@ class ApplyEngine:
                     break
                 self._retry_wait(exc, delay)
                 delay = min(delay * 2, RETRY_MAX_S)
-        if self._ids is not None:
+        if self._ids is not None and not self.dry_run:
             self._ids.record(plan.fresh_ids)
         if self._metrics is not None:
             self._metrics.observe_batch(
@@ -240,13 +246,26 @@ class ApplyEngine:
 
     def _transaction(self, plan: _Plan) -> None:
         applied: dict[tuple[str, str, int], int] = {}
-        with self._target.begin() as conn:
+        with self._tx() as conn:
             for gk, (route, group) in plan.writes.items():
                 res = write_batch(conn, route.table, [_row_write(p) for p in group])
                 applied[gk] = res.applied
             for p in plan.truncates:
                 truncate_table(conn, p.route.table, p.event.position, p.event.ts_us)
             self._finish(conn, plan, applied)
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sa.Connection]:
+        if not self.dry_run:
+            with self._target.begin() as conn:
+                yield conn
+            return
+        with self._target.connect() as conn:
+            trans = conn.begin()
+            try:
+                yield conn
+            finally:
+                trans.rollback()
 
     def _account(self, plan: _Plan, applied: dict[tuple[str, str, int], int]) -> None:
         for (table, topic, part), (_route, group) in plan.writes.items():
@@ -274,7 +293,7 @@ class ApplyEngine:
         log.warning("the target rejected part of a batch; isolating the bad rows")
         applied: dict[tuple[str, str, int], int] = {}
         rejected: list[Pending] = []
-        with self._target.begin() as conn:
+        with self._tx() as conn:
             for gk, (route, group) in plan.writes.items():
                 kept: list[Pending] = []
                 for p in group:
@@ -297,7 +316,8 @@ class ApplyEngine:
             for p in rejected:
                 plan.outcome.counts(p.record.topic, p.record.partition).dead_lettered += 1
                 plan.outcome.table_add(p.route.table.qualified, "dead_lettered")
-            self._dead.publish([d for d in plan.dead if d.kind == "apply_rejected"])
+            if not self.dry_run:
+                self._dead.publish([d for d in plan.dead if d.kind == "apply_rejected"])
             self._finish(conn, plan, applied)
 
 
