@@ -35,8 +35,14 @@ err_console = Console(stderr=True)
 
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="YAML file with settings and table mappings.",
-                 envvar="CDCR_CONFIG_FILE", exists=True, dir_okay=False),
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML file with settings and table mappings.",
+        envvar="CDCR_CONFIG_FILE",
+        exists=True,
+        dir_okay=False,
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 
@@ -79,7 +85,9 @@ def config_show(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 def migrate(
     config: ConfigOpt = None,
     revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
-    sql: Annotated[bool, typer.Option("--sql", help="Print the SQL instead of running it.")] = False,
+    sql: Annotated[
+        bool, typer.Option("--sql", help="Print the SQL instead of running it.")
+    ] = False,
 ) -> None:
     """Upgrade the service's own tables in the target database (Alembic) to REVISION."""
     from cdc_reconciler import migrations
@@ -98,8 +106,12 @@ def migrate(
 from cdc_reconciler.stream import cli as stream_cli  # noqa: E402
 
 stream_cli.register(app)
-from cdc_reconciler.stream import lag_cli; lag_cli.register(app)  # noqa: E402, E702, I001
-from cdc_reconciler.reconcile import cli as reconcile_cli; reconcile_cli.register(app)  # noqa: E402, E501, E702, I001
+from cdc_reconciler.stream import lag_cli
+
+lag_cli.register(app)  # noqa: E402, E702, I001
+from cdc_reconciler.reconcile import cli as reconcile_cli
+
+reconcile_cli.register(app)  # noqa: E402, E501, E702, I001
 
 
 def main() -> None:

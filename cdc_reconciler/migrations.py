@@ -7,10 +7,10 @@ import importlib.util
 from importlib import resources
 from pathlib import Path
 
-from alembic import command
 from alembic.config import Config
 from sqlalchemy.exc import SQLAlchemyError
 
+from alembic import command
 from cdc_reconciler.config import Settings
 from cdc_reconciler.errors import CdcrError, ConfigError
 

@@ -1102,4 +1102,3 @@ def _tx_marker(p: dict[str, Any]) -> TransactionMarker:
         event_count=count if count.__class__ is int else None,
         data_collections=collections,
     )
-

@@ -68,11 +68,15 @@ class KafkaAdminError(CdcrError):
         if kerr is None:
             return cls(f"{what}: {exc}")
         hint = ""
-        if kerr.code() in (KafkaError._TRANSPORT, KafkaError._TIMED_OUT,
-                           KafkaError._ALL_BROKERS_DOWN):
+        if kerr.code() in (
+            KafkaError._TRANSPORT,
+            KafkaError._TIMED_OUT,
+            KafkaError._ALL_BROKERS_DOWN,
+        ):
             hint = " (is the broker reachable? check CDCR_KAFKA__BOOTSTRAP_SERVERS)"
-        return cls(f"{what}: {kerr.name()}: {kerr.str()}{hint}",
-                   code=kerr.code(), code_name=kerr.name())
+        return cls(
+            f"{what}: {kerr.name()}: {kerr.str()}{hint}", code=kerr.code(), code_name=kerr.name()
+        )
 
 
 class UnknownGroupError(KafkaAdminError):
@@ -111,15 +115,22 @@ class Watermarks:
     log_end: int
 
 
-def client_config(bootstrap_servers: str, *, sasl_username: str | None = None,
-                  sasl_password: str | None = None) -> dict[str, Any]:
+def client_config(
+    bootstrap_servers: str, *, sasl_username: str | None = None, sasl_password: str | None = None
+) -> dict[str, Any]:
     """The librdkafka settings shared by the admin client and the inspection consumer."""
     # Failures reach the caller as KafkaAdminError with their code; librdkafka's own log lines
     # (one per failed connection attempt) would only repeat them on stderr, so only CRIT is logged.
     conf: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, "log_level": 2}
     if sasl_username:
-        conf.update({"security.protocol": "SASL_SSL", "sasl.mechanisms": "PLAIN",
-                     "sasl.username": sasl_username, "sasl.password": sasl_password or ""})
+        conf.update(
+            {
+                "security.protocol": "SASL_SSL",
+                "sasl.mechanisms": "PLAIN",
+                "sasl.username": sasl_username,
+                "sasl.password": sasl_password or "",
+            }
+        )
     return conf
 
 
@@ -130,8 +141,7 @@ class KafkaAdmin:
         self._config = dict(config)
         self._timeout_s = timeout_s
         # socket.timeout.ms bounds each request; the admin calls below also pass request_timeout.
-        self._admin = AdminClient({**self._config,
-                                   "socket.timeout.ms": int(timeout_s * 1000)})
+        self._admin = AdminClient({**self._config, "socket.timeout.ms": int(timeout_s * 1000)})
 
     # -- groups ---------------------------------------------------------------------------------
 
@@ -154,11 +164,16 @@ class KafkaAdmin:
             assigned: set[TP] = set()
             for m in desc.members:
                 if m.assignment is not None:
-                    assigned.update((tp.topic, tp.partition)
-                                    for tp in m.assignment.topic_partitions)
+                    assigned.update(
+                        (tp.topic, tp.partition) for tp in m.assignment.topic_partitions
+                    )
             state = getattr(desc, "state", None)
-            out[name] = GroupInfo(name, state.name if state is not None else "UNKNOWN",
-                                  len(desc.members), frozenset(assigned))
+            out[name] = GroupInfo(
+                name,
+                state.name if state is not None else "UNKNOWN",
+                len(desc.members),
+                frozenset(assigned),
+            )
         return out
 
     def committed_offsets(self, groups: Iterable[str]) -> dict[str, dict[TP, int | None]]:
@@ -167,8 +182,11 @@ class KafkaAdmin:
         A partition listed without a commit maps to None."""
         futs: dict[str, Future[Any]] = {}
         for g in sorted(set(groups)):
-            futs.update(self._admin.list_consumer_group_offsets(
-                [ConsumerGroupTopicPartitions(g)], request_timeout=self._timeout_s))
+            futs.update(
+                self._admin.list_consumer_group_offsets(
+                    [ConsumerGroupTopicPartitions(g)], request_timeout=self._timeout_s
+                )
+            )
         out: dict[str, dict[TP, int | None]] = {}
         for g, fut in futs.items():
             res = self._result(f"committed offsets of group {g!r}", fut)
@@ -177,7 +195,8 @@ class KafkaAdmin:
                 if tp.error is not None:
                     raise KafkaAdminError.wrap(
                         f"committed offset of {g!r} {tp.topic}[{tp.partition}]",
-                        KafkaException(tp.error))
+                        KafkaException(tp.error),
+                    )
                 parts[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else None
             out[g] = parts
         return out
@@ -212,11 +231,11 @@ class KafkaAdmin:
         if not parts:
             return {}
         start_futs = self._admin.list_offsets(
-            {TopicPartition(t, p): _earliest() for t, p in parts},
-            request_timeout=self._timeout_s)
+            {TopicPartition(t, p): _earliest() for t, p in parts}, request_timeout=self._timeout_s
+        )
         end_futs = self._admin.list_offsets(
-            {TopicPartition(t, p): _latest() for t, p in parts},
-            request_timeout=self._timeout_s)
+            {TopicPartition(t, p): _latest() for t, p in parts}, request_timeout=self._timeout_s
+        )
         starts = self._offsets("log-start offsets", start_futs)
         ends = self._offsets("log-end offsets", end_futs)
         return {tp: Watermarks(starts[tp], ends[tp]) for tp in parts}
@@ -225,18 +244,25 @@ class KafkaAdmin:
         parts = sorted(set(partitions))
         if not parts:
             return {}
-        futs = self._admin.list_offsets({TopicPartition(t, p): spec for t, p in parts},
-                                        request_timeout=self._timeout_s)
+        futs = self._admin.list_offsets(
+            {TopicPartition(t, p): spec for t, p in parts}, request_timeout=self._timeout_s
+        )
         return self._offsets(what, futs)
 
     def _offsets(self, what: str, futs: Mapping[TopicPartition, Future[Any]]) -> dict[TP, int]:
-        return {(tp.topic, tp.partition): int(self._result(f"{what} of {tp.topic}[{tp.partition}]",
-                                                           fut).offset)
-                for tp, fut in futs.items()}
+        return {
+            (tp.topic, tp.partition): int(
+                self._result(f"{what} of {tp.topic}[{tp.partition}]", fut).offset
+            )
+            for tp, fut in futs.items()
+        }
 
-    def message_timestamps(self, wanted: Iterable[tuple[str, int, int]], *,
-                           timeout_s: float = DEFAULT_TIMESTAMP_TIMEOUT_S,
-                           ) -> dict[tuple[str, int, int], datetime]:
+    def message_timestamps(
+        self,
+        wanted: Iterable[tuple[str, int, int]],
+        *,
+        timeout_s: float = DEFAULT_TIMESTAMP_TIMEOUT_S,
+    ) -> dict[tuple[str, int, int], datetime]:
         """Timestamp (UTC) of the first message at or after each wanted (topic, partition, offset).
 
         One consumer, outside any group (it never commits), is assigned every wanted partition at
@@ -252,20 +278,22 @@ class KafkaAdmin:
             return {}
         for offs in todo.values():
             offs.sort(reverse=True)  # pop() gives the smallest
-        consumer = Consumer({
-            **self._config,
-            # A throwaway id: assign() needs no group, but the client wants one; it never commits.
-            "group.id": f"cdcr-inspect-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "enable.partition.eof": False,
-            # One message per partition is all we need: keep fetches small.
-            "fetch.max.bytes": 1 << 20,
-            "max.partition.fetch.bytes": 64 << 10,
-            "fetch.wait.max.ms": 50,
-            "socket.timeout.ms": int(self._timeout_s * 1000),
-        })
+        consumer = Consumer(
+            {
+                **self._config,
+                # A throwaway id: assign() needs no group, but the client wants one; it never commits.
+                "group.id": f"cdcr-inspect-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "enable.partition.eof": False,
+                # One message per partition is all we need: keep fetches small.
+                "fetch.max.bytes": 1 << 20,
+                "max.partition.fetch.bytes": 64 << 10,
+                "fetch.wait.max.ms": 50,
+                "socket.timeout.ms": int(self._timeout_s * 1000),
+            }
+        )
         out: dict[tuple[str, int, int], datetime] = {}
         try:
             consumer.assign([TopicPartition(t, p, offs[-1]) for (t, p), offs in todo.items()])
@@ -286,8 +314,9 @@ class KafkaAdmin:
                     while pending and pending[-1] <= off:
                         wanted_off = pending.pop()
                         if ts_type != TIMESTAMP_NOT_AVAILABLE and ts_ms >= 0:
-                            out[(topic, part, wanted_off)] = datetime.fromtimestamp(ts_ms / 1000,
-                                                                                     tz=UTC)
+                            out[(topic, part, wanted_off)] = datetime.fromtimestamp(
+                                ts_ms / 1000, tz=UTC
+                            )
                     if not pending:
                         del todo[(topic, part)]
                         consumer.pause([TopicPartition(topic, part)])
@@ -301,12 +330,26 @@ class KafkaAdmin:
 
     # -- topic management (tests, benchmarks, tooling) ------------------------------------------
 
-    def create_topic(self, name: str, partitions: int, *, replication_factor: int = 1,
-                     config: Mapping[str, str] | None = None) -> None:
+    def create_topic(
+        self,
+        name: str,
+        partitions: int,
+        *,
+        replication_factor: int = 1,
+        config: Mapping[str, str] | None = None,
+    ) -> None:
         """Create a topic and wait until it exists."""
         futs = self._admin.create_topics(
-            [NewTopic(name, num_partitions=partitions, replication_factor=replication_factor,
-                      config=dict(config or {}))], request_timeout=self._timeout_s)
+            [
+                NewTopic(
+                    name,
+                    num_partitions=partitions,
+                    replication_factor=replication_factor,
+                    config=dict(config or {}),
+                )
+            ],
+            request_timeout=self._timeout_s,
+        )
         for fut in futs.values():
             self._result(f"create topic {name!r}", fut)
 
@@ -335,6 +378,6 @@ class KafkaAdmin:
         except KafkaException as exc:
             raise KafkaAdminError.wrap(what, exc) from exc
         except TimeoutError as exc:
-            raise KafkaAdminError(f"{what}: no answer within {self._timeout_s + 5:.0f}s "
-                                  "(is the broker reachable?)") from exc
-
+            raise KafkaAdminError(
+                f"{what}: no answer within {self._timeout_s + 5:.0f}s (is the broker reachable?)"
+            ) from exc

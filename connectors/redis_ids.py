@@ -39,7 +39,7 @@ def namespace_for(target_url: str) -> str:
 class ProcessedIds:
     """Lookup and record processed change IDs. Methods never raise for Redis outages."""
 
-    def __init__(self, client: redis.Redis, ttl_s: int, namespace: str = "default") -> None:
+    def __init__(self, client: redis.Redis[bytes], ttl_s: int, namespace: str = "default") -> None:
         self._client = client
         self._prefix = f"cdcr:{namespace}:ids:"
         self._ttl_s = ttl_s
@@ -75,7 +75,7 @@ class ProcessedIds:
             pipe = self._client.pipeline(transaction=False)
             order = list(by_key.items())
             for key, idx in order:
-                pipe.smismember(key, [ids[i][0] for i in idx])
+                pipe.smismember(key, [ids[i][0] for i in idx])  # type: ignore[no-untyped-call]
             results = pipe.execute()
         except redis.RedisError as exc:
             self._failed("lookup", exc)

@@ -234,7 +234,7 @@ class _Statements:
         )
         self.create = (
             f"CREATE TEMP TABLE IF NOT EXISTS {stg} ON COMMIT DELETE ROWS AS "
-            f"SELECT {', '.join([*data_cols, quote_ident(POS)])}, 0::bigint AS \"_cdc_ts_us\", "
+            f'SELECT {", ".join([*data_cols, quote_ident(POS)])}, 0::bigint AS "_cdc_ts_us", '
             f"''::text AS \"_cdc_op\", ''::text AS \"_cdc_key\" FROM {tgt} WITH NO DATA"
         )
         all_cols = ", ".join([*data_cols, *engine_cols])
@@ -300,7 +300,7 @@ def write_batch(conn: sa.Connection, table: TargetTable, writes: Sequence[RowWri
             cols = tuple(c for c in full if c in w.values or c in table.key_columns)
         groups.setdefault(cols, []).append(w)
     applied = 0
-    raw = conn.connection.dbapi_connection
+    raw: Any = conn.connection.dbapi_connection  # psycopg2: COPY needs the raw cursor
     assert raw is not None
     with raw.cursor() as cur:
         for cols, group in groups.items():

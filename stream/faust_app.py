@@ -123,7 +123,7 @@ def make_app(
 
     if stop_when_idle_s is not None:
 
-        @app.timer(IDLE_CHECK_S)
+        @app.timer(IDLE_CHECK_S)  # type: ignore[untyped-decorator]
         async def idle_watchdog() -> None:
             # Before the first record, allow time for the group to form and fetching to start.
             if stats.get("stopped_by"):

@@ -24,7 +24,7 @@ class PartitionCounts:
         setattr(self, outcome, getattr(self, outcome) + n)
 
     def balanced(self) -> bool:
-        return self.consumed == sum(getattr(self, o) for o in OUTCOMES)
+        return self.consumed == sum(int(getattr(self, o)) for o in OUTCOMES)
 
     def merge(self, other: PartitionCounts) -> None:
         self.consumed += other.consumed

@@ -156,8 +156,7 @@ def replay(
         total = sum(p.size for p in todo)
         if not todo:
             return result
-        parts = build_engine(settings, create_missing=False, group=None, stop=stop,
-                             use_redis=False)
+        parts = build_engine(settings, create_missing=False, group=None, stop=stop, use_redis=False)
         parts.engine.dry_run = dry_run
         consumer.incremental_assign([TopicPartition(p.topic, p.partition, p.start) for p in todo])
         _read(
@@ -193,7 +192,7 @@ def _read(
         msgs = consumer.consume(num_messages=5000, timeout=1.0)
         batch: list[Record] = []
         for m in msgs:
-            key = (m.topic(), m.partition())
+            key: tuple[str, int] = (m.topic(), m.partition())  # type: ignore[assignment]
             plan = open_parts.get(key)
             if plan is None:
                 continue
@@ -202,7 +201,7 @@ def _read(
                 if err.code() == KafkaError._PARTITION_EOF:
                     _close(consumer, open_parts, key)
                 continue
-            offset = m.offset()
+            offset: int = m.offset()  # type: ignore[assignment]
             ts_type, ts = m.timestamp()
             if offset >= plan.end or (ts_type != 0 and ts >= end_ms):
                 result.read_past_end += 1

@@ -136,7 +136,8 @@ class TableResolver:
             out = values
         else:
             out = {
-                k: v for k, v in values.items()
+                k: v
+                for k, v in values.items()
                 if k not in m.exclude_columns
                 and (m.include_columns is None or k in m.include_columns)
             }
