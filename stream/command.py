@@ -138,6 +138,7 @@ def run(
     finally:
         if server is not None:
             server.shutdown()
+            server.server_close()
         parts.ids.close()
         parts.target.dispose()
         if parts.source is not None:
