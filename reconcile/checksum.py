@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from cdc_reconciler.reconcile.segments import Key, Segment
 
 from cdc_reconciler.errors import CdcrError
+from cdc_reconciler.reconcile.segments import Key, Segment
 
 CDC_COLUMN_PREFIX = "_cdc_"
 
@@ -346,14 +346,15 @@ def fetch_raw_by_keys(conn: sa.Connection, side: Side, keys: Iterable[Key],
 
 
 def fetch_json_by_keys(conn: sa.Connection, side: Side, keys: Iterable[Key],
-                       ) -> dict[Key, dict[str, Any]]:
-    """Whole rows by key as JSON objects (``to_jsonb``), ``_cdc_*`` included: for archives."""
-    out: dict[Key, dict[str, Any]] = {}
+                       ) -> dict[Key, str]:
+    """Whole rows by key as JSON text (``to_jsonb``), ``_cdc_*`` included: for archives. Text,
+    not parsed, because positions exceed 64 bits."""
+    out: dict[Key, str] = {}
     cols = ", ".join(quote_ident(k) for k in side.key_columns)
     for chunk in _chunks(list(keys), 500):
         params: dict[str, Any] = {}
         rows = conn.execute(sa.text(
-            f"SELECT {cols}, to_jsonb(t) FROM {side.sql_name} t "
+            f"SELECT {cols}, to_jsonb(t)::text FROM {side.sql_name} t "
             f"WHERE {_keys_condition(side, chunk, params)}"), params).all()
         n = len(side.key_columns)
         out.update({tuple(r[:n]): r[n] for r in rows})

@@ -48,6 +48,7 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+
 from cdc_reconciler.connectors.target import RowWrite, TargetTable, key_text, write_batch
 from cdc_reconciler.reconcile import checksum as ck
 from cdc_reconciler.reconcile.checksum import TablePair
@@ -151,7 +152,7 @@ def repair(source: sa.Engine, target: sa.Engine, pair: TablePair, table: TargetT
                 "INSERT INTO cdcr.extra_rows_archive (run_id, table_name, key, row) "
                 "VALUES (:r, :t, :k, CAST(:row AS jsonb))"),
                 [{"r": run_id, "t": pair.name, "k": key_text(k),
-                  "row": orjson.dumps(whole[k]).decode()} for k in archive if k in whole])
+                  "row": whole[k]} for k in archive if k in whole])
             out.archived = len(whole)
         result = write_batch(tconn, table, writes)
         out.applied, out.stale = result.applied, result.stale

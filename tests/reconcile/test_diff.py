@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
+
 from cdc_reconciler.reconcile.checksum import TablePair, describe_pair
 from cdc_reconciler.reconcile.diff import DiffOptions, Kind, diff_table
 from cdc_reconciler.reconcile.segments import Window
