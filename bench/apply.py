@@ -39,7 +39,7 @@ BENCH_CONNECT_PORT = int(os.environ.get("CDCR_BENCH_CONNECT_PORT", "18084"))
 IDLE_S = 5.0
 # Redis databases of the bench (each contender's own, so one contender's processed IDs never
 # make the next one skip as duplicates). Flushed before use.
-REDIS_DB = {"cdcr": 10, "faust": 11, "profile": 12}
+REDIS_DB = {"cdcr": 10, "faust": 11, "profile": 12, "replay": 13}
 
 
 # ------------------------------------------------------------------------- target checking
@@ -100,9 +100,20 @@ def cdcr_env(ep: Endpoints, stream: Stream, db: str, group: str, redis_db: int) 
         "CDCR_SOURCE__URL": ep.sa_url("source"),
         "CDCR_TARGET__URL": ep.sa_url(db),
         "CDCR_REDIS__URL": ep.redis_url(redis_db),
-        "CDCR_METRICS__PORT": str(free_port()),
+        "CDCR_METRICS__PORT": str(metrics_port()),
     })
     return env
+
+
+def metrics_port() -> int:
+    """A free port whose successor is free too (the Faust app binds CDCR_METRICS__PORT + 1)."""
+    import socket
+    for _ in range(50):
+        p = free_port()
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", p + 1)) != 0:
+                return p
+    return free_port()
 
 
 def prepare_cdcr_target(ep: Endpoints, db: str, env: dict[str, str], redis_db: int) -> None:
@@ -138,7 +149,7 @@ def result_from(name: str, m: Any, doc: dict[str, Any], stream: Stream, logs: Pa
         "user_s": round(m.user_s, 2), "sys_s": round(m.sys_s, 2),
         "peak_rss_mb": round(m.peak_rss_mb, 1),
         "rss_samples": [(round(t, 2), round(r, 1)) for t, r in m.rss_samples[::4]],
-        "log": str(logs),
+        "log": str(logs), "loadavg_before": list(os.getloadavg()),
     }
     if span:
         res["span_s"] = round(span, 2)
@@ -174,7 +185,7 @@ def run_cdcr(ep: Endpoints, stream: Stream, tag: str, logs: Path) -> dict[str, A
 
 def redis_bytes_per_id(ep: Endpoints, db: int) -> dict[str, Any]:
     r = redis.Redis.from_url(ep.redis_url(db))
-    keys = list(r.scan_iter("cdcr:ids:*", count=1000))
+    keys = list(r.scan_iter("cdcr:*ids:*", count=1000))
     ids = sum(int(r.scard(k)) for k in keys)
     mem = sum(int(r.memory_usage(k, samples=0) or 0) for k in keys)
     enc = {r.object("encoding", k).decode() for k in keys} if keys else set()
@@ -346,6 +357,7 @@ def run_jdbc(ep: Endpoints, stream: Stream, tag: str, logs: Path, batch_size: in
         "collection.name.format": "${topic}",
     }
     res: dict[str, Any] = {"contender": "Debezium JDBC sink", "database": db,
+                           "loadavg_before": list(os.getloadavg()),
                            "connector": name, "config": {k: v for k, v in config.items()
                                                          if "password" not in k},
                            "records": stream.records, "version": JDBC_VERSION}
@@ -442,3 +454,37 @@ def copy_ceiling(ep: Endpoints, db: str, runs: int = 3) -> dict[str, Any]:
     med = sorted(times)[len(times) // 2]
     return {"rows": rows, "runs_s": [round(x, 3) for x in times], "median_s": round(med, 3),
             "rows_per_s": round(rows / med)}
+
+
+# ----------------------------------------------------------------------------------- replay
+def run_replay(ep: Endpoints, stream: Stream, tag: str, logs: Path, live: dict[str, Any]
+               ) -> dict[str, Any]:
+    """`cdcr replay` of the whole stream's time range into a fresh target (its own database and
+    Redis db), against the live `cdcr run` rate measured the same way (process start to done)."""
+    import datetime as dt
+
+    db = "bench_replay"
+    env = cdcr_env(ep, stream, db, f"bench-{tag}-replay", REDIS_DB["replay"])
+    prepare_cdcr_target(ep, db, env, REDIS_DB["replay"])
+    iso = lambda t: dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
+    cmd = [cdcr_bin(), "replay", "--from", iso(stream.started_at - 120),
+           "--to", iso(time.time() + 120), "--json"]
+    log("replay: " + " ".join(cmd))
+    m = run_measured(cmd, env, timeout=3600, stderr_file=logs / "replay.log")
+    res: dict[str, Any] = {"command": "cdcr replay --from <stream start - 2 min> --to <now + 2 min>"
+                           " --json", "returncode": m.returncode, "wall_s": round(m.wall_s, 2),
+                           "cpu_s": round(m.cpu_s, 2), "peak_rss_mb": round(m.peak_rss_mb, 1),
+                           "events_per_s_from_start": round(stream.records / m.wall_s),
+                           "database": db}
+    if m.returncode != 0:
+        res["error"] = m.stderr_tail[-1500:]
+    live_rate = live.get("events_per_s_from_start")
+    if live_rate:
+        res["live_events_per_s_from_start"] = live_rate
+        res["fraction_of_live"] = round(res["events_per_s_from_start"] / live_rate, 3)
+        res["status"] = (f"{res['events_per_s_from_start']:,} events/s vs live "
+                         f"{live_rate:,} events/s (both from process start to done, into a fresh "
+                         f"target): {res['fraction_of_live']:.0%} of live")
+    res["check"] = compare_with_source(ep, db)
+    log(f"replay: {res.get('status')}, check {res['check']['correct']}")
+    return res

@@ -85,6 +85,7 @@ class Stream:
     changes: int  # change events (c/u/d) the source traffic produced
     counts: dict[str, int]  # per kind: insert, update, hot_update, delete
     produce_s: float  # source traffic start to the topics holding every record
+    started_at: float = 0.0  # epoch seconds when the source traffic began
 
 
 def create_tables(ep: Endpoints) -> None:
@@ -210,6 +211,7 @@ def produce(ep: Endpoints, tag: str, target_records: int) -> Stream:
     register(ep, name, prefix)
     log(f"connector {name} running; producing source traffic for >= {target_records:,} records")
     t0 = time.perf_counter()
+    started_at = time.time()
     records, changes, counts = traffic(ep, target_records)
     gen_s = time.perf_counter() - t0
     log(f"source traffic done in {gen_s:.1f}s: {changes:,} changes, {records:,} records "
@@ -227,4 +229,4 @@ def produce(ep: Endpoints, tag: str, target_records: int) -> Stream:
     got = sum(topic_counts(ep.kafka, topics).values())
     log(f"topics hold {got:,} records after {produce_s:.1f}s")
     unregister(ep, name)
-    return Stream(prefix, name, topics, got, changes, counts, produce_s)
+    return Stream(prefix, name, topics, got, changes, counts, produce_s, started_at)

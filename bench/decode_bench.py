@@ -15,6 +15,7 @@ import time
 import uuid
 
 import orjson
+
 from cdc_reconciler.connectors.debezium import ChangeEvent, DebeziumDecoder
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000

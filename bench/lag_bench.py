@@ -21,8 +21,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from cdc_reconciler.connectors.kafka_admin import KafkaAdmin, client_config
 from confluent_kafka import Consumer, Producer, TopicPartition
+
+from cdc_reconciler.connectors.kafka_admin import KafkaAdmin, client_config
 
 PARTITIONS = 64
 GROUPS = 3

@@ -36,7 +36,7 @@ def machine() -> dict[str, Any]:
     pg = subprocess.run(["psql", "--version"], capture_output=True, text=True).stdout.strip()
     return {"cpu_model": models[0] if models else "?", "cpus": len(models),
             "cpu_mhz": mhz[0] if mhz else "?", "mem_total_mb": int(mem_total),
-            "free_m": free.strip(), "kernel": platform.release(),
+            "free_m": free.rstrip(), "kernel": platform.release(),
             "python": platform.python_version(), "psql": pg,
             "hypervisor": "yes" if " hypervisor" in cpu else "no"}
 
@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
                 res["ceiling"] = ap_.copy_ceiling(ep, "bench_cdcr")
             if "replay" in only:
                 res["replay"] = replay_section()
+                if res["replay"].get("available"):
+                    res["replay"] = ap_.run_replay(ep, stream, tag, logs,
+                                                   res.get("apply", {}).get("cdcr", {}))
             if "profile" in only:
                 from bench.profile import profile_cdcr
                 res["profile"] = profile_cdcr(ep, stream, tag, logs)
@@ -140,10 +143,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def replay_section() -> dict[str, Any]:
-    helptext = subprocess.run([cdcr_bin(), "--help"], capture_output=True, text=True).stdout
-    if " replay " not in helptext:
+    r = subprocess.run([cdcr_bin(), "replay", "--help"], capture_output=True, text=True)
+    if r.returncode != 0:
         return {"status": "not available: `cdcr replay` does not exist yet"}
-    return {"status": "not measured: `cdcr replay` exists but the bench does not drive it yet"}
+    return {"available": True}
 
 
 def cleanup(ep: Endpoints, stream: Any) -> None:
@@ -161,7 +164,7 @@ def cleanup(ep: Endpoints, stream: Any) -> None:
                 f.result(30)
             except Exception:  # noqa: BLE001 - cleanup is best effort
                 pass
-    for db in ("bench_cdcr", "bench_faust", "bench_jdbc", "bench_prof"):
+    for db in ("bench_cdcr", "bench_faust", "bench_jdbc", "bench_prof", "bench_replay"):
         drop_database(ep, db)
     changes.drop_tables(ep)
     log(f"cleaned up {len(topics)} topics, bench databases and source tables")

@@ -1,0 +1,181 @@
+"""Reconcile comparison: cdcr's verify (reconcile.diff.diff_table, what `cdcr reconcile` runs per
+window) against reladiff, on one table pair of N rows: first in sync, then with 100 scattered
+differences (34 missing in the target, 33 extra in the target, 33 changed). Each contender runs
+as its own process (interpreter start included), one at a time, after both tables were vacuumed,
+analysed and read once.
+
+    python -m bench.reconcile_cmp verify SOURCE_URL TARGET_URL TABLE   # the cdcr side, as JSON
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import Endpoints, drop_database, log, recreate_database
+
+TABLE = "bench_rc"
+DB = "bench_rc"
+DDL = """id bigint primary key, a int not null, b numeric(12,2), c text, d timestamptz,
+    e jsonb, f boolean, g date, h varchar(32), i bigint"""
+COLS = ["a", "b", "c", "d", "e", "f", "g", "h", "i"]
+FILL = f"""insert into public.{TABLE} select g, (g * 17) % 100000, (g % 100000) / 100.0,
+    'row ' || g || ' ' || md5(g::text), timestamptz '2024-01-01 00:00:00+00' + g * interval '1 second',
+    jsonb_build_object('k', g % 1000, 'v', 'x' || (g % 77)), g % 2 = 0,
+    date '2020-01-01' + (g % 2000)::int, 'h' || (g % 9999), g * 31
+    from generate_series(%s::bigint, %s::bigint) g""".replace(" % ", " %% ")
+REPEATS = 1  # per contender and case; the pair is big enough to dwarf jitter at 1M+
+
+
+def build_pair(ep: Endpoints, rows: int) -> None:
+    recreate_database(ep, DB)
+    for db in ("source", DB):
+        conn = ep.connect_pg(db)
+        with conn.cursor() as cur:
+            cur.execute(f"drop table if exists public.{TABLE}")
+            cur.execute(f"create table public.{TABLE} ({DDL})")
+            step = 1_000_000
+            for lo in range(1, rows + 1, step):
+                cur.execute(FILL, (lo, min(rows, lo + step - 1)))
+            cur.execute(f"vacuum analyze public.{TABLE}")
+            cur.execute(f"select count(*), sum(hashtext(t::text)) from public.{TABLE} t")
+        conn.close()
+
+
+def plant(ep: Endpoints, rows: int, seed: int = 20261122) -> dict[str, list[int]]:
+    rnd = random.Random(seed)
+    keys = rnd.sample(range(1, rows + 1), 100)
+    planted = {"missing": sorted(keys[:34]), "extra": sorted(keys[34:67]),
+               "mismatched": sorted(keys[67:])}
+    src = ep.connect_pg("source")
+    tgt = ep.connect_pg(DB)
+    with src.cursor() as s, tgt.cursor() as t:
+        t.execute(f"delete from public.{TABLE} where id = any(%s)", (planted["missing"],))
+        s.execute(f"delete from public.{TABLE} where id = any(%s)", (planted["extra"],))
+        t.execute(f"update public.{TABLE} set h = 'changed', b = b + 1 where id = any(%s)",
+                  (planted["mismatched"],))
+        for c, name in ((s, "source"), (t, DB)):
+            c.execute(f"vacuum analyze public.{TABLE}")
+    src.close()
+    tgt.close()
+    log(f"planted {sum(map(len, planted.values()))} differences in {DB}.{TABLE}")
+    return planted
+
+
+def verify_main(src_url: str, tgt_url: str, table: str) -> None:
+    import sqlalchemy as sa
+
+    from cdc_reconciler.reconcile.checksum import describe_pair
+    from cdc_reconciler.reconcile.diff import diff_table
+
+    source, target = sa.create_engine(src_url), sa.create_engine(tgt_url)
+    with source.connect() as s, target.connect() as t:
+        pair = describe_pair(s, t, table)
+    res = diff_table(source, target, pair)
+    print(json.dumps({"clean": res.clean, "stats": res.stats.as_dict(),
+                      "differences": [{"kind": d.kind.value, "key": list(d.key)}
+                                      for d in res.differences]}, default=str))
+
+
+def run_cdcr(ep: Endpoints) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.reconcile_cmp", "verify", ep.sa_url("source"),
+           ep.sa_url(DB), f"public.{TABLE}"]
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        return {"error": r.stderr[-2000:], "seconds": round(wall, 2)}
+    doc = json.loads(r.stdout.strip().splitlines()[-1])
+    found: dict[str, list[int]] = {"missing": [], "extra": [], "mismatched": []}
+    for d in doc["differences"]:
+        found[d["kind"]].append(int(d["key"][0]))
+    return {"seconds": round(wall, 2), "found": {k: sorted(v) for k, v in found.items()},
+            "stats": doc["stats"]}
+
+
+RELADIFF_OPTS = ["--bisection-factor", "32", "--bisection-threshold", "16384", "-j", "1"]
+
+
+def reladiff_cmd(ep: Endpoints) -> list[str]:
+    exe = str(Path(sys.executable).with_name("reladiff"))
+    cmd = [exe, ep.pg_url("source"), f"public.{TABLE}", ep.pg_url(DB), f"public.{TABLE}",
+           "-k", "id"]
+    for c in COLS:
+        cmd += ["-c", c]
+    return [*cmd, *RELADIFF_OPTS, "--json"]
+
+
+def run_reladiff(ep: Endpoints) -> dict[str, Any]:
+    cmd = reladiff_cmd(ep)
+    t0 = time.perf_counter()
+    # reladiff prints through rich, which wraps at the terminal width: make it wide, and parse
+    # only the sign and the key of each JSONL line.
+    env = {**os.environ, "COLUMNS": "100000"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=env)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        return {"error": r.stderr[-2000:], "seconds": round(wall, 2)}
+    minus: set[int] = set()
+    plus: set[int] = set()
+    for sign, key in re.findall(r'\[\s*"([+-])",\s*\[\s*"(\d+)"', r.stdout):
+        (minus if sign == "-" else plus).add(int(key))
+    found = {"missing": sorted(minus - plus), "extra": sorted(plus - minus),
+             "mismatched": sorted(minus & plus)}
+    return {"seconds": round(wall, 2), "found": found}
+
+
+def exact(found: dict[str, list[int]] | None, planted: dict[str, list[int]]) -> bool:
+    return bool(found) and all(found[k] == planted[k] for k in planted)  # type: ignore[index]
+
+
+def run_reconcile(ep: Endpoints, rows: int, logs: Path) -> dict[str, Any]:
+    log(f"reconcile: building a {rows:,}-row pair (source.public.{TABLE} vs {DB}.public.{TABLE})")
+    t0 = time.perf_counter()
+    build_pair(ep, rows)
+    out: dict[str, Any] = {"rows": rows, "build_s": round(time.perf_counter() - t0, 1),
+                           "reladiff_command": " ".join(reladiff_cmd(ep)).replace(
+                               ep.pg_password + "@", "***@"),
+                           "cdcr_command": "python -m bench.reconcile_cmp verify SRC TGT "
+                                           f"public.{TABLE}  (reconcile.diff.diff_table, "
+                                           "DiffOptions() defaults: threshold 256, factor<=256)"}
+    try:
+        empty = {"missing": [], "extra": [], "mismatched": []}
+        for case, planted in (("in_sync", empty), ("diff100", None)):
+            if planted is None:
+                planted = plant(ep, rows)
+                out["planted"] = planted
+            for name, fn in (("reladiff", run_reladiff), ("cdcr", run_cdcr)):
+                runs = [fn(ep) for _ in range(REPEATS)]
+                best = min(runs, key=lambda r: r.get("seconds", 1e9))
+                best["exact"] = exact(best.get("found"), planted) and "error" not in best
+                if not best["exact"] and best.get("found"):
+                    best["found_counts"] = {k: len(v) for k, v in best["found"].items()}
+                best.pop("found", None)
+                out.setdefault(case, {})[name] = best
+                log(f"reconcile {case}: {name} {best.get('seconds')}s exact={best['exact']}")
+        for case in ("in_sync", "diff100"):
+            c = out[case]
+            if c["cdcr"].get("seconds") and c["reladiff"].get("seconds"):
+                c["cdcr_over_reladiff"] = round(c["cdcr"]["seconds"] / c["reladiff"]["seconds"], 3)
+    finally:
+        conn = ep.connect_pg("source")
+        with conn.cursor() as cur:
+            cur.execute(f"drop table if exists public.{TABLE}")
+        conn.close()
+        drop_database(ep, DB)
+    return out
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "verify":
+        verify_main(*sys.argv[2:5])
+    else:
+        print(__doc__)
+        sys.exit(2)
