@@ -109,9 +109,9 @@ stream_cli.register(app)
 from cdc_reconciler.stream import lag_cli
 
 lag_cli.register(app)  # noqa: E402, E702, I001
-from cdc_reconciler.reconcile import cli as reconcile_cli
+from cdc_reconciler.reconcile import cli as reconcile_cli  # noqa: E402
 
-reconcile_cli.register(app)  # noqa: E402, E501, E702, I001
+reconcile_cli.register(app)
 
 
 def main() -> None:

@@ -8,13 +8,13 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import typer
-from cdc_reconciler.reconcile.run import TableReport
-from cdc_reconciler.reconcile.segments import Window
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cdc_reconciler.errors import CdcrError
+from cdc_reconciler.reconcile.run import TableReport
+from cdc_reconciler.reconcile.segments import Window
 
 _out = Console()
 _err = Console(stderr=True)

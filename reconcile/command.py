@@ -9,6 +9,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
+
+from cdc_reconciler.config import Settings
+from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.reconcile import repair as rp
 from cdc_reconciler.reconcile import watermarks as wm
 from cdc_reconciler.reconcile.diff import DiffOptions
@@ -23,10 +27,6 @@ from cdc_reconciler.reconcile.windows import (
     table_topic,
     utc_now,
 )
-from sqlalchemy.exc import SQLAlchemyError
-
-from cdc_reconciler.config import Settings
-from cdc_reconciler.errors import CdcrError
 
 # How long continuous mode sleeps when no window is closed: a tenth of a window, so a window is
 # picked up soon after it closes without polling the databases constantly.

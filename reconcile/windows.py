@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
-from cdc_reconciler.reconcile.segments import Window
 
 from cdc_reconciler.errors import CdcrError
+from cdc_reconciler.reconcile.segments import Window
 
 Clock = Callable[[], datetime]
 TP = tuple[str, int]
