@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def reconcile(
         table: Annotated[list[str] | None, typer.Option(
-            "--table", "-t", help="Source table <schema>.<table>; repeat for more. Default: every "
+            "--table", "-t", help="Source table as schema.table; repeat for more. Default: every "
             "table in the configuration.")] = None,
         from_: Annotated[str | None, typer.Option(
             "--from", help="Reconcile windows from this ISO-8601 UTC time instead of from the "

@@ -3,6 +3,7 @@ builds its clients at this edge, and raises CdcrError for anything the user can 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -60,7 +61,7 @@ def reconcile(
     diff_options: DiffOptions | None = None,
     now_getter: Clock = utc_now,
     log_ends: LogEnds | None = None,
-    replay_hook: rp.ReplayHook = rp.kafka_replay_hook,
+    replay_hook: rp.ReplayHook | None = None,
     on_window: Callable[[str, Window], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> list[TableReport]:
@@ -83,7 +84,9 @@ def reconcile(
               log_ends or kafka_log_ends(k.bootstrap_servers, sasl_username=k.sasl_username,
                                          sasl_password=k.sasl_password.get_secret_value()
                                          if k.sasl_password else None),
-              replay_hook, on_window)
+              replay_hook or rp.make_kafka_replay_hook(settings, source, target,
+                                                       log=logging.getLogger(__name__).info),
+              on_window)
     try:
         while True:
             reports = [reconcile_table(env, req, t) for t in names]

@@ -2,9 +2,9 @@
 
 Order of repair for missing and mismatched rows:
 
-1. ``kafka_replay_hook``: replay the window's events for those keys from Kafka through the apply
-   engine. **This hook belongs to the apply engine (time-range replay) and is not wired yet**: the
-   default replays nothing and hands every key on.
+1. The replay hook (``make_kafka_replay_hook``): replay the window's events from Kafka (offsets by
+   timestamp) through the apply engine, then hand on the keys that still differ. With no window
+   (whole-table runs) or no Kafka, nothing is replayed and every key is handed on.
 2. Re-read the remaining keys from the source and upsert them through
    ``connectors.target.write_batch`` at the *repair position* (below), so that any later real
    change still wins and no older event replayed later can undo the repair.
@@ -49,6 +49,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
+from cdc_reconciler.config import Settings
 from cdc_reconciler.connectors.target import RowWrite, TargetTable, key_text, write_batch
 from cdc_reconciler.reconcile import checksum as ck
 from cdc_reconciler.reconcile.checksum import TablePair
@@ -61,12 +62,47 @@ ReplayHook = Callable[[TablePair, Window | None, Sequence[Key]], list[Key]]
 
 
 def kafka_replay_hook(pair: TablePair, window: Window | None, keys: Sequence[Key]) -> list[Key]:
-    """Replay ``window``'s Kafka events for ``keys`` through the apply engine; return the keys
-    that replay did not fix (Kafka retention passed, events never produced).
-
-    Owned by the apply engine's time-range replay (``cdcr replay``); until it is wired in, this
-    replays nothing and returns every key, so repair falls back to re-reading the source."""
+    """The no-op hook: replays nothing and hands every key on to the source re-read."""
     return list(keys)
+
+
+# Kafka record time trails the change time by the commit-to-produce delay; widen the replayed
+# range by this much on both sides (replaying more is harmless: writes are versioned).
+REPLAY_SLACK_S = 60
+
+
+def make_kafka_replay_hook(settings: Settings, source: sa.Engine, target: sa.Engine,
+                           log: Callable[[str], None] | None = None) -> ReplayHook:
+    """A hook that replays ``window`` (plus grace and slack) of the table's topic through the
+    apply engine (:func:`cdc_reconciler.stream.replay.replay`), then returns the keys whose
+    target row still differs from the source: Kafka no longer had their events (retention), or
+    they were never produced. A Kafka failure is logged and every key handed on, so repair still
+    falls back to the source."""
+    from datetime import timedelta
+
+    from cdc_reconciler.errors import CdcrError
+    from cdc_reconciler.stream.replay import replay
+
+    def hook(pair: TablePair, window: Window | None, keys: Sequence[Key]) -> list[Key]:
+        if window is None or not keys:
+            return list(keys)
+        slack = timedelta(seconds=settings.reconcile.grace_s + REPLAY_SLACK_S)
+        try:
+            result = replay(settings, window.start - slack, window.end + slack,
+                            tables=[pair.name])
+        except CdcrError as exc:
+            if log:
+                log(f"replay from Kafka failed ({exc}); re-reading the source instead")
+            return list(keys)
+        if log:
+            log(f"replayed {result.totals.consumed} events of {pair.name} "
+                f"({result.totals.applied} applied)")
+        with source.connect() as s, target.connect() as t:
+            src = ck.fetch_normalized_by_keys(s, pair.source, keys)
+            tgt = ck.fetch_normalized_by_keys(t, pair.target, keys)
+        return [k for k in keys if src.get(k) != tgt.get(k) or k not in src]
+
+    return hook
 
 
 @dataclass(slots=True)

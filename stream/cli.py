@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
         committed. A write applies only if its source position is newer than the row's, so
         redelivery, duplicates and reordering never change the outcome. Undecodable or rejected
         events go to the dead-letter topic (CDCR_KAFKA__DEAD_LETTER_TOPIC, default
-        <prefix>.cdcr.dlq) and cdcr.dead_letters, and the consumer goes on.
+        PREFIX.cdcr.dlq) and cdcr.dead_letters, and the consumer goes on.
 
         Serves Prometheus metrics and /healthz on CDCR_METRICS__HOST:CDCR_METRICS__PORT
         (127.0.0.1:9464). SIGTERM or Ctrl-C stops after the current batch.
