@@ -61,7 +61,7 @@ def plant(ep: Endpoints, rows: int, seed: int = 20261122) -> dict[str, list[int]
         s.execute(f"delete from public.{TABLE} where id = any(%s)", (planted["extra"],))
         t.execute(f"update public.{TABLE} set h = 'changed', b = b + 1 where id = any(%s)",
                   (planted["mismatched"],))
-        for c, name in ((s, "source"), (t, DB)):
+        for c in (s, t):
             c.execute(f"vacuum analyze public.{TABLE}")
     src.close()
     tgt.close()

@@ -228,6 +228,11 @@ def write_doc(res: dict[str, Any], result_file: Path) -> None:
               f". {jd.get('note', '')}. CPU = the worker JVM's CPU time during the run.")
         la = [f"{r.get('contender', '?')} {r['loadavg_before'][0]:.2f}" for r in (cd, fa, jd)
               if r.get("loadavg_before")]
+        if la and max(r["loadavg_before"][0] for r in (cd, fa, jd) if r.get("loadavg_before")) > 1.5:
+            w("- **Noise warning:** the machine was busy during this run (other sessions' test "
+              "suites share the 2 cores and the stack). Ratios between contenders moved a lot "
+              "between runs on the same commit (cdcr / JDBC sink 3.43×, 1.30× and 1.18× in three "
+              "quick runs within 15 minutes); rerun on an idle machine before quoting them.")
         if la:
             w("- 1-minute load average just before each contender (other sessions share this "
               "machine and its stack; a high value means a noisy measurement): " + ", ".join(la)
