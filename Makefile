@@ -30,11 +30,15 @@ test: venv
 test-unit: venv
 	$(VENV)/bin/pytest -q -m "not services"
 
-bench: venv
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(VENV)/bin/pip install -q -e '.[dev,bench]'
+	touch $@
+
+bench: venv $(VENV)/.bench-installed
 	scripts/stack up
 	$(STACK_ENV) && $(PY) -m bench.run
 
-bench-quick: venv
+bench-quick: venv $(VENV)/.bench-installed
 	scripts/stack up
 	$(STACK_ENV) && $(PY) -m bench.run --quick
 

@@ -61,9 +61,10 @@ def consumer_config(settings: KafkaSettings, *, group_id: str | None = None) -> 
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky",
-        # Large fetches: the engine consumes in batches of thousands.
+        # The prefetch queue bounds worker memory (librdkafka's default is 64 MB per
+        # partition-queue set; 32 MB still keeps batches of thousands flowing).
         "fetch.min.bytes": 1,
-        "queued.max.messages.kbytes": 262144,
+        "queued.max.messages.kbytes": 32768,
         "session.timeout.ms": settings.session_timeout_ms,
         "max.poll.interval.ms": 600000,
         **_security(settings),

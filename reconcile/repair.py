@@ -43,7 +43,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -69,6 +69,7 @@ def kafka_replay_hook(pair: TablePair, window: Window | None, keys: Sequence[Key
 # Kafka record time trails the change time by the commit-to-produce delay; widen the replayed
 # range by this much on both sides (replaying more is harmless: writes are versioned).
 REPLAY_SLACK_S = 60
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def make_kafka_replay_hook(settings: Settings, source: sa.Engine, target: sa.Engine,
@@ -88,8 +89,9 @@ def make_kafka_replay_hook(settings: Settings, source: sa.Engine, target: sa.Eng
             return list(keys)
         slack = timedelta(seconds=settings.reconcile.grace_s + REPLAY_SLACK_S)
         try:
-            result = replay(settings, window.start - slack, window.end + slack,
-                            tables=[pair.name])
+            # An open-start window (the table's first) replays from the start of retention.
+            start = window.start - slack if window.start is not None else EPOCH
+            result = replay(settings, start, window.end + slack, tables=[pair.name])
         except CdcrError as exc:
             if log:
                 log(f"replay from Kafka failed ({exc}); re-reading the source instead")
