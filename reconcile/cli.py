@@ -14,6 +14,7 @@ from rich.table import Table
 
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.reconcile.run import TableReport
+from cdc_reconciler.reconcile.sample import SampleReport
 from cdc_reconciler.reconcile.segments import Window
 
 _out = Console()
@@ -55,6 +56,15 @@ def register(app: typer.Typer) -> None:
         delete_extra: Annotated[bool, typer.Option(
             "--delete-extra", help="Archive, then delete, rows found only in the target. "
             "Without it they are only recorded for review.")] = False,
+        sample: Annotated[int | None, typer.Option(
+            "--sample", min=1, metavar="N", help="Instead of reconciling, check about N random "
+            "keys per table (from both sides, so rows only in the target show too) and report "
+            "the mismatch rate with a 95% Wilson confidence interval. Repairs nothing; writes one "
+            "audit row per table (status 'sampled') unless --dry-run. With --from/--to, windowed "
+            "tables are sampled among rows changed in that range.")] = None,
+        seed: Annotated[int | None, typer.Option(
+            "--seed", help="Seed of --sample's random draws (default: random; the seed used is "
+            "reported), to repeat a sample.")] = None,
         config: ConfigOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
@@ -66,11 +76,19 @@ def register(app: typer.Typer) -> None:
         A window is reconciled only once every Kafka partition feeding the table has applied
         events past its end plus the grace period (or is idle at its log end).
 
-        Exit status 1 when a window stays unresolved after repair.
+        With --sample N, only estimate the mismatch rate from N random keys per table.
+
+        Exit status 1 when a window stays unresolved after repair or fails a configured check,
+        or when a sample finds any difference.
         """
         from cdc_reconciler.reconcile import command
 
         settings = settings_or_fail(config)
+        if sample is not None:
+            if delete_extra:
+                fail(CdcrError("--sample reads only: --delete-extra does not apply"))
+            _sample(settings, sample, table or (), from_, to, seed, dry_run, as_json)
+            return
         try:
             start, end = _when(from_, "--from"), _when(to, "--to")
             if as_json:
@@ -112,6 +130,52 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(data, indent=2, default=str))
         else:
             _print_status(data)
+
+
+def _sample(settings: Any, n: int, tables: list[str] | tuple[()], from_: str | None,
+            to: str | None, seed: int | None, dry_run: bool, as_json: bool) -> None:
+    from cdc_reconciler.cli import fail
+    from cdc_reconciler.reconcile import command
+
+    try:
+        with _err.status("sampling"):
+            reports = command.sample(settings, n, tables=tables, start=_when(from_, "--from"),
+                                     end=_when(to, "--to"), seed=seed, dry_run=dry_run)
+    except CdcrError as exc:
+        fail(exc)
+    if as_json:
+        typer.echo(json.dumps({"dry_run": dry_run, "sample": True,
+                               "tables": [r.as_json() for r in reports]}, indent=2, default=str))
+    else:
+        _print_samples(reports, dry_run)
+    if any(r.differences for r in reports):
+        raise typer.Exit(code=1)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.3g}%"
+
+
+def _print_samples(reports: list[SampleReport], dry_run: bool) -> None:
+    tbl = Table(title="reconcile --sample (dry run: nothing written)" if dry_run
+                else "reconcile --sample")
+    for col in ("table", "method", "sampled", "missing", "extra", "mismatched", "rate",
+                "95% interval"):
+        tbl.add_column(col)
+    for r in reports:
+        lo, hi = r.interval
+        tbl.add_row(r.table, r.method, f"{r.sampled}/{r.requested}", str(r.counts["missing"]),
+                    str(r.counts["extra"]), str(r.counts["mismatched"]), _pct(r.rate),
+                    f"[{_pct(lo)}, {_pct(hi)}]")
+    _out.print(tbl)
+    for r in reports:
+        for d in r.differences[:50]:
+            cols = f" columns={','.join(d.columns)}" if d.columns else ""
+            _out.print(f"  {r.table} {d.kind.value} key={list(d.key)}{cols}", highlight=False)
+        if r.note:
+            _out.print(f"{r.table}: {r.note}", highlight=False)
+        _out.print(f"{r.table}: seed {r.seed}; population ≈ {r.population} keys "
+                   f"(source {r.source_rows}, target {r.target_rows})", highlight=False)
 
 
 def _t(t: datetime | None) -> str:

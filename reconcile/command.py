@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,7 +18,15 @@ from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.reconcile import repair as rp
 from cdc_reconciler.reconcile import watermarks as wm
 from cdc_reconciler.reconcile.diff import DiffOptions
-from cdc_reconciler.reconcile.run import Env, Request, TableReport, reconcile_table
+from cdc_reconciler.reconcile.run import (
+    Env,
+    Request,
+    TableReport,
+    closed_time,
+    describe,
+    reconcile_table,
+)
+from cdc_reconciler.reconcile.sample import SampleReport, record_sample, sample_table
 from cdc_reconciler.reconcile.segments import Window
 from cdc_reconciler.reconcile.windows import (
     Clock,
@@ -41,6 +50,13 @@ def _engines(settings: Settings) -> tuple[sa.Engine, sa.Engine]:
         raise CdcrError("CDCR_TARGET__URL is not set")
     return (sa.create_engine(settings.source.url_str(), pool_pre_ping=True),
             sa.create_engine(settings.target.url_str(), pool_pre_ping=True))
+
+
+def _kafka_log_ends(settings: Settings, timeout_s: float | None = None) -> LogEnds:
+    k = settings.kafka
+    return kafka_log_ends(k.bootstrap_servers, sasl_username=k.sasl_username,
+                          sasl_password=k.sasl_password.get_secret_value()
+                          if k.sasl_password else None, timeout_s=timeout_s)
 
 
 def _aware(t: datetime | None, what: str) -> datetime | None:
@@ -79,11 +95,7 @@ def reconcile(
     req = Request(names, _aware(start, "--from"), _aware(end, "--to"), dry_run, delete_extra,
                   diff_options or DiffOptions())
     source, target = _engines(settings)
-    k = settings.kafka
-    env = Env(settings, source, target, now_getter,
-              log_ends or kafka_log_ends(k.bootstrap_servers, sasl_username=k.sasl_username,
-                                         sasl_password=k.sasl_password.get_secret_value()
-                                         if k.sasl_password else None),
+    env = Env(settings, source, target, now_getter, log_ends or _kafka_log_ends(settings),
               replay_hook or rp.make_kafka_replay_hook(settings, source, target,
                                                        log=logging.getLogger(__name__).info),
               on_window)
@@ -99,6 +111,71 @@ def reconcile(
     finally:
         source.dispose()
         target.dispose()
+
+
+FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+def sample(
+    settings: Settings,
+    n: int,
+    *,
+    tables: Sequence[str] = (),
+    start: datetime | None = None,
+    end: datetime | None = None,
+    seed: int | None = None,
+    dry_run: bool = False,
+    now_getter: Clock = utc_now,
+    log_ends: LogEnds | None = None,
+) -> list[SampleReport]:
+    """Check about ``n`` random keys per table and estimate its mismatch rate (reconcile/sample.py).
+
+    Windowed tables are sampled among rows whose change time is in ``[start, end)`` and before
+    the table's closure (what the applied offsets prove; rows changed later may still be in
+    flight). Writes one ``sampled`` audit row per table unless ``dry_run``; repairs nothing."""
+    if n < 1:
+        raise CdcrError("--sample needs a positive number of keys")
+    names = tuple(tables) or tuple(settings.tables)
+    if not names:
+        raise CdcrError("no tables to sample: pass --table <schema>.<table> or configure "
+                        "tables in the YAML file")
+    start, end = _aware(start, "--from"), _aware(end, "--to")
+    if start is not None and end is not None and start >= end:
+        raise CdcrError("--from must be before --to")
+    source, target = _engines(settings)
+    env = Env(settings, source, target, now_getter, log_ends or _kafka_log_ends(settings))
+    reports: list[SampleReport] = []
+    try:
+        for table in names:
+            pair, _ = describe(env, table)
+            started = checked_now(now_getter)
+            window: Window | None = None
+            note: str | None = None
+            if pair.windowed:
+                closed = closed_time(env, table, started)
+                upper = end if closed is None else min(closed, end or closed)
+                if closed is None:
+                    note = ("nothing proves closure (no applied offsets): rows changed recently "
+                            "may still be in flight")
+                if upper is not None and start is not None and upper <= start:
+                    reports.append(SampleReport(table, n, "census", seed or 0, start, upper,
+                                                note="the change-time range is not closed yet"))
+                    continue
+                if start is not None or upper is not None:
+                    window = Window(start, upper or FAR_FUTURE)
+            report = sample_table(source, target, pair, n, seed=seed, window=window)
+            report.note = report.note or note
+            if not dry_run:
+                with target.begin() as c:
+                    record_sample(c, report, run_id=str(uuid.uuid4()), started=started,
+                                  finished=checked_now(now_getter))
+            reports.append(report)
+    except SQLAlchemyError as exc:
+        raise CdcrError(f"sample failed: {exc.__class__.__name__}: {exc}") from exc
+    finally:
+        source.dispose()
+        target.dispose()
+    return reports
 
 
 def status(settings: Settings, *, now_getter: Clock = utc_now, runs: int = 20,

@@ -165,7 +165,8 @@ def _next_window(env: Env, pair: TablePair, start: datetime | None, first: datet
     return Window(w.start, end)
 
 
-def _closed(env: Env, table: str, now: datetime) -> datetime | None:
+def closed_time(env: Env, table: str, now: datetime) -> datetime | None:
+    """Up to when ``table``'s windows are closed (windows.closed_through over its partitions)."""
     s = env.settings
     with env.target.connect() as c:
         parts = partition_progress(c, s.kafka.group_id, table_topic(s.kafka.topic_prefix, table))
@@ -180,7 +181,7 @@ def reconcile_table(env: Env, req: Request, table: str) -> TableReport:
     propagate."""
     pair, ttable = describe(env, table)
     now = checked_now(env.now_getter)
-    closed = _closed(env, table, now)
+    closed = closed_time(env, table, now)
     if not req.dry_run:
         with env.target.begin() as c:
             wm.ensure(c, table)

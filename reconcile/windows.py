@@ -113,16 +113,18 @@ def closed_windows(start: datetime | None, first_change: datetime | None, closed
 
 
 def kafka_log_ends(bootstrap_servers: str, *, sasl_username: str | None = None,
-                   sasl_password: str | None = None) -> LogEnds:
-    """A LogEnds backed by the Kafka admin client (created on first use)."""
-    from cdc_reconciler.connectors.kafka_admin import KafkaAdmin, client_config
+                   sasl_password: str | None = None, timeout_s: float | None = None) -> LogEnds:
+    """A LogEnds backed by the Kafka admin client (created on first use); ``timeout_s`` bounds
+    each request (default: the admin client's)."""
+    from cdc_reconciler.connectors.kafka_admin import DEFAULT_TIMEOUT_S, KafkaAdmin, client_config
 
     admin: list[KafkaAdmin] = []
 
     def lookup(tps: list[TP]) -> dict[TP, int]:
         if not admin:
             admin.append(KafkaAdmin(client_config(bootstrap_servers, sasl_username=sasl_username,
-                                                  sasl_password=sasl_password)))
+                                                  sasl_password=sasl_password),
+                                    timeout_s=timeout_s or DEFAULT_TIMEOUT_S))
         ends: dict[TP, int] = admin[0].log_end_offsets(tps)
         return ends
 
