@@ -61,10 +61,13 @@ def consumer_config(settings: KafkaSettings, *, group_id: str | None = None) -> 
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky",
-        # The prefetch queue bounds worker memory (librdkafka's default is 64 MB per
-        # partition-queue set; 32 MB still keeps batches of thousands flowing).
+        # The prefetch queue bounds worker memory; when it is full librdkafka waits
+        # fetch.queue.backoff.ms (default 1 s!) before fetching again, which starved batches of
+        # schema-envelope events (~4 KB each). Short backoff, larger fetches, bounded queue.
         "fetch.min.bytes": 1,
-        "queued.max.messages.kbytes": 32768,
+        "queued.max.messages.kbytes": 98304,
+        "fetch.queue.backoff.ms": 10,
+        "max.partition.fetch.bytes": 8 * 1024 * 1024,
         "session.timeout.ms": settings.session_timeout_ms,
         "max.poll.interval.ms": 600000,
         **_security(settings),

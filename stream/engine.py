@@ -79,6 +79,14 @@ class _Plan:
     fresh_ids: list[tuple[bytes, int]] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class Prepared:
+    """A batch decoded and planned, not yet written."""
+
+    plan: _Plan
+    started: float
+
+
 def _is_bad_data(exc: DBAPIError) -> bool:
     code = getattr(exc.orig, "pgcode", None)
     return bool(code) and str(code)[:2] in BAD_DATA_CLASSES
@@ -197,15 +205,28 @@ class ApplyEngine:
 
     # ------------------------------------------------------------------ applying
     def process(self, records: Sequence[Record]) -> BatchOutcome:
-        """Apply one batch. Returns the per-partition outcome once the target has committed it.
+        """Apply one batch: :meth:`prepare` then :meth:`apply`. Returns the per-partition outcome
+        once the target has committed it.
 
         Raises Interrupted if stopped while the target is unavailable (nothing committed), and
         KafkaCallError if the dead-letter topic does not take the batch's dead letters.
         """
+        return self.apply(self.prepare(records))
+
+    def prepare(self, records: Sequence[Record]) -> Prepared:
+        """Decode, drop known duplicates, collapse per key, publish dead letters. Touches the
+        target only to resolve tables, so it may run while the previous batch is being applied
+        (its duplicates then meet the position guard instead of Redis)."""
         started = time.perf_counter()
         plan = self._plan(records)
         if not self.dry_run:
             self._dead.publish(plan.dead)
+        return Prepared(plan, started)
+
+    def apply(self, prepared: Prepared) -> BatchOutcome:
+        """Write a prepared batch in one transaction (retrying while the target is unavailable),
+        then record its change IDs in Redis. Returns the outcome after the commit."""
+        plan = prepared.plan
         planned = plan.outcome
         delay = RETRY_INITIAL_S
         while True:
@@ -226,7 +247,7 @@ class ApplyEngine:
         if self._metrics is not None:
             self._metrics.observe_batch(
                 plan.outcome,
-                time.perf_counter() - started,
+                time.perf_counter() - prepared.started,
                 redis_up=self._ids.available if self._ids else None,
             )
         return plan.outcome

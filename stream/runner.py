@@ -13,6 +13,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -22,7 +23,7 @@ from cdc_reconciler.connectors.kafka import COMMIT_TIMEOUT_S, KafkaCallError, Re
 from cdc_reconciler.stream.checkpoint import applied_offsets
 from cdc_reconciler.stream.engine import ApplyEngine, Interrupted
 from cdc_reconciler.stream.metrics import Metrics
-from cdc_reconciler.stream.outcomes import PartitionCounts
+from cdc_reconciler.stream.outcomes import BatchOutcome, PartitionCounts
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,11 @@ class Runner:
         self.last_loop = clock()
         self.assigned: set[tuple[str, int]] = set()
         self.assigned_at = clock()
+        # One writer thread: batches are applied one at a time, in consumption order.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdcr-writer")
+        self._inflight: Future[BatchOutcome] | None = None
+        self._summary = RunSummary()
+        self._interval = PartitionCounts()
 
     # ------------------------------------------------------------------ rebalance callbacks
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -118,15 +124,23 @@ class Runner:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._metrics:
             self._metrics.rebalances.labels("revoke").inc()
+        # The batch in flight may hold records of these partitions: let it commit (and commit
+        # its offsets) before the partitions move, so the next owner resumes after it.
+        self._finish_inflight()
         self.assigned.difference_update((p.topic, p.partition) for p in partitions)
         log.info("revoked %d partitions", len(partitions))
 
     # ------------------------------------------------------------------ loop
     def run(self, *, stop_when_idle_s: float | None = None) -> RunSummary:
         """Consume until ``stop`` is set (SIGTERM), or until no record arrived for
-        ``stop_when_idle_s`` seconds. Raises KafkaCallError on a fatal Kafka error."""
-        summary = RunSummary()
-        interval = PartitionCounts()
+        ``stop_when_idle_s`` seconds. Raises KafkaCallError on a fatal Kafka error.
+
+        Pipelined: while batch N is written to the target (in the writer thread), batch N+1 is
+        consumed and prepared (decoded, deduplicated, collapsed) here. Batches are written one
+        at a time, in order, and each batch's offsets are committed to Kafka only after its
+        transaction committed. A revocation waits for the batch in flight first."""
+        summary = self._summary = RunSummary()
+        self._interval = PartitionCounts()
         last_log = last_record = self._clock()
         last_refresh = -TOPIC_REFRESH_S
         try:
@@ -149,32 +163,49 @@ class Runner:
                     last_record = now
                     if summary.first_record_at is None:
                         summary.first_record_at = time.time()
-                    try:
-                        outcome = self._engine.process(records)
-                    except Interrupted:
-                        summary.stopped_by = "signal"
+                    prepared = self._engine.prepare(records)
+                    if not self._finish_inflight():
                         break
-                    self._commit(outcome.partitions)
-                    summary.last_commit_at = time.time()
-                    summary.batches += 1
-                    total = outcome.total()
-                    summary.totals.merge(total)
-                    interval.merge(total)
-                elif stop_when_idle_s is not None and self._idle(
-                    now, last_record, stop_when_idle_s
-                ):
-                    summary.stopped_by = "idle"
-                    break
+                    self._inflight = self._writer.submit(self._engine.apply, prepared)
+                else:
+                    if not self._finish_inflight():
+                        break
+                    if stop_when_idle_s is not None and self._idle(
+                        now, last_record, stop_when_idle_s
+                    ):
+                        summary.stopped_by = "idle"
+                        break
                 if now - last_log >= LOG_INTERVAL_S:
-                    _log_interval(interval)
-                    interval = PartitionCounts()
+                    _log_interval(self._interval)
+                    self._interval = PartitionCounts()
                     last_log = now
             else:
                 summary.stopped_by = "signal"
+            self._finish_inflight()  # a stop lets the batch in flight commit (or be interrupted)
         finally:
-            _log_interval(interval)
+            _log_interval(self._interval)
+            self._writer.shutdown(wait=True)
             self._consumer.close()
         return summary
+
+    def _finish_inflight(self) -> bool:
+        """Wait for the batch being written, then commit its offsets. False when the writer was
+        interrupted by a stop while the target was unavailable (nothing of it committed)."""
+        fut, self._inflight = self._inflight, None
+        if fut is None:
+            return True
+        try:
+            outcome = fut.result()
+        except Interrupted:
+            self._summary.stopped_by = "signal"
+            return False
+        self._commit(outcome.partitions)
+        self._summary.last_commit_at = time.time()
+        self._summary.batches += 1
+        total = outcome.total()
+        self._summary.totals.merge(total)
+        self._interval.merge(total)
+        return True
 
     def _idle(self, now: float, last_record: float, idle_s: float) -> bool:
         """Caught up: nothing arrived for idle_s since the last record and the last assignment.

@@ -30,7 +30,10 @@ def reconcile(pipeline, *args: str) -> dict:
     result = CliRunner().invoke(app, ["reconcile", "--table", pipeline.qualified, "--once",
                                       "--json", *args])
     assert result.exit_code in (0, 1), result.output
-    return json.loads(result.stdout)
+    try:
+        return json.loads(result.stdout)
+    except json.JSONDecodeError:
+        pytest.fail(f"not JSON (exit {result.exit_code}): {result.output[-3000:]!r}")
 
 
 def differences(report: dict) -> set[tuple[str, str]]:
