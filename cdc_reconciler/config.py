@@ -74,6 +74,9 @@ class TableMapping(_Frozen):
     exclude_columns: list[str] = []
     soft_delete_column: str | None = None
     change_time_column: str | None = None
+    # Per-window checks of the reconciler (validated by cdc_reconciler.reconcile.checks):
+    # {name, kind: sum, column, tolerance} or {name, kind: sql, source_sql, target_sql, expected}.
+    checks: list[dict[str, Any]] = []
 
 
 class Settings(BaseSettings):

@@ -78,6 +78,10 @@ def register(app: typer.Typer) -> None:
 
         With --sample N, only estimate the mismatch rate from N random keys per table.
 
+        Optional per-table checks from the YAML mapping (sum of a column with a tolerance,
+        business-rule SQL with an expected result) run for every window; a failed check keeps
+        the watermark before that window.
+
         Exit status 1 when a window stays unresolved after repair or fails a configured check,
         or when a sample finds any difference.
         """
@@ -112,7 +116,8 @@ def register(app: typer.Typer) -> None:
                                    "tables": [r.as_json() for r in reports]}, indent=2))
         else:
             _print_reports(reports, dry_run)
-        if any(w.status in ("unresolved", "failed") for r in reports for w in r.windows):
+        if any(w.status in ("unresolved", "check_failed", "failed")
+               for r in reports for w in r.windows):
             raise typer.Exit(code=1)
 
     @app.command()

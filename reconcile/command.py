@@ -25,6 +25,7 @@ from cdc_reconciler.reconcile.run import (
     closed_time,
     describe,
     reconcile_table,
+    table_checks,
 )
 from cdc_reconciler.reconcile.sample import SampleReport, record_sample, sample_table
 from cdc_reconciler.reconcile.segments import Window
@@ -92,6 +93,8 @@ def reconcile(
                         "tables in the YAML file")
     if start is not None and end is not None and start >= end:
         raise CdcrError("--from must be before --to")
+    for name in names:
+        table_checks(settings, name)  # invalid checks fail before any work
     req = Request(names, _aware(start, "--from"), _aware(end, "--to"), dry_run, delete_extra,
                   diff_options or DiffOptions())
     source, target = _engines(settings)

@@ -8,9 +8,11 @@ Statuses of a window:
   with ``delete_extra``); they do not hold the watermark back, the review queue keeps them;
 - ``unresolved``: something still differs after repair; the watermark stays, later windows of the
   table wait (the watermark never skips a window);
+- ``check_failed``: rows agree (or were repaired) but one of the table's configured checks
+  (reconcile/checks.py) failed; like ``unresolved``, the watermark stays;
 - ``superseded``: another reconciler moved the watermark first (compare-and-swap lost); this
   reconciler re-reads the watermark and goes on from there;
-- ``differences`` / ``clean`` under ``--dry-run``, which reads only and writes nothing at all
+- ``differences`` / ``clean`` / ``check_failed`` under ``--dry-run``, which reads only and writes nothing at all
   (no run rows, no discrepancies, not even the watermark row).
 """
 
@@ -28,6 +30,7 @@ import sqlalchemy as sa
 from cdc_reconciler.config import Settings, TableMapping
 from cdc_reconciler.connectors.target import TargetTable, reflect_table
 from cdc_reconciler.errors import CdcrError
+from cdc_reconciler.reconcile import checks as chk
 from cdc_reconciler.reconcile import repair as rp
 from cdc_reconciler.reconcile import watermarks as wm
 from cdc_reconciler.reconcile.checksum import TablePair, describe_pair, quote_ident, split_name
@@ -76,6 +79,7 @@ class WindowReport:
     differences: tuple[Difference, ...] = ()
     counts: dict[str, Any] = field(default_factory=dict)
     run_id: uuid.UUID | None = None
+    checks: list[dict[str, Any]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -85,6 +89,7 @@ class WindowReport:
             "status": self.status,
             "run_id": None if self.run_id is None else str(self.run_id),
             "counts": self.counts,
+            "checks": self.checks,
             "differences": [{"kind": d.kind.value, "key": list(d.key), "columns": list(d.columns)}
                             for d in self.differences],
         }
@@ -108,6 +113,13 @@ class TableReport:
 
 def _mapping(settings: Settings, table: str) -> TableMapping:
     return settings.tables.get(table) or TableMapping()
+
+
+def table_checks(settings: Settings, table: str) -> list[chk.SumCheck | chk.SqlCheck]:
+    """The table's configured checks, validated (ConfigError when invalid)."""
+    found: list[chk.SumCheck | chk.SqlCheck] = chk.parse_checks(table,
+                                                                _mapping(settings, table).checks)
+    return found
 
 
 def describe(env: Env, table: str) -> tuple[TablePair, TargetTable]:
@@ -239,9 +251,14 @@ def reconcile_window(env: Env, req: Request, pair: TablePair, ttable: TargetTabl
     before = diff_table(env.source, env.target, pair, w, req.diff)
     counts: dict[str, Any] = {**before.stats.as_dict(), **_kinds(before.differences)}
     checks: list[dict[str, Any]] = [_check("count_checksum", before)]
+    configured = table_checks(env.settings, pair.name)
     if req.dry_run:
         status = "clean" if before.clean else "differences"
-        return WindowReport(pair.name, w, status, before.differences, counts)
+        results = chk.run_checks(env.source, env.target, pair, w, configured)
+        if not chk.passed(results):
+            status = "check_failed"
+        return WindowReport(pair.name, w, status, before.differences, counts,
+                            checks=[*checks, *results])
 
     run_id = uuid.uuid4()
     with env.target.begin() as c:
@@ -268,6 +285,10 @@ def reconcile_window(env: Env, req: Request, pair: TablePair, ttable: TargetTabl
             else:
                 status = "unresolved"
             counts["remaining"] = len(remaining)
+        results = chk.run_checks(env.source, env.target, pair, w, configured)
+        checks += results
+        if status in ADVANCING and not chk.passed(results):
+            status = "check_failed"
         with env.target.begin() as c:
             if not before.clean:
                 rp.resolve_discrepancies(c, run_id, remaining)
@@ -284,7 +305,7 @@ def reconcile_window(env: Env, req: Request, pair: TablePair, ttable: TargetTabl
         with env.target.begin() as c:
             _finish(c, run_id, "failed", counts, checks, env.now_getter)
         raise
-    return WindowReport(pair.name, w, status, before.differences, counts, run_id)
+    return WindowReport(pair.name, w, status, before.differences, counts, run_id, checks)
 
 
 def _check(name: str, result: DiffResult) -> dict[str, Any]:

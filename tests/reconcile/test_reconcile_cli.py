@@ -8,78 +8,16 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 import yaml
-from typer.testing import CliRunner
 
-from cdc_reconciler.cli import app
 from cdc_reconciler.config import Settings
 from cdc_reconciler.connectors.target import RowWrite, key_text, reflect_table, write_batch
 from cdc_reconciler.reconcile import command
 
-from .helpers import create_pair, drop_pair, run
-
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-BASE_POS = 1000 << 64  # positions the "apply engine" wrote: lastCommitLsn 1000
-
-
-@dataclass
-class Case:
-    table: str  # source "<schema>.<table>"
-    group: str
-    prefix: str
-    config: Path
-
-    @property
-    def topic(self) -> str:
-        return f"{self.prefix}.{self.table}"
-
-
-@pytest.fixture()
-def case(source_engine: sa.Engine, target_engine: sa.Engine, unique_name: Callable[[str], str],
-         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Case]:
-    name = unique_name("r")
-    table = create_pair(source_engine, target_engine, name,
-                        "id int PRIMARY KEY, v text, amount numeric, updated_at timestamptz")
-    # 30 minutes of changes, one row every 3 seconds: six 5-minute windows of 100 rows.
-    fill = (f"INSERT INTO {table} (id, v, amount, updated_at) SELECT g, 'v' || g, g * 0.25, "
-            "timestamptz '2026-01-01 00:00Z' + (g - 1) * interval '3 seconds' "
-            "FROM generate_series(1, 600) g")
-    run(source_engine, fill)
-    run(target_engine, fill)
-    run(target_engine, f"UPDATE {table} SET _cdc_pos = {BASE_POS} + id")
-    c = Case(table, f"g_{name}", f"p{name}", tmp_path / "cdcr.yaml")
-    c.config.write_text(yaml.safe_dump({"tables": {table: {"change_time_column": "updated_at"}}}))
-    monkeypatch.setenv("CDCR_KAFKA__GROUP_ID", c.group)
-    monkeypatch.setenv("CDCR_KAFKA__TOPIC_PREFIX", c.prefix)
-    monkeypatch.setenv("CDCR_RECONCILE__WINDOW_S", "300")
-    monkeypatch.setenv("CDCR_RECONCILE__GRACE_S", "30")
-    yield c
-    drop_pair(source_engine, target_engine, table)
-    with target_engine.begin() as conn:
-        for stmt in ("DELETE FROM cdcr.discrepancies WHERE table_name = :t",
-                     "DELETE FROM cdcr.extra_rows_archive WHERE table_name = :t",
-                     "DELETE FROM cdcr.reconcile_runs WHERE table_name = :t",
-                     "DELETE FROM cdcr.watermarks WHERE table_name = :t",
-                     "DELETE FROM cdcr.tombstones WHERE table_name = :t"):
-            conn.execute(sa.text(stmt), {"t": table})
-        conn.execute(sa.text("DELETE FROM cdcr.applied_offsets WHERE consumer_group = :g"),
-                     {"g": c.group})
-
-
-def applied(target: sa.Engine, c: Case, last_event_time: datetime, next_offset: int = 10) -> None:
-    with target.begin() as conn:
-        conn.execute(sa.text(
-            "INSERT INTO cdcr.applied_offsets (consumer_group, topic, partition, next_offset, "
-            "last_event_time) VALUES (:g, :t, 0, :o, :l) ON CONFLICT (consumer_group, topic, "
-            "partition) DO UPDATE SET next_offset = :o, last_event_time = :l"),
-            {"g": c.group, "t": c.topic, "o": next_offset, "l": last_event_time})
+from .helpers import BASE_POS, T0, Case, applied, cli, run
 
 
 def plant(source: sa.Engine, target: sa.Engine, c: Case) -> None:
@@ -104,13 +42,6 @@ def service_rows(target: sa.Engine, table: str) -> dict[str, int]:
             out[t] = conn.execute(sa.text(f"SELECT count(*) FROM cdcr.{t} WHERE table_name = :t"),
                                   {"t": table}).scalar_one()
     return out
-
-
-def cli(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args))
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output + result.stderr
 
 
 EXPECTED = {("missing", 5), ("missing", 250), ("mismatched", 120), ("mismatched", 480),

@@ -12,13 +12,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import yaml
-from typer.testing import CliRunner
 
-from cdc_reconciler.cli import app
 from cdc_reconciler.reconcile.checksum import TablePair, describe_pair
 from cdc_reconciler.reconcile.sample import Z95, sample_table, wilson_interval
 
-from .helpers import create_pair, drop_pair, run
+from .helpers import cli, create_pair, drop_pair, run
 
 # --- the interval (pure) ------------------------------------------------------------------
 
@@ -108,13 +106,6 @@ def planted(source_engine: sa.Engine, target_engine: sa.Engine,
     with target_engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM cdcr.reconcile_runs WHERE table_name = :t"),
                      {"t": table})
-
-
-def cli(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args))
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output + result.stderr
 
 
 def test_census_gives_the_exact_rate(source_engine: sa.Engine, target_engine: sa.Engine,
