@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -22,6 +21,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from cdc_reconciler.cli import ConfigOpt
 from cdc_reconciler.config import Settings
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.stream.lag import (
@@ -118,17 +118,7 @@ def lag(
             "--timeout", min=0.1, help="Seconds to wait for each Kafka request before failing."
         ),
     ] = 10.0,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            "-c",
-            help="YAML file with settings and table mappings.",
-            envvar="CDCR_CONFIG_FILE",
-            exists=True,
-            dir_okay=False,
-        ),
-    ] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Consumer lag per partition: committed and applied offsets, log end, offset lag, time lag
     in seconds, and a status (OK, WARN, STALL, STOP, REWIND) per partition and group.
