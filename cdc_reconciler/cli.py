@@ -101,16 +101,14 @@ def migrate(
         err_console.print(f"target database at revision {revision}")
 
 
-# Commands defined in their own packages register here, one line each.
-# (registrations)
+# Commands defined in their own packages. Imported here, after the shared options above, because
+# those modules import them from this one.
+from cdc_reconciler.reconcile import cli as reconcile_cli  # noqa: E402
 from cdc_reconciler.stream import cli as stream_cli  # noqa: E402
+from cdc_reconciler.stream import lag_cli  # noqa: E402
 
 stream_cli.register(app)
-from cdc_reconciler.stream import lag_cli
-
-lag_cli.register(app)  # noqa: E402, E702, I001
-from cdc_reconciler.reconcile import cli as reconcile_cli  # noqa: E402
-
+lag_cli.register(app)
 reconcile_cli.register(app)
 
 
