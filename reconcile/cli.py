@@ -65,6 +65,11 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int | None, typer.Option(
             "--seed", help="Seed of --sample's random draws (default: random; the seed used is "
             "reported), to repeat a sample.")] = None,
+        metrics_port: Annotated[int | None, typer.Option(
+            "--metrics-port", help="Without --once: serve Prometheus metrics (/metrics) and "
+            "/healthz on CDCR_METRICS__HOST:PORT. Default: CDCR_METRICS__PORT + 2 (9466).")] = None,
+        no_metrics: Annotated[bool, typer.Option(
+            "--no-metrics", help="Without --once: do not serve metrics.")] = False,
         config: ConfigOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
@@ -93,11 +98,26 @@ def register(app: typer.Typer) -> None:
                 fail(CdcrError("--sample reads only: --delete-extra does not apply"))
             _sample(settings, sample, table or (), from_, to, seed, dry_run, as_json)
             return
+        server = None
+        metrics = None
+        if not once and not no_metrics:
+            from cdc_reconciler.reconcile.metrics import ReconcileMetrics, serve
+
+            metrics = ReconcileMetrics()
+            port = settings.metrics.port + 2 if metrics_port is None else metrics_port
+            try:
+                server = serve(metrics, settings.metrics.host, port, lambda: (True, "ok"))
+            except OSError as exc:
+                fail(CdcrError(f"cannot serve metrics on {settings.metrics.host}:{port}: {exc} "
+                               "(choose another --metrics-port, or --no-metrics)"))
+            _err.print(f"metrics on http://{settings.metrics.host}:{server.server_port}/metrics",
+                       highlight=False)
         try:
             start, end = _when(from_, "--from"), _when(to, "--to")
             if as_json:
                 reports = command.reconcile(settings, tables=table or (), start=start, end=end,
-                                            once=once, dry_run=dry_run, delete_extra=delete_extra)
+                                            once=once, dry_run=dry_run, delete_extra=delete_extra,
+                                            metrics=metrics)
             else:
                 with Progress(SpinnerColumn(), TextColumn("{task.description}"),
                               TimeElapsedColumn(), console=_err, transient=True) as progress:
@@ -108,9 +128,14 @@ def register(app: typer.Typer) -> None:
 
                     reports = command.reconcile(
                         settings, tables=table or (), start=start, end=end, once=once,
-                        dry_run=dry_run, delete_extra=delete_extra, on_window=on_window)
+                        dry_run=dry_run, delete_extra=delete_extra, on_window=on_window,
+                        metrics=metrics)
         except CdcrError as exc:
             fail(exc)
+        finally:
+            if server is not None:
+                server.shutdown()
+                server.server_close()
         if as_json:
             typer.echo(json.dumps({"dry_run": dry_run,
                                    "tables": [r.as_json() for r in reports]}, indent=2))
@@ -122,8 +147,10 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-        """Watermarks and gaps (newest first), applied offsets, recent reconcile runs and open
-        discrepancies, from the service's tables in the target database."""
+        """Watermarks and gaps (windows behind their closure time, newest first), applied
+        offsets, recent reconcile runs and open discrepancies, from the service's tables in the
+        target database. Asks Kafka for log-end offsets (2 s timeout) only to tell idle
+        partitions from lagging ones, and says so when Kafka does not answer."""
         from cdc_reconciler.reconcile import command
 
         settings = settings_or_fail(config)
@@ -218,13 +245,19 @@ def _print_status(data: dict[str, Any]) -> None:
         t.add_row(m["table"], str(m["reconciled_through"]), m["state"], m["updated_at"])
     _out.print(t)
     if data["gaps"]:
-        g = Table(title="gaps (newest first)")
-        for col in ("table", "reconciled_through", "closed_through", "windows_behind"):
+        g = Table(title="gaps: windows behind their closure time (newest first)")
+        for col in ("table", "reconciled_through", "closed_through", "windows_behind",
+                    "newest windows"):
             g.add_column(col)
         for x in data["gaps"]:
+            newest = ", ".join(f"[{w['start'] or '-inf'}, {w['end']})" for w in x["windows"][:3])
             g.add_row(x["table"], str(x["reconciled_through"]), str(x["closed_through"]),
-                      str(x["windows_behind"]))
+                      str(x["windows_behind"]), newest)
         _out.print(g)
+    if data["kafka"]["log_ends"] == "unavailable":
+        _err.print("note: Kafka did not answer for log-end offsets, so idle partitions could "
+                   f"not be told apart from lagging ones; gaps may be understated "
+                   f"({data['kafka']['error']})", highlight=False)
     o = Table(title="applied offsets")
     for col in ("group", "topic", "partition", "next_offset", "last_event_time"):
         o.add_column(col)

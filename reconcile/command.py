@@ -18,6 +18,7 @@ from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.reconcile import repair as rp
 from cdc_reconciler.reconcile import watermarks as wm
 from cdc_reconciler.reconcile.diff import DiffOptions
+from cdc_reconciler.reconcile.metrics import ReconcileMetrics
 from cdc_reconciler.reconcile.run import (
     Env,
     Request,
@@ -32,11 +33,15 @@ from cdc_reconciler.reconcile.segments import Window
 from cdc_reconciler.reconcile.windows import (
     Clock,
     LogEnds,
+    PartitionProgress,
     checked_now,
+    closed_through,
     floor_to_grid,
+    gap_windows,
     kafka_log_ends,
     table_topic,
     utc_now,
+    windows_behind,
 )
 
 # How long continuous mode sleeps when no window is closed: a tenth of a window, so a window is
@@ -81,12 +86,14 @@ def reconcile(
     replay_hook: rp.ReplayHook | None = None,
     on_window: Callable[[str, Window], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    metrics: ReconcileMetrics | None = None,
 ) -> list[TableReport]:
     """Reconcile the closed windows of ``tables`` (default: every configured table).
 
     ``once``: one pass over what is closed now, then return the reports. Otherwise keep going
     (sleeping between passes) until ``should_stop()`` or KeyboardInterrupt, returning the last
-    pass's reports. Raises CdcrError on configuration or database failures."""
+    pass's reports. With ``metrics``, every pass updates them (reconcile/metrics.py). Raises
+    CdcrError on configuration or database failures."""
     names = tuple(tables) or tuple(settings.tables)
     if not names:
         raise CdcrError("no tables to reconcile: pass --table <schema>.<table> or configure "
@@ -105,6 +112,10 @@ def reconcile(
     try:
         while True:
             reports = [reconcile_table(env, req, t) for t in names]
+            if metrics is not None:
+                for r in reports:
+                    metrics.observe(r)
+                metrics.refresh_open(target, names)
             if once or should_stop():
                 return reports
             if not any(r.windows for r in reports):
@@ -181,11 +192,21 @@ def sample(
     return reports
 
 
+# `cdcr status` asks Kafka for log ends with this timeout per request, and only once per call.
+STATUS_KAFKA_TIMEOUT_S = 2.0
+MAX_GAP_WINDOWS = 50  # windows listed per table in `cdcr status` (windows_behind counts all)
+
+
 def status(settings: Settings, *, now_getter: Clock = utc_now, runs: int = 20,
-           discrepancies: int = 50) -> dict[str, Any]:
-    """Watermarks (with the gap to what the applied offsets say is closed, newest gaps first),
-    applied offsets, recent runs and open discrepancies, as plain data (the ``--json`` form).
-    Reads the target only (no Kafka: idle partitions are not detected here)."""
+           discrepancies: int = 50, log_ends: LogEnds | None = None) -> dict[str, Any]:
+    """Watermarks, gaps (windows behind their closure time, newest first), applied offsets,
+    recent runs and open discrepancies, as plain data (the ``--json`` form).
+
+    Closure is computed as ``cdcr reconcile`` does (windows.closed_through over the applied
+    offsets). Partitions whose event time lags the clock need Kafka's log ends to tell "idle at
+    its end" from "behind"; they are asked with a short timeout, once. When Kafka does not
+    answer, every such partition is taken as behind (closure can only come out earlier, never
+    later) and ``kafka.log_ends`` says ``unavailable``."""
     if not settings.target.url_str():
         raise CdcrError("CDCR_TARGET__URL is not set")
     engine = sa.create_engine(settings.target.url_str())
@@ -217,27 +238,47 @@ def status(settings: Settings, *, now_getter: Clock = utc_now, runs: int = 20,
     finally:
         engine.dispose()
 
-    topic_times: dict[str, list[datetime | None]] = {}
+    kafka: dict[str, Any] = {"log_ends": "not_needed", "error": None}
+    real = log_ends or _kafka_log_ends(settings, STATUS_KAFKA_TIMEOUT_S)
+
+    def guarded(tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        if kafka["log_ends"] == "unavailable":
+            return {}
+        try:
+            ends: dict[tuple[str, int], int] = real(tps)
+        except CdcrError as exc:
+            kafka.update(log_ends="unavailable", error=str(exc))
+            return {}
+        kafka["log_ends"] = "ok"
+        return ends
+
+    progress: dict[str, list[PartitionProgress]] = {}
     for o in offsets:
         if o["consumer_group"] == settings.kafka.group_id:
-            topic_times.setdefault(o["topic"], []).append(o["last_event_time"])
+            progress.setdefault(o["topic"], []).append(PartitionProgress(
+                o["topic"], o["partition"], o["next_offset"], o["last_event_time"]))
+    reconciled = {m.table: m.reconciled_through for m in marks}
     gaps = []
-    for m in marks:
-        times = topic_times.get(table_topic(settings.kafka.topic_prefix, m.table), [])
-        if not times or any(t is None for t in times):
+    for table in sorted({*reconciled, *settings.tables}):
+        parts = progress.get(table_topic(settings.kafka.topic_prefix, table), [])
+        closed = closed_through(parts, grace, now, guarded)
+        if closed is None:
             continue
-        closed = floor_to_grid(min(min(t for t in times if t is not None), now) - grace, size)
-        if m.reconciled_through is None or m.reconciled_through < closed:
-            behind = None if m.reconciled_through is None else (
-                closed - m.reconciled_through).total_seconds()
-            gaps.append({"table": m.table, "reconciled_through": _iso(m.reconciled_through),
-                         "closed_through": _iso(closed), "behind_s": behind,
-                         "windows_behind": None if behind is None
-                         else int(behind // size.total_seconds())})
+        mark = reconciled.get(table)
+        windows = gap_windows(mark, closed, size, limit=MAX_GAP_WINDOWS)
+        if not windows:
+            continue
+        grid = floor_to_grid(closed, size)
+        behind = None if mark is None else (grid - mark).total_seconds()
+        gaps.append({"table": table, "reconciled_through": _iso(mark),
+                     "closed_through": _iso(grid), "behind_s": behind,
+                     "windows_behind": windows_behind(mark, closed, size),
+                     "windows": [{"start": _iso(w.start), "end": _iso(w.end)} for w in windows]})
     # Priority: the most recent gaps first (they hold the freshest data back).
-    gaps.sort(key=lambda g: g["closed_through"] or "", reverse=True)
+    gaps.sort(key=lambda g: (g["closed_through"] or "", g["table"]), reverse=True)
     return {
         "now": now.isoformat(),
+        "kafka": kafka,
         "watermarks": [{"table": m.table, "reconciled_through": _iso(m.reconciled_through),
                         "state": m.state, "updated_at": _iso(m.updated_at)} for m in marks],
         "gaps": gaps,

@@ -118,7 +118,9 @@ class RepairOutcome:
 
     def counts(self) -> dict[str, Any]:
         return {"repair_position": str(self.position), "source_wal_lsn": self.source_wal_lsn,
-                "applied": self.applied, "stale": self.stale, "archived": self.archived}
+                "applied": self.applied, "stale": self.stale, "archived": self.archived,
+                "repaired": sum(1 for a in self.actions.values()
+                                if a in ("replayed", "upserted", "deleted"))}
 
 
 def repair_position(conn: sa.Connection, table: TargetTable) -> int:

@@ -45,6 +45,7 @@ from cdc_reconciler.reconcile.windows import (
     floor_to_grid,
     partition_progress,
     table_topic,
+    windows_behind,
 )
 
 ADVANCING = ("clean", "repaired", "open_extras")
@@ -101,6 +102,7 @@ class TableReport:
     closed_through: datetime | None
     reconciled_through: datetime | None
     windows: list[WindowReport] = field(default_factory=list)
+    windows_behind: int | None = None  # after this pass (windows.windows_behind)
 
     def as_json(self) -> dict[str, Any]:
         def iso(t: datetime | None) -> str | None:
@@ -108,6 +110,7 @@ class TableReport:
 
         return {"table": self.table, "closed_through": iso(self.closed_through),
                 "reconciled_through": iso(self.reconciled_through),
+                "windows_behind": self.windows_behind,
                 "windows": [w.as_json() for w in self.windows]}
 
 
@@ -201,6 +204,7 @@ def reconcile_table(env: Env, req: Request, table: str) -> TableReport:
         mark = wm.read(c, table)
     report = TableReport(table, closed, mark.reconciled_through if mark else None)
     if closed is None:
+        report.windows_behind = 0  # nothing is proven closed, so nothing is behind
         return report
     size = timedelta(seconds=env.settings.reconcile.window_s)
     first = _first_change(env, pair) if pair.windowed else None
@@ -231,6 +235,10 @@ def reconcile_table(env: Env, req: Request, table: str) -> TableReport:
     with env.target.connect() as c:
         mark = wm.read(c, table)
     report.reconciled_through = mark.reconciled_through if mark else None
+    report.windows_behind = windows_behind(report.reconciled_through, closed, size,
+                                           first_change=first)
+    if report.windows_behind is None:  # never reconciled, no change time: one whole-table window
+        report.windows_behind = 1
     return report
 
 

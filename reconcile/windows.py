@@ -129,3 +129,42 @@ def kafka_log_ends(bootstrap_servers: str, *, sasl_username: str | None = None,
         return ends
 
     return lookup
+
+
+def gap_windows(reconciled_through: datetime | None, closed: datetime | None, size: timedelta,
+                *, first_change: datetime | None = None, limit: int | None = None,
+                ) -> list[Window]:
+    """The windows behind their closure time, newest first (the reconcile priority for people:
+    recent gaps hold the freshest data back): grid windows from ``floor_to_grid(closed)`` back to
+    the watermark (the oldest one partial when the watermark is off the grid). With no watermark
+    the gap starts at the grid boundary before ``first_change``, or is one open-start window
+    when that is unknown. ``limit`` caps the list (``windows_behind`` counts them all)."""
+    if closed is None:
+        return []
+    end = floor_to_grid(closed, size)
+    start = reconciled_through
+    if start is None and first_change is not None:
+        start = floor_to_grid(first_change, size)
+    if start is None:
+        return [Window(None, end)] if end > EPOCH else []
+    out: list[Window] = []
+    while end > start and (limit is None or len(out) < limit):
+        lo = max(end - size, start)
+        out.append(Window(lo, end))
+        end = lo
+    return out
+
+
+def windows_behind(reconciled_through: datetime | None, closed: datetime | None,
+                   size: timedelta, *, first_change: datetime | None = None) -> int | None:
+    """How many windows are closed but not reconciled (see gap_windows); None when there is no
+    watermark and no first change to count from."""
+    if closed is None:
+        return 0
+    start = reconciled_through
+    if start is None and first_change is not None:
+        start = floor_to_grid(first_change, size)
+    if start is None:
+        return None
+    end = floor_to_grid(closed, size)
+    return 0 if end <= start else -(-(end - start) // size)

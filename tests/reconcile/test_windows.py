@@ -61,3 +61,23 @@ def test_until_caps_and_unwindowed_is_one_window() -> None:
         Window(T, T + 2 * M5)]
     assert list(closed_windows(T + 2 * M5, None, T + timedelta(minutes=12), M5,
                                windowed=False)) == []
+
+
+def test_gap_windows_newest_first_and_counted() -> None:
+    from cdc_reconciler.reconcile.windows import gap_windows, windows_behind
+
+    closed = T + timedelta(minutes=17)  # grid floor: T + 15 min
+    gaps = gap_windows(T, closed, M5)
+    assert gaps == [Window(T + 2 * M5, T + 3 * M5), Window(T + M5, T + 2 * M5), Window(T, T + M5)]
+    assert windows_behind(T, closed, M5) == 3
+    assert gap_windows(T, closed, M5, limit=1) == gaps[:1]
+    # A watermark off the grid (an explicit --to) leaves a partial oldest window.
+    off = T + timedelta(minutes=12)
+    assert gap_windows(off, closed, M5) == [Window(off, T + 3 * M5)]
+    assert windows_behind(off, closed, M5) == 1
+    # Caught up, not closed, never reconciled.
+    assert gap_windows(T + 3 * M5, closed, M5) == [] and windows_behind(T + 3 * M5, closed, M5) == 0
+    assert gap_windows(T, None, M5) == [] and windows_behind(T, None, M5) == 0
+    assert gap_windows(None, closed, M5) == [Window(None, T + 3 * M5)]
+    assert windows_behind(None, closed, M5) is None
+    assert windows_behind(None, closed, M5, first_change=T + timedelta(minutes=1)) == 3
