@@ -138,7 +138,8 @@ def register(app: typer.Typer) -> None:
                 server.server_close()
         if as_json:
             typer.echo(json.dumps({"dry_run": dry_run,
-                                   "tables": [r.as_json() for r in reports]}, indent=2))
+                                   "tables": [r.as_json() for r in reports]}, indent=2,
+                                  default=str))
         else:
             _print_reports(reports, dry_run)
         if any(w.status in ("unresolved", "check_failed", "failed")
