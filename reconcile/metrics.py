@@ -15,16 +15,14 @@ referenced by deploy/prometheus/alerts.yml and the Grafana dashboard; keep them.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterable
-from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from collections.abc import Iterable
 
 import sqlalchemy as sa
-from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from cdc_reconciler.reconcile.diff import Kind
 from cdc_reconciler.reconcile.run import TableReport
+from cdc_reconciler.stream import metrics as stream_metrics
 
 
 class ReconcileMetrics:
@@ -79,27 +77,5 @@ class ReconcileMetrics:
             self.discrepancies_open.labels(name).set(found.get(name, 0))
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        return
-
-
-def serve(metrics: ReconcileMetrics, host: str, port: int,
-          healthy: Callable[[], tuple[bool, str]]) -> WSGIServer:
-    """Serve /metrics and /healthz on host:port in a daemon thread (as stream.metrics.serve does,
-    for a ReconcileMetrics). /healthz answers 200 "ok" or 503 with the reason. Stop with
-    ``server.shutdown(); server.server_close()``."""
-    prom = make_wsgi_app(metrics.registry)
-
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        if environ.get("PATH_INFO") == "/healthz":
-            ok, why = healthy()
-            start_response("200 OK" if ok else "503 Service Unavailable",
-                           [("Content-Type", "text/plain")])
-            return [why.encode()]
-        return prom(environ, start_response)
-
-    server = make_server(host, port, app, handler_class=_QuietHandler)
-    threading.Thread(target=server.serve_forever, name="cdcr-reconcile-metrics",
-                     daemon=True).start()
-    return server
+# Served by the same HTTP endpoint code as the apply engine's metrics.
+serve = stream_metrics.serve

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
@@ -86,8 +86,12 @@ class _QuietHandler(WSGIRequestHandler):
         return
 
 
+class HasRegistry(Protocol):
+    registry: CollectorRegistry
+
+
 def serve(
-    metrics: Metrics, host: str, port: int, healthy: Callable[[], tuple[bool, str]]
+    metrics: HasRegistry, host: str, port: int, healthy: Callable[[], tuple[bool, str]]
 ) -> WSGIServer:
     """Serve /metrics and /healthz on host:port in a daemon thread. /healthz answers 200 "ok" or
     503 with the reason."""
