@@ -65,7 +65,7 @@ def consumer_config(settings: KafkaSettings, *, group_id: str | None = None) -> 
         # fetch.queue.backoff.ms (default 1 s!) before fetching again, which starved batches of
         # schema-envelope events (~4 KB each). Short backoff, larger fetches, bounded queue.
         "fetch.min.bytes": 1,
-        "queued.max.messages.kbytes": 98304,
+        "queued.max.messages.kbytes": 32768,
         "fetch.queue.backoff.ms": 10,
         "max.partition.fetch.bytes": 8 * 1024 * 1024,
         "session.timeout.ms": settings.session_timeout_ms,
