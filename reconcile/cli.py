@@ -260,11 +260,15 @@ def _print_status(data: dict[str, Any]) -> None:
                    f"not be told apart from lagging ones; gaps may be understated "
                    f"({data['kafka']['error']})", highlight=False)
     o = Table(title="applied offsets")
-    for col in ("group", "topic", "partition", "next_offset", "last_event_time"):
+    # consumed = applied + duplicate + stale + dead-lettered + no-op, per partition.
+    for col in ("group", "topic", "partition", "next_offset", "last_event_time", "consumed",
+                "applied", "duplicate", "stale", "dead-lettered", "no-op"):
         o.add_column(col)
     for x in data["applied_offsets"]:
         o.add_row(x["consumer_group"], x["topic"], str(x["partition"]), str(x["next_offset"]),
-                  str(x["last_event_time"]))
+                  str(x["last_event_time"]), *(str(x[k]) for k in (
+                      "consumed", "applied", "skipped_duplicate", "skipped_stale",
+                      "dead_lettered", "skipped_noop")))
     _out.print(o)
     r = Table(title="recent runs")
     for col in ("started", "table", "window_end", "status"):

@@ -217,8 +217,9 @@ def status(settings: Settings, *, now_getter: Clock = utc_now, runs: int = 20,
         with engine.connect() as c:
             marks = wm.read_all(c)
             offsets = c.execute(sa.text(
-                "SELECT consumer_group, topic, partition, next_offset, last_event_time, applied, "
-                "skipped_duplicate, skipped_stale, dead_lettered, updated_at "
+                "SELECT consumer_group, topic, partition, next_offset, last_event_time, consumed, "
+                "applied, skipped_duplicate, skipped_stale, dead_lettered, skipped_noop, "
+                "updated_at "
                 "FROM cdcr.applied_offsets ORDER BY consumer_group, topic, partition"
             )).mappings().all()
             recent = c.execute(sa.text(
