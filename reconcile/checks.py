@@ -101,17 +101,30 @@ def passed(results: Sequence[dict[str, Any]]) -> bool:
     return all(r.get("result") not in ("fail", "error") for r in results)
 
 
-def run_checks(source: sa.Engine, target: sa.Engine, pair: TablePair, window: Window | None,
-               checks: Sequence[SumCheck | SqlCheck]) -> list[dict[str, Any]]:
+def run_checks(
+    source: sa.Engine,
+    target: sa.Engine,
+    pair: TablePair,
+    window: Window | None,
+    checks: Sequence[SumCheck | SqlCheck],
+) -> list[dict[str, Any]]:
     """Run every check for ``window`` and return one record per check, in order. Never raises
     for a check's own failure (a database error becomes ``result: error``)."""
     return [_run(source, target, pair, window, c) for c in checks]
 
 
-def _run(source: sa.Engine, target: sa.Engine, pair: TablePair, window: Window | None,
-         check: SumCheck | SqlCheck) -> dict[str, Any]:
-    rec: dict[str, Any] = {"check": check.name, "kind": check.kind,
-                           "tolerance": str(check.tolerance)}
+def _run(
+    source: sa.Engine,
+    target: sa.Engine,
+    pair: TablePair,
+    window: Window | None,
+    check: SumCheck | SqlCheck,
+) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "check": check.name,
+        "kind": check.kind,
+        "tolerance": str(check.tolerance),
+    }
     try:
         if isinstance(check, SumCheck):
             rec["column"] = check.column
@@ -121,8 +134,10 @@ def _run(source: sa.Engine, target: sa.Engine, pair: TablePair, window: Window |
             rec.update(source=_jsonable(s), target=_jsonable(t), difference=str(abs(s - t)))
             ok = abs(s - t) <= check.tolerance
         else:
-            params = {"window_start": None if window is None else window.start,
-                      "window_end": None if window is None else window.end}
+            params = {
+                "window_start": None if window is None else window.start,
+                "window_end": None if window is None else window.end,
+            }
             values: dict[str, Any] = {}
             if check.source_sql:
                 values["source"] = _scalar(source, check.source_sql, params)
@@ -155,10 +170,13 @@ def _sum(engine: sa.Engine, side: ck.Side, seg: Segment, column: str) -> Decimal
     params: dict[str, Any] = {}
     with engine.connect() as conn, conn.begin():
         _read_only(conn)
-        v = conn.execute(sa.text(
-            f"SELECT coalesce(sum({quote_ident(column)}), 0)::numeric::text "
-            f"FROM {side.sql_name} WHERE {ck.segment_where(side, seg, params)}"),
-            params).scalar_one()
+        v = conn.execute(
+            sa.text(
+                f"SELECT coalesce(sum({quote_ident(column)}), 0)::numeric::text "
+                f"FROM {side.sql_name} WHERE {ck.segment_where(side, seg, params)}"
+            ),
+            params,
+        ).scalar_one()
     return Decimal(v)
 
 

@@ -83,7 +83,10 @@ class TablePair:
 
     def integer_key(self) -> bool:
         return len(self.key_columns) == 1 and self.source.types[self.key_columns[0]] in (
-            "smallint", "integer", "bigint")
+            "smallint",
+            "integer",
+            "bigint",
+        )
 
     def text_key(self) -> bool:
         return any(self.source.types[k].startswith(_TEXT_LIKE) for k in self.key_columns)
@@ -101,22 +104,29 @@ class SegmentStats:
 
 
 def _columns(conn: sa.Connection, schema: str, name: str) -> dict[str, str]:
-    rows = conn.execute(sa.text(
-        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-        "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = :s AND c.relname = :t AND a.attnum > 0 AND NOT a.attisdropped "
-        "ORDER BY a.attnum"), {"s": schema, "t": name}).all()
+    rows = conn.execute(
+        sa.text(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+            "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = :s AND c.relname = :t AND a.attnum > 0 AND NOT a.attisdropped "
+            "ORDER BY a.attnum"
+        ),
+        {"s": schema, "t": name},
+    ).all()
     return {r[0]: r[1] for r in rows}
 
 
 def _primary_key(conn: sa.Connection, schema: str, name: str) -> tuple[str, ...]:
-    rows = conn.execute(sa.text(
-        "SELECT a.attname FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true "
-        "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum "
-        "WHERE n.nspname = :s AND c.relname = :t AND i.indisprimary ORDER BY k.ord"),
-        {"s": schema, "t": name}).all()
+    rows = conn.execute(
+        sa.text(
+            "SELECT a.attname FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true "
+            "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum "
+            "WHERE n.nspname = :s AND c.relname = :t AND i.indisprimary ORDER BY k.ord"
+        ),
+        {"s": schema, "t": name},
+    ).all()
     return tuple(r[0] for r in rows)
 
 
@@ -163,16 +173,20 @@ def describe_pair(
         raise CdcrError(f"change-time column {change_time_column!r} of {source_table} missing")
     pair = TablePair(
         name=source_table,
-        source=Side(s_schema, s_name, keys, cols, {c: s_types[c] for c in cols},
-                    change_time_column),
-        target=Side(t_schema, t_name, keys, cols, {c: t_types[c] for c in cols},
-                    change_time_column),
+        source=Side(
+            s_schema, s_name, keys, cols, {c: s_types[c] for c in cols}, change_time_column
+        ),
+        target=Side(
+            t_schema, t_name, keys, cols, {c: t_types[c] for c in cols}, change_time_column
+        ),
     )
     if pair.text_key():
         q = sa.text("SELECT datcollate FROM pg_database WHERE datname = current_database()")
         if source.execute(q).scalar() != target.execute(q).scalar():
-            raise CdcrError(f"{source_table}: text keys but source and target databases use "
-                            "different collations, so key ranges would not match")
+            raise CdcrError(
+                f"{source_table}: text keys but source and target databases use "
+                "different collations, so key ranges would not match"
+            )
     return pair
 
 
@@ -190,8 +204,7 @@ def _norm(side: Side, col: str) -> str:
 
 
 def row_hash_sql(side: Side) -> str:
-    return ("hashtextextended(ROW(" + ", ".join(_norm(side, c) for c in side.columns)
-            + ")::text, 0)")
+    return "hashtextextended(ROW(" + ", ".join(_norm(side, c) for c in side.columns) + ")::text, 0)"
 
 
 def _key_expr(side: Side) -> str:
@@ -237,8 +250,13 @@ _stable = stable_output
 # --- queries -----------------------------------------------------------------------------
 
 
-def segment_stats(conn: sa.Connection, side: Side, seg: Segment, *, with_bounds: bool = False,
-                  ) -> SegmentStats:
+def segment_stats(
+    conn: sa.Connection,
+    side: Side,
+    seg: Segment,
+    *,
+    with_bounds: bool = False,
+) -> SegmentStats:
     """Count and checksum of ``seg`` on ``side`` in one scan; with ``with_bounds`` (single-column
     keys only) also the smallest and largest key. Runs in the connection's transaction."""
     _stable(conn)
@@ -247,9 +265,13 @@ def segment_stats(conn: sa.Connection, side: Side, seg: Segment, *, with_bounds:
     if with_bounds:
         k = quote_ident(side.key_columns[0])
         extra = f", min({k}), max({k})"
-    row = conn.execute(sa.text(
-        f"SELECT count(*), coalesce(bit_xor({row_hash_sql(side)}), 0){extra} "
-        f"FROM {side.sql_name} WHERE {segment_where(side, seg, params)}"), params).one()
+    row = conn.execute(
+        sa.text(
+            f"SELECT count(*), coalesce(bit_xor({row_hash_sql(side)}), 0){extra} "
+            f"FROM {side.sql_name} WHERE {segment_where(side, seg, params)}"
+        ),
+        params,
+    ).one()
     if with_bounds:
         lo = None if row[2] is None else (row[2],)
         hi = None if row[3] is None else (row[3],)
@@ -257,8 +279,12 @@ def segment_stats(conn: sa.Connection, side: Side, seg: Segment, *, with_bounds:
     return SegmentStats(int(row[0]), int(row[1]))
 
 
-def bucket_stats(conn: sa.Connection, side: Side, seg: Segment, points: Sequence[Key],
-                 ) -> list[SegmentStats]:
+def bucket_stats(
+    conn: sa.Connection,
+    side: Side,
+    seg: Segment,
+    points: Sequence[Key],
+) -> list[SegmentStats]:
     """Count and checksum of each child of ``seg.split_at(points)`` in one scan of ``seg``
     (``width_bucket`` over the cut points, a binary search per row)."""
     children = seg.split_at(points)
@@ -267,12 +293,17 @@ def bucket_stats(conn: sa.Connection, side: Side, seg: Segment, points: Sequence
         return [segment_stats(conn, side, seg)]
     _stable(conn)
     params: dict[str, Any] = {}
-    arr = ", ".join(_key_literal(side, f"p{i}", p, params) for i, p in enumerate(inner)
-                    if p is not None)
-    rows = conn.execute(sa.text(
-        f"SELECT width_bucket({_key_expr(side)}, ARRAY[{arr}]), count(*), "
-        f"coalesce(bit_xor({row_hash_sql(side)}), 0) FROM {side.sql_name} "
-        f"WHERE {segment_where(side, seg, params)} GROUP BY 1"), params).all()
+    arr = ", ".join(
+        _key_literal(side, f"p{i}", p, params) for i, p in enumerate(inner) if p is not None
+    )
+    rows = conn.execute(
+        sa.text(
+            f"SELECT width_bucket({_key_expr(side)}, ARRAY[{arr}]), count(*), "
+            f"coalesce(bit_xor({row_hash_sql(side)}), 0) FROM {side.sql_name} "
+            f"WHERE {segment_where(side, seg, params)} GROUP BY 1"
+        ),
+        params,
+    ).all()
     stats = [SegmentStats(0, 0)] * len(children)
     for b, n, h in rows:
         stats[int(b)] = SegmentStats(int(n), int(h))
@@ -284,10 +315,14 @@ def quantile_keys(conn: sa.Connection, side: Side, seg: Segment, step: int) -> l
     cannot be split arithmetically (text, composite)."""
     params: dict[str, Any] = {"step": step}
     cols = ", ".join(quote_ident(k) for k in side.key_columns)
-    rows = conn.execute(sa.text(
-        f"SELECT {cols} FROM (SELECT {cols}, row_number() OVER (ORDER BY {cols}) AS rn "
-        f"FROM {side.sql_name} WHERE {segment_where(side, seg, params)}) q "
-        f"WHERE rn % :step = 0 ORDER BY {cols}"), params).all()
+    rows = conn.execute(
+        sa.text(
+            f"SELECT {cols} FROM (SELECT {cols}, row_number() OVER (ORDER BY {cols}) AS rn "
+            f"FROM {side.sql_name} WHERE {segment_where(side, seg, params)}) q "
+            f"WHERE rn % :step = 0 ORDER BY {cols}"
+        ),
+        params,
+    ).all()
     return [tuple(r) for r in rows]
 
 
@@ -300,9 +335,12 @@ def fetch_normalized(conn: sa.Connection, side: Side, seg: Segment) -> dict[Key,
     params: dict[str, Any] = {}
     keys = ", ".join(quote_ident(k) for k in side.key_columns)
     vals = ", ".join(f"({_norm(side, c)})::text" for c in side.columns)
-    rows = conn.execute(sa.text(
-        f"SELECT {keys}, {vals} FROM {side.sql_name} WHERE {segment_where(side, seg, params)}"),
-        params).all()
+    rows = conn.execute(
+        sa.text(
+            f"SELECT {keys}, {vals} FROM {side.sql_name} WHERE {segment_where(side, seg, params)}"
+        ),
+        params,
+    ).all()
     n = len(side.key_columns)
     return {tuple(r[:n]): tuple(r[n:]) for r in rows}
 
@@ -312,8 +350,11 @@ def _keys_condition(side: Side, keys: Sequence[Key], params: dict[str, Any]) -> 
     return f"{_key_expr(side)} IN ({lits})"
 
 
-def fetch_normalized_by_keys(conn: sa.Connection, side: Side, keys: Iterable[Key],
-                             ) -> dict[Key, Normalized]:
+def fetch_normalized_by_keys(
+    conn: sa.Connection,
+    side: Side,
+    keys: Iterable[Key],
+) -> dict[Key, Normalized]:
     """Like fetch_normalized, for the given keys regardless of any window."""
     _stable(conn)
     out: dict[Key, Normalized] = {}
@@ -322,40 +363,59 @@ def fetch_normalized_by_keys(conn: sa.Connection, side: Side, keys: Iterable[Key
     vals = ", ".join(f"({_norm(side, c)})::text" for c in side.columns)
     for chunk in _chunks(list(keys), 500):
         params: dict[str, Any] = {}
-        rows = conn.execute(sa.text(
-            f"SELECT {cols}, {vals} FROM {side.sql_name} "
-            f"WHERE {_keys_condition(side, chunk, params)}"), params).all()
+        rows = conn.execute(
+            sa.text(
+                f"SELECT {cols}, {vals} FROM {side.sql_name} "
+                f"WHERE {_keys_condition(side, chunk, params)}"
+            ),
+            params,
+        ).all()
         out.update({tuple(r[:n]): tuple(r[n:]) for r in rows})
     return out
 
 
-def fetch_raw_by_keys(conn: sa.Connection, side: Side, keys: Iterable[Key],
-                      columns: Sequence[str] | None = None) -> dict[Key, dict[str, Any]]:
+def fetch_raw_by_keys(
+    conn: sa.Connection, side: Side, keys: Iterable[Key], columns: Sequence[str] | None = None
+) -> dict[Key, dict[str, Any]]:
     """Rows by key as Python values (for repair writes): key -> {column: value}."""
     out: dict[Key, dict[str, Any]] = {}
     wanted = tuple(columns or side.columns)
     sel = ", ".join(quote_ident(c) for c in wanted)
     for chunk in _chunks(list(keys), 500):
         params: dict[str, Any] = {}
-        rows = conn.execute(sa.text(
-            f"SELECT {sel} FROM {side.sql_name} WHERE {_keys_condition(side, chunk, params)}"),
-            params).mappings().all()
+        rows = (
+            conn.execute(
+                sa.text(
+                    f"SELECT {sel} FROM {side.sql_name} WHERE {_keys_condition(side, chunk, params)}"
+                ),
+                params,
+            )
+            .mappings()
+            .all()
+        )
         for r in rows:
             out[tuple(r[k] for k in side.key_columns)] = dict(r)
     return out
 
 
-def fetch_json_by_keys(conn: sa.Connection, side: Side, keys: Iterable[Key],
-                       ) -> dict[Key, str]:
+def fetch_json_by_keys(
+    conn: sa.Connection,
+    side: Side,
+    keys: Iterable[Key],
+) -> dict[Key, str]:
     """Whole rows by key as JSON text (``to_jsonb``), ``_cdc_*`` included: for archives. Text,
     not parsed, because positions exceed 64 bits."""
     out: dict[Key, str] = {}
     cols = ", ".join(quote_ident(k) for k in side.key_columns)
     for chunk in _chunks(list(keys), 500):
         params: dict[str, Any] = {}
-        rows = conn.execute(sa.text(
-            f"SELECT {cols}, to_jsonb(t)::text FROM {side.sql_name} t "
-            f"WHERE {_keys_condition(side, chunk, params)}"), params).all()
+        rows = conn.execute(
+            sa.text(
+                f"SELECT {cols}, to_jsonb(t)::text FROM {side.sql_name} t "
+                f"WHERE {_keys_condition(side, chunk, params)}"
+            ),
+            params,
+        ).all()
         n = len(side.key_columns)
         out.update({tuple(r[:n]): r[n] for r in rows})
     return out
@@ -363,4 +423,4 @@ def fetch_json_by_keys(conn: sa.Connection, side: Side, keys: Iterable[Key],
 
 def _chunks(items: list[Key], size: int) -> Iterable[list[Key]]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]

@@ -39,37 +39,85 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def reconcile(
-        table: Annotated[list[str] | None, typer.Option(
-            "--table", "-t", help="Source table as schema.table; repeat for more. Default: every "
-            "table in the configuration.")] = None,
-        from_: Annotated[str | None, typer.Option(
-            "--from", help="Reconcile windows from this ISO-8601 UTC time instead of from the "
-            "watermark (e.g. 2026-01-01T00:00:00Z).")] = None,
-        to: Annotated[str | None, typer.Option(
-            "--to", help="Stop at this time (exclusive). Only closed windows are reconciled.")] = None,
-        once: Annotated[bool, typer.Option(
-            "--once", help="One pass over the windows closed now, then exit. Without it, run "
-            "until interrupted.")] = False,
-        dry_run: Annotated[bool, typer.Option(
-            "--dry-run", help="Report differences only; write nothing (no repairs, no audit rows, "
-            "no watermark).")] = False,
-        delete_extra: Annotated[bool, typer.Option(
-            "--delete-extra", help="Archive, then delete, rows found only in the target. "
-            "Without it they are only recorded for review.")] = False,
-        sample: Annotated[int | None, typer.Option(
-            "--sample", min=1, metavar="N", help="Instead of reconciling, check about N random "
-            "keys per table (from both sides, so rows only in the target show too) and report "
-            "the mismatch rate with a 95% Wilson confidence interval. Repairs nothing; writes one "
-            "audit row per table (status 'sampled') unless --dry-run. With --from/--to, windowed "
-            "tables are sampled among rows changed in that range.")] = None,
-        seed: Annotated[int | None, typer.Option(
-            "--seed", help="Seed of --sample's random draws (default: random; the seed used is "
-            "reported), to repeat a sample.")] = None,
-        metrics_port: Annotated[int | None, typer.Option(
-            "--metrics-port", help="Without --once: serve Prometheus metrics (/metrics) and "
-            "/healthz on CDCR_METRICS__HOST:PORT. Default: CDCR_METRICS__PORT + 2 (9466).")] = None,
-        no_metrics: Annotated[bool, typer.Option(
-            "--no-metrics", help="Without --once: do not serve metrics.")] = False,
+        table: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--table",
+                "-t",
+                help="Source table as schema.table; repeat for more. Default: every "
+                "table in the configuration.",
+            ),
+        ] = None,
+        from_: Annotated[
+            str | None,
+            typer.Option(
+                "--from",
+                help="Reconcile windows from this ISO-8601 UTC time instead of from the "
+                "watermark (e.g. 2026-01-01T00:00:00Z).",
+            ),
+        ] = None,
+        to: Annotated[
+            str | None,
+            typer.Option(
+                "--to", help="Stop at this time (exclusive). Only closed windows are reconciled."
+            ),
+        ] = None,
+        once: Annotated[
+            bool,
+            typer.Option(
+                "--once",
+                help="One pass over the windows closed now, then exit. Without it, run "
+                "until interrupted.",
+            ),
+        ] = False,
+        dry_run: Annotated[
+            bool,
+            typer.Option(
+                "--dry-run",
+                help="Report differences only; write nothing (no repairs, no audit rows, "
+                "no watermark).",
+            ),
+        ] = False,
+        delete_extra: Annotated[
+            bool,
+            typer.Option(
+                "--delete-extra",
+                help="Archive, then delete, rows found only in the target. "
+                "Without it they are only recorded for review.",
+            ),
+        ] = False,
+        sample: Annotated[
+            int | None,
+            typer.Option(
+                "--sample",
+                min=1,
+                metavar="N",
+                help="Instead of reconciling, check about N random "
+                "keys per table (from both sides, so rows only in the target show too) and report "
+                "the mismatch rate with a 95% Wilson confidence interval. Repairs nothing; writes one "
+                "audit row per table (status 'sampled') unless --dry-run. With --from/--to, windowed "
+                "tables are sampled among rows changed in that range.",
+            ),
+        ] = None,
+        seed: Annotated[
+            int | None,
+            typer.Option(
+                "--seed",
+                help="Seed of --sample's random draws (default: random; the seed used is "
+                "reported), to repeat a sample.",
+            ),
+        ] = None,
+        metrics_port: Annotated[
+            int | None,
+            typer.Option(
+                "--metrics-port",
+                help="Without --once: serve Prometheus metrics (/metrics) and "
+                "/healthz on CDCR_METRICS__HOST:PORT. Default: CDCR_METRICS__PORT + 2 (9466).",
+            ),
+        ] = None,
+        no_metrics: Annotated[
+            bool, typer.Option("--no-metrics", help="Without --once: do not serve metrics.")
+        ] = False,
         config: ConfigOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
@@ -108,28 +156,53 @@ def register(app: typer.Typer) -> None:
             try:
                 server = serve(metrics, settings.metrics.host, port, lambda: (True, "ok"))
             except OSError as exc:
-                fail(CdcrError(f"cannot serve metrics on {settings.metrics.host}:{port}: {exc} "
-                               "(choose another --metrics-port, or --no-metrics)"))
-            _err.print(f"metrics on http://{settings.metrics.host}:{server.server_port}/metrics",
-                       highlight=False)
+                fail(
+                    CdcrError(
+                        f"cannot serve metrics on {settings.metrics.host}:{port}: {exc} "
+                        "(choose another --metrics-port, or --no-metrics)"
+                    )
+                )
+            _err.print(
+                f"metrics on http://{settings.metrics.host}:{server.server_port}/metrics",
+                highlight=False,
+            )
         try:
             start, end = _when(from_, "--from"), _when(to, "--to")
             if as_json:
-                reports = command.reconcile(settings, tables=table or (), start=start, end=end,
-                                            once=once, dry_run=dry_run, delete_extra=delete_extra,
-                                            metrics=metrics)
+                reports = command.reconcile(
+                    settings,
+                    tables=table or (),
+                    start=start,
+                    end=end,
+                    once=once,
+                    dry_run=dry_run,
+                    delete_extra=delete_extra,
+                    metrics=metrics,
+                )
             else:
-                with Progress(SpinnerColumn(), TextColumn("{task.description}"),
-                              TimeElapsedColumn(), console=_err, transient=True) as progress:
+                with Progress(
+                    SpinnerColumn(),
+                    TextColumn("{task.description}"),
+                    TimeElapsedColumn(),
+                    console=_err,
+                    transient=True,
+                ) as progress:
                     task = progress.add_task("reconciling", total=None)
 
                     def on_window(name: str, w: Window) -> None:
                         progress.update(task, description=f"{name} [{_t(w.start)}, {_t(w.end)})")
 
                     reports = command.reconcile(
-                        settings, tables=table or (), start=start, end=end, once=once,
-                        dry_run=dry_run, delete_extra=delete_extra, on_window=on_window,
-                        metrics=metrics)
+                        settings,
+                        tables=table or (),
+                        start=start,
+                        end=end,
+                        once=once,
+                        dry_run=dry_run,
+                        delete_extra=delete_extra,
+                        on_window=on_window,
+                        metrics=metrics,
+                    )
         except CdcrError as exc:
             fail(exc)
         finally:
@@ -137,13 +210,18 @@ def register(app: typer.Typer) -> None:
                 server.shutdown()
                 server.server_close()
         if as_json:
-            typer.echo(json.dumps({"dry_run": dry_run,
-                                   "tables": [r.as_json() for r in reports]}, indent=2,
-                                  default=str))
+            typer.echo(
+                json.dumps(
+                    {"dry_run": dry_run, "tables": [r.as_json() for r in reports]},
+                    indent=2,
+                    default=str,
+                )
+            )
         else:
             _print_reports(reports, dry_run)
-        if any(w.status in ("unresolved", "check_failed", "failed")
-               for r in reports for w in r.windows):
+        if any(
+            w.status in ("unresolved", "check_failed", "failed") for r in reports for w in r.windows
+        ):
             raise typer.Exit(code=1)
 
     @app.command()
@@ -165,20 +243,40 @@ def register(app: typer.Typer) -> None:
             _print_status(data)
 
 
-def _sample(settings: Any, n: int, tables: list[str] | tuple[()], from_: str | None,
-            to: str | None, seed: int | None, dry_run: bool, as_json: bool) -> None:
+def _sample(
+    settings: Any,
+    n: int,
+    tables: list[str] | tuple[()],
+    from_: str | None,
+    to: str | None,
+    seed: int | None,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
     from cdc_reconciler.cli import fail
     from cdc_reconciler.reconcile import command
 
     try:
         with _err.status("sampling"):
-            reports = command.sample(settings, n, tables=tables, start=_when(from_, "--from"),
-                                     end=_when(to, "--to"), seed=seed, dry_run=dry_run)
+            reports = command.sample(
+                settings,
+                n,
+                tables=tables,
+                start=_when(from_, "--from"),
+                end=_when(to, "--to"),
+                seed=seed,
+                dry_run=dry_run,
+            )
     except CdcrError as exc:
         fail(exc)
     if as_json:
-        typer.echo(json.dumps({"dry_run": dry_run, "sample": True,
-                               "tables": [r.as_json() for r in reports]}, indent=2, default=str))
+        typer.echo(
+            json.dumps(
+                {"dry_run": dry_run, "sample": True, "tables": [r.as_json() for r in reports]},
+                indent=2,
+                default=str,
+            )
+        )
     else:
         _print_samples(reports, dry_run)
     if any(r.differences for r in reports):
@@ -190,16 +288,32 @@ def _pct(x: float | None) -> str:
 
 
 def _print_samples(reports: list[SampleReport], dry_run: bool) -> None:
-    tbl = Table(title="reconcile --sample (dry run: nothing written)" if dry_run
-                else "reconcile --sample")
-    for col in ("table", "method", "sampled", "missing", "extra", "mismatched", "rate",
-                "95% interval"):
+    tbl = Table(
+        title="reconcile --sample (dry run: nothing written)" if dry_run else "reconcile --sample"
+    )
+    for col in (
+        "table",
+        "method",
+        "sampled",
+        "missing",
+        "extra",
+        "mismatched",
+        "rate",
+        "95% interval",
+    ):
         tbl.add_column(col)
     for r in reports:
         lo, hi = r.interval
-        tbl.add_row(r.table, r.method, f"{r.sampled}/{r.requested}", str(r.counts["missing"]),
-                    str(r.counts["extra"]), str(r.counts["mismatched"]), _pct(r.rate),
-                    f"[{_pct(lo)}, {_pct(hi)}]")
+        tbl.add_row(
+            r.table,
+            r.method,
+            f"{r.sampled}/{r.requested}",
+            str(r.counts["missing"]),
+            str(r.counts["extra"]),
+            str(r.counts["mismatched"]),
+            _pct(r.rate),
+            f"[{_pct(lo)}, {_pct(hi)}]",
+        )
     _out.print(tbl)
     for r in reports:
         for d in r.differences[:50]:
@@ -207,8 +321,11 @@ def _print_samples(reports: list[SampleReport], dry_run: bool) -> None:
             _out.print(f"  {r.table} {d.kind.value} key={list(d.key)}{cols}", highlight=False)
         if r.note:
             _out.print(f"{r.table}: {r.note}", highlight=False)
-        _out.print(f"{r.table}: seed {r.seed}; population ≈ {r.population} keys "
-                   f"(source {r.source_rows}, target {r.target_rows})", highlight=False)
+        _out.print(
+            f"{r.table}: seed {r.seed}; population ≈ {r.population} keys "
+            f"(source {r.source_rows}, target {r.target_rows})",
+            highlight=False,
+        )
 
 
 def _t(t: datetime | None) -> str:
@@ -221,14 +338,23 @@ def _print_reports(reports: list[TableReport], dry_run: bool) -> None:
         tbl.add_column(col)
     for r in reports:
         if not r.windows:
-            why = "no closed window" if r.closed_through is not None else "not closed (no " \
-                  "applied offsets prove closure)"
+            why = (
+                "no closed window"
+                if r.closed_through is not None
+                else "not closed (no applied offsets prove closure)"
+            )
             tbl.add_row(r.table, "", why, "", "", "", "")
         for w in r.windows:
             c = w.counts
-            tbl.add_row(r.table, f"[{_t(w.window.start)}, {_t(w.window.end)})", w.status,
-                        str(c.get("missing", 0)), str(c.get("extra", 0)),
-                        str(c.get("mismatched", 0)), str(c.get("source_rows", "")))
+            tbl.add_row(
+                r.table,
+                f"[{_t(w.window.start)}, {_t(w.window.end)})",
+                w.status,
+                str(c.get("missing", 0)),
+                str(c.get("extra", 0)),
+                str(c.get("mismatched", 0)),
+                str(c.get("source_rows", "")),
+            )
     _out.print(tbl)
     for r in reports:
         for w in r.windows:
@@ -247,28 +373,66 @@ def _print_status(data: dict[str, Any]) -> None:
     _out.print(t)
     if data["gaps"]:
         g = Table(title="gaps: windows behind their closure time (newest first)")
-        for col in ("table", "reconciled_through", "closed_through", "windows_behind",
-                    "newest windows"):
+        for col in (
+            "table",
+            "reconciled_through",
+            "closed_through",
+            "windows_behind",
+            "newest windows",
+        ):
             g.add_column(col)
         for x in data["gaps"]:
             newest = ", ".join(f"[{w['start'] or '-inf'}, {w['end']})" for w in x["windows"][:3])
-            g.add_row(x["table"], str(x["reconciled_through"]), str(x["closed_through"]),
-                      str(x["windows_behind"]), newest)
+            g.add_row(
+                x["table"],
+                str(x["reconciled_through"]),
+                str(x["closed_through"]),
+                str(x["windows_behind"]),
+                newest,
+            )
         _out.print(g)
     if data["kafka"]["log_ends"] == "unavailable":
-        _err.print("note: Kafka did not answer for log-end offsets, so idle partitions could "
-                   f"not be told apart from lagging ones; gaps may be understated "
-                   f"({data['kafka']['error']})", highlight=False)
+        _err.print(
+            "note: Kafka did not answer for log-end offsets, so idle partitions could "
+            f"not be told apart from lagging ones; gaps may be understated "
+            f"({data['kafka']['error']})",
+            highlight=False,
+        )
     o = Table(title="applied offsets")
     # consumed = applied + duplicate + stale + dead-lettered + no-op, per partition.
-    for col in ("group", "topic", "partition", "next_offset", "last_event_time", "consumed",
-                "applied", "duplicate", "stale", "dead-lettered", "no-op"):
+    for col in (
+        "group",
+        "topic",
+        "partition",
+        "next_offset",
+        "last_event_time",
+        "consumed",
+        "applied",
+        "duplicate",
+        "stale",
+        "dead-lettered",
+        "no-op",
+    ):
         o.add_column(col)
     for x in data["applied_offsets"]:
-        o.add_row(x["consumer_group"], x["topic"], str(x["partition"]), str(x["next_offset"]),
-                  str(x["last_event_time"]), *(str(x[k]) for k in (
-                      "consumed", "applied", "skipped_duplicate", "skipped_stale",
-                      "dead_lettered", "skipped_noop")))
+        o.add_row(
+            x["consumer_group"],
+            x["topic"],
+            str(x["partition"]),
+            str(x["next_offset"]),
+            str(x["last_event_time"]),
+            *(
+                str(x[k])
+                for k in (
+                    "consumed",
+                    "applied",
+                    "skipped_duplicate",
+                    "skipped_stale",
+                    "dead_lettered",
+                    "skipped_noop",
+                )
+            ),
+        )
     _out.print(o)
     r = Table(title="recent runs")
     for col in ("started", "table", "window_end", "status"):

@@ -54,15 +54,20 @@ def _engines(settings: Settings) -> tuple[sa.Engine, sa.Engine]:
         raise CdcrError("CDCR_SOURCE__URL is not set")
     if not settings.target.url_str():
         raise CdcrError("CDCR_TARGET__URL is not set")
-    return (sa.create_engine(settings.source.url_str(), pool_pre_ping=True),
-            sa.create_engine(settings.target.url_str(), pool_pre_ping=True))
+    return (
+        sa.create_engine(settings.source.url_str(), pool_pre_ping=True),
+        sa.create_engine(settings.target.url_str(), pool_pre_ping=True),
+    )
 
 
 def _kafka_log_ends(settings: Settings, timeout_s: float | None = None) -> LogEnds:
     k = settings.kafka
-    return kafka_log_ends(k.bootstrap_servers, sasl_username=k.sasl_username,
-                          sasl_password=k.sasl_password.get_secret_value()
-                          if k.sasl_password else None, timeout_s=timeout_s)
+    return kafka_log_ends(
+        k.bootstrap_servers,
+        sasl_username=k.sasl_username,
+        sasl_password=k.sasl_password.get_secret_value() if k.sasl_password else None,
+        timeout_s=timeout_s,
+    )
 
 
 def _aware(t: datetime | None, what: str) -> datetime | None:
@@ -96,19 +101,35 @@ def reconcile(
     CdcrError on configuration or database failures."""
     names = tuple(tables) or tuple(settings.tables)
     if not names:
-        raise CdcrError("no tables to reconcile: pass --table <schema>.<table> or configure "
-                        "tables in the YAML file")
+        raise CdcrError(
+            "no tables to reconcile: pass --table <schema>.<table> or configure "
+            "tables in the YAML file"
+        )
     if start is not None and end is not None and start >= end:
         raise CdcrError("--from must be before --to")
     for name in names:
         table_checks(settings, name)  # invalid checks fail before any work
-    req = Request(names, _aware(start, "--from"), _aware(end, "--to"), dry_run, delete_extra,
-                  diff_options or DiffOptions())
+    req = Request(
+        names,
+        _aware(start, "--from"),
+        _aware(end, "--to"),
+        dry_run,
+        delete_extra,
+        diff_options or DiffOptions(),
+    )
     source, target = _engines(settings)
-    env = Env(settings, source, target, now_getter, log_ends or _kafka_log_ends(settings),
-              replay_hook or rp.make_kafka_replay_hook(settings, source, target,
-                                                       log=logging.getLogger(__name__).info),
-              on_window)
+    env = Env(
+        settings,
+        source,
+        target,
+        now_getter,
+        log_ends or _kafka_log_ends(settings),
+        replay_hook
+        or rp.make_kafka_replay_hook(
+            settings, source, target, log=logging.getLogger(__name__).info
+        ),
+        on_window,
+    )
     try:
         while True:
             reports = [reconcile_table(env, req, t) for t in names]
@@ -151,8 +172,10 @@ def sample(
         raise CdcrError("--sample needs a positive number of keys")
     names = tuple(tables) or tuple(settings.tables)
     if not names:
-        raise CdcrError("no tables to sample: pass --table <schema>.<table> or configure "
-                        "tables in the YAML file")
+        raise CdcrError(
+            "no tables to sample: pass --table <schema>.<table> or configure "
+            "tables in the YAML file"
+        )
     start, end = _aware(start, "--from"), _aware(end, "--to")
     if start is not None and end is not None and start >= end:
         raise CdcrError("--from must be before --to")
@@ -169,11 +192,22 @@ def sample(
                 closed = closed_time(env, table, started)
                 upper = end if closed is None else min(closed, end or closed)
                 if closed is None:
-                    note = ("nothing proves closure (no applied offsets): rows changed recently "
-                            "may still be in flight")
+                    note = (
+                        "nothing proves closure (no applied offsets): rows changed recently "
+                        "may still be in flight"
+                    )
                 if upper is not None and start is not None and upper <= start:
-                    reports.append(SampleReport(table, n, "census", seed or 0, start, upper,
-                                                note="the change-time range is not closed yet"))
+                    reports.append(
+                        SampleReport(
+                            table,
+                            n,
+                            "census",
+                            seed or 0,
+                            start,
+                            upper,
+                            note="the change-time range is not closed yet",
+                        )
+                    )
                     continue
                 if start is not None or upper is not None:
                     window = Window(start, upper or FAR_FUTURE)
@@ -181,8 +215,13 @@ def sample(
             report.note = report.note or note
             if not dry_run:
                 with target.begin() as c:
-                    record_sample(c, report, run_id=str(uuid.uuid4()), started=started,
-                                  finished=checked_now(now_getter))
+                    record_sample(
+                        c,
+                        report,
+                        run_id=str(uuid.uuid4()),
+                        started=started,
+                        finished=checked_now(now_getter),
+                    )
             reports.append(report)
     except SQLAlchemyError as exc:
         raise CdcrError(f"sample failed: {exc.__class__.__name__}: {exc}") from exc
@@ -197,8 +236,14 @@ STATUS_KAFKA_TIMEOUT_S = 2.0
 MAX_GAP_WINDOWS = 50  # windows listed per table in `cdcr status` (windows_behind counts all)
 
 
-def status(settings: Settings, *, now_getter: Clock = utc_now, runs: int = 20,
-           discrepancies: int = 50, log_ends: LogEnds | None = None) -> dict[str, Any]:
+def status(
+    settings: Settings,
+    *,
+    now_getter: Clock = utc_now,
+    runs: int = 20,
+    discrepancies: int = 50,
+    log_ends: LogEnds | None = None,
+) -> dict[str, Any]:
     """Watermarks, gaps (windows behind their closure time, newest first), applied offsets,
     recent runs and open discrepancies, as plain data (the ``--json`` form).
 
@@ -216,26 +261,55 @@ def status(settings: Settings, *, now_getter: Clock = utc_now, runs: int = 20,
     try:
         with engine.connect() as c:
             marks = wm.read_all(c)
-            offsets = c.execute(sa.text(
-                "SELECT consumer_group, topic, partition, next_offset, last_event_time, consumed, "
-                "applied, skipped_duplicate, skipped_stale, dead_lettered, skipped_noop, "
-                "updated_at "
-                "FROM cdcr.applied_offsets ORDER BY consumer_group, topic, partition"
-            )).mappings().all()
-            recent = c.execute(sa.text(
-                "SELECT run_id, table_name, window_start, window_end, started, finished, status, "
-                "counts FROM cdcr.reconcile_runs ORDER BY started DESC LIMIT :n"),
-                {"n": runs}).mappings().all()
-            open_counts = c.execute(sa.text(
-                "SELECT table_name, kind, count(*) AS n FROM cdcr.discrepancies "
-                "WHERE review_state = 'open' GROUP BY 1, 2 ORDER BY 1, 2")).mappings().all()
-            open_rows = c.execute(sa.text(
-                "SELECT id, run_id, table_name, key, kind, columns, action, created_at "
-                "FROM cdcr.discrepancies WHERE review_state = 'open' ORDER BY id DESC LIMIT :n"),
-                {"n": discrepancies}).mappings().all()
+            offsets = (
+                c.execute(
+                    sa.text(
+                        "SELECT consumer_group, topic, partition, next_offset, last_event_time, consumed, "
+                        "applied, skipped_duplicate, skipped_stale, dead_lettered, skipped_noop, "
+                        "updated_at "
+                        "FROM cdcr.applied_offsets ORDER BY consumer_group, topic, partition"
+                    )
+                )
+                .mappings()
+                .all()
+            )
+            recent = (
+                c.execute(
+                    sa.text(
+                        "SELECT run_id, table_name, window_start, window_end, started, finished, status, "
+                        "counts FROM cdcr.reconcile_runs ORDER BY started DESC LIMIT :n"
+                    ),
+                    {"n": runs},
+                )
+                .mappings()
+                .all()
+            )
+            open_counts = (
+                c.execute(
+                    sa.text(
+                        "SELECT table_name, kind, count(*) AS n FROM cdcr.discrepancies "
+                        "WHERE review_state = 'open' GROUP BY 1, 2 ORDER BY 1, 2"
+                    )
+                )
+                .mappings()
+                .all()
+            )
+            open_rows = (
+                c.execute(
+                    sa.text(
+                        "SELECT id, run_id, table_name, key, kind, columns, action, created_at "
+                        "FROM cdcr.discrepancies WHERE review_state = 'open' ORDER BY id DESC LIMIT :n"
+                    ),
+                    {"n": discrepancies},
+                )
+                .mappings()
+                .all()
+            )
     except SQLAlchemyError as exc:
-        raise CdcrError(f"status failed (is the target migrated? run `cdcr migrate`): "
-                        f"{exc.__class__.__name__}: {exc}") from exc
+        raise CdcrError(
+            f"status failed (is the target migrated? run `cdcr migrate`): "
+            f"{exc.__class__.__name__}: {exc}"
+        ) from exc
     finally:
         engine.dispose()
 
@@ -256,8 +330,11 @@ def status(settings: Settings, *, now_getter: Clock = utc_now, runs: int = 20,
     progress: dict[str, list[PartitionProgress]] = {}
     for o in offsets:
         if o["consumer_group"] == settings.kafka.group_id:
-            progress.setdefault(o["topic"], []).append(PartitionProgress(
-                o["topic"], o["partition"], o["next_offset"], o["last_event_time"]))
+            progress.setdefault(o["topic"], []).append(
+                PartitionProgress(
+                    o["topic"], o["partition"], o["next_offset"], o["last_event_time"]
+                )
+            )
     reconciled = {m.table: m.reconciled_through for m in marks}
     gaps = []
     for table in sorted({*reconciled, *settings.tables}):
@@ -271,17 +348,30 @@ def status(settings: Settings, *, now_getter: Clock = utc_now, runs: int = 20,
             continue
         grid = floor_to_grid(closed, size)
         behind = None if mark is None else (grid - mark).total_seconds()
-        gaps.append({"table": table, "reconciled_through": _iso(mark),
-                     "closed_through": _iso(grid), "behind_s": behind,
-                     "windows_behind": windows_behind(mark, closed, size),
-                     "windows": [{"start": _iso(w.start), "end": _iso(w.end)} for w in windows]})
+        gaps.append(
+            {
+                "table": table,
+                "reconciled_through": _iso(mark),
+                "closed_through": _iso(grid),
+                "behind_s": behind,
+                "windows_behind": windows_behind(mark, closed, size),
+                "windows": [{"start": _iso(w.start), "end": _iso(w.end)} for w in windows],
+            }
+        )
     # Priority: the most recent gaps first (they hold the freshest data back).
     gaps.sort(key=lambda g: (g["closed_through"] or "", g["table"]), reverse=True)
     return {
         "now": now.isoformat(),
         "kafka": kafka,
-        "watermarks": [{"table": m.table, "reconciled_through": _iso(m.reconciled_through),
-                        "state": m.state, "updated_at": _iso(m.updated_at)} for m in marks],
+        "watermarks": [
+            {
+                "table": m.table,
+                "reconciled_through": _iso(m.reconciled_through),
+                "state": m.state,
+                "updated_at": _iso(m.updated_at),
+            }
+            for m in marks
+        ],
         "gaps": gaps,
         "applied_offsets": [{k: _plain(v) for k, v in o.items()} for o in offsets],
         "recent_runs": [{k: _plain(v) for k, v in r.items()} for r in recent],

@@ -69,9 +69,13 @@ class DiffStats:
     deferred: int = 0  # keys that moved past the window since; a later window covers them
 
     def as_dict(self) -> dict[str, int]:
-        return {"source_rows": self.source_rows, "target_rows": self.target_rows,
-                "segments_compared": self.segments_compared,
-                "rows_downloaded": self.rows_downloaded, "deferred": self.deferred}
+        return {
+            "source_rows": self.source_rows,
+            "target_rows": self.target_rows,
+            "segments_compared": self.segments_compared,
+            "rows_downloaded": self.rows_downloaded,
+            "deferred": self.deferred,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +99,14 @@ def _snapshot(engine: sa.Engine) -> Iterator[sa.Connection]:
 
 
 class _Differ:
-    def __init__(self, src: sa.Connection, tgt: sa.Connection, pair: TablePair,
-                 options: DiffOptions, pool: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        src: sa.Connection,
+        tgt: sa.Connection,
+        pair: TablePair,
+        options: DiffOptions,
+        pool: ThreadPoolExecutor,
+    ) -> None:
         self.src, self.tgt, self.pair, self.opt, self.pool = src, tgt, pair, options, pool
         self.stats = DiffStats()
         self.found: list[Difference] = []
@@ -120,8 +130,9 @@ class _Differ:
             rng = (min(lows), max(highs) + 1)
         self.refine(seg, s, t, rng)
 
-    def refine(self, seg: Segment, s: SegmentStats, t: SegmentStats,
-               rng: tuple[int, int] | None) -> None:
+    def refine(
+        self, seg: Segment, s: SegmentStats, t: SegmentStats, rng: tuple[int, int] | None
+    ) -> None:
         n = max(s.count, t.count)
         if n <= self.opt.threshold:
             self.leaf(seg)
@@ -130,8 +141,9 @@ class _Differ:
         if rng is not None:
             points = integer_split_points(rng[0], rng[1], parts)
         else:
-            conn, side = (self.src, self.pair.source) if s.count >= t.count else (
-                self.tgt, self.pair.target)
+            conn, side = (
+                (self.src, self.pair.source) if s.count >= t.count else (self.tgt, self.pair.target)
+            )
             points = ck.quantile_keys(conn, side, seg, math.ceil(n / parts))
         children = seg.split_at(points)
         if len(children) < 2:
@@ -162,34 +174,43 @@ class _Differ:
                 self.found.append(self.mismatch(key, srow, trow))
         only_tgt = [k for k in tgt_rows if k not in src_rows]
         if seg.window is None:
-            self.found += [Difference(Kind.MISSING, k, source_row=self.named(src_rows[k]))
-                           for k in only_src]
-            self.found += [Difference(Kind.EXTRA, k, target_row=self.named(tgt_rows[k]))
-                           for k in only_tgt]
+            self.found += [
+                Difference(Kind.MISSING, k, source_row=self.named(src_rows[k])) for k in only_src
+            ]
+            self.found += [
+                Difference(Kind.EXTRA, k, target_row=self.named(tgt_rows[k])) for k in only_tgt
+            ]
             return
         self.resolve_window(seg.window, only_src, only_tgt, src_rows, tgt_rows)
 
-    def resolve_window(self, window: Window, only_src: list[Key], only_tgt: list[Key],
-                       src_rows: dict[Key, Normalized], tgt_rows: dict[Key, Normalized]) -> None:
+    def resolve_window(
+        self,
+        window: Window,
+        only_src: list[Key],
+        only_tgt: list[Key],
+        src_rows: dict[Key, Normalized],
+        tgt_rows: dict[Key, Normalized],
+    ) -> None:
         if only_src:
             other = ck.fetch_normalized_by_keys(self.tgt, self.pair.target, only_src)
             for k in only_src:
                 trow = other.get(k)
                 if trow is None:
-                    self.found.append(Difference(Kind.MISSING, k,
-                                                 source_row=self.named(src_rows[k])))
+                    self.found.append(
+                        Difference(Kind.MISSING, k, source_row=self.named(src_rows[k]))
+                    )
                 elif trow != src_rows[k]:
                     self.found.append(self.mismatch(k, src_rows[k], trow))
         if only_tgt:
             ct = self.pair.source.change_time_column
             assert ct is not None
-            raw = ck.fetch_raw_by_keys(self.src, self.pair.source, only_tgt,
-                                       [*self.pair.key_columns, ct])
+            raw = ck.fetch_raw_by_keys(
+                self.src, self.pair.source, only_tgt, [*self.pair.key_columns, ct]
+            )
             norm = ck.fetch_normalized_by_keys(self.src, self.pair.source, only_tgt)
             for k in only_tgt:
                 if k not in raw:
-                    self.found.append(Difference(Kind.EXTRA, k,
-                                                 target_row=self.named(tgt_rows[k])))
+                    self.found.append(Difference(Kind.EXTRA, k, target_row=self.named(tgt_rows[k])))
                 elif _at_or_after(raw[k][ct], window.end):
                     self.stats.deferred += 1
                 elif norm[k] != tgt_rows[k]:
@@ -211,22 +232,35 @@ def _at_or_after(value: Any, end: datetime) -> bool:
     return bool(value >= end)
 
 
-def diff_segment(source: sa.Engine, target: sa.Engine, pair: TablePair, seg: Segment,
-                 options: DiffOptions | None = None) -> DiffResult:
+def diff_segment(
+    source: sa.Engine,
+    target: sa.Engine,
+    pair: TablePair,
+    seg: Segment,
+    options: DiffOptions | None = None,
+) -> DiffResult:
     """Every difference between source and target inside ``seg``, sorted by kind then key.
 
     Reads only; raises sqlalchemy errors from either database unchanged (the caller records the
     run as failed)."""
-    with ThreadPoolExecutor(max_workers=1) as pool, _snapshot(source) as src, \
-            _snapshot(target) as tgt:
+    with (
+        ThreadPoolExecutor(max_workers=1) as pool,
+        _snapshot(source) as src,
+        _snapshot(target) as tgt,
+    ):
         d = _Differ(src, tgt, pair, options or DiffOptions(), pool)
         d.run(seg)
     found = sorted(d.found, key=lambda x: (x.kind.value, repr(x.key)))
     return DiffResult(tuple(found), d.stats)
 
 
-def diff_table(source: sa.Engine, target: sa.Engine, pair: TablePair,
-               window: Window | None = None, options: DiffOptions | None = None) -> DiffResult:
+def diff_table(
+    source: sa.Engine,
+    target: sa.Engine,
+    pair: TablePair,
+    window: Window | None = None,
+    options: DiffOptions | None = None,
+) -> DiffResult:
     """diff_segment over the whole key range; ``window`` narrows windowed tables to it."""
     seg = Segment(pair.name, window=window if pair.windowed else None)
     return diff_segment(source, target, pair, seg, options)

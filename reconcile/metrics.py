@@ -32,20 +32,33 @@ class ReconcileMetrics:
         self.windows_behind = Gauge(
             "cdcr_reconcile_windows_behind",
             "Closed windows not yet reconciled (from the watermark to the closure time)",
-            ["table"], registry=r)
+            ["table"],
+            registry=r,
+        )
         self.discrepancies_open = Gauge(
             "cdcr_reconcile_discrepancies_open",
-            "Discrepancies recorded for review and still open", ["table"], registry=r)
+            "Discrepancies recorded for review and still open",
+            ["table"],
+            registry=r,
+        )
         self.last_verified = Gauge(
             "cdcr_reconcile_last_verified_timestamp_seconds",
-            "The table's watermark (reconciled_through) as a Unix time", ["table"], registry=r)
+            "The table's watermark (reconciled_through) as a Unix time",
+            ["table"],
+            registry=r,
+        )
         self.found = Counter(
             "cdcr_reconcile_discrepancies_found",
             "Differences found by window diffs (missing, extra, mismatched)",
-            ["table", "kind"], registry=r)
+            ["table", "kind"],
+            registry=r,
+        )
         self.repaired = Counter(
-            "cdcr_reconcile_repaired", "Keys repaired (replayed, re-read from the source, or "
-            "extra rows deleted)", ["table"], registry=r)
+            "cdcr_reconcile_repaired",
+            "Keys repaired (replayed, re-read from the source, or extra rows deleted)",
+            ["table"],
+            registry=r,
+        )
 
     def observe(self, report: TableReport) -> None:
         """Account one pass over a table."""
@@ -69,9 +82,13 @@ class ReconcileMetrics:
         """Set the open-discrepancy gauges from ``cdcr.discrepancies`` (0 for tables with none)."""
         names = list(tables)
         with target.connect() as c:
-            rows = c.execute(sa.text(
-                "SELECT table_name, count(*) FROM cdcr.discrepancies WHERE review_state = 'open' "
-                "AND table_name = ANY(:t) GROUP BY 1"), {"t": names}).all()
+            rows = c.execute(
+                sa.text(
+                    "SELECT table_name, count(*) FROM cdcr.discrepancies WHERE review_state = 'open' "
+                    "AND table_name = ANY(:t) GROUP BY 1"
+                ),
+                {"t": names},
+            ).all()
         found = {r[0]: int(r[1]) for r in rows}
         for name in names:
             self.discrepancies_open.labels(name).set(found.get(name, 0))

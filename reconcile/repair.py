@@ -72,8 +72,12 @@ REPLAY_SLACK_S = 60
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def make_kafka_replay_hook(settings: Settings, source: sa.Engine, target: sa.Engine,
-                           log: Callable[[str], None] | None = None) -> ReplayHook:
+def make_kafka_replay_hook(
+    settings: Settings,
+    source: sa.Engine,
+    target: sa.Engine,
+    log: Callable[[str], None] | None = None,
+) -> ReplayHook:
     """A hook that replays ``window`` (plus grace and slack) of the table's topic through the
     apply engine (:func:`cdc_reconciler.stream.replay.replay`), then returns the keys whose
     target row still differs from the source: Kafka no longer had their events (retention), or
@@ -97,8 +101,10 @@ def make_kafka_replay_hook(settings: Settings, source: sa.Engine, target: sa.Eng
                 log(f"replay from Kafka failed ({exc}); re-reading the source instead")
             return list(keys)
         if log:
-            log(f"replayed {result.totals.consumed} events of {pair.name} "
-                f"({result.totals.applied} applied)")
+            log(
+                f"replayed {result.totals.consumed} events of {pair.name} "
+                f"({result.totals.applied} applied)"
+            )
         with source.connect() as s, target.connect() as t:
             src = ck.fetch_normalized_by_keys(s, pair.source, keys)
             tgt = ck.fetch_normalized_by_keys(t, pair.target, keys)
@@ -117,18 +123,28 @@ class RepairOutcome:
     archived: int = 0
 
     def counts(self) -> dict[str, Any]:
-        return {"repair_position": str(self.position), "source_wal_lsn": self.source_wal_lsn,
-                "applied": self.applied, "stale": self.stale, "archived": self.archived,
-                "repaired": sum(1 for a in self.actions.values()
-                                if a in ("replayed", "upserted", "deleted"))}
+        return {
+            "repair_position": str(self.position),
+            "source_wal_lsn": self.source_wal_lsn,
+            "applied": self.applied,
+            "stale": self.stale,
+            "archived": self.archived,
+            "repaired": sum(
+                1 for a in self.actions.values() if a in ("replayed", "upserted", "deleted")
+            ),
+        }
 
 
 def repair_position(conn: sa.Connection, table: TargetTable) -> int:
     """``P`` as described in the module docstring, from committed target data."""
-    top = conn.execute(sa.text(
-        f"SELECT greatest((SELECT max(_cdc_pos) FROM {ck.quote_ident(table.schema)}."
-        f"{ck.quote_ident(table.name)}), (SELECT max(position) FROM cdcr.tombstones "
-        "WHERE table_name = :tn))"), {"tn": table.qualified}).scalar()
+    top = conn.execute(
+        sa.text(
+            f"SELECT greatest((SELECT max(_cdc_pos) FROM {ck.quote_ident(table.schema)}."
+            f"{ck.quote_ident(table.name)}), (SELECT max(position) FROM cdcr.tombstones "
+            "WHERE table_name = :tn))"
+        ),
+        {"tn": table.qualified},
+    ).scalar()
     if top is None:
         return 0
     return ((int(top) >> 64) << 64) | LOW_64
@@ -138,9 +154,19 @@ def _ts_us(t: datetime) -> int:
     return int(t.timestamp() * 1_000_000)
 
 
-def repair(source: sa.Engine, target: sa.Engine, pair: TablePair, table: TargetTable,
-           diff: DiffResult, *, window: Window | None, run_id: uuid.UUID, delete_extra: bool,
-           now: datetime, replay_hook: ReplayHook = kafka_replay_hook) -> RepairOutcome:
+def repair(
+    source: sa.Engine,
+    target: sa.Engine,
+    pair: TablePair,
+    table: TargetTable,
+    diff: DiffResult,
+    *,
+    window: Window | None,
+    run_id: uuid.UUID,
+    delete_extra: bool,
+    now: datetime,
+    replay_hook: ReplayHook = kafka_replay_hook,
+) -> RepairOutcome:
     """Repair ``diff``'s differences and record each in ``cdcr.discrepancies`` (review state
     ``open``; the caller resolves them after re-verifying). Writes and audit rows commit together
     in one target transaction; on error nothing of the repair is committed and the error
@@ -160,8 +186,7 @@ def repair(source: sa.Engine, target: sa.Engine, pair: TablePair, table: TargetT
     with source.connect() as sconn:
         sconn = sconn.execution_options(isolation_level="REPEATABLE READ")
         with sconn.begin():
-            out.source_wal_lsn = str(sconn.execute(sa.text("SELECT pg_current_wal_lsn()"))
-                                     .scalar())
+            out.source_wal_lsn = str(sconn.execute(sa.text("SELECT pg_current_wal_lsn()")).scalar())
             rows = ck.fetch_raw_by_keys(sconn, pair.source, wanted) if wanted else {}
 
     ts = _ts_us(now)
@@ -188,11 +213,17 @@ def repair(source: sa.Engine, target: sa.Engine, pair: TablePair, table: TargetT
     with target.begin() as tconn:
         if archive:
             whole = ck.fetch_json_by_keys(tconn, pair.target, archive)
-            tconn.execute(sa.text(
-                "INSERT INTO cdcr.extra_rows_archive (run_id, table_name, key, row) "
-                "VALUES (:r, :t, :k, CAST(:row AS jsonb))"),
-                [{"r": run_id, "t": pair.name, "k": key_text(k),
-                  "row": whole[k]} for k in archive if k in whole])
+            tconn.execute(
+                sa.text(
+                    "INSERT INTO cdcr.extra_rows_archive (run_id, table_name, key, row) "
+                    "VALUES (:r, :t, :k, CAST(:row AS jsonb))"
+                ),
+                [
+                    {"r": run_id, "t": pair.name, "k": key_text(k), "row": whole[k]}
+                    for k in archive
+                    if k in whole
+                ],
+            )
             out.archived = len(whole)
         result = write_batch(tconn, table, writes)
         out.applied, out.stale = result.applied, result.stale
@@ -200,25 +231,46 @@ def repair(source: sa.Engine, target: sa.Engine, pair: TablePair, table: TargetT
     return out
 
 
-def record_discrepancies(conn: sa.Connection, run_id: uuid.UUID, table: str,
-                         differences: Sequence[Difference], actions: dict[Key, str]) -> None:
+def record_discrepancies(
+    conn: sa.Connection,
+    run_id: uuid.UUID,
+    table: str,
+    differences: Sequence[Difference],
+    actions: dict[Key, str],
+) -> None:
     if not differences:
         return
-    conn.execute(sa.text(
-        "INSERT INTO cdcr.discrepancies (run_id, table_name, key, kind, columns, source_row, "
-        "target_row, action, review_state) VALUES (:run, :t, :k, :kind, :cols, "
-        "CAST(:s AS jsonb), CAST(:tr AS jsonb), :action, 'open')"),
-        [{"run": run_id, "t": table, "k": key_text(d.key), "kind": d.kind.value,
-          "cols": list(d.columns) or None,
-          "s": None if d.source_row is None else orjson.dumps(d.source_row).decode(),
-          "tr": None if d.target_row is None else orjson.dumps(d.target_row).decode(),
-          "action": actions.get(d.key, "reported")} for d in differences])
+    conn.execute(
+        sa.text(
+            "INSERT INTO cdcr.discrepancies (run_id, table_name, key, kind, columns, source_row, "
+            "target_row, action, review_state) VALUES (:run, :t, :k, :kind, :cols, "
+            "CAST(:s AS jsonb), CAST(:tr AS jsonb), :action, 'open')"
+        ),
+        [
+            {
+                "run": run_id,
+                "t": table,
+                "k": key_text(d.key),
+                "kind": d.kind.value,
+                "cols": list(d.columns) or None,
+                "s": None if d.source_row is None else orjson.dumps(d.source_row).decode(),
+                "tr": None if d.target_row is None else orjson.dumps(d.target_row).decode(),
+                "action": actions.get(d.key, "reported"),
+            }
+            for d in differences
+        ],
+    )
 
 
-def resolve_discrepancies(conn: sa.Connection, run_id: uuid.UUID,
-                          still_different: Sequence[Difference]) -> None:
+def resolve_discrepancies(
+    conn: sa.Connection, run_id: uuid.UUID, still_different: Sequence[Difference]
+) -> None:
     """Mark this run's discrepancies resolved unless re-verification still finds the key."""
     keep = [key_text(d.key) for d in still_different]
-    conn.execute(sa.text(
-        "UPDATE cdcr.discrepancies SET review_state = 'resolved' WHERE run_id = :r "
-        "AND NOT (key = ANY(:keep))"), {"r": run_id, "keep": keep})
+    conn.execute(
+        sa.text(
+            "UPDATE cdcr.discrepancies SET review_state = 'resolved' WHERE run_id = :r "
+            "AND NOT (key = ANY(:keep))"
+        ),
+        {"r": run_id, "keep": keep},
+    )

@@ -91,8 +91,10 @@ class WindowReport:
             "run_id": None if self.run_id is None else str(self.run_id),
             "counts": self.counts,
             "checks": self.checks,
-            "differences": [{"kind": d.kind.value, "key": list(d.key), "columns": list(d.columns)}
-                            for d in self.differences],
+            "differences": [
+                {"kind": d.kind.value, "key": list(d.key), "columns": list(d.columns)}
+                for d in self.differences
+            ],
         }
 
 
@@ -108,10 +110,13 @@ class TableReport:
         def iso(t: datetime | None) -> str | None:
             return None if t is None else t.isoformat()
 
-        return {"table": self.table, "closed_through": iso(self.closed_through),
-                "reconciled_through": iso(self.reconciled_through),
-                "windows_behind": self.windows_behind,
-                "windows": [w.as_json() for w in self.windows]}
+        return {
+            "table": self.table,
+            "closed_through": iso(self.closed_through),
+            "reconciled_through": iso(self.reconciled_through),
+            "windows_behind": self.windows_behind,
+            "windows": [w.as_json() for w in self.windows],
+        }
 
 
 def _mapping(settings: Settings, table: str) -> TableMapping:
@@ -120,17 +125,25 @@ def _mapping(settings: Settings, table: str) -> TableMapping:
 
 def table_checks(settings: Settings, table: str) -> list[chk.SumCheck | chk.SqlCheck]:
     """The table's configured checks, validated (ConfigError when invalid)."""
-    found: list[chk.SumCheck | chk.SqlCheck] = chk.parse_checks(table,
-                                                                _mapping(settings, table).checks)
+    found: list[chk.SumCheck | chk.SqlCheck] = chk.parse_checks(
+        table, _mapping(settings, table).checks
+    )
     return found
 
 
 def describe(env: Env, table: str) -> tuple[TablePair, TargetTable]:
     m = _mapping(env.settings, table)
     with env.source.connect() as s, env.target.connect() as t:
-        pair = describe_pair(s, t, table, target_table=m.target, key_columns=m.key_columns,
-                             include_columns=m.include_columns, exclude_columns=m.exclude_columns,
-                             change_time_column=m.change_time_column)
+        pair = describe_pair(
+            s,
+            t,
+            table,
+            target_table=m.target,
+            key_columns=m.key_columns,
+            include_columns=m.include_columns,
+            exclude_columns=m.exclude_columns,
+            change_time_column=m.change_time_column,
+        )
     schema, name = split_name(m.target or table)
     ttable = reflect_table(env.target, schema, name, key_columns=pair.key_columns)
     if ttable is None:
@@ -143,8 +156,9 @@ def _first_change(env: Env, pair: TablePair) -> datetime | None:
     for engine, side in ((env.source, pair.source), (env.target, pair.target)):
         assert side.change_time_column is not None
         with engine.connect() as c:
-            v = c.execute(sa.text(f"SELECT min({quote_ident(side.change_time_column)}) "
-                                  f"FROM {side.sql_name}")).scalar()
+            v = c.execute(
+                sa.text(f"SELECT min({quote_ident(side.change_time_column)}) FROM {side.sql_name}")
+            ).scalar()
         if isinstance(v, datetime):
             firsts.append(v)
     return min(firsts) if firsts else None
@@ -157,24 +171,32 @@ def _next_change(env: Env, pair: TablePair, after: datetime) -> datetime | None:
         assert side.change_time_column is not None
         ct = quote_ident(side.change_time_column)
         with engine.connect() as c:
-            v = c.execute(sa.text(f"SELECT min({ct}) FROM {side.sql_name} WHERE {ct} >= :a"),
-                          {"a": after}).scalar()
+            v = c.execute(
+                sa.text(f"SELECT min({ct}) FROM {side.sql_name} WHERE {ct} >= :a"), {"a": after}
+            ).scalar()
         if isinstance(v, datetime):
             found.append(v)
     return min(found) if found else None
 
 
-def _next_window(env: Env, pair: TablePair, start: datetime | None, first: datetime | None,
-                 closed: datetime, size: timedelta, until: datetime | None) -> Window | None:
+def _next_window(
+    env: Env,
+    pair: TablePair,
+    start: datetime | None,
+    first: datetime | None,
+    closed: datetime,
+    size: timedelta,
+    until: datetime | None,
+) -> Window | None:
     """The next closed window from ``start``. A run of empty grid windows is merged into one
     window up to the grid boundary before the next change, so quiet stretches (or a first run
     long after the data began) cost one comparison instead of one per 5 minutes."""
-    w = next(closed_windows(start, first, closed, size, windowed=pair.windowed, until=until),
-             None)
+    w = next(closed_windows(start, first, closed, size, windowed=pair.windowed, until=until), None)
     if w is None or not pair.windowed or w.start is None:
         return w
-    limit = floor_to_grid(closed, size) if until is None else min(floor_to_grid(closed, size),
-                                                                  until)
+    limit = (
+        floor_to_grid(closed, size) if until is None else min(floor_to_grid(closed, size), until)
+    )
     nxt = _next_change(env, pair, w.start)
     end = limit if nxt is None else max(w.end, min(limit, floor_to_grid(nxt, size)))
     return Window(w.start, end)
@@ -185,8 +207,9 @@ def closed_time(env: Env, table: str, now: datetime) -> datetime | None:
     s = env.settings
     with env.target.connect() as c:
         parts = partition_progress(c, s.kafka.group_id, table_topic(s.kafka.topic_prefix, table))
-    found: datetime | None = closed_through(parts, timedelta(seconds=s.reconcile.grace_s), now,
-                                            env.log_ends)
+    found: datetime | None = closed_through(
+        parts, timedelta(seconds=s.reconcile.grace_s), now, env.log_ends
+    )
     return found
 
 
@@ -235,8 +258,9 @@ def reconcile_table(env: Env, req: Request, table: str) -> TableReport:
     with env.target.connect() as c:
         mark = wm.read(c, table)
     report.reconciled_through = mark.reconciled_through if mark else None
-    report.windows_behind = windows_behind(report.reconciled_through, closed, size,
-                                           first_change=first)
+    report.windows_behind = windows_behind(
+        report.reconciled_through, closed, size, first_change=first
+    )
     if report.windows_behind is None:  # never reconciled, no change time: one whole-table window
         report.windows_behind = 1
     return report
@@ -249,8 +273,14 @@ def _kinds(diffs: tuple[Difference, ...]) -> dict[str, int]:
     return out
 
 
-def reconcile_window(env: Env, req: Request, pair: TablePair, ttable: TargetTable, w: Window,
-                     expected: datetime | None) -> WindowReport:
+def reconcile_window(
+    env: Env,
+    req: Request,
+    pair: TablePair,
+    ttable: TargetTable,
+    w: Window,
+    expected: datetime | None,
+) -> WindowReport:
     """Diff one window; unless dry-run: repair, re-verify, audit, and advance the watermark from
     ``expected`` when the window starts there."""
     if env.on_window is not None:
@@ -265,22 +295,35 @@ def reconcile_window(env: Env, req: Request, pair: TablePair, ttable: TargetTabl
         results = chk.run_checks(env.source, env.target, pair, w, configured)
         if not chk.passed(results):
             status = "check_failed"
-        return WindowReport(pair.name, w, status, before.differences, counts,
-                            checks=[*checks, *results])
+        return WindowReport(
+            pair.name, w, status, before.differences, counts, checks=[*checks, *results]
+        )
 
     run_id = uuid.uuid4()
     with env.target.begin() as c:
-        c.execute(sa.text(
-            "INSERT INTO cdcr.reconcile_runs (run_id, table_name, window_start, window_end, "
-            "started, status, dry_run) VALUES (:r, :t, :ws, :we, :st, 'running', false)"),
-            {"r": run_id, "t": pair.name, "ws": w.start, "we": w.end, "st": started})
+        c.execute(
+            sa.text(
+                "INSERT INTO cdcr.reconcile_runs (run_id, table_name, window_start, window_end, "
+                "started, status, dry_run) VALUES (:r, :t, :ws, :we, :st, 'running', false)"
+            ),
+            {"r": run_id, "t": pair.name, "ws": w.start, "we": w.end, "st": started},
+        )
         wm.set_state(c, pair.name, "reconciling")
     try:
         status, remaining = "clean", ()
         if not before.clean:
-            outcome = rp.repair(env.source, env.target, pair, ttable, before, window=w,
-                                run_id=run_id, delete_extra=req.delete_extra, now=started,
-                                replay_hook=env.replay_hook)
+            outcome = rp.repair(
+                env.source,
+                env.target,
+                pair,
+                ttable,
+                before,
+                window=w,
+                run_id=run_id,
+                delete_extra=req.delete_extra,
+                now=started,
+                replay_hook=env.replay_hook,
+            )
             counts.update(outcome.counts())
             after = diff_table(env.source, env.target, pair, w, req.diff)
             checks.append(_check("reverify", after))
@@ -307,8 +350,7 @@ def reconcile_window(env: Env, req: Request, pair: TablePair, ttable: TargetTabl
                 except wm.WatermarkConflict:
                     status = "superseded"
             _finish(c, run_id, status, counts, checks, env.now_getter)
-            wm.set_state(c, pair.name, "idle" if status in (*ADVANCING, "superseded")
-                         else status)
+            wm.set_state(c, pair.name, "idle" if status in (*ADVANCING, "superseded") else status)
     except Exception:
         with env.target.begin() as c:
             _finish(c, run_id, "failed", counts, checks, env.now_getter)
@@ -317,15 +359,32 @@ def reconcile_window(env: Env, req: Request, pair: TablePair, ttable: TargetTabl
 
 
 def _check(name: str, result: DiffResult) -> dict[str, Any]:
-    return {"check": name, "source_rows": result.stats.source_rows,
-            "target_rows": result.stats.target_rows,
-            "result": "equal" if result.clean else f"{len(result.differences)} differences"}
+    return {
+        "check": name,
+        "source_rows": result.stats.source_rows,
+        "target_rows": result.stats.target_rows,
+        "result": "equal" if result.clean else f"{len(result.differences)} differences",
+    }
 
 
-def _finish(c: sa.Connection, run_id: uuid.UUID, status: str, counts: dict[str, Any],
-            checks: list[dict[str, Any]], now_getter: Clock) -> None:
-    c.execute(sa.text(
-        "UPDATE cdcr.reconcile_runs SET status = :s, finished = :f, counts = CAST(:c AS jsonb), "
-        "checks = CAST(:k AS jsonb) WHERE run_id = :r"),
-        {"s": status, "f": checked_now(now_getter), "c": orjson.dumps(counts).decode(),
-         "k": orjson.dumps(checks).decode(), "r": run_id})
+def _finish(
+    c: sa.Connection,
+    run_id: uuid.UUID,
+    status: str,
+    counts: dict[str, Any],
+    checks: list[dict[str, Any]],
+    now_getter: Clock,
+) -> None:
+    c.execute(
+        sa.text(
+            "UPDATE cdcr.reconcile_runs SET status = :s, finished = :f, counts = CAST(:c AS jsonb), "
+            "checks = CAST(:k AS jsonb) WHERE run_id = :r"
+        ),
+        {
+            "s": status,
+            "f": checked_now(now_getter),
+            "c": orjson.dumps(counts).decode(),
+            "k": orjson.dumps(checks).decode(),
+            "r": run_id,
+        },
+    )

@@ -53,8 +53,13 @@ EXACT_COUNT_BELOW = 1_000_000
 MAX_AUDITED_KEYS = 1000  # differing keys kept in the audit row of a sampling run
 
 
-def wilson_interval(k: int, n: int, *, z: float = Z95, population: int | None = None,
-                    ) -> tuple[float, float]:
+def wilson_interval(
+    k: int,
+    n: int,
+    *,
+    z: float = Z95,
+    population: int | None = None,
+) -> tuple[float, float]:
     """The Wilson score interval for ``k`` successes in ``n`` trials (default 95 %).
 
     With ``population`` (the size of the finite population sampled without replacement) ``z²``
@@ -109,18 +114,27 @@ class SampleReport:
 
     @property
     def interval(self) -> tuple[float, float]:
-        return wilson_interval(self.mismatches, self.sampled,
-                               population=max(self.population, self.sampled))
+        return wilson_interval(
+            self.mismatches, self.sampled, population=max(self.population, self.sampled)
+        )
 
     def summary(self) -> dict[str, Any]:
         """The numbers (no keys): the ``counts`` of the audit row and part of ``as_json``."""
         lo, hi = self.interval
         return {
-            "method": self.method, "requested": self.requested, "sampled": self.sampled,
-            "population": self.population, "source_rows": self.source_rows,
-            "target_rows": self.target_rows, "bernoulli_rate": self.bernoulli_rate,
-            "seed": self.seed, "mismatches": self.mismatches, "rate": self.rate,
-            "confidence": 0.95, "interval": [lo, hi], **self.counts,
+            "method": self.method,
+            "requested": self.requested,
+            "sampled": self.sampled,
+            "population": self.population,
+            "source_rows": self.source_rows,
+            "target_rows": self.target_rows,
+            "bernoulli_rate": self.bernoulli_rate,
+            "seed": self.seed,
+            "mismatches": self.mismatches,
+            "rate": self.rate,
+            "confidence": 0.95,
+            "interval": [lo, hi],
+            **self.counts,
         }
 
     def as_json(self) -> dict[str, Any]:
@@ -128,39 +142,59 @@ class SampleReport:
             return None if t is None else t.isoformat()
 
         return {
-            "table": self.table, "run_id": self.run_id,
+            "table": self.table,
+            "run_id": self.run_id,
             "change_time_from": iso(self.change_time_from),
-            "change_time_to": iso(self.change_time_to), "note": self.note,
+            "change_time_to": iso(self.change_time_to),
+            "note": self.note,
             **self.summary(),
-            "differences": [{"kind": d.kind.value, "key": list(d.key), "columns": list(d.columns)}
-                            for d in self.differences],
+            "differences": [
+                {"kind": d.kind.value, "key": list(d.key), "columns": list(d.columns)}
+                for d in self.differences
+            ],
         }
 
 
 def _row_count(conn: sa.Connection, side: Side, where: str, params: dict[str, Any]) -> int:
-    est = conn.execute(sa.text(
-        "SELECT c.reltuples FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = :s AND c.relname = :t"), {"s": side.schema, "t": side.name}).scalar()
+    est = conn.execute(
+        sa.text(
+            "SELECT c.reltuples FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = :s AND c.relname = :t"
+        ),
+        {"s": side.schema, "t": side.name},
+    ).scalar()
     if est is None or est < 0 or est < EXACT_COUNT_BELOW:
-        return int(conn.execute(sa.text(f"SELECT count(*) FROM {side.sql_name} WHERE {where}"),
-                                params).scalar_one())
+        return int(
+            conn.execute(
+                sa.text(f"SELECT count(*) FROM {side.sql_name} WHERE {where}"), params
+            ).scalar_one()
+        )
     return int(est)
 
 
-def _draw(conn: sa.Connection, side: Side, where: str, params: dict[str, Any], rate: float,
-          seed: int) -> list[Key]:
+def _draw(
+    conn: sa.Connection, side: Side, where: str, params: dict[str, Any], rate: float, seed: int
+) -> list[Key]:
     cols = ", ".join(quote_ident(k) for k in side.key_columns)
     sample = ""
     if rate < 1.0:
         # Numbers formatted here, never user text: percent in (0, 100), seed an integer.
         sample = f" TABLESAMPLE BERNOULLI ({100.0 * rate!r}) REPEATABLE ({int(seed)})"
-    rows = conn.execute(sa.text(f"SELECT {cols} FROM {side.sql_name}{sample} WHERE {where}"),
-                        params).all()
+    rows = conn.execute(
+        sa.text(f"SELECT {cols} FROM {side.sql_name}{sample} WHERE {where}"), params
+    ).all()
     return [tuple(r) for r in rows]
 
 
-def sample_table(source: sa.Engine, target: sa.Engine, pair: TablePair, n: int, *,
-                 seed: int | None = None, window: Window | None = None) -> SampleReport:
+def sample_table(
+    source: sa.Engine,
+    target: sa.Engine,
+    pair: TablePair,
+    n: int,
+    *,
+    seed: int | None = None,
+    window: Window | None = None,
+) -> SampleReport:
     """Sample about ``n`` keys of ``pair`` (see the module docstring); ``window`` narrows a
     windowed table to rows whose change time lies in it. Reads only."""
     if n < 1:
@@ -168,9 +202,14 @@ def sample_table(source: sa.Engine, target: sa.Engine, pair: TablePair, n: int, 
     seed = random.SystemRandom().randrange(1, 2**31 - 1) if seed is None else seed
     rng = random.Random(seed)  # noqa: S311 - statistical sampling, not security
     seg = Segment(pair.name, window=window if pair.windowed else None)
-    report = SampleReport(pair.name, n, "bernoulli", seed,
-                          seg.window.start if seg.window else None,
-                          seg.window.end if seg.window else None)
+    report = SampleReport(
+        pair.name,
+        n,
+        "bernoulli",
+        seed,
+        seg.window.start if seg.window else None,
+        seg.window.end if seg.window else None,
+    )
     with _snapshot(source) as src, _snapshot(target) as tgt:
         sp: dict[str, Any] = {}
         tp: dict[str, Any] = {}
@@ -194,23 +233,33 @@ def sample_table(source: sa.Engine, target: sa.Engine, pair: TablePair, n: int, 
             kept = rng.sample(kept, n)
         report.method = "census" if q >= 1.0 and not trimmed else "bernoulli"
         report.sampled = len(kept)
-        report.population = (len(from_source) + len(extras) if q >= 1.0
-                             else max(report.sampled,
-                                      report.source_rows + round(len(extras) / q)))
+        report.population = (
+            len(from_source) + len(extras)
+            if q >= 1.0
+            else max(report.sampled, report.source_rows + round(len(extras) / q))
+        )
         s_keys = [k for side, k in kept if side == "s"]
         t_keys = [k for side, k in kept if side == "t"]
         src_rows = ck.fetch_normalized_by_keys(src, pair.source, s_keys)
         tgt_rows = ck.fetch_normalized_by_keys(tgt, pair.target, [*s_keys, *t_keys])
-    report.differences = tuple(sorted(_classify(pair, s_keys, t_keys, src_rows, tgt_rows),
-                                      key=lambda d: (d.kind.value, repr(d.key))))
+    report.differences = tuple(
+        sorted(
+            _classify(pair, s_keys, t_keys, src_rows, tgt_rows),
+            key=lambda d: (d.kind.value, repr(d.key)),
+        )
+    )
     for d in report.differences:
         report.counts[d.kind.value] += 1
     return report
 
 
-def _classify(pair: TablePair, s_keys: Sequence[Key], t_keys: Sequence[Key],
-              src_rows: dict[Key, ck.Normalized], tgt_rows: dict[Key, ck.Normalized],
-              ) -> list[Difference]:
+def _classify(
+    pair: TablePair,
+    s_keys: Sequence[Key],
+    t_keys: Sequence[Key],
+    src_rows: dict[Key, ck.Normalized],
+    tgt_rows: dict[Key, ck.Normalized],
+) -> list[Difference]:
     def named(row: ck.Normalized) -> dict[str, str | None]:
         return dict(zip(pair.columns, row, strict=True))
 
@@ -230,22 +279,35 @@ def _classify(pair: TablePair, s_keys: Sequence[Key], t_keys: Sequence[Key],
     return out
 
 
-def record_sample(conn: sa.Connection, report: SampleReport, *, run_id: str, started: datetime,
-                  finished: datetime) -> None:
+def record_sample(
+    conn: sa.Connection, report: SampleReport, *, run_id: str, started: datetime, finished: datetime
+) -> None:
     """The audit row of a sampling run: ``cdcr.reconcile_runs`` with status ``sampled``, the
     numbers in ``counts`` and the sample (with up to ``MAX_AUDITED_KEYS`` differing keys) in
     ``checks``. Nothing else is written."""
-    check = {"check": "sample", "result": "equal" if not report.differences
-             else f"{report.mismatches} differences", "differences": [
-                 {"kind": d.kind.value, "key": list(d.key), "columns": list(d.columns)}
-                 for d in report.differences[:MAX_AUDITED_KEYS]]}
-    conn.execute(sa.text(
-        "INSERT INTO cdcr.reconcile_runs (run_id, table_name, window_start, window_end, started, "
-        "finished, status, counts, checks, dry_run) VALUES (:r, :t, :ws, :we, :st, :f, 'sampled', "
-        "CAST(:c AS jsonb), CAST(:k AS jsonb), false)"),
-        {"r": run_id, "t": report.table, "ws": report.change_time_from,
-         "we": report.change_time_to or finished, "st": started, "f": finished,
-         "c": orjson.dumps(report.summary()).decode(),
-         "k": orjson.dumps([check], default=str).decode()})
+    check = {
+        "check": "sample",
+        "result": "equal" if not report.differences else f"{report.mismatches} differences",
+        "differences": [
+            {"kind": d.kind.value, "key": list(d.key), "columns": list(d.columns)}
+            for d in report.differences[:MAX_AUDITED_KEYS]
+        ],
+    }
+    conn.execute(
+        sa.text(
+            "INSERT INTO cdcr.reconcile_runs (run_id, table_name, window_start, window_end, started, "
+            "finished, status, counts, checks, dry_run) VALUES (:r, :t, :ws, :we, :st, :f, 'sampled', "
+            "CAST(:c AS jsonb), CAST(:k AS jsonb), false)"
+        ),
+        {
+            "r": run_id,
+            "t": report.table,
+            "ws": report.change_time_from,
+            "we": report.change_time_to or finished,
+            "st": started,
+            "f": finished,
+            "c": orjson.dumps(report.summary()).decode(),
+            "k": orjson.dumps([check], default=str).decode(),
+        },
+    )
     report.run_id = run_id
-

@@ -31,22 +31,32 @@ class Watermark:
 
 def ensure(conn: sa.Connection, table: str) -> None:
     """Insert the table's watermark row (NULL: nothing reconciled) unless it exists."""
-    conn.execute(sa.text(
-        "INSERT INTO cdcr.watermarks (table_name) VALUES (:t) ON CONFLICT (table_name) DO NOTHING"),
-        {"t": table})
+    conn.execute(
+        sa.text(
+            "INSERT INTO cdcr.watermarks (table_name) VALUES (:t) ON CONFLICT (table_name) DO NOTHING"
+        ),
+        {"t": table},
+    )
 
 
 def read(conn: sa.Connection, table: str) -> Watermark | None:
-    row = conn.execute(sa.text(
-        "SELECT table_name, reconciled_through, state, updated_at FROM cdcr.watermarks "
-        "WHERE table_name = :t"), {"t": table}).first()
+    row = conn.execute(
+        sa.text(
+            "SELECT table_name, reconciled_through, state, updated_at FROM cdcr.watermarks "
+            "WHERE table_name = :t"
+        ),
+        {"t": table},
+    ).first()
     return None if row is None else Watermark(*row)
 
 
 def read_all(conn: sa.Connection) -> list[Watermark]:
-    rows = conn.execute(sa.text(
-        "SELECT table_name, reconciled_through, state, updated_at FROM cdcr.watermarks "
-        "ORDER BY table_name")).all()
+    rows = conn.execute(
+        sa.text(
+            "SELECT table_name, reconciled_through, state, updated_at FROM cdcr.watermarks "
+            "ORDER BY table_name"
+        )
+    ).all()
     return [Watermark(*r) for r in rows]
 
 
@@ -60,20 +70,25 @@ def advance(conn: sa.Connection, table: str, expected: datetime | None, new: dat
         raise CdcrError("watermarks are timezone-aware UTC instants")
     if expected is not None and new <= expected:
         raise CdcrError(f"watermark of {table} would not move forward: {expected} -> {new}")
-    changed = conn.execute(sa.text(
-        "UPDATE cdcr.watermarks SET reconciled_through = :new, state = 'idle', "
-        "updated_at = now() WHERE table_name = :t "
-        "AND reconciled_through IS NOT DISTINCT FROM :expected"),
-        {"t": table, "new": new, "expected": expected}).rowcount
+    changed = conn.execute(
+        sa.text(
+            "UPDATE cdcr.watermarks SET reconciled_through = :new, state = 'idle', "
+            "updated_at = now() WHERE table_name = :t "
+            "AND reconciled_through IS NOT DISTINCT FROM :expected"
+        ),
+        {"t": table, "new": new, "expected": expected},
+    ).rowcount
     if changed != 1:
         current = read(conn, table)
         raise WatermarkConflict(
             f"watermark of {table} is no longer {expected} (now "
-            f"{current.reconciled_through if current else 'missing'}); another reconciler moved it")
+            f"{current.reconciled_through if current else 'missing'}); another reconciler moved it"
+        )
 
 
 def set_state(conn: sa.Connection, table: str, state: str) -> None:
     """Record what the reconciler is doing with the table (not part of the CAS)."""
-    conn.execute(sa.text(
-        "UPDATE cdcr.watermarks SET state = :s, updated_at = now() WHERE table_name = :t"),
-        {"t": table, "s": state})
+    conn.execute(
+        sa.text("UPDATE cdcr.watermarks SET state = :s, updated_at = now() WHERE table_name = :t"),
+        {"t": table, "s": state},
+    )

@@ -51,15 +51,19 @@ def table_topic(topic_prefix: str, source_table: str) -> str:
 
 
 def partition_progress(conn: sa.Connection, group: str, topic: str) -> list[PartitionProgress]:
-    rows = conn.execute(sa.text(
-        "SELECT topic, partition, next_offset, last_event_time FROM cdcr.applied_offsets "
-        "WHERE consumer_group = :g AND topic = :t ORDER BY partition"),
-        {"g": group, "t": topic}).all()
+    rows = conn.execute(
+        sa.text(
+            "SELECT topic, partition, next_offset, last_event_time FROM cdcr.applied_offsets "
+            "WHERE consumer_group = :g AND topic = :t ORDER BY partition"
+        ),
+        {"g": group, "t": topic},
+    ).all()
     return [PartitionProgress(*r) for r in rows]
 
 
-def closed_through(partitions: Iterable[PartitionProgress], grace: timedelta, now: datetime,
-                   log_ends: LogEnds) -> datetime | None:
+def closed_through(
+    partitions: Iterable[PartitionProgress], grace: timedelta, now: datetime, log_ends: LogEnds
+) -> datetime | None:
     """The latest instant ``t`` such that every window ending at or before ``t`` is closed;
     None when nothing proves closure (no partitions). Asks ``log_ends`` only about partitions
     whose event time lags the clock."""
@@ -83,9 +87,15 @@ def floor_to_grid(t: datetime, size: timedelta) -> datetime:
     return EPOCH + steps * size
 
 
-def closed_windows(start: datetime | None, first_change: datetime | None, closed: datetime,
-                   size: timedelta, *, windowed: bool, until: datetime | None = None,
-                   ) -> Iterator[Window]:
+def closed_windows(
+    start: datetime | None,
+    first_change: datetime | None,
+    closed: datetime,
+    size: timedelta,
+    *,
+    windowed: bool,
+    until: datetime | None = None,
+) -> Iterator[Window]:
     """Closed windows to reconcile, oldest first.
 
     ``start`` is the watermark (None: nothing reconciled yet; the first window then starts at
@@ -112,8 +122,13 @@ def closed_windows(start: datetime | None, first_change: datetime | None, closed
         start = start + size
 
 
-def kafka_log_ends(bootstrap_servers: str, *, sasl_username: str | None = None,
-                   sasl_password: str | None = None, timeout_s: float | None = None) -> LogEnds:
+def kafka_log_ends(
+    bootstrap_servers: str,
+    *,
+    sasl_username: str | None = None,
+    sasl_password: str | None = None,
+    timeout_s: float | None = None,
+) -> LogEnds:
     """A LogEnds backed by the Kafka admin client (created on first use); ``timeout_s`` bounds
     each request (default: the admin client's)."""
     from cdc_reconciler.connectors.kafka_admin import DEFAULT_TIMEOUT_S, KafkaAdmin, client_config
@@ -122,18 +137,28 @@ def kafka_log_ends(bootstrap_servers: str, *, sasl_username: str | None = None,
 
     def lookup(tps: list[TP]) -> dict[TP, int]:
         if not admin:
-            admin.append(KafkaAdmin(client_config(bootstrap_servers, sasl_username=sasl_username,
-                                                  sasl_password=sasl_password),
-                                    timeout_s=timeout_s or DEFAULT_TIMEOUT_S))
+            admin.append(
+                KafkaAdmin(
+                    client_config(
+                        bootstrap_servers, sasl_username=sasl_username, sasl_password=sasl_password
+                    ),
+                    timeout_s=timeout_s or DEFAULT_TIMEOUT_S,
+                )
+            )
         ends: dict[TP, int] = admin[0].log_end_offsets(tps)
         return ends
 
     return lookup
 
 
-def gap_windows(reconciled_through: datetime | None, closed: datetime | None, size: timedelta,
-                *, first_change: datetime | None = None, limit: int | None = None,
-                ) -> list[Window]:
+def gap_windows(
+    reconciled_through: datetime | None,
+    closed: datetime | None,
+    size: timedelta,
+    *,
+    first_change: datetime | None = None,
+    limit: int | None = None,
+) -> list[Window]:
     """The windows behind their closure time, newest first (the reconcile priority for people:
     recent gaps hold the freshest data back): grid windows from ``floor_to_grid(closed)`` back to
     the watermark (the oldest one partial when the watermark is off the grid). With no watermark
@@ -155,8 +180,13 @@ def gap_windows(reconciled_through: datetime | None, closed: datetime | None, si
     return out
 
 
-def windows_behind(reconciled_through: datetime | None, closed: datetime | None,
-                   size: timedelta, *, first_change: datetime | None = None) -> int | None:
+def windows_behind(
+    reconciled_through: datetime | None,
+    closed: datetime | None,
+    size: timedelta,
+    *,
+    first_change: datetime | None = None,
+) -> int | None:
     """How many windows are closed but not reconciled (see gap_windows); None when there is no
     watermark and no first change to count from."""
     if closed is None:
