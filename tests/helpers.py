@@ -83,3 +83,12 @@ def settings_for(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
 def rows(engine: sa.Engine, table: str, columns: str = "*", order: str = "1") -> list[tuple[Any, ...]]:
     with engine.connect() as conn:
         return [tuple(r) for r in conn.execute(sa.text(f"select {columns} from {table} order by {order}"))]
+
+
+def committed(services: Any, group: str, topic: str, partition: int = 0) -> int:
+    """The group's committed offset for one partition (negative when it has none)."""
+    c = Consumer({"bootstrap.servers": services.kafka_bootstrap, "group.id": group})
+    try:
+        return int(c.committed([TopicPartition(topic, partition)], timeout=10)[0].offset)
+    finally:
+        c.close()

@@ -11,10 +11,9 @@ from contextlib import suppress
 
 import pytest
 import sqlalchemy as sa
-from confluent_kafka import Consumer, TopicPartition
 
 from cdc_reconciler.stream import command
-from tests.helpers import settings_for, wait_for
+from tests.helpers import committed, settings_for, wait_for
 from tests.stream.pipeline import (
     TRAFFIC_RECORDS,
     expected_records,
@@ -82,14 +81,6 @@ class Proxy:
     def close(self) -> None:
         self.cut()
         self.listener.close()
-
-
-def committed(services, group: str, topic: str) -> int:
-    c = Consumer({"bootstrap.servers": services.kafka_bootstrap, "group.id": group})
-    try:
-        return c.committed([TopicPartition(topic, 0)], timeout=10)[0].offset
-    finally:
-        c.close()
 
 
 def test_target_outage_is_retried_and_nothing_is_lost(pipeline, services, source_engine,

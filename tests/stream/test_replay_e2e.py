@@ -10,11 +10,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 import sqlalchemy as sa
-from confluent_kafka import Consumer, TopicPartition
 from typer.testing import CliRunner
 
 from cdc_reconciler.cli import app
-from tests.helpers import rows
+from tests.helpers import committed, rows
 from tests.stream.pipeline import (
     COLUMNS,
     TRAFFIC_RECORDS,
@@ -25,14 +24,6 @@ from tests.stream.pipeline import (
 )
 
 pytestmark = pytest.mark.services
-
-
-def committed(services, group: str, topic: str) -> int:
-    c = Consumer({"bootstrap.servers": services.kafka_bootstrap, "group.id": group})
-    try:
-        return c.committed([TopicPartition(topic, 0)], timeout=10)[0].offset
-    finally:
-        c.close()
 
 
 def replay_json(*args: str) -> dict:
