@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STACK_ENV = eval "$$(scripts/stack env)"
 
-.PHONY: venv lint typecheck test test-unit bench bench-quick stack-up stack-down stack-status demo clean
+.PHONY: deps venv lint typecheck test test-unit bench bench-quick stack-up stack-down stack-status demo clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -14,6 +14,10 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+## OS packages of the native stack (PostgreSQL, Redis, Maven, JDK, curl, promtool), if missing.
+deps:
+	scripts/install-deps
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check cdc_reconciler stream connectors reconcile
@@ -22,7 +26,7 @@ typecheck: venv
 	$(VENV)/bin/mypy cdc_reconciler stream connectors reconcile
 
 ## Starts the real services if they are not up (idempotent), then runs every test against them.
-test: venv
+test: deps venv
 	scripts/stack up
 	$(STACK_ENV) && $(VENV)/bin/pytest -q
 
@@ -53,7 +57,7 @@ stack-status:
 
 ## Starts the stack, creates a demo schema with a trickle of writes, registers Debezium and runs
 ## the consumer; Ctrl-C stops the demo (the stack keeps running: make stack-down).
-demo: venv
+demo: deps venv
 	scripts/stack up
 	$(STACK_ENV) && scripts/demo
 
