@@ -26,8 +26,10 @@ import asyncio
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from typing import Any
@@ -66,6 +68,7 @@ def make_app(
     topics: list[str],
     *,
     stop_when_idle_s: float | None = None,
+    datadir: str,
 ) -> tuple[faust.App, dict[str, Any]]:
     stats: dict[str, Any] = {"consumed": 0, "first": None, "last": None}
     app = faust.App(
@@ -80,6 +83,8 @@ def make_app(
         topic_allow_declare=False,
         topic_disable_leader=True,
         store="memory://",
+        # Faust wants a data directory even with in-memory tables; keep it out of the cwd.
+        datadir=datadir,
     )
     topic = app.topic(
         *topics,
@@ -166,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     except CdcrError as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
-    app, stats = make_app(settings, parts, topics, stop_when_idle_s=args.stop_when_idle)
+    datadir = tempfile.mkdtemp(prefix="cdcr-faust-")
+    app, stats = make_app(
+        settings, parts, topics, stop_when_idle_s=args.stop_when_idle, datadir=datadir
+    )
     worker = faust.Worker(
         app, loglevel=os.environ.get("CDCR_FAUST_LOGLEVEL", "WARNING"), quiet=True
     )
@@ -176,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         code = int(exc.code or 0)
     else:
         code = 0
+    finally:
+        shutil.rmtree(datadir, ignore_errors=True)
     rate = None
     if stats["first"] and stats["last"] and stats["last"] > stats["first"]:
         rate = stats["consumed"] / (stats["last"] - stats["first"])
