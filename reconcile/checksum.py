@@ -17,7 +17,7 @@ with parallel workers.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -350,6 +350,21 @@ def _keys_condition(side: Side, keys: Sequence[Key], params: dict[str, Any]) -> 
     return f"{_key_expr(side)} IN ({lits})"
 
 
+def _rows_by_keys(
+    conn: sa.Connection, side: Side, keys: Iterable[Key], select: str, alias: str = ""
+) -> Iterator[sa.Row[Any]]:
+    """``SELECT {select} FROM side [alias] WHERE key IN (…)``, 500 keys per statement."""
+    for chunk in _chunks(list(keys), 500):
+        params: dict[str, Any] = {}
+        yield from conn.execute(
+            sa.text(
+                f"SELECT {select} FROM {side.sql_name} {alias} "
+                f"WHERE {_keys_condition(side, chunk, params)}"
+            ),
+            params,
+        )
+
+
 def fetch_normalized_by_keys(
     conn: sa.Connection,
     side: Side,
@@ -357,44 +372,21 @@ def fetch_normalized_by_keys(
 ) -> dict[Key, Normalized]:
     """Like fetch_normalized, for the given keys regardless of any window."""
     _stable(conn)
-    out: dict[Key, Normalized] = {}
     n = len(side.key_columns)
     cols = ", ".join(quote_ident(k) for k in side.key_columns)
     vals = ", ".join(f"({_norm(side, c)})::text" for c in side.columns)
-    for chunk in _chunks(list(keys), 500):
-        params: dict[str, Any] = {}
-        rows = conn.execute(
-            sa.text(
-                f"SELECT {cols}, {vals} FROM {side.sql_name} "
-                f"WHERE {_keys_condition(side, chunk, params)}"
-            ),
-            params,
-        ).all()
-        out.update({tuple(r[:n]): tuple(r[n:]) for r in rows})
-    return out
+    return {tuple(r[:n]): tuple(r[n:]) for r in _rows_by_keys(conn, side, keys, f"{cols}, {vals}")}
 
 
 def fetch_raw_by_keys(
     conn: sa.Connection, side: Side, keys: Iterable[Key], columns: Sequence[str] | None = None
 ) -> dict[Key, dict[str, Any]]:
     """Rows by key as Python values (for repair writes): key -> {column: value}."""
+    sel = ", ".join(quote_ident(c) for c in tuple(columns or side.columns))
     out: dict[Key, dict[str, Any]] = {}
-    wanted = tuple(columns or side.columns)
-    sel = ", ".join(quote_ident(c) for c in wanted)
-    for chunk in _chunks(list(keys), 500):
-        params: dict[str, Any] = {}
-        rows = (
-            conn.execute(
-                sa.text(
-                    f"SELECT {sel} FROM {side.sql_name} WHERE {_keys_condition(side, chunk, params)}"
-                ),
-                params,
-            )
-            .mappings()
-            .all()
-        )
-        for r in rows:
-            out[tuple(r[k] for k in side.key_columns)] = dict(r)
+    for r in _rows_by_keys(conn, side, keys, sel):
+        row = dict(r._mapping)
+        out[tuple(row[k] for k in side.key_columns)] = row
     return out
 
 
@@ -405,20 +397,10 @@ def fetch_json_by_keys(
 ) -> dict[Key, str]:
     """Whole rows by key as JSON text (``to_jsonb``), ``_cdc_*`` included: for archives. Text,
     not parsed, because positions exceed 64 bits."""
-    out: dict[Key, str] = {}
+    n = len(side.key_columns)
     cols = ", ".join(quote_ident(k) for k in side.key_columns)
-    for chunk in _chunks(list(keys), 500):
-        params: dict[str, Any] = {}
-        rows = conn.execute(
-            sa.text(
-                f"SELECT {cols}, to_jsonb(t)::text FROM {side.sql_name} t "
-                f"WHERE {_keys_condition(side, chunk, params)}"
-            ),
-            params,
-        ).all()
-        n = len(side.key_columns)
-        out.update({tuple(r[:n]): r[n] for r in rows})
-    return out
+    rows = _rows_by_keys(conn, side, keys, f"{cols}, to_jsonb(t)::text", alias="t")
+    return {tuple(r[:n]): r[n] for r in rows}
 
 
 def _chunks(items: list[Key], size: int) -> Iterable[list[Key]]:

@@ -168,7 +168,20 @@ def register(app: typer.Typer) -> None:
             )
         try:
             start, end = _when(from_, "--from"), _when(to, "--to")
-            if as_json:
+            # JSON output for scripts: no progress display on the terminal.
+            with Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                TimeElapsedColumn(),
+                console=_err,
+                transient=True,
+                disable=as_json,
+            ) as progress:
+                task = progress.add_task("reconciling", total=None)
+
+                def on_window(name: str, w: Window) -> None:
+                    progress.update(task, description=f"{name} [{_t(w.start)}, {_t(w.end)})")
+
                 reports = command.reconcile(
                     settings,
                     tables=table or (),
@@ -177,32 +190,9 @@ def register(app: typer.Typer) -> None:
                     once=once,
                     dry_run=dry_run,
                     delete_extra=delete_extra,
+                    on_window=on_window,
                     metrics=metrics,
                 )
-            else:
-                with Progress(
-                    SpinnerColumn(),
-                    TextColumn("{task.description}"),
-                    TimeElapsedColumn(),
-                    console=_err,
-                    transient=True,
-                ) as progress:
-                    task = progress.add_task("reconciling", total=None)
-
-                    def on_window(name: str, w: Window) -> None:
-                        progress.update(task, description=f"{name} [{_t(w.start)}, {_t(w.end)})")
-
-                    reports = command.reconcile(
-                        settings,
-                        tables=table or (),
-                        start=start,
-                        end=end,
-                        once=once,
-                        dry_run=dry_run,
-                        delete_extra=delete_extra,
-                        on_window=on_window,
-                        metrics=metrics,
-                    )
         except CdcrError as exc:
             fail(exc)
         finally:
