@@ -33,7 +33,7 @@ from bench.common import (
     wait_until,
 )
 
-JDBC_VERSION = "3.3.1.Final"  # 3.3.2.Final of the JDBC sink is not on Maven Central
+JDBC_VERSION = "3.6.1.Final"
 JDBC_PLUGIN_DIR = STACK / "jars" / "plugins" / "debezium-connector-jdbc"
 BENCH_CONNECT_PORT = int(os.environ.get("CDCR_BENCH_CONNECT_PORT", "18084"))
 IDLE_S = 5.0

@@ -228,7 +228,7 @@ def test_every_service_has_an_image_or_a_build(services: dict[str, dict[str, Any
 def test_images(services: dict[str, dict[str, Any]]) -> None:
     assert services["kafka"]["image"] == "apache/kafka:4.1.1"
     connect_image = services["connect"]["image"]
-    assert re.fullmatch(r"quay\.io/debezium/connect:3\.3(\.\d+\.Final)?", connect_image)
+    assert re.fullmatch(r"quay\.io/debezium/connect:3\.6(\.\d+\.Final)?", connect_image)
     assert services["source-db"]["image"] == "postgres:15"
     assert services["target-db"]["image"] == "postgres:15"
     assert services["redis"]["image"] == "redis:7"
