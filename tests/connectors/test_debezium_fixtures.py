@@ -1,4 +1,4 @@
-"""Every captured Debezium message in /work/shared/debezium-fixtures decodes as expected.
+"""Every captured Debezium message in tests/fixtures/debezium decodes as expected.
 
 Each fixture file has one entry in EXPECT; a fixture without an entry fails the suite, so a new
 capture cannot be skipped silently. Positions are written from the raw source fields (sequence
@@ -7,6 +7,8 @@ pair, lsn, binlog file/pos/row), not copied from the decoder's output.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -23,7 +25,8 @@ from cdc_reconciler.connectors.debezium import (
     TransactionMarker,
 )
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "debezium-fixtures"
+# In the repository (provenance of each file: MANIFEST.md / MANIFEST.jsonl beside them).
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "debezium"
 if not FIXTURES.is_dir():  # fail loudly: a missing folder must not turn into zero tests
     raise RuntimeError(f"Debezium fixtures folder not found: {FIXTURES}")
 
@@ -423,6 +426,18 @@ def test_every_fixture_has_an_expectation() -> None:
     stale = sorted(set(EXPECT) - set(files))
     assert not missing, f"fixtures without an expectation in EXPECT: {missing}"
     assert not stale, f"expectations for fixtures that do not exist: {stale}"
+
+
+def test_every_fixture_matches_its_manifest_entry() -> None:
+    """Each file is the one MANIFEST.jsonl describes (same bytes as the capture it cites)."""
+    manifest = [json.loads(line) for line in (FIXTURES / "MANIFEST.jsonl").read_text().splitlines()
+                if line.strip()]
+    by_name = {entry["file"]: entry for entry in manifest}
+    assert sorted(by_name) == fixture_files()
+    for name, entry in by_name.items():
+        data = (FIXTURES / name).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"], name
+        assert len(data) == entry["bytes"], name
 
 
 def _value_bytes(name: str) -> bytes | None:
