@@ -3,6 +3,7 @@ building settings that point at one test's own topics and group."""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -14,6 +15,21 @@ import sqlalchemy as sa
 from confluent_kafka import Consumer, TopicPartition
 
 from cdc_reconciler.config import Settings
+
+# One test session's identity. Every name a session makes on the shared services carries
+# SESSION_TAG: its databases (``cdcr_test_<id>_source`` / ``_target``), and its topics, consumer
+# groups, connectors and replication slots (through ``unique_name`` and the fixtures). The
+# session-end cleanup and the start-up sweep of dead sessions' leftovers (tests/conftest.py) find
+# what to remove by these marks alone.
+SESSION_ID = uuid.uuid4().hex[:6]
+SESSION_TAG = f"cdcrt{SESSION_ID}"
+TAG_RE = re.compile(r"cdcrt([0-9a-f]{6})")
+DB_RE = re.compile(r"^cdcr_test_([0-9a-f]{6})_(source|target)$")
+
+
+def session_db(sid: str, role: str) -> str:
+    """The name of session ``sid``'s ``source`` or ``target`` database."""
+    return f"cdcr_test_{sid}_{role}"
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 90, every: float = 0.5) -> Any:
@@ -29,8 +45,14 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 90, every: fl
 
 def read_topic(bootstrap: str, topic: str, timeout: float = 10) -> list[Any]:
     """Every record of ``topic`` from the beginning to the current end, in partition order."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4().hex}",
-                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"read-{SESSION_TAG}-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
     try:
         meta = c.list_topics(topic, timeout=timeout)
         parts = sorted(meta.topics[topic].partitions) if topic in meta.topics else []
@@ -53,7 +75,9 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 10) -> list[Any]:
 
 
 def count_records(bootstrap: str, topic: str) -> int:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"count-{uuid.uuid4().hex}"})
+    c = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"count-{SESSION_TAG}-{uuid.uuid4().hex[:8]}"}
+    )
     try:
         meta = c.list_topics(topic, timeout=10)
         if topic not in meta.topics or meta.topics[topic].error is not None:
@@ -80,9 +104,49 @@ def settings_for(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
     return Settings()
 
 
-def rows(engine: sa.Engine, table: str, columns: str = "*", order: str = "1") -> list[tuple[Any, ...]]:
+def rows(
+    engine: sa.Engine, table: str, columns: str = "*", order: str = "1"
+) -> list[tuple[Any, ...]]:
     with engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(sa.text(f"select {columns} from {table} order by {order}"))]
+        return [
+            tuple(r)
+            for r in conn.execute(sa.text(f"select {columns} from {table} order by {order}"))
+        ]
+
+
+def forget_table(target: sa.Engine, table: str, group: str | None = None) -> None:
+    """Drop one test's table from the target and its rows from every service table that names
+    it (found from the catalog, not a hand-kept list), and the group's applied offsets, so the
+    next test in the session starts from a clean service state. The session's databases are
+    dropped whole at session end; this only keeps tests within one session apart."""
+    with target.begin() as conn:
+        conn.execute(sa.text(f"drop table if exists {quoted(table)}"))
+        # Tables other service tables reference go last, in case a foreign key does not cascade.
+        holders = (
+            conn.execute(
+                sa.text(
+                    "select c.table_name from information_schema.columns c "
+                    "where c.table_schema = 'cdcr' and c.column_name = 'table_name' "
+                    "order by (select count(*) from pg_constraint k where k.contype = 'f' "
+                    "and k.confrelid = format('cdcr.%I', c.table_name)::regclass), 1"
+                )
+            )
+            .scalars()
+            .all()
+        )
+        for holder in holders:
+            conn.execute(
+                sa.text(f'delete from cdcr."{holder}" where table_name = :t'), {"t": table}
+            )
+        if group is not None:
+            conn.execute(
+                sa.text("delete from cdcr.applied_offsets where consumer_group = :g"), {"g": group}
+            )
+
+
+def quoted(qualified: str) -> str:
+    """``schema.table`` as a quoted SQL identifier."""
+    return ".".join('"' + part.replace('"', '""') + '"' for part in qualified.split("."))
 
 
 def committed(services: Any, group: str, topic: str, partition: int = 0) -> int:

@@ -9,19 +9,32 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
+from tests.helpers import forget_table
+
 from .helpers import BASE_POS, Case, create_pair, drop_pair, run
 
 
 @pytest.fixture()
-def case(source_engine: sa.Engine, target_engine: sa.Engine, unique_name: Callable[[str], str],
-         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Case]:
+def case(
+    source_engine: sa.Engine,
+    target_engine: sa.Engine,
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Case]:
     name = unique_name("r")
-    table = create_pair(source_engine, target_engine, name,
-                        "id int PRIMARY KEY, v text, amount numeric, updated_at timestamptz")
+    table = create_pair(
+        source_engine,
+        target_engine,
+        name,
+        "id int PRIMARY KEY, v text, amount numeric, updated_at timestamptz",
+    )
     # 30 minutes of changes, one row every 3 seconds: six 5-minute windows of 100 rows.
-    fill = (f"INSERT INTO {table} (id, v, amount, updated_at) SELECT g, 'v' || g, g * 0.25, "
-            "timestamptz '2026-01-01 00:00Z' + (g - 1) * interval '3 seconds' "
-            "FROM generate_series(1, 600) g")
+    fill = (
+        f"INSERT INTO {table} (id, v, amount, updated_at) SELECT g, 'v' || g, g * 0.25, "
+        "timestamptz '2026-01-01 00:00Z' + (g - 1) * interval '3 seconds' "
+        "FROM generate_series(1, 600) g"
+    )
     run(source_engine, fill)
     run(target_engine, fill)
     run(target_engine, f"UPDATE {table} SET _cdc_pos = {BASE_POS} + id")
@@ -33,12 +46,4 @@ def case(source_engine: sa.Engine, target_engine: sa.Engine, unique_name: Callab
     monkeypatch.setenv("CDCR_RECONCILE__GRACE_S", "30")
     yield c
     drop_pair(source_engine, target_engine, table)
-    with target_engine.begin() as conn:
-        for stmt in ("DELETE FROM cdcr.discrepancies WHERE table_name = :t",
-                     "DELETE FROM cdcr.extra_rows_archive WHERE table_name = :t",
-                     "DELETE FROM cdcr.reconcile_runs WHERE table_name = :t",
-                     "DELETE FROM cdcr.watermarks WHERE table_name = :t",
-                     "DELETE FROM cdcr.tombstones WHERE table_name = :t"):
-            conn.execute(sa.text(stmt), {"t": table})
-        conn.execute(sa.text("DELETE FROM cdcr.applied_offsets WHERE consumer_group = :g"),
-                     {"g": c.group})
+    forget_table(target_engine, table, c.group)
