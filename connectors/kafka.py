@@ -4,6 +4,7 @@ feed the same engine). Kafka errors keep their error code when wrapped."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,18 @@ def is_fatal(error: KafkaError | None) -> bool:
 
 def error_of(exc: KafkaException) -> KafkaError | None:
     return exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+
+
+class _Demoted(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """librdkafka's own log lines (one per reconnect attempt during an outage) at DEBUG: the
+    loop reports the broker's state once per change (docs/operations.md); -v shows them."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        self.logger.log(logging.DEBUG, msg, *args, **kwargs)
+
+
+def _client_logger() -> logging.LoggerAdapter:  # type: ignore[type-arg]
+    return _Demoted(logging.getLogger("cdc_reconciler.librdkafka"), {})
 
 
 class KafkaCallError(CdcrError):
@@ -124,7 +137,8 @@ def consumer_config(settings: KafkaSettings, *, group_id: str | None = None) -> 
 def make_consumer(
     settings: KafkaSettings, *, group_id: str | None = None, extra: dict[str, Any] | None = None
 ) -> Consumer:
-    return Consumer({**consumer_config(settings, group_id=group_id), **(extra or {})})
+    config = {**consumer_config(settings, group_id=group_id), "logger": _client_logger()}
+    return Consumer({**config, **(extra or {})})
 
 
 def make_producer(settings: KafkaSettings) -> Producer:
@@ -134,6 +148,7 @@ def make_producer(settings: KafkaSettings) -> Producer:
             "enable.idempotence": True,
             "linger.ms": 5,
             "message.max.bytes": PRODUCER_MAX_BYTES,
+            "logger": _client_logger(),
             **_security(settings),
         }
     )

@@ -86,46 +86,54 @@ def check_migrated(engine: sa.Engine) -> None:
 
 @dataclass
 class ConnectionWatch:
-    """Which database connections each thread has checked out, so the progress watchdog can drop
-    the writer's stuck connection (a socket shut down from outside makes the blocked libpq call
-    fail at once; the engine then retries the batch on a new connection). Also follows the
-    target's reachability: a disconnect error marks it down, a batch commit marks it up."""
+    """The target engine's open database connections, so the progress watchdog can drop a stuck
+    one: a socket shut down from outside makes the blocked libpq call (a statement, or the
+    pool's pre-ping) fail at once, and the engine retries the batch on a new connection. Idle
+    pooled connections dropped with it are replaced by the pre-ping. Also follows the target's
+    reachability: a connection error marks it down (the runner marks it up on a commit)."""
 
     state: Dependency
-    _out: dict[int, tuple[int, Any]] = field(default_factory=dict)
+    _conns: dict[int, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def attach(self, engine: sa.Engine) -> None:
-        event.listen(engine, "checkout", self._checkout)
-        event.listen(engine, "checkin", self._checkin)
+        event.listen(engine, "connect", self._opened)
+        for name in ("close", "close_detached"):
+            event.listen(engine, name, self._closed)
+        event.listen(engine, "invalidate", self._invalidated)
         event.listen(engine, "handle_error", self._error)
 
-    def _checkout(self, dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+    def _opened(self, dbapi_conn: Any, _record: Any) -> None:
         with self._lock:
-            self._out[id(dbapi_conn)] = (threading.get_ident(), dbapi_conn)
+            self._conns[id(dbapi_conn)] = dbapi_conn
+        self.state.mark_up()
 
-    def _checkin(self, dbapi_conn: Any, _record: Any) -> None:
+    def _closed(self, dbapi_conn: Any, *_: Any) -> None:
         with self._lock:
-            self._out.pop(id(dbapi_conn), None)
+            self._conns.pop(id(dbapi_conn), None)
+
+    def _invalidated(self, dbapi_conn: Any, _record: Any, _exc: Any) -> None:
+        self._closed(dbapi_conn)
 
     def _error(self, ctx: sa.engine.ExceptionContext) -> None:
         if ctx.is_disconnect or isinstance(ctx.sqlalchemy_exception, sa.exc.OperationalError):
             first = str(ctx.original_exception).strip().splitlines()
             self.state.mark_down(first[0] if first else type(ctx.original_exception).__name__)
 
-    def drop(self, thread_ids: set[int]) -> int:
-        """Shut down the sockets of the connections these threads hold. Returns how many."""
+    def drop(self) -> int:
+        """Shut down the socket of every open connection. Returns how many."""
         with self._lock:
-            conns = [c for t, c in self._out.values() if t in thread_ids]
+            conns = list(self._conns.values())
         dropped = 0
         for c in conns:
             try:
-                fd = c.fileno()
-                with socket.socket(fileno=os.dup(fd)) as sock:
+                if c.closed:
+                    continue
+                with socket.socket(fileno=os.dup(c.fileno())) as sock:
                     sock.shutdown(socket.SHUT_RDWR)
                 dropped += 1
-            except (OSError, ValueError, AttributeError) as exc:
-                log.warning("could not drop a stuck connection: %s", exc)
+            except Exception as exc:  # noqa: BLE001 - a connection closing under us is fine
+                log.debug("could not drop a connection: %s", exc)
         return dropped
 
 

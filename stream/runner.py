@@ -39,7 +39,7 @@ from cdc_reconciler.connectors.kafka import (
 )
 from cdc_reconciler.stream.checkpoint import applied_offsets
 from cdc_reconciler.stream.dead_letters import Stopped
-from cdc_reconciler.stream.engine import ApplyEngine, Interrupted, Prepared
+from cdc_reconciler.stream.engine import ApplyEngine, Interrupted
 from cdc_reconciler.stream.metrics import Dependency, Metrics
 from cdc_reconciler.stream.outcomes import BatchOutcome, PartitionCounts
 
@@ -110,7 +110,7 @@ class Runner:
         kafka: Dependency | None = None,
         target_state: Dependency | None = None,
         stall_s: float = 60.0,
-        on_stall: Callable[[set[int]], int] = lambda _threads: 0,
+        on_stall: Callable[[], int] = lambda: 0,
     ) -> None:
         self._consumer = consumer
         self._engine = engine
@@ -141,11 +141,14 @@ class Runner:
             "target", metrics.target_up if metrics else None
         )
         self._stall_s = stall_s
-        self._writer_ident: int | None = None
         self._on_stall = on_stall
         self.stalls = 0
         # A fatal error reported by librdkafka's error callback, raised by the loop.
         self._fatal: KafkaError | None = None
+        # librdkafka reported trouble: ask the broker for metadata at once. Only that answer
+        # changes the Kafka state (error callbacks arrive late and per connection, so they
+        # would flap the state after the broker is back).
+        self._suspect = False
 
     # ------------------------------------------------------------------ health
     def inflight_for(self) -> float:
@@ -161,7 +164,8 @@ class Runner:
         if is_fatal(err):
             self._fatal = err
         elif err.code() in _DOWN_CODES:
-            self.kafka.mark_down(err.str())
+            self._suspect = True
+            log.debug("Kafka client error (transient): %s", err.str())
         else:
             log.warning("Kafka client error (transient, retried by librdkafka): %s", err.str())
 
@@ -242,8 +246,9 @@ class Runner:
                 self.last_loop = now = self._clock()
                 if self._fatal is not None:
                     raise KafkaCallError("fatal Kafka error", self._fatal)
-                every = TOPIC_REFRESH_S if self.kafka.up else DOWN_REFRESH_S
+                every = TOPIC_REFRESH_S if self.kafka.up and not self._suspect else DOWN_REFRESH_S
                 if now - last_refresh >= every:
+                    self._suspect = False
                     self._refresh_subscription()
                     last_refresh = now
                 if not self._topics:
@@ -267,7 +272,7 @@ class Runner:
                     if not self._finish_inflight():
                         break
                     self._inflight_since = self._clock()
-                    self._inflight = self._writer.submit(self._apply, prepared)
+                    self._inflight = self._writer.submit(self._engine.apply, prepared)
                 else:
                     if not self._finish_inflight():
                         break
@@ -288,11 +293,6 @@ class Runner:
             self._writer.shutdown(wait=True)
             self._consumer.close()
         return summary
-
-    def _apply(self, prepared: Prepared) -> BatchOutcome:
-        """In the writer thread: apply the batch (its thread id is what the watchdog drops)."""
-        self._writer_ident = threading.get_ident()
-        return self._engine.apply(prepared)
 
     def _finish_inflight(self) -> bool:
         """Wait for the batch being written, then commit its offsets. False when the writer was
@@ -335,7 +335,7 @@ class Runner:
         self.stalls += 1
         if self._metrics:
             self._metrics.stalls.inc()
-        dropped = self._on_stall({self._writer_ident} if self._writer_ident else set())
+        dropped = self._on_stall()
         log.error(
             "stalled: records waiting and no batch committed for %.0fs; dropped %d stuck "
             "database connection(s), the batch is retried",
@@ -410,7 +410,7 @@ class Runner:
             elif is_fatal(err):
                 raise KafkaCallError("fatal consumer error", err)
             elif err.code() in _DOWN_CODES:
-                self.kafka.mark_down(err.str())
+                self._suspect = True
             else:
                 log.warning("consumer error (retriable, librdkafka retries): %s", err.str())
         if out:
@@ -432,7 +432,7 @@ class Runner:
             if is_fatal(err):
                 raise KafkaCallError("committing offsets", err) from exc
             if err is not None and err.code() in _DOWN_CODES:
-                self.kafka.mark_down(f"committing offsets: {err.str()}")
+                self._suspect = True
             # Safe: the applied offsets are in the target, and on reassignment we resume from
             # them; at worst records are redelivered, which the position guard makes harmless.
             log.warning("offset commit failed (%s); the target's applied offsets stand", exc)
