@@ -33,8 +33,15 @@ class KafkaSettings(_Frozen):
     sasl_password: SecretStr | None = None
     batch_size: int = Field(default=5000, ge=1)
     batch_timeout_s: float = Field(default=0.5, gt=0)
-    # A crashed member keeps its partitions until this expires (broker minimum: 6000).
-    session_timeout_ms: int = Field(default=45000, ge=1000)
+    # A crashed member keeps its partitions until this expires (broker minimum: 6000). 10 s
+    # moves a dead member's partitions in ~10 s instead of librdkafka's 45 s; heartbeats come
+    # from librdkafka's own thread, so a long batch never misses one (docs/operations.md).
+    session_timeout_ms: int = Field(default=10000, ge=1000)
+    # A third of the session timeout: three heartbeats may be lost before the member is dropped.
+    heartbeat_interval_ms: int = Field(default=3000, ge=100)
+    # Start-up: how long `cdcr run` waits for the broker before it fails (the whole start-up
+    # check, database included, stays within 10 s).
+    connect_timeout_s: float = Field(default=5.0, gt=0)
 
     def dlq_topic(self) -> str:
         return self.dead_letter_topic or f"{self.topic_prefix}.cdcr.dlq"
@@ -42,6 +49,18 @@ class KafkaSettings(_Frozen):
 
 class DatabaseSettings(_Frozen):
     url: SecretStr = SecretStr("")
+    # libpq connection settings for every connection the service opens (docs/operations.md):
+    # a dead peer is noticed after idle + interval * count seconds of silence (keepalives), a
+    # write nobody acknowledges after tcp_user_timeout_ms, an unreachable host after
+    # connect_timeout_s.
+    connect_timeout_s: int = Field(default=4, ge=1)
+    keepalives_idle_s: int = Field(default=10, ge=1)
+    keepalives_interval_s: int = Field(default=5, ge=1)
+    keepalives_count: int = Field(default=3, ge=1)
+    tcp_user_timeout_ms: int = Field(default=30000, ge=0)
+    # Server-side bound on each of the service's own statements (0: none). A batch's merge
+    # statement is the longest; raise it for very large batches.
+    statement_timeout_s: float = Field(default=300.0, ge=0)
 
     def url_str(self) -> str:
         return self.url.get_secret_value()
@@ -63,6 +82,21 @@ class ReconcileSettings(_Frozen):
 class MetricsSettings(_Frozen):
     host: str = "127.0.0.1"
     port: int = 9464
+
+
+class HealthSettings(_Frozen):
+    """The progress watchdog of `cdcr run` and the bounds of /healthz and /readyz
+    (docs/operations.md)."""
+
+    # A batch in flight (records waiting) with nothing committed for this long is a stall: the
+    # watchdog drops the batch's database connection and the batch is retried.
+    stall_s: float = Field(default=60.0, gt=0)
+    # The target unreachable this long makes /readyz, then /healthz, report it.
+    target_down_unready_s: float = Field(default=15.0, ge=0)
+    target_down_unhealthy_s: float = Field(default=600.0, ge=0)
+    # The same for the Kafka broker.
+    kafka_down_unready_s: float = Field(default=15.0, ge=0)
+    kafka_down_unhealthy_s: float = Field(default=600.0, ge=0)
 
 
 class TableMapping(_Frozen):
@@ -92,6 +126,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     reconcile: ReconcileSettings = ReconcileSettings()
     metrics: MetricsSettings = MetricsSettings()
+    health: HealthSettings = HealthSettings()
     tables: dict[str, TableMapping] = {}
 
     @classmethod

@@ -4,37 +4,70 @@ from the settings and raise CdcrError on anything the user must fix."""
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import event
 
-from cdc_reconciler.config import Settings
-from cdc_reconciler.connectors.kafka import make_consumer, make_producer
+from cdc_reconciler.config import DatabaseSettings, Settings
+from cdc_reconciler.connectors.kafka import check_reachable, make_consumer, make_producer
 from cdc_reconciler.connectors.redis_ids import ProcessedIds, namespace_for
 from cdc_reconciler.errors import CdcrError, ConfigError
 from cdc_reconciler.stream.dead_letters import DeadLetterSink
 from cdc_reconciler.stream.engine import ApplyEngine
-from cdc_reconciler.stream.metrics import Metrics, serve
+from cdc_reconciler.stream.metrics import Bounds, Dependency, Health, Metrics, serve
 from cdc_reconciler.stream.runner import Runner, RunSummary
 from cdc_reconciler.stream.tables import ApplyError, TableResolver
 
 log = logging.getLogger(__name__)
 
-# A healthy loop polls at least this often; /healthz reports 503 past it.
-HEALTH_STALL_S = 120.0
+
+def connect_args(db: DatabaseSettings, *, statement_timeout: bool) -> dict[str, Any]:
+    """libpq settings for every connection (psycopg2): TCP keepalives so a peer that vanished
+    without a reset is noticed, a user timeout for writes nobody acknowledges, a connect timeout,
+    and optionally a statement timeout for the service's own statements."""
+    args: dict[str, Any] = {
+        "connect_timeout": db.connect_timeout_s,
+        "keepalives": 1,
+        "keepalives_idle": db.keepalives_idle_s,
+        "keepalives_interval": db.keepalives_interval_s,
+        "keepalives_count": db.keepalives_count,
+        "application_name": "cdcr",
+    }
+    if db.tcp_user_timeout_ms:
+        args["tcp_user_timeout"] = db.tcp_user_timeout_ms
+    if statement_timeout and db.statement_timeout_s:
+        args["options"] = f"-c statement_timeout={int(db.statement_timeout_s * 1000)}"
+    return args
+
+
+def _engine(db: DatabaseSettings, *, statement_timeout: bool, **kw: Any) -> sa.Engine:
+    url = db.url_str()
+    args = connect_args(db, statement_timeout=statement_timeout)
+    if not sa.engine.make_url(url).drivername.startswith("postgresql"):
+        args = {}  # the libpq settings mean nothing to other drivers
+    return sa.create_engine(url, pool_pre_ping=True, connect_args=args, **kw)
 
 
 def target_engine(settings: Settings) -> sa.Engine:
-    url = settings.target.url_str()
-    if not url:
+    if not settings.target.url_str():
         raise ConfigError("CDCR_TARGET__URL is not set")
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+    return _engine(settings.target, statement_timeout=True, pool_size=2, max_overflow=2)
 
 
 def source_engine(settings: Settings) -> sa.Engine | None:
-    url = settings.source.url_str()
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=1) if url else None
+    if not settings.source.url_str():
+        return None
+    return _engine(settings.source, statement_timeout=False, pool_size=1)
+
+
+def _where(engine: sa.Engine) -> str:
+    u = engine.url
+    return f"{u.host or 'localhost'}:{u.port or 5432}/{u.database or ''}"
 
 
 def check_migrated(engine: sa.Engine) -> None:
@@ -42,9 +75,66 @@ def check_migrated(engine: sa.Engine) -> None:
         with engine.connect() as conn:
             ok = conn.execute(sa.text("select to_regclass('cdcr.applied_offsets')")).scalar()
     except sa.exc.OperationalError as exc:
-        raise CdcrError(f"cannot reach the target database: {exc.orig}") from exc
+        detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise CdcrError(
+            f"cannot reach the target database at {_where(engine)}: {detail}; "
+            "check CDCR_TARGET__URL"
+        ) from exc
     if ok is None:
         raise CdcrError("the service tables are missing in the target: run `cdcr migrate` first")
+
+
+@dataclass
+class ConnectionWatch:
+    """The target engine's open database connections, so the progress watchdog can drop a stuck
+    one: a socket shut down from outside makes the blocked libpq call (a statement, or the
+    pool's pre-ping) fail at once, and the engine retries the batch on a new connection. Idle
+    pooled connections dropped with it are replaced by the pre-ping. Also follows the target's
+    reachability: a connection error marks it down (the runner marks it up on a commit)."""
+
+    state: Dependency
+    _conns: dict[int, Any] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def attach(self, engine: sa.Engine) -> None:
+        event.listen(engine, "connect", self._opened)
+        for name in ("close", "close_detached"):
+            event.listen(engine, name, self._closed)
+        event.listen(engine, "invalidate", self._invalidated)
+        event.listen(engine, "handle_error", self._error)
+
+    def _opened(self, dbapi_conn: Any, _record: Any) -> None:
+        with self._lock:
+            self._conns[id(dbapi_conn)] = dbapi_conn
+        self.state.mark_up()
+
+    def _closed(self, dbapi_conn: Any, *_: Any) -> None:
+        with self._lock:
+            self._conns.pop(id(dbapi_conn), None)
+
+    def _invalidated(self, dbapi_conn: Any, _record: Any, _exc: Any) -> None:
+        self._closed(dbapi_conn)
+
+    def _error(self, ctx: sa.engine.ExceptionContext) -> None:
+        if ctx.is_disconnect or isinstance(ctx.sqlalchemy_exception, sa.exc.OperationalError):
+            first = str(ctx.original_exception).strip().splitlines()
+            self.state.mark_down(first[0] if first else type(ctx.original_exception).__name__)
+
+    def drop(self) -> int:
+        """Shut down the socket of every open connection. Returns how many."""
+        with self._lock:
+            conns = list(self._conns.values())
+        dropped = 0
+        for c in conns:
+            try:
+                if c.closed:
+                    continue
+                with socket.socket(fileno=os.dup(c.fileno())) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+                dropped += 1
+            except Exception as exc:  # noqa: BLE001 - a connection closing under us is fine
+                log.debug("could not drop a connection: %s", exc)
+        return dropped
 
 
 @dataclass
@@ -64,18 +154,22 @@ def build_engine(
     stop: threading.Event,
     metrics: Metrics | None = None,
     use_redis: bool = True,
+    kafka: Dependency | None = None,
 ) -> EngineParts:
     target = target_engine(settings)
     check_migrated(target)
     source = source_engine(settings)
     metrics = metrics or Metrics()
+    kafka = kafka or Dependency("kafka", metrics.kafka_up)
     ids = ProcessedIds.from_url(
         settings.redis.url.get_secret_value(),
         settings.redis.id_ttl_s,
         settings.redis.namespace or namespace_for(settings.target.url_str()),
     )
     resolver = TableResolver(target, settings.tables, source=source, create_missing=create_missing)
-    sink = DeadLetterSink(make_producer(settings.kafka), settings.kafka.dlq_topic())
+    sink = DeadLetterSink(
+        make_producer(settings.kafka), settings.kafka.dlq_topic(), stop=stop, kafka=kafka
+    )
     engine = ApplyEngine(
         target=target,
         resolver=resolver,
@@ -96,12 +190,39 @@ def run(
     serve_metrics: bool = True,
     stop: threading.Event | None = None,
 ) -> RunSummary:
-    """Run the consumer loop until stopped. See Runner.run for the stop conditions."""
+    """Run the consumer loop until stopped. See Runner.run for the stop conditions.
+
+    Start-up checks the target (within its connect timeout) and the broker (within
+    ``kafka.connect_timeout_s``) and raises CdcrError naming what it could not reach; once
+    running, outages of either are waited out (docs/operations.md)."""
     stop = stop or threading.Event()
+    metrics = Metrics()
+    kafka = Dependency("kafka", metrics.kafka_up)
+    target_state = Dependency("target", metrics.target_up)
     parts = build_engine(
-        settings, create_missing=create_missing, group=settings.kafka.group_id, stop=stop
+        settings,
+        create_missing=create_missing,
+        group=settings.kafka.group_id,
+        stop=stop,
+        metrics=metrics,
+        kafka=kafka,
     )
-    consumer = make_consumer(settings.kafka)
+    watch = ConnectionWatch(target_state)
+    watch.attach(parts.target)
+    runner_ref: list[Runner] = []
+    consumer = make_consumer(
+        settings.kafka,
+        # Served from the loop's consume(): broker down / fatal errors reach the runner.
+        extra={"error_cb": lambda err: runner_ref[0].kafka_error(err) if runner_ref else None},
+    )
+    try:
+        check_reachable(
+            consumer, settings.kafka.bootstrap_servers, settings.kafka.connect_timeout_s
+        )
+    except CdcrError:
+        consumer.close()
+        parts.target.dispose()
+        raise
     runner = Runner(
         consumer=consumer,
         engine=parts.engine,
@@ -113,21 +234,37 @@ def run(
         batch_timeout_s=settings.kafka.batch_timeout_s,
         metrics=parts.metrics,
         stop=stop,
+        kafka=kafka,
+        target_state=target_state,
+        stall_s=settings.health.stall_s,
+        on_stall=watch.drop,
     )
+    runner_ref.append(runner)
     server = None
     if serve_metrics:
-
-        def healthy() -> tuple[bool, str]:
-            import time
-
-            stalled = time.monotonic() - runner.last_loop
-            if stalled > HEALTH_STALL_S:
-                return False, f"consumer loop stalled for {stalled:.0f}s"
-            redis = "redis ok" if parts.ids.available else "redis DOWN (running without dedup)"
-            return True, f"ok; {len(runner.assigned)} partitions; {redis}"
-
+        h = settings.health
+        health = Health(
+            progress=runner,
+            kafka=kafka,
+            target=target_state,
+            redis_up=lambda: parts.ids.available,
+            bounds=Bounds(
+                stall_s=h.stall_s,
+                target_unready_s=h.target_down_unready_s,
+                target_unhealthy_s=h.target_down_unhealthy_s,
+                kafka_unready_s=h.kafka_down_unready_s,
+                kafka_unhealthy_s=h.kafka_down_unhealthy_s,
+            ),
+            stalls=lambda: runner.stalls,
+        )
         try:
-            server = serve(parts.metrics, settings.metrics.host, settings.metrics.port, healthy)
+            server = serve(
+                parts.metrics,
+                settings.metrics.host,
+                settings.metrics.port,
+                health.liveness,
+                health.readiness,
+            )
         except OSError as exc:
             raise CdcrError(
                 f"cannot serve metrics on {settings.metrics.host}:{settings.metrics.port}: {exc}"

@@ -4,6 +4,16 @@ Offsets are committed synchronously and only after the engine returned, i.e. aft
 committed the batch (DESIGN invariant 3). On assignment, each partition resumes from the applied
 offset recorded in the target when that is ahead of Kafka's committed offset. Revocation happens
 inside ``consume()``, between batches, so no batch is ever in flight when partitions move.
+
+Failure policy of the loop (docs/operations.md):
+- Kafka errors are transient unless :func:`is_fatal` says otherwise (authentication,
+  authorisation, librdkafka fatal): a broker outage of any length marks Kafka down (logged once
+  per change of state, ``cdcr_kafka_up``), the loop keeps its subscription and polls on, and it
+  resumes by itself when the broker returns. A failed offset commit is harmless: the target's
+  applied offsets stand and the next owner resumes from them.
+- The progress watchdog: a batch in flight with nothing committed for ``stall_s`` while the target
+  is not known to be down is a stall; ``on_stall`` drops the batch's stuck database connection,
+  the engine's retry sends the batch again, and ``cdcr_stalls_total`` counts it.
 """
 
 from __future__ import annotations
@@ -19,10 +29,18 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from cdc_reconciler.connectors.kafka import COMMIT_TIMEOUT_S, KafkaCallError, Record, raise_for
+from cdc_reconciler.connectors.kafka import (
+    COMMIT_TIMEOUT_S,
+    METADATA_TIMEOUT_S,
+    KafkaCallError,
+    Record,
+    error_of,
+    is_fatal,
+)
 from cdc_reconciler.stream.checkpoint import applied_offsets
+from cdc_reconciler.stream.dead_letters import Stopped
 from cdc_reconciler.stream.engine import ApplyEngine, Interrupted
-from cdc_reconciler.stream.metrics import Metrics
+from cdc_reconciler.stream.metrics import Dependency, Metrics
 from cdc_reconciler.stream.outcomes import BatchOutcome, PartitionCounts
 
 log = logging.getLogger(__name__)
@@ -35,6 +53,26 @@ IDLE_UNASSIGNED_S = 60.0
 # How often new topics matching the pattern are looked for (a new table's first events wait at
 # most this long).
 TOPIC_REFRESH_S = 10.0
+# While the broker is down, its metadata is asked for this often (noticing its return).
+DOWN_REFRESH_S = 2.0
+# How often the loop looks at the batch in flight while it waits for it (the watchdog's tick).
+WAIT_TICK_S = 1.0
+# Backoff of the assignment callback while the target cannot give the applied offsets.
+ASSIGN_RETRY_MAX_S = 10.0
+# librdkafka errors that mean "no broker answers" (as opposed to one partition's trouble).
+_DOWN_CODES = frozenset(
+    {
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TRANSPORT,
+        KafkaError._RESOLVE,
+        KafkaError._TIMED_OUT,
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError.NETWORK_EXCEPTION,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError._WAIT_COORD,
+    }
+)
 
 
 @dataclass(slots=True)
@@ -69,6 +107,10 @@ class Runner:
         metrics: Metrics | None = None,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
+        kafka: Dependency | None = None,
+        target_state: Dependency | None = None,
+        stall_s: float = 60.0,
+        on_stall: Callable[[], int] = lambda: 0,
     ) -> None:
         self._consumer = consumer
         self._engine = engine
@@ -90,20 +132,60 @@ class Runner:
         # One writer thread: batches are applied one at a time, in consumption order.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdcr-writer")
         self._inflight: Future[BatchOutcome] | None = None
+        self._inflight_since: float | None = None
+        self._last_stall = 0.0
         self._summary = RunSummary()
         self._interval = PartitionCounts()
+        self.kafka = kafka or Dependency("kafka", metrics.kafka_up if metrics else None)
+        self.target_state = target_state or Dependency(
+            "target", metrics.target_up if metrics else None
+        )
+        self._stall_s = stall_s
+        self._on_stall = on_stall
+        self.stalls = 0
+        # A fatal error reported by librdkafka's error callback, raised by the loop.
+        self._fatal: KafkaError | None = None
+        # librdkafka reported trouble: ask the broker for metadata at once. Only that answer
+        # changes the Kafka state (error callbacks arrive late and per connection, so they
+        # would flap the state after the broker is back).
+        self._suspect = False
+
+    # ------------------------------------------------------------------ health
+    def inflight_for(self) -> float:
+        """Seconds the batch being written has been in flight (0 without one)."""
+        since = self._inflight_since
+        return 0.0 if since is None else max(0.0, self._clock() - since)
+
+    def partitions(self) -> int:
+        return len(self.assigned)
+
+    def kafka_error(self, err: KafkaError) -> None:
+        """librdkafka's error callback (``error_cb``), served from the loop's consume()."""
+        if is_fatal(err):
+            self._fatal = err
+        elif err.code() in _DOWN_CODES:
+            self._suspect = True
+            log.debug("Kafka client error (transient): %s", err.str())
+        else:
+            log.warning("Kafka client error (transient, retried by librdkafka): %s", err.str())
 
     # ------------------------------------------------------------------ rebalance callbacks
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._metrics:
             self._metrics.rebalances.labels("assign").inc()
         wanted = [(p.topic, p.partition) for p in partitions]
-        with self._target.connect() as conn:
-            db = applied_offsets(conn, self._group, wanted)
-        committed = {
-            (p.topic, p.partition): p.offset
-            for p in consumer.committed(partitions, timeout=COMMIT_TIMEOUT_S)
-        }
+        db = self._applied_offsets(wanted)
+        try:
+            committed = {
+                (p.topic, p.partition): p.offset
+                for p in consumer.committed(partitions, timeout=COMMIT_TIMEOUT_S)
+            }
+        except KafkaException as exc:
+            if is_fatal(error_of(exc)):
+                raise
+            # Resuming from the target's applied offsets is always safe (at worst a redelivery).
+            log.warning("committed offsets unavailable (%s); resuming from the target's", exc)
+            committed = {}
         for p in partitions:
             k = (p.topic, p.partition)
             ours = db.get(k)
@@ -120,6 +202,22 @@ class Runner:
         self.assigned.update(wanted)
         self.assigned_at = self._clock()
         log.info("assigned %d partitions", len(partitions))
+
+    def _applied_offsets(self, wanted: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """The target's applied offsets, waiting out a target outage (an exception here would
+        escape from consume() and end the process)."""
+        delay = 0.5
+        while True:
+            try:
+                with self._target.connect() as conn:
+                    got: dict[tuple[str, int], int] = applied_offsets(conn, self._group, wanted)
+                self.target_state.mark_up()
+                return got
+            except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+                self.target_state.mark_down(f"reading applied offsets: {exc.orig}")
+                if self.stop.wait(delay):
+                    raise Interrupted("stopped while the target database was unavailable") from exc
+                delay = min(delay * 2, ASSIGN_RETRY_MAX_S)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._metrics:
@@ -146,7 +244,11 @@ class Runner:
         try:
             while not self.stop.is_set():
                 self.last_loop = now = self._clock()
-                if now - last_refresh >= TOPIC_REFRESH_S:
+                if self._fatal is not None:
+                    raise KafkaCallError("fatal Kafka error", self._fatal)
+                every = TOPIC_REFRESH_S if self.kafka.up and not self._suspect else DOWN_REFRESH_S
+                if now - last_refresh >= every:
+                    self._suspect = False
                     self._refresh_subscription()
                     last_refresh = now
                 if not self._topics:
@@ -157,15 +259,19 @@ class Runner:
                         summary.stopped_by = "idle"
                         break
                     continue
-                msgs = self._consumer.consume(num_messages=self._batch_size, timeout=self._timeout)
-                records = self._records(msgs)
+                records = self._consume()
                 if records:
                     last_record = now
                     if summary.first_record_at is None:
                         summary.first_record_at = time.time()
-                    prepared = self._engine.prepare(records)
+                    try:
+                        prepared = self._engine.prepare(records)
+                    except Stopped:
+                        summary.stopped_by = "signal"
+                        break
                     if not self._finish_inflight():
                         break
+                    self._inflight_since = self._clock()
                     self._inflight = self._writer.submit(self._engine.apply, prepared)
                 else:
                     if not self._finish_inflight():
@@ -195,10 +301,18 @@ class Runner:
         if fut is None:
             return True
         try:
-            outcome = fut.result()
-        except Interrupted:
+            while True:
+                try:
+                    outcome = fut.result(timeout=WAIT_TICK_S)
+                    break
+                except TimeoutError:
+                    self._watchdog()
+        except (Interrupted, Stopped):
             self._summary.stopped_by = "signal"
             return False
+        finally:
+            self._inflight_since = None
+        self.target_state.mark_up()
         self._commit(outcome.partitions)
         self._summary.last_commit_at = time.time()
         self._summary.batches += 1
@@ -206,6 +320,28 @@ class Runner:
         self._summary.totals.merge(total)
         self._interval.merge(total)
         return True
+
+    def _watchdog(self) -> None:
+        """Called while the loop waits for the batch in flight: past ``stall_s`` with nothing
+        committed, and the target not known to be down (then it is an outage the engine is
+        already retrying), drop the batch's connection so the engine retries it."""
+        now = self._clock()
+        since = self._inflight_since
+        if since is None or now - since < self._stall_s or now - self._last_stall < self._stall_s:
+            return
+        if not self.target_state.up:
+            return
+        self._last_stall = now
+        self.stalls += 1
+        if self._metrics:
+            self._metrics.stalls.inc()
+        dropped = self._on_stall()
+        log.error(
+            "stalled: records waiting and no batch committed for %.0fs; dropped %d stuck "
+            "database connection(s), the batch is retried",
+            now - since,
+            dropped,
+        )
 
     def _idle(self, now: float, last_record: float, idle_s: float) -> bool:
         """Caught up: nothing arrived for idle_s since the last record and the last assignment.
@@ -216,11 +352,18 @@ class Runner:
             return quiet >= idle_s
         return quiet >= idle_s + IDLE_UNASSIGNED_S
 
-    def matching_topics(self) -> list[str]:
+    def matching_topics(self) -> list[str] | None:
+        """The topics the pattern matches; None while the broker does not answer (transient).
+        Raises KafkaCallError on a fatal error."""
         try:
-            meta = self._consumer.list_topics(timeout=COMMIT_TIMEOUT_S)
+            meta = self._consumer.list_topics(timeout=METADATA_TIMEOUT_S)
         except KafkaException as exc:
-            raise_for("listing topics", exc)
+            err = error_of(exc)
+            if is_fatal(err):
+                raise KafkaCallError("listing topics", err) from exc
+            self.kafka.mark_down(f"listing topics: {err.str() if err else exc}")
+            return None
+        self.kafka.mark_up()
         return sorted(
             t
             for t in meta.topics
@@ -229,6 +372,8 @@ class Runner:
 
     def _refresh_subscription(self) -> None:
         topics = self.matching_topics()
+        if topics is None:  # the broker is down: keep the subscription we have
+            return
         if topics != self._topics:
             if topics:
                 self._consumer.subscribe(
@@ -240,6 +385,20 @@ class Runner:
                 log.info("subscribed to %d topics: %s", len(topics), ", ".join(topics[:10]))
             self._topics = topics
 
+    def _consume(self) -> list[Record]:
+        try:
+            msgs = self._consumer.consume(num_messages=self._batch_size, timeout=self._timeout)
+        except Interrupted:  # the assignment callback, stopped during a target outage
+            return []
+        except KafkaException as exc:
+            err = error_of(exc)
+            if is_fatal(err):
+                raise KafkaCallError("consuming", err) from exc
+            self.kafka.mark_down(f"consuming: {err.str() if err else exc}")
+            self.stop.wait(min(1.0, self._timeout))
+            return []
+        return self._records(msgs)
+
     def _records(self, msgs: list) -> list[Record]:  # type: ignore[type-arg]
         out: list[Record] = []
         for m in msgs:
@@ -248,10 +407,14 @@ class Runner:
                 out.append(Record.from_message(m))
             elif err.code() == KafkaError._PARTITION_EOF:
                 continue
-            elif err.fatal():
+            elif is_fatal(err):
                 raise KafkaCallError("fatal consumer error", err)
+            elif err.code() in _DOWN_CODES:
+                self._suspect = True
             else:
                 log.warning("consumer error (retriable, librdkafka retries): %s", err.str())
+        if out:
+            self.kafka.mark_up()
         return out
 
     def _commit(self, partitions: dict[tuple[str, int], PartitionCounts]) -> None:
@@ -260,12 +423,21 @@ class Runner:
             for (t, p), c in partitions.items()
             if c.next_offset >= 0
         ]
+        if not offsets:
+            return
         try:
             self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
+            err = error_of(exc)
+            if is_fatal(err):
+                raise KafkaCallError("committing offsets", err) from exc
+            if err is not None and err.code() in _DOWN_CODES:
+                self._suspect = True
             # Safe: the applied offsets are in the target, and on reassignment we resume from
             # them; at worst records are redelivered, which the position guard makes harmless.
             log.warning("offset commit failed (%s); the target's applied offsets stand", exc)
+        else:
+            self.kafka.mark_up()
 
 
 def _log_interval(c: PartitionCounts) -> None:

@@ -40,7 +40,7 @@ def test_run_exports_event_counts_batch_latency_and_health(pipeline, services, t
         assert samples[("cdcr_redis_up", ())] == 1
         assert ("cdcr_apply_lag_seconds", (("partition", "0"), ("topic", pipeline.topic))) in samples
         health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
-        assert health.status_code == 200 and health.text.startswith("ok")
+        assert health.status_code == 200 and health.json()["status"] == "ok"
     finally:
         stop.set()
         t.join(30)
