@@ -46,6 +46,7 @@ class ApplyError(Exception):
       ``--create-missing``);
     - ``missing_key``: the key columns are not in the Kafka key nor in the row;
     - ``unknown_column``: the event has a column the target lacks and it could not be added;
+    - ``bad_value``: a value cannot be turned into the target column's text form;
     - ``target_ddl_failed``: the target table (or a type or extension it needs) could not be
       created; the message carries the statement's error. The table is retried every
       ``BLOCKED_RETRY_S`` seconds; other tables keep flowing.
@@ -615,7 +616,7 @@ def value_adapters(table: TargetTable) -> tuple[tuple[str, Callable[[Any], Any]]
             fn = _bits(width if name == "bit" else None)
         elif name == "point":
             fn = _point
-        elif head[:1] in ("c", "m") or head[1:] in ("G", "U"):
+        elif name != "bytea" and (head[:1] in ("c", "m") or head[1:] in ("G", "U")):
             fn = _text_of_bytes
         if fn is not None:
             out.append((col, fn))
@@ -624,7 +625,13 @@ def value_adapters(table: TargetTable) -> tuple[tuple[str, Callable[[Any], Any]]
 
 def _adapt(adapters: tuple[tuple[str, Callable[[Any], Any]], ...], values: dict[str, Any]) -> None:
     get = values.get
-    for name, fn in adapters:
-        v = get(name)
-        if v is not None:
-            values[name] = fn(v)
+    name = ""
+    try:
+        for name, fn in adapters:
+            v = get(name)
+            if v is not None:
+                values[name] = fn(v)
+    except (ValueError, TypeError) as exc:
+        raise ApplyError(
+            "bad_value", f"column {name!r}: cannot write the event's value: {exc}"
+        ) from exc
