@@ -48,7 +48,12 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON out
 
 
 def fail(exc: CdcrError) -> NoReturn:
-    err_console.print(f"[bold red]FAILED:[/] {exc}", highlight=False)
+    from cdc_reconciler.config import connection_failure
+
+    # A wrapped connection failure is said in one line naming the host, whatever the command.
+    cause = connection_failure(exc.__cause__) if exc.__cause__ is not None else None
+    message = f"cannot connect to PostgreSQL: {cause}" if cause else str(exc)
+    err_console.print(f"[bold red]FAILED:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=1)
 
 
@@ -117,6 +122,20 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as exc:
+        # The one safety net for every command: a database that cannot be reached (refused,
+        # unknown host, timeout, wrong password) is a FAILED line naming the host, not a traceback.
+        from cdc_reconciler.config import connection_failure
+
+        cause = connection_failure(exc)
+        if cause is None:
+            raise
+        err_console.print(
+            f"[bold red]FAILED:[/] cannot connect to PostgreSQL: {cause}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":

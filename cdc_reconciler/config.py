@@ -63,7 +63,74 @@ class DatabaseSettings(_Frozen):
     statement_timeout_s: float = Field(default=300.0, ge=0)
 
     def url_str(self) -> str:
-        return self.url.get_secret_value()
+        """The URL every engine is built from: ``postgresql://`` and ``postgres://`` get the
+        psycopg2 driver and a connect timeout (see :func:`engine_url`). Raises ConfigError."""
+        return engine_url(self.url.get_secret_value())
+
+
+# The one PostgreSQL driver: COPY goes through psycopg2's raw cursor (connectors/target.py), and
+# SQLAlchemy's default driver for postgresql:// changed to psycopg 3 in 2.1, so it is chosen here,
+# never by SQLAlchemy.
+PG_DRIVER = "psycopg2"
+# A refused or unroutable host fails within this many seconds instead of the OS's minutes.
+PG_CONNECT_TIMEOUT_S = 10
+_PG_SCHEMES = frozenset({"postgresql", "postgres", f"postgresql+{PG_DRIVER}"})
+
+
+def engine_url(url: str) -> str:
+    """Normalise a database URL: ``postgresql://``, ``postgres://`` and ``postgresql+psycopg2://``
+    all become ``postgresql+psycopg2://`` with ``connect_timeout`` (unless given). Another
+    PostgreSQL driver (``+psycopg``, ``+asyncpg`` ...) or a missing psycopg2 raises ConfigError;
+    an empty URL stays empty and other schemes pass unchanged."""
+    if not url:
+        return url
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        u = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(f"invalid database URL: {exc}") from None
+    scheme = u.drivername
+    if not (scheme.startswith("postgres") and scheme.split("+", 1)[0] in _PG_SCHEMES):
+        return url
+    if scheme not in _PG_SCHEMES:
+        raise ConfigError(
+            f"database URL driver {scheme!r} is not supported: write postgresql://… "
+            f"(cdcr uses {PG_DRIVER})"
+        )
+    _require_driver()
+    u = u.set(drivername=f"postgresql+{PG_DRIVER}")
+    if "connect_timeout" not in u.query:
+        u = u.update_query_dict({"connect_timeout": str(PG_CONNECT_TIMEOUT_S)})
+    return u.render_as_string(hide_password=False)
+
+
+def connection_failure(exc: BaseException) -> str | None:
+    """The one-line cause of a failed database connection (it names the host and the reason,
+    e.g. ``connection to server at "db", port 5432 failed: Connection refused``), or None when
+    ``exc`` is not a connection failure."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    if not isinstance(exc, OperationalError | DBAPIError) or exc.orig is None:
+        return None
+    code = getattr(exc.orig, "pgcode", None)
+    text = str(exc.orig).strip()
+    # psycopg2 gives no SQLSTATE for failures before the session exists (refused, DNS, timeout,
+    # authentication); 08xxx and 28xxx (invalid authorization) are connection failures too.
+    if (code is None and isinstance(exc, OperationalError)) or str(code)[:2] in ("08", "28"):
+        return text.splitlines()[0].strip() if text else type(exc.orig).__name__
+    return None
+
+
+def _require_driver() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(PG_DRIVER) is None:
+        raise ConfigError(
+            f"the PostgreSQL driver {PG_DRIVER} is not installed: pip install psycopg2-binary "
+            "(or reinstall cdc-reconciler)"
+        )
 
 
 class RedisSettings(_Frozen):

@@ -95,6 +95,8 @@ import orjson
 
 __all__ = [
     "KINDS",
+    "InfiniteDate",
+    "InfiniteTimestamp",
     "ChangeEvent",
     "DebeziumDecoder",
     "DecodeError",
@@ -240,11 +242,49 @@ _b64 = binascii.a2b_base64
 _EMPTY: frozenset[str] = frozenset()
 _MAX_PLAIN_US = 250_000_000_000_000_000  # within ±7900 years of 1970: no infinity check needed
 _fromisoformat = datetime.fromisoformat
-_NAIVE_MAX = datetime(9999, 12, 31, 23, 59, 59, 999999)  # noqa: DTZ001 - 'infinity'
-_NAIVE_MIN = datetime(1, 1, 1)  # noqa: DTZ001 - '-infinity'
+
+
+class InfiniteTimestamp(datetime):
+    """PostgreSQL ``timestamp[tz] 'infinity'``/``'-infinity'``: compares as the largest/smallest
+    datetime Python has, and is written back as the word (``pg_text``), so it arrives exactly."""
+
+    __slots__ = ()
+
+    @property
+    def pg_text(self) -> str:
+        return "infinity" if self.year == 9999 else "-infinity"
+
+
+class InfiniteDate(date):
+    """PostgreSQL ``date 'infinity'``/``'-infinity'`` (see :class:`InfiniteTimestamp`)."""
+
+    __slots__ = ()
+
+    @property
+    def pg_text(self) -> str:
+        return "infinity" if self.year == 9999 else "-infinity"
+
+
+_NAIVE_MAX = InfiniteTimestamp(9999, 12, 31, 23, 59, 59, 999999)  # 'infinity'
+_NAIVE_MIN = InfiniteTimestamp(1, 1, 1)  # '-infinity'
+_AWARE_MAX = InfiniteTimestamp(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+_AWARE_MIN = InfiniteTimestamp(1, 1, 1, tzinfo=UTC)
 # PostgreSQL 'infinity'/'-infinity' as the Debezium PG connector emits them (ms and µs forms).
 _PG_POS_INF_MS = 9223372036825200000
 _PG_NEG_INF_MS = -9223372036832400000
+# io.debezium.time.Timestamp (timestamp(0..3)) carries the same instants in milliseconds.
+_PG_POS_INF_TS_MS = 9223372036825200
+_PG_NEG_INF_TS_MS = -9223372036832400
+# io.debezium.time.Date of 'infinity'/'-infinity': Debezium 3.6 overflows the day count to these
+# int32 values (snapshot: JDBC, streaming: pgoutput); all lie far outside PostgreSQL's date range.
+_DATE_INFINITY = {
+    -622191234: InfiniteDate(9999, 12, 31),  # snapshot 'infinity'
+    -625821272: InfiniteDate(1, 1, 1),  # snapshot '-infinity'
+    -2147472692: InfiniteDate(9999, 12, 31),  # streaming 'infinity'
+    -2147472691: InfiniteDate(1, 1, 1),  # streaming '-infinity'
+}
+_MIN_DAYS = date(1, 1, 1).toordinal() - date(1970, 1, 1).toordinal()
+_MAX_DAYS = date(9999, 12, 31).toordinal() - date(1970, 1, 1).toordinal()
 _DEC_CTX = Context(prec=1000)  # scaleb must never round a numeric(1000, s)
 _PREFIX = b'{"schema":'
 _SEP = b',"payload":'
@@ -290,7 +330,12 @@ def variable_scale_decimal(v: Any) -> Decimal:
 def date_from_days(v: int) -> date:
     if v.__class__ is not int:
         raise TypeError(f"expected integer days, got {type(v).__name__}")
-    return _fromordinal(_EPOCH_ORDINAL + v)
+    if _MIN_DAYS <= v <= _MAX_DAYS:
+        return _fromordinal(_EPOCH_ORDINAL + v)
+    inf = _DATE_INFINITY.get(v)
+    if inf is None:
+        raise ValueError(f"date out of Python's range: {v} days from 1970-01-01")
+    return inf
 
 
 def _time_from_us(us: int) -> time:
@@ -317,9 +362,9 @@ def time_from_ns(v: int) -> time:
 def timestamp_from_ms(v: int) -> datetime:
     if v.__class__ is not int:
         raise TypeError(f"expected integer, got {type(v).__name__}")
-    if v >= _PG_POS_INF_MS:
+    if v >= _PG_POS_INF_TS_MS:
         return _NAIVE_MAX
-    if v <= _PG_NEG_INF_MS:
+    if v <= _PG_NEG_INF_TS_MS:
         return _NAIVE_MIN
     return _EPOCH_NAIVE + _td(0, 0, 0, v)
 
@@ -355,9 +400,9 @@ def zoned_timestamp(v: str) -> datetime:
     if v.__class__ is not str:
         raise TypeError(f"expected string, got {type(v).__name__}")
     if v == "infinity":
-        return _NAIVE_MAX.replace(tzinfo=UTC)
+        return _AWARE_MAX
     if v == "-infinity":
-        return _NAIVE_MIN.replace(tzinfo=UTC)
+        return _AWARE_MIN
     dt = datetime.fromisoformat(v)
     if dt.tzinfo is None:
         raise ValueError(f"ZonedTimestamp without offset: {v!r}")

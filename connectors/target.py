@@ -32,6 +32,8 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
+from cdc_reconciler.connectors.debezium import InfiniteDate, InfiniteTimestamp
+
 POS = "_cdc_pos"
 TS = "_cdc_ts"
 ENGINE_COLUMNS = (POS, TS)
@@ -47,6 +49,9 @@ class TargetTable:
     key_columns: tuple[str, ...]
     columns: tuple[str, ...]
     column_types: tuple[str, ...] = ()  # PostgreSQL type names, parallel to ``columns``
+    # Parallel to ``columns``: "<typtype><typcategory>:<typname>" of the column's type (a domain
+    # resolved to its base type), e.g. "bN:numeric", "bU:hstore", "cC:pair", "bA:_int4".
+    column_kinds: tuple[str, ...] = ()
 
     @property
     def qualified(self) -> str:
@@ -100,7 +105,7 @@ def reflect_table(
     insp = sa.inspect(bind)
     if not insp.has_table(name, schema=schema):
         return None
-    cols = insp.get_columns(name, schema=schema)
+    cols = catalog_columns(bind, schema, name)
     names = [c["name"] for c in cols if c["name"] not in ENGINE_COLUMNS]
     missing_engine = [c for c in ENGINE_COLUMNS if c not in {x["name"] for x in cols}]
     if missing_engine:
@@ -110,7 +115,8 @@ def reflect_table(
             f"target table {schema}.{name} lacks the engine columns {missing_engine}; "
             "create it with `cdcr tables sync` or add them (see README, target tables)"
         )
-    types = [_type_name(bind, c["type"]) for c in cols if c["name"] not in ENGINE_COLUMNS]
+    types = [c["type"] for c in cols if c["name"] not in ENGINE_COLUMNS]
+    kinds = [c["kind"] for c in cols if c["name"] not in ENGINE_COLUMNS]
     if key_columns is None:
         pk = insp.get_pk_constraint(name, schema=schema)
         key_columns = pk.get("constrained_columns") or []
@@ -118,15 +124,30 @@ def reflect_table(
         from cdc_reconciler.errors import CdcrError
 
         raise CdcrError(f"target table {schema}.{name} has no primary key and none is configured")
-    return TargetTable(schema, name, tuple(key_columns), tuple(names), tuple(types))
+    return TargetTable(schema, name, tuple(key_columns), tuple(names), tuple(types), tuple(kinds))
 
 
-def _type_name(bind: sa.Engine | sa.Connection, typ: Any) -> str:
-    dialect = bind.dialect
-    try:
-        return str(typ.compile(dialect=dialect))
-    except Exception:  # noqa: BLE001 - unknown types compile to their class name
-        return type(typ).__name__
+_CATALOG_COLUMNS = sa.text(
+    "SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type, "
+    "b.typtype::text || b.typcategory::text || ':' || b.typname AS kind "
+    "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+    "JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END "
+    "WHERE a.attrelid = to_regclass(quote_ident(:schema) || '.' || quote_ident(:name)) "
+    "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
+)
+
+
+def catalog_columns(
+    bind: sa.Engine | sa.Connection, schema: str, name: str
+) -> list[dict[str, str]]:
+    """A table's columns in order from pg_catalog: name, type (``format_type``, so user and
+    extension types keep their names) and kind (see :attr:`TargetTable.column_kinds`). Read
+    from the catalog rather than SQLAlchemy reflection, which does not know extension types."""
+    params = {"schema": schema, "name": name}
+    if isinstance(bind, sa.Connection):
+        return [dict(r._mapping) for r in bind.execute(_CATALOG_COLUMNS, params)]
+    with bind.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(_CATALOG_COLUMNS, params)]
 
 
 # --------------------------------------------------------------------------- COPY text encoding
@@ -166,6 +187,10 @@ def _dict_text(v: dict[str, Any]) -> str:
     return orjson.dumps(v, default=str).decode()
 
 
+def _infinite_text(v: InfiniteTimestamp | InfiniteDate) -> str:
+    return str(v.pg_text)
+
+
 # Exact-type dispatch: one dict lookup per value on the hot path.
 _TEXT: dict[type, Any] = {
     int: int.__repr__,
@@ -181,6 +206,9 @@ _TEXT: dict[type, Any] = {
     memoryview: _bytes_text,
     list: _list_text,
     dict: _dict_text,
+    # PostgreSQL's ±infinity, decoded as sentinels, go back as the words.
+    InfiniteTimestamp: _infinite_text,
+    InfiniteDate: _infinite_text,
 }
 
 
