@@ -15,8 +15,8 @@ position), so an older insert replayed later cannot bring the row back.
 caller's transaction: COPY into a temporary staging table, then one guarded statement per kind.
 A write applies only when its position is newer than the row's and the key's tombstone's; the
 others are counted as stale. Nothing is committed here: the caller commits the rows together with
-the applied offsets (DESIGN invariant 3). Database errors propagate unchanged (SQLAlchemy
-exceptions keep their SQLSTATE in ``.orig.pgcode``).
+the applied offsets (DESIGN invariant 3). Database errors propagate as SQLAlchemy's
+``DBAPIError`` (also those of the raw COPY cursor), with the SQLSTATE in ``.orig.pgcode``.
 """
 
 from __future__ import annotations
@@ -287,7 +287,7 @@ def write_batch(conn: sa.Connection, table: TargetTable, writes: Sequence[RowWri
 
     Upserts and deletes are guarded by position; returns how many applied and how many were stale.
     Writes that leave out columns are applied in their own group, so the columns they omit keep
-    their current values. Raises the database's error unchanged; nothing is committed here.
+    their current values. Raises DBAPIError (SQLSTATE in ``.orig``); nothing is committed here.
     """
     if not writes:
         return WriteResult(0, 0)
@@ -302,9 +302,26 @@ def write_batch(conn: sa.Connection, table: TargetTable, writes: Sequence[RowWri
     applied = 0
     raw: Any = conn.connection.dbapi_connection  # psycopg2: COPY needs the raw cursor
     assert raw is not None
-    with raw.cursor() as cur:
-        for cols, group in groups.items():
-            applied += _write_group(cur, table, _statements(table, cols), group)
+    dbapi_error: type[Exception] = conn.dialect.loaded_dbapi.Error
+    try:
+        with raw.cursor() as cur:
+            for cols, group in groups.items():
+                applied += _write_group(cur, table, _statements(table, cols), group)
+    except dbapi_error as exc:
+        # The raw cursor's errors are the driver's own; raise them as SQLAlchemy's DBAPIError
+        # (the SQLSTATE stays in ``.orig``), like every other statement, so callers classify one
+        # kind of error. A dropped connection is invalidated, so the pool does not hand it out.
+        disconnect = conn.dialect.is_disconnect(exc, raw, None)  # type: ignore[arg-type]
+        if disconnect:
+            conn.invalidate(exc)
+        raise sa.exc.DBAPIError.instance(
+            f"write_batch {table.qualified}",
+            None,
+            exc,
+            dbapi_error,
+            connection_invalidated=disconnect,
+            dialect=conn.dialect,
+        ) from exc
     return WriteResult(applied, len(writes) - applied)
 
 

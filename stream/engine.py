@@ -6,11 +6,15 @@ ONE transaction: versioned upserts/deletes/truncates + dead letters + applied of
 record the IDs in Redis. The caller (the consumer loop, replay, the Faust agent) commits Kafka
 offsets after :meth:`ApplyEngine.process` returns, and only then.
 
-Failure policy, in one place:
-- a record that cannot be decoded or mapped, or whose row the database rejects (SQLSTATE classes
-  22 data exception, 23 integrity, 42 syntax/undefined): dead letter with the reason; the batch
-  goes on;
-- the target unreachable (connection errors, SQLSTATE 08, 57, 40): retry the whole transaction with
+Failure policy, in one place (docs/apply.md):
+- a record that cannot be decoded or mapped: dead letter with the reason; the batch goes on;
+- a row the target rejects (SQLSTATE class 22 data exception, 23 integrity, 44, and 54000/54001/
+  42804/42P18, see :data:`REJECTED_CLASSES`): the batch is redone with each group written in a
+  savepoint and bisected until the rejected rows stand alone; they are dead-lettered as
+  ``apply_rejected:<sqlstate>`` with table, key, column and the database's message, and the rest
+  commits with the applied offsets as usual;
+- anything else from the target (connection errors, SQLSTATE 08, 57P0x, 40001/40P01, 53, or an
+  error of the target's schema such as an undefined column): retry the whole transaction with
   backoff, never returning (so offsets are never committed past unapplied records) until it
   succeeds or ``stop`` is set, in which case :class:`Interrupted` is raised and nothing is
   committed;
@@ -22,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -40,7 +45,7 @@ from cdc_reconciler.connectors.debezium import (
 )
 from cdc_reconciler.connectors.kafka import Record
 from cdc_reconciler.connectors.redis_ids import ProcessedIds
-from cdc_reconciler.connectors.target import RowWrite, truncate_table, write_batch
+from cdc_reconciler.connectors.target import RowWrite, key_text, truncate_table, write_batch
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.stream.checkpoint import record_applied
 from cdc_reconciler.stream.dead_letters import DeadLetter, DeadLetterSink
@@ -53,8 +58,6 @@ log = logging.getLogger(__name__)
 # Backoff while the target is unreachable: start short, cap so recovery is noticed quickly.
 RETRY_INITIAL_S = 0.5
 RETRY_MAX_S = 15.0
-# SQLSTATE classes that mean "this row/statement is bad", not "the database is unavailable".
-BAD_DATA_CLASSES = ("22", "23", "42", "2B", "44")
 
 
 class Interrupted(CdcrError):
@@ -85,11 +88,6 @@ class Prepared:
 
     plan: _Plan
     started: float
-
-
-def _is_bad_data(exc: DBAPIError) -> bool:
-    code = getattr(exc.orig, "pgcode", None)
-    return bool(code) and str(code)[:2] in BAD_DATA_CLASSES
 
 
 class ApplyEngine:
@@ -229,17 +227,22 @@ class ApplyEngine:
         plan = prepared.plan
         planned = plan.outcome
         delay = RETRY_INITIAL_S
+        isolate = False
         while True:
             # Each attempt accounts on a fresh copy, so a retried transaction never counts twice.
             plan.outcome = copy.deepcopy(planned)
             try:
-                self._transaction(plan)
+                self._transaction(plan, isolate=isolate)
                 break
             except DBAPIError as exc:
-                if _is_bad_data(exc):
-                    plan.outcome = copy.deepcopy(planned)
-                    self._isolate_bad_rows(plan)
-                    break
+                if not isolate and is_rejected(exc):
+                    # A row the target rejects: redo the batch isolating the bad rows at once.
+                    log.warning(
+                        "the target rejected part of a batch (SQLSTATE %s); isolating the bad rows",
+                        sqlstate(exc),
+                    )
+                    isolate = True
+                    continue
                 self._retry_wait(exc, delay)
                 delay = min(delay * 2, RETRY_MAX_S)
         if self._ids is not None and not self.dry_run:
@@ -257,7 +260,10 @@ class ApplyEngine:
         if self._metrics is not None:
             self._metrics.db_retries.inc()
         log.error(
-            "target database unavailable (%s); retrying in %.1fs", exc.__class__.__name__, delay
+            "target database unavailable (%s%s); retrying in %.1fs",
+            exc.__class__.__name__,
+            f" SQLSTATE {sqlstate(exc)}" if sqlstate(exc) else "",
+            delay,
         )
         if self._stop.is_set():
             raise Interrupted("stopped while the target database was unavailable; nothing applied")
@@ -265,15 +271,61 @@ class ApplyEngine:
         if self._stop.is_set():
             raise Interrupted("stopped while the target database was unavailable; nothing applied")
 
-    def _transaction(self, plan: _Plan) -> None:
+    def _transaction(self, plan: _Plan, *, isolate: bool = False) -> None:
+        """One attempt at the batch's transaction. With ``isolate`` every group is written in a
+        savepoint and bisected when the target rejects it: the rejected rows become dead letters
+        (in this transaction, and on the dead-letter topic before the commit), the rest apply."""
         applied: dict[tuple[str, str, int], int] = {}
+        kept: dict[tuple[str, str, int], int] = {}
+        rejected: list[tuple[Pending, DeadLetter]] = []
         with self._tx() as conn:
             for gk, (route, group) in plan.writes.items():
-                res = write_batch(conn, route.table, [_row_write(p) for p in group])
-                applied[gk] = res.applied
+                if not isolate:
+                    res = write_batch(conn, route.table, [_row_write(p) for p in group])
+                    applied[gk] = res.applied
+                    continue
+                n, bad = self._write_isolating(conn, route, group)
+                applied[gk] = n
+                kept[gk] = len(group) - len(bad)
+                rejected.extend(bad)
             for p in plan.truncates:
                 truncate_table(conn, p.route.table, p.event.position, p.event.ts_us)
-            self._finish(conn, plan, applied)
+            letters = [d for _p, d in rejected]
+            if letters and not self.dry_run:
+                self._dead.publish(letters)
+            self._account(plan, applied, kept if isolate else None)
+            for p, _d in rejected:
+                self._count(plan, p, "dead_lettered")
+            DeadLetterSink.record(conn, [*plan.dead, *letters])
+            if self._group is not None:
+                record_applied(conn, self._group, plan.outcome)
+
+    def _write_isolating(
+        self, conn: sa.Connection, route: Route, group: list[Pending]
+    ) -> tuple[int, list[tuple[Pending, DeadLetter]]]:
+        """Write ``group`` in savepoints, halving every part the target rejects until the bad
+        rows stand alone: k bad rows in n cost about 2·k·log2(n) attempts, not n. Returns the
+        rows applied and the rejected rows with their dead letters. Errors that are not a
+        rejection (the target unavailable) propagate: the caller retries the transaction."""
+        applied = 0
+        rejected: list[tuple[Pending, DeadLetter]] = []
+        parts = [group]
+        while parts:
+            part = parts.pop()
+            try:
+                with conn.begin_nested():
+                    applied += write_batch(conn, route.table, [_row_write(p) for p in part]).applied
+            except DBAPIError as exc:
+                if not is_rejected(exc):
+                    raise
+                if len(part) > 1:
+                    mid = len(part) // 2
+                    parts.append(part[mid:])
+                    parts.append(part[:mid])
+                    continue
+                p = part[0]
+                rejected.append((p, DeadLetter(p.record, rejected_kind(exc), _describe(p, exc))))
+        return applied, rejected
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sa.Connection]:
@@ -288,58 +340,82 @@ class ApplyEngine:
             finally:
                 trans.rollback()
 
-    def _account(self, plan: _Plan, applied: dict[tuple[str, str, int], int]) -> None:
-        for (table, topic, part), (_route, group) in plan.writes.items():
-            n = applied.get((table, topic, part), 0)
+    def _account(
+        self,
+        plan: _Plan,
+        applied: dict[tuple[str, str, int], int],
+        kept: dict[tuple[str, str, int], int] | None = None,
+    ) -> None:
+        """Applied and stale per group; ``kept``: how many of a group's rows the target took
+        (the others were dead-lettered and are counted as such by the caller)."""
+        for gk, (_route, group) in plan.writes.items():
+            table, topic, part = gk
+            n = applied.get(gk, 0)
+            total = len(group) if kept is None else kept.get(gk, len(group))
             counts = plan.outcome.counts(topic, part)
             counts.applied += n
-            counts.skipped_stale += len(group) - n
+            counts.skipped_stale += total - n
             plan.outcome.table_add(table, "applied", n)
-            plan.outcome.table_add(table, "skipped_stale", len(group) - n)
+            plan.outcome.table_add(table, "skipped_stale", total - n)
         for p in plan.truncates:
             self._count(plan, p, "applied")
 
-    def _finish(
-        self, conn: sa.Connection, plan: _Plan, applied: dict[tuple[str, str, int], int]
-    ) -> None:
-        """Account the outcome and write dead letters and applied offsets, in the transaction."""
-        self._account(plan, applied)
-        DeadLetterSink.record(conn, plan.dead)
-        if self._group is not None:
-            record_applied(conn, self._group, plan.outcome)
 
-    def _isolate_bad_rows(self, plan: _Plan) -> None:
-        """A row the database rejects: apply each write in its own savepoint; the rejected ones
-        become dead letters with the database's message; the rest commit with the batch."""
-        log.warning("the target rejected part of a batch; isolating the bad rows")
-        applied: dict[tuple[str, str, int], int] = {}
-        rejected: list[Pending] = []
-        with self._tx() as conn:
-            for gk, (route, group) in plan.writes.items():
-                kept: list[Pending] = []
-                for p in group:
-                    try:
-                        with conn.begin_nested():
-                            res = write_batch(conn, route.table, [_row_write(p)])
-                    except DBAPIError as exc:
-                        if not _is_bad_data(exc):
-                            raise
-                        rejected.append(p)
-                        plan.dead.append(
-                            DeadLetter(p.record, "apply_rejected", str(exc.orig).strip())
-                        )
-                        continue
-                    kept.append(p)
-                    applied[gk] = applied.get(gk, 0) + res.applied
-                plan.writes[gk] = (route, kept)
-            for p in plan.truncates:
-                truncate_table(conn, p.route.table, p.event.position, p.event.ts_us)
-            for p in rejected:
-                plan.outcome.counts(p.record.topic, p.record.partition).dead_lettered += 1
-                plan.outcome.table_add(p.route.table.qualified, "dead_lettered")
-            if not self.dry_run:
-                self._dead.publish([d for d in plan.dead if d.kind == "apply_rejected"])
-            self._finish(conn, plan, applied)
+# ---------------------------------------------------------------------- classifying target errors
+
+# SQLSTATEs a single row's values can cause: the row is rejected (dead-lettered), the rest of the
+# batch applies. Classes: 22 data exception (value too long, invalid text for the type, out of
+# range, bad encoding, ...), 23 integrity constraint violation (NOT NULL, CHECK, UNIQUE, FOREIGN
+# KEY, EXCLUDE), 44 WITH CHECK OPTION; codes: 54000 program_limit_exceeded (index row larger than
+# the btree maximum, row too big), 54001 statement_too_complex (a deeply nested value), 42804
+# datatype_mismatch, 42P18 indeterminate_datatype (a value the column type cannot take), 2202E
+# array_subscript_error is in class 22. Classified by SQLSTATE only, never by message text.
+REJECTED_CLASSES = frozenset({"22", "23", "44"})
+REJECTED_CODES = frozenset({"54000", "54001", "42804", "42P18"})
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error (SQLAlchemy's DBAPIError or the driver's own), if any."""
+    orig = getattr(exc, "orig", None) or exc
+    code = getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None)
+    return str(code) if code else None
+
+
+def is_rejected(exc: BaseException) -> bool:
+    """The target refused this row's data (dead-letter it), as opposed to being unavailable or
+    failing for everyone (retry: connection errors without SQLSTATE, class 08, 57P0x, 40001,
+    40P01, 53xxx resources, and anything else)."""
+    code = sqlstate(exc)
+    return code is not None and (code[:2] in REJECTED_CLASSES or code in REJECTED_CODES)
+
+
+def rejected_kind(exc: BaseException) -> str:
+    return f"apply_rejected:{sqlstate(exc)}"
+
+
+_COPY_COLUMN = re.compile(r"\bcolumn (\S+?):")
+
+
+def _describe(p: Pending, exc: DBAPIError) -> str:
+    """table, key, column (when the database names it) and the database's own message."""
+    orig: Any = exc.orig
+    diag = getattr(orig, "diag", None)
+    column = getattr(diag, "column_name", None)
+    context = getattr(diag, "context", None) or ""
+    if not column:
+        # COPY names the column in its context line ("COPY cdcr_stg_..., line 1, column c: ...").
+        m = _COPY_COLUMN.search(context)
+        column = m.group(1) if m else None
+    primary = getattr(diag, "message_primary", None) or str(orig).strip().splitlines()[0]
+    detail = getattr(diag, "message_detail", None)
+    parts = [
+        f"table {p.route.table.qualified}",
+        f"key {key_text(p.key)}",
+        *([f"column {column}"] if column else []),
+        f"SQLSTATE {sqlstate(exc)}: {primary}",
+        *([f"DETAIL: {detail}"] if detail else []),
+    ]
+    return "; ".join(parts)
 
 
 def _row_write(p: Pending) -> RowWrite:
