@@ -84,6 +84,7 @@ def build_engine(
         group=group,
         metrics=metrics,
         stop=stop,
+        source=source,  # re-reads TOASTed values that have no target row (docs/apply.md)
     )
     return EngineParts(engine, target, source, ids, metrics)
 

@@ -29,10 +29,13 @@ import logging
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 
@@ -45,7 +48,16 @@ from cdc_reconciler.connectors.debezium import (
 )
 from cdc_reconciler.connectors.kafka import Record
 from cdc_reconciler.connectors.redis_ids import ProcessedIds
-from cdc_reconciler.connectors.target import RowWrite, key_text, truncate_table, write_batch
+from cdc_reconciler.connectors.target import (
+    TRUNCATE_KEY,
+    RowWrite,
+    TargetTable,
+    key_text,
+    qualified_ident,
+    quote_ident,
+    truncate_table,
+    write_batch,
+)
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.stream.checkpoint import record_applied
 from cdc_reconciler.stream.dead_letters import DeadLetter, DeadLetterSink
@@ -104,8 +116,14 @@ class ApplyEngine:
         stop: threading.Event | None = None,
         sleep: Callable[[float], None] = time.sleep,
         dry_run: bool = False,
+        source: sa.Engine | None = None,
     ) -> None:
         self._target = target
+        # The source database, read only to re-fetch TOASTed values an event left out when the
+        # target has no row to keep them from (see _complete_unavailable).
+        self._source = source
+        self.toast_refetched = 0
+        self.toast_missing = 0
         self._resolver = resolver
         self._dead = dead_letters
         self._ids = ids
@@ -247,6 +265,20 @@ class ApplyEngine:
                 delay = min(delay * 2, RETRY_MAX_S)
         if self._ids is not None and not self.dry_run:
             self._ids.record(plan.fresh_ids)
+        for table, by in plan.outcome.by_table.items():
+            for result, what in (
+                ("refetched", "toast_refetched"),
+                ("source_missing", "toast_source_missing"),
+            ):
+                n = by.get(what, 0)
+                if not n:
+                    continue
+                if what == "toast_refetched":
+                    self.toast_refetched += n
+                else:
+                    self.toast_missing += n
+                if self._metrics is not None:
+                    self._metrics.toast_refetched.labels(table, result).inc(n)
         if self._metrics is not None:
             self._metrics.observe_batch(
                 plan.outcome,
@@ -279,7 +311,8 @@ class ApplyEngine:
         kept: dict[tuple[str, str, int], int] = {}
         rejected: list[tuple[Pending, DeadLetter]] = []
         with self._tx() as conn:
-            for gk, (route, group) in plan.writes.items():
+            writes, vanished = self._complete_unavailable(conn, plan)
+            for gk, (route, group) in writes.items():
                 if not isolate:
                     res = write_batch(conn, route.table, [_row_write(p) for p in group])
                     applied[gk] = res.applied
@@ -293,12 +326,162 @@ class ApplyEngine:
             letters = [d for _p, d in rejected]
             if letters and not self.dry_run:
                 self._dead.publish(letters)
-            self._account(plan, applied, kept if isolate else None)
+            self._account(
+                plan,
+                applied,
+                kept if isolate else None,
+                {gk: len(g) for gk, (_r, g) in writes.items()},
+            )
+            for p in vanished:
+                self._count(plan, p, "skipped_stale")
             for p, _d in rejected:
                 self._count(plan, p, "dead_lettered")
             DeadLetterSink.record(conn, [*plan.dead, *letters])
             if self._group is not None:
                 record_applied(conn, self._group, plan.outcome)
+
+    # ------------------------------------------------------------------ TOAST without a row
+    def _complete_unavailable(
+        self, conn: sa.Connection, plan: _Plan
+    ) -> tuple[dict[tuple[str, str, int], tuple[Route, list[Pending]]], list[Pending]]:
+        """Upserts that leave out unchanged TOASTed columns keep the target row's values. When the
+        target has no row for the key (a primary-key change, a row lost from the target, a key
+        seen first mid-stream) there is nothing to keep: re-read those columns from the source by
+        key and write them under the event's position (any later real change has a higher one,
+        and the source row read now is at least as new as the event; see docs/apply.md). When
+        the source no longer has the row, a later change deleted it or changed its key: the
+        write is skipped as stale (never a NULL the source does not have) and the key recorded
+        as an open discrepancy for the reconciler. Returns the groups to write and the skipped
+        pendings."""
+        needs: dict[str, list[tuple[Pending, tuple[str, ...]]]] = {}
+        for route, group in plan.writes.values():
+            for p in group:
+                if p.values is None or not p.event.unavailable:
+                    continue
+                cols = tuple(
+                    c for c in route.table.columns if c in p.event.unavailable and c not in p.values
+                )
+                if cols:
+                    needs.setdefault(route.table.qualified, []).append((p, cols))
+        if not needs:
+            return plan.writes, []
+        replaced: dict[int, Pending] = {}
+        vanished: list[Pending] = []
+        for items in needs.values():
+            got, gone = self._refetch(conn, items)
+            replaced.update(got)
+            vanished.extend(gone)
+        gone_ids = {id(p) for p in vanished}
+        out = {
+            gk: (route, [replaced.get(id(p), p) for p in group if id(p) not in gone_ids])
+            for gk, (route, group) in plan.writes.items()
+        }
+        for p in replaced.values():
+            plan.outcome.table_add(p.route.table.qualified, "toast_refetched")
+        for p in vanished:
+            plan.outcome.table_add(p.route.table.qualified, "toast_source_missing")
+        if replaced:
+            log.warning(
+                "re-read %d rows' unchanged TOASTed columns from the source (no target row to "
+                "keep them from)",
+                len(replaced),
+            )
+        if vanished:
+            self._record_vanished(conn, needs, vanished)
+        return out, vanished
+
+    def _refetch(
+        self, conn: sa.Connection, items: list[tuple[Pending, tuple[str, ...]]]
+    ) -> tuple[dict[int, Pending], list[Pending]]:
+        """For one table: the pendings re-read from the source (by id of the original), and those
+        whose source row is gone."""
+        route = items[0][0].route
+        table = route.table
+        keys = table.key_columns
+        # Keys whose target row exists keep its values; keys behind a newer tombstone are stale.
+        live = _existing_keys(conn, table, [p.key for p, _c in items])
+        tombs = _tombstones(conn, table, [p.key for p, _c in items])
+        todo = [
+            (p, c)
+            for p, c in items
+            if _norm_key(p.key) not in live
+            and tombs.get(key_text(p.key), tombs.get(TRUNCATE_KEY, -1)) < p.event.position
+        ]
+        if not todo:
+            return {}, []
+        if self._source is None:
+            log.error(
+                "%d events of %s leave out TOASTed columns and the target has no row to keep "
+                "them from; set CDCR_SOURCE__URL so they can be re-read from the source",
+                len(todo),
+                table.qualified,
+            )
+            return {}, [p for p, _c in todo]
+        schema, name = self._resolver.source_name(todo[0][0].record.topic, todo[0][0].event)
+        cols = sorted({col for _p, cs in todo for col in cs})
+        found = _fetch_source(self._source, (schema, name), keys, cols, [p.key for p, _c in todo])
+        got: dict[int, Pending] = {}
+        gone: list[Pending] = []
+        for p, missing in todo:
+            row = found.get(_norm_key(p.key))
+            if row is None:
+                gone.append(p)
+                continue
+            assert p.values is not None
+            values = {**p.values, **{c: row[c] for c in missing}}
+            got[id(p)] = Pending(p.record, p.event, p.route, p.key, values)
+        return got, gone
+
+    def _record_vanished(
+        self,
+        conn: sa.Connection,
+        needs: dict[str, list[tuple[Pending, tuple[str, ...]]]],
+        vanished: list[Pending],
+    ) -> None:
+        """Open discrepancies (one audit run per batch) for keys whose TOASTed values could not
+        be re-read: the reconciler verifies them."""
+        cols = {id(p): c for items in needs.values() for p, c in items}
+        run_id = uuid.uuid4()
+        now = datetime.now(UTC)
+        by_table: dict[str, list[Pending]] = {}
+        for p in vanished:
+            src = self._resolver.source_name(p.record.topic, p.event)
+            by_table.setdefault(f"{src[0]}.{src[1]}", []).append(p)
+            log.warning(
+                "%s key %s: an event left out TOASTed columns %s, the target has no row and the "
+                "source no longer has it; skipped as stale, recorded as an open discrepancy",
+                p.route.table.qualified,
+                key_text(p.key),
+                list(cols[id(p)]),
+            )
+        for table_name, ps in by_table.items():
+            conn.execute(
+                sa.text(
+                    "INSERT INTO cdcr.reconcile_runs (run_id, table_name, window_end, started, "
+                    "finished, status, counts) VALUES (:r, :t, :now, :now, :now, 'unresolved', "
+                    "CAST(:c AS jsonb))"
+                ),
+                {
+                    "r": run_id,
+                    "t": table_name,
+                    "now": now,
+                    "c": orjson.dumps(
+                        {"by": "apply_engine", "toast_source_missing": len(ps)}
+                    ).decode(),
+                },
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO cdcr.discrepancies (run_id, table_name, key, kind, columns, "
+                    "action, review_state) VALUES (:r, :t, :k, 'missing', :cols, "
+                    "'toast_source_missing', 'open')"
+                ),
+                [
+                    {"r": run_id, "t": table_name, "k": key_text(p.key), "cols": list(cols[id(p)])}
+                    for p in ps
+                ],
+            )
+            run_id = uuid.uuid4()
 
     def _write_isolating(
         self, conn: sa.Connection, route: Route, group: list[Pending]
@@ -345,13 +528,16 @@ class ApplyEngine:
         plan: _Plan,
         applied: dict[tuple[str, str, int], int],
         kept: dict[tuple[str, str, int], int] | None = None,
+        writes_n: dict[tuple[str, str, int], int] | None = None,
     ) -> None:
         """Applied and stale per group; ``kept``: how many of a group's rows the target took
-        (the others were dead-lettered and are counted as such by the caller)."""
-        for gk, (_route, group) in plan.writes.items():
+        (the others were dead-lettered and are counted as such by the caller); ``writes_n``: how
+        many rows each group wrote (rows whose source row vanished are counted by the caller)."""
+        writes_n = writes_n or {gk: len(g) for gk, (_r, g) in plan.writes.items()}
+        for gk in plan.writes:
             table, topic, part = gk
             n = applied.get(gk, 0)
-            total = len(group) if kept is None else kept.get(gk, len(group))
+            total = writes_n.get(gk, 0) if kept is None else kept.get(gk, 0)
             counts = plan.outcome.counts(topic, part)
             counts.applied += n
             counts.skipped_stale += total - n
@@ -416,6 +602,84 @@ def _describe(p: Pending, exc: DBAPIError) -> str:
         *([f"DETAIL: {detail}"] if detail else []),
     ]
     return "; ".join(parts)
+
+
+# ---------------------------------------------------------------------- TOAST re-fetch helpers
+
+_CHUNK = 1000
+
+
+def _norm_key(key: Sequence[Any]) -> str:
+    """A key compared across drivers and decoders: aware datetimes in UTC, then key_text."""
+    norm = [
+        v.astimezone(UTC) if isinstance(v, datetime) and v.tzinfo is not None else v for v in key
+    ]
+    return str(key_text(norm))
+
+
+def _key_filter(
+    columns: Sequence[str], keys: Sequence[Sequence[Any]]
+) -> tuple[str, dict[str, Any]]:
+    """``(k1, k2) IN ((:k0_0, :k0_1), ...)`` with bound values; names are reflected columns."""
+    cols = ", ".join(quote_ident(c) for c in columns)
+    params: dict[str, Any] = {}
+    tuples = []
+    for i, key in enumerate(keys):
+        names = []
+        for j, v in enumerate(key):
+            params[f"k{i}_{j}"] = v
+            names.append(f":k{i}_{j}")
+        tuples.append(f"({', '.join(names)})")
+    return f"({cols}) IN ({', '.join(tuples)})", params
+
+
+def _existing_keys(
+    conn: sa.Connection, table: TargetTable, keys: Sequence[Sequence[Any]]
+) -> set[str]:
+    out: set[str] = set()
+    tgt = qualified_ident(table.schema, table.name)
+    cols = ", ".join(quote_ident(c) for c in table.key_columns)
+    for i in range(0, len(keys), _CHUNK):
+        where, params = _key_filter(table.key_columns, keys[i : i + _CHUNK])
+        for r in conn.execute(sa.text(f"SELECT {cols} FROM {tgt} WHERE {where}"), params):
+            out.add(_norm_key(tuple(r)))
+    return out
+
+
+def _tombstones(
+    conn: sa.Connection, table: TargetTable, keys: Sequence[Sequence[Any]]
+) -> dict[str, int]:
+    texts = [key_text(k) for k in keys] + [TRUNCATE_KEY]
+    rows = conn.execute(
+        sa.text(
+            "SELECT key, position FROM cdcr.tombstones WHERE table_name = :tn AND key = ANY(:keys)"
+        ),
+        {"tn": table.qualified, "keys": texts},
+    )
+    return {r.key: int(r.position) for r in rows}
+
+
+def _fetch_source(
+    source: sa.Engine,
+    table: tuple[str, str],
+    keys: Sequence[str],
+    columns: Sequence[str],
+    values: Sequence[Sequence[Any]],
+) -> dict[str, dict[str, Any]]:
+    """The source rows of ``values`` (keys): the key columns as values, ``columns`` as their
+    PostgreSQL text, which COPY turns back into the same value in the target's same type."""
+    src = qualified_ident(*table)
+    select = ", ".join(
+        [*(quote_ident(k) for k in keys), *(f"{quote_ident(c)}::text" for c in columns)]
+    )
+    out: dict[str, dict[str, Any]] = {}
+    with source.connect() as conn:
+        for i in range(0, len(values), _CHUNK):
+            where, params = _key_filter(keys, values[i : i + _CHUNK])
+            for r in conn.execute(sa.text(f"SELECT {select} FROM {src} WHERE {where}"), params):
+                t = tuple(r)
+                out[_norm_key(t[: len(keys)])] = dict(zip(columns, t[len(keys) :], strict=True))
+    return out
 
 
 def _row_write(p: Pending) -> RowWrite:
