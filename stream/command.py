@@ -165,7 +165,7 @@ def sync_tables(settings: Settings, tables: list[str], *, dry_run: bool = False)
             schema, table = name.split(".", 1)
             mapping = settings.tables.get(name, TableMapping())
             tgt = tuple(mapping.target.split(".", 1)) if mapping.target else (schema, table)
-            if reflect_table(target, tgt[0], tgt[1], mapping.key_columns) is not None:
+            if reflect_table(target, *tgt, mapping.key_columns, allow_keyless=True) is not None:
                 continue
             try:
                 ddl = mirror_ddl(source, (schema, table), (tgt[0], tgt[1]), mapping)

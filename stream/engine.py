@@ -50,13 +50,16 @@ from cdc_reconciler.connectors.kafka import Record
 from cdc_reconciler.connectors.redis_ids import ProcessedIds
 from cdc_reconciler.connectors.target import (
     TRUNCATE_KEY,
+    KeylessWrite,
     RowWrite,
     TargetTable,
     key_text,
+    keyless_position_index,
     qualified_ident,
     quote_ident,
     truncate_table,
     write_batch,
+    write_keyless,
 )
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.stream.checkpoint import record_applied
@@ -83,6 +86,9 @@ class Pending:
     route: Route
     key: tuple[Any, ...]
     values: dict[str, Any] | None  # None: delete
+    # Tables without a key: "i" append, "u"/"d" by full-row match of ``before``; "" otherwise.
+    keyless: str = ""
+    before: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -124,6 +130,8 @@ class ApplyEngine:
         self._source = source
         self.toast_refetched = 0
         self.toast_missing = 0
+        self._identities: dict[tuple[str, str], str | None] = {}
+        self._indexed: set[str] = set()
         self._resolver = resolver
         self._dead = dead_letters
         self._ids = ids
@@ -201,6 +209,8 @@ class ApplyEngine:
         route = self._resolver.route(r.topic, event)
         if event.op == "t":
             return Pending(r, event, route, (), None)
+        if not route.table.key_columns:
+            return self._keyless_pending(r, event, route)
         key = key_of(route, event)
         if event.op == "d":
             return Pending(r, event, route, key, None)
@@ -208,6 +218,85 @@ class ApplyEngine:
             raise ApplyError("missing_key", f"op {event.op!r} without an after image")
         route, values = self._resolver.row_values(route, event.after)
         return Pending(r, event, route, key, values)
+
+    def _keyless_pending(self, r: Record, event: ChangeEvent, route: Route) -> Pending:
+        """A change to a table without a key (docs/apply.md): inserts are appended when the table
+        is ``mode: append`` or the source table has REPLICA IDENTITY FULL; updates and deletes
+        apply by full-row match when ``before`` carries the whole row (REPLICA IDENTITY FULL) and
+        the table is not ``mode: append``. Anything else: ApplyError ``no_key``."""
+        table = route.table.qualified
+        # A key of its own, so collapsing never merges two changes of a keyless table.
+        key = ("\x00keyless", r.topic, r.partition, r.offset)
+        append_only = route.mapping.mode == "append"
+        if event.op in ("c", "r"):
+            if not append_only and self._replica_identity(r.topic, event) != "f":
+                raise ApplyError(
+                    "no_key",
+                    f"target {table} has no primary key; set REPLICA IDENTITY FULL on the source "
+                    "table (updates and deletes then match whole rows) or `mode: append` for it "
+                    "in the table mapping (insert-only), or give it a key (`key_columns`)",
+                )
+            if event.after is None:
+                raise ApplyError("no_key", f"op {event.op!r} without an after image")
+            route, values = self._resolver.row_values(route, event.after)
+            self._keyless_index(route)
+            return Pending(r, event, route, key, values, "i")
+        if append_only:
+            raise ApplyError(
+                "no_key",
+                f"op {event.op!r} on {table}, a table without a key mapped `mode: append` "
+                "(insert-only): updates and deletes cannot be applied",
+            )
+        before = None if event.before is None else self._resolver.row_values(route, event.before)[1]
+        lacking = sorted(route.columns - before.keys()) if before is not None else None
+        if before is None or lacking:
+            raise ApplyError(
+                "no_key",
+                f"op {event.op!r} on {table}, a table without a key, and the event's before image "
+                + ("is missing" if before is None else f"lacks {lacking}")
+                + ": set REPLICA IDENTITY FULL on the source table",
+            )
+        self._keyless_index(route)
+        if event.op == "d":
+            return Pending(r, event, route, key, None, "d", before)
+        if event.after is None:
+            raise ApplyError("no_key", f"op {event.op!r} without an after image")
+        route, values = self._resolver.row_values(route, event.after)
+        # Columns left out of ``after`` (unchanged TOASTed values) are those of ``before``.
+        values = {**{c: v for c, v in before.items() if c in event.unavailable}, **values}
+        return Pending(r, event, route, key, values, "u", before)
+
+    def _replica_identity(self, topic: str, event: ChangeEvent) -> str | None:
+        """The source table's pg_class.relreplident (``f`` = FULL), read once per table; None
+        without a source connection."""
+        name = self._resolver.source_name(topic, event)
+        if name in self._identities:
+            return self._identities[name]
+        found: str | None = None
+        if self._source is not None:
+            with self._source.connect() as conn:
+                found = conn.execute(
+                    sa.text(
+                        "SELECT c.relreplident FROM pg_class c JOIN pg_namespace n "
+                        "ON n.oid = c.relnamespace WHERE n.nspname = :s AND c.relname = :t"
+                    ),
+                    {"s": name[0], "t": name[1]},
+                ).scalar()
+        self._identities[name] = found
+        return found
+
+    def _keyless_index(self, route: Route) -> None:
+        """Once per table: the index on ``_cdc_pos`` the guarded appends use. Its own short
+        transaction; a failure (e.g. no privilege) is logged, never fatal: it only costs speed."""
+        table = route.table
+        if table.qualified in self._indexed or self.dry_run:
+            return
+        self._indexed.add(table.qualified)
+        try:
+            with self._target.begin() as conn:
+                conn.execute(sa.text(keyless_position_index(table)))
+        except DBAPIError as exc:
+            log.warning("cannot index %s._cdc_pos: %s", table.qualified, str(exc.orig).strip())
 
     def _dead_letter(self, plan: _Plan, r: Record, kind: str, message: str) -> None:
         plan.dead.append(DeadLetter(r, kind, message))
@@ -314,8 +403,7 @@ class ApplyEngine:
             writes, vanished = self._complete_unavailable(conn, plan)
             for gk, (route, group) in writes.items():
                 if not isolate:
-                    res = write_batch(conn, route.table, [_row_write(p) for p in group])
-                    applied[gk] = res.applied
+                    applied[gk] = _write(conn, route, group)
                     continue
                 n, bad = self._write_isolating(conn, route, group)
                 applied[gk] = n
@@ -356,7 +444,7 @@ class ApplyEngine:
         needs: dict[str, list[tuple[Pending, tuple[str, ...]]]] = {}
         for route, group in plan.writes.values():
             for p in group:
-                if p.values is None or not p.event.unavailable:
+                if p.values is None or not p.event.unavailable or p.keyless:
                     continue
                 cols = tuple(
                     c for c in route.table.columns if c in p.event.unavailable and c not in p.values
@@ -497,7 +585,7 @@ class ApplyEngine:
             part = parts.pop()
             try:
                 with conn.begin_nested():
-                    applied += write_batch(conn, route.table, [_row_write(p) for p in part]).applied
+                    applied += _write(conn, route, part)
             except DBAPIError as exc:
                 if not is_rejected(exc):
                     raise
@@ -680,6 +768,17 @@ def _fetch_source(
                 t = tuple(r)
                 out[_norm_key(t[: len(keys)])] = dict(zip(columns, t[len(keys) :], strict=True))
     return out
+
+
+def _write(conn: sa.Connection, route: Route, group: Sequence[Pending]) -> int:
+    """Write one group (one table, one partition) through the table's write path; returns how
+    many rows applied."""
+    if route.table.key_columns:
+        return int(write_batch(conn, route.table, [_row_write(p) for p in group]).applied)
+    writes = [
+        KeylessWrite(p.keyless, p.values, p.before, p.event.position, p.event.ts_us) for p in group
+    ]
+    return int(write_keyless(conn, route.table, writes).applied)
 
 
 def _row_write(p: Pending) -> RowWrite:
