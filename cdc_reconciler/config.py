@@ -8,7 +8,7 @@ per-table mappings; environment variables win over the file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -175,6 +175,8 @@ class TableMapping(_Frozen):
     exclude_columns: list[str] = []
     soft_delete_column: str | None = None
     change_time_column: str | None = None
+    # "append": a table without a key whose changes are inserts only (docs/apply.md).
+    mode: Literal["upsert", "append"] = "upsert"
     # Per-window checks of the reconciler (validated by cdc_reconciler.reconcile.checks):
     # {name, kind: sum, column, tolerance} or {name, kind: sql, source_sql, target_sql, expected}.
     checks: list[dict[str, Any]] = []

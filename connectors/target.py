@@ -15,8 +15,8 @@ position), so an older insert replayed later cannot bring the row back.
 caller's transaction: COPY into a temporary staging table, then one guarded statement per kind.
 A write applies only when its position is newer than the row's and the key's tombstone's; the
 others are counted as stale. Nothing is committed here: the caller commits the rows together with
-the applied offsets (DESIGN invariant 3). Database errors propagate unchanged (SQLAlchemy
-exceptions keep their SQLSTATE in ``.orig.pgcode``).
+the applied offsets (DESIGN invariant 3). Database errors propagate as SQLAlchemy's
+``DBAPIError`` (also those of the raw COPY cursor), with the SQLSTATE in ``.orig.pgcode``.
 """
 
 from __future__ import annotations
@@ -100,8 +100,11 @@ def reflect_table(
     schema: str,
     name: str,
     key_columns: Sequence[str] | None = None,
+    *,
+    allow_keyless: bool = False,
 ) -> TargetTable | None:
-    """Read a target table's columns and key from the catalog; None when it does not exist."""
+    """Read a target table's columns and key from the catalog; None when it does not exist.
+    A table without a key raises unless ``allow_keyless`` (the apply engine's keyless modes)."""
     insp = sa.inspect(bind)
     if not insp.has_table(name, schema=schema):
         return None
@@ -120,7 +123,7 @@ def reflect_table(
     if key_columns is None:
         pk = insp.get_pk_constraint(name, schema=schema)
         key_columns = pk.get("constrained_columns") or []
-    if not key_columns:
+    if not key_columns and not allow_keyless:
         from cdc_reconciler.errors import CdcrError
 
         raise CdcrError(f"target table {schema}.{name} has no primary key and none is configured")
@@ -315,7 +318,7 @@ def write_batch(conn: sa.Connection, table: TargetTable, writes: Sequence[RowWri
 
     Upserts and deletes are guarded by position; returns how many applied and how many were stale.
     Writes that leave out columns are applied in their own group, so the columns they omit keep
-    their current values. Raises the database's error unchanged; nothing is committed here.
+    their current values. Raises DBAPIError (SQLSTATE in ``.orig``); nothing is committed here.
     """
     if not writes:
         return WriteResult(0, 0)
@@ -330,9 +333,26 @@ def write_batch(conn: sa.Connection, table: TargetTable, writes: Sequence[RowWri
     applied = 0
     raw: Any = conn.connection.dbapi_connection  # psycopg2: COPY needs the raw cursor
     assert raw is not None
-    with raw.cursor() as cur:
-        for cols, group in groups.items():
-            applied += _write_group(cur, table, _statements(table, cols), group)
+    dbapi_error: type[Exception] = conn.dialect.loaded_dbapi.Error
+    try:
+        with raw.cursor() as cur:
+            for cols, group in groups.items():
+                applied += _write_group(cur, table, _statements(table, cols), group)
+    except dbapi_error as exc:
+        # The raw cursor's errors are the driver's own; raise them as SQLAlchemy's DBAPIError
+        # (the SQLSTATE stays in ``.orig``), like every other statement, so callers classify one
+        # kind of error. A dropped connection is invalidated, so the pool does not hand it out.
+        disconnect = conn.dialect.is_disconnect(exc, raw, None)  # type: ignore[arg-type]
+        if disconnect:
+            conn.invalidate(exc)
+        raise sa.exc.DBAPIError.instance(
+            f"write_batch {table.qualified}",
+            None,
+            exc,
+            dbapi_error,
+            connection_invalidated=disconnect,
+            dialect=conn.dialect,
+        ) from exc
     return WriteResult(applied, len(writes) - applied)
 
 
@@ -383,6 +403,151 @@ def _write_group(cur: Any, table: TargetTable, st: _Statements, writes: list[Row
     # may write the same table twice (a retry, or a second group).
     cur.execute(f"TRUNCATE {quote_ident(st.staging)}")
     return int(applied)
+
+
+# --------------------------------------------------------------------------- tables without a key
+
+
+@dataclass(frozen=True, slots=True)
+class KeylessWrite:
+    """One change to a table without a key (docs/apply.md, keyless tables). ``op``: ``i`` append
+    ``values``; ``u`` replace one row equal to ``before`` by ``values``; ``d`` delete one row
+    equal to ``before``."""
+
+    op: str
+    values: dict[str, Any] | None
+    before: dict[str, Any] | None
+    position: int
+    ts_us: int
+
+
+class _KeylessStatements:
+    """SQL for a keyless table, from reflected names only. Rows are compared by their text form
+    (``ROW(...)::text``), which exists for every type, also those without an equality operator."""
+
+    def __init__(self, table: TargetTable) -> None:
+        tgt = qualified_ident(table.schema, table.name)
+        digest = hashlib.blake2b(f"{table.qualified}|keyless".encode(), digest_size=6).hexdigest()
+        self.staging = f"cdcr_stgk_{digest}"
+        stg = quote_ident(self.staging)
+        cols = [quote_ident(c) for c in table.columns]
+        pos = quote_ident(POS)
+        self.create = (
+            f"CREATE TEMP TABLE IF NOT EXISTS {stg} ON COMMIT DELETE ROWS AS "
+            f'SELECT {", ".join([*cols, pos])}, 0::bigint AS "_cdc_ts_us", '
+            f"''::text AS \"_cdc_op\" FROM {tgt} WITH NO DATA"
+        )
+        self.copy_columns = ", ".join([*cols, pos, '"_cdc_ts_us"', '"_cdc_op"'])
+        ts_expr = "(timestamptz 'epoch' + s._cdc_ts_us * interval '1 microsecond')"
+
+        def row(alias: str) -> str:
+            return f"ROW({', '.join(f'{alias}.{c}' for c in cols)})::text"
+
+        all_cols = ", ".join([*cols, pos, quote_ident(TS)])
+        # Appends are idempotent: a row staged n times at one position is inserted only as far as
+        # the target holds fewer than n equal rows at that position (a redelivered insert, or the
+        # rows of one snapshot, which share a position, arriving twice).
+        self.append = (
+            f"INSERT INTO {tgt} ({all_cols}) "
+            f"SELECT {', '.join(f's.{c}' for c in cols)}, s.{pos}, {ts_expr} FROM ("
+            f"SELECT s.*, {row('s')} AS _cdc_row, row_number() OVER "
+            f"(PARTITION BY s.{pos}, {row('s')}) AS _cdc_n FROM {stg} s WHERE s._cdc_op = 'i') s "
+            f"WHERE s._cdc_n > (SELECT count(*) FROM {tgt} t WHERE t.{pos} = s.{pos} "
+            f"AND {row('t')} = s._cdc_row)"
+        )
+        match = (
+            f"SELECT t.ctid FROM {tgt} t, {stg} b WHERE b._cdc_op = 'b' "
+            f"AND {row('t')} = {row('b')} LIMIT 1"
+        )
+        self.delete = f"DELETE FROM {tgt} WHERE ctid = ({match})"
+        self.update = (
+            f"UPDATE {tgt} SET ({all_cols}) = (SELECT {', '.join(f's.{c}' for c in cols)}, "
+            f"s.{pos}, {ts_expr} FROM {stg} s WHERE s._cdc_op = 'a') WHERE ctid = ({match})"
+        )
+        self.truncate = f"TRUNCATE {stg}"
+        self.columns = table.columns
+
+
+_KEYLESS: dict[TargetTable, _KeylessStatements] = {}
+
+
+def keyless_position_index(table: TargetTable) -> str:
+    """The DDL of the index on ``_cdc_pos`` that keeps guarded appends to a keyless table fast."""
+    digest = hashlib.blake2b(f"{table.qualified}|pos".encode(), digest_size=6).hexdigest()
+    return (
+        f"CREATE INDEX IF NOT EXISTS {quote_ident(f'cdcr_pos_{digest}')} ON "
+        f"{qualified_ident(table.schema, table.name)} ({quote_ident(POS)})"
+    )
+
+
+def write_keyless(
+    conn: sa.Connection, table: TargetTable, writes: Sequence[KeylessWrite]
+) -> WriteResult:
+    """Apply changes to a table without a key, in their order, inside the caller's transaction:
+    runs of appends set-based (COPY + one guarded INSERT), updates and deletes one by one by
+    full-row match (one matching row each; none: stale). Raises DBAPIError."""
+    if not writes:
+        return WriteResult(0, 0)
+    st = _KEYLESS.get(table)
+    if st is None:
+        st = _KEYLESS[table] = _KeylessStatements(table)
+    raw: Any = conn.connection.dbapi_connection
+    assert raw is not None
+    dbapi_error: type[Exception] = conn.dialect.loaded_dbapi.Error
+    applied = 0
+    try:
+        with raw.cursor() as cur:
+            cur.execute(st.create)
+            i = 0
+            while i < len(writes):
+                w = writes[i]
+                if w.op == "i":
+                    j = i
+                    while j < len(writes) and writes[j].op == "i":
+                        j += 1
+                    rows = [(w2.values, w2, "i") for w2 in writes[i:j]]
+                    _copy_keyless(cur, st, rows)
+                    cur.execute(st.append)
+                    applied += cur.rowcount
+                    i = j
+                else:
+                    rows = [(w.before, w, "b")]
+                    if w.op == "u":
+                        rows.append((w.values, w, "a"))
+                    _copy_keyless(cur, st, rows)
+                    cur.execute(st.update if w.op == "u" else st.delete)
+                    applied += cur.rowcount
+                    i += 1
+                cur.execute(st.truncate)
+    except dbapi_error as exc:
+        disconnect = conn.dialect.is_disconnect(exc, raw, None)  # type: ignore[arg-type]
+        if disconnect:
+            conn.invalidate(exc)
+        raise sa.exc.DBAPIError.instance(
+            f"write_keyless {table.qualified}",
+            None,
+            exc,
+            dbapi_error,
+            connection_invalidated=disconnect,
+            dialect=conn.dialect,
+        ) from exc
+    return WriteResult(applied, len(writes) - applied)
+
+
+def _copy_keyless(
+    cur: Any, st: _KeylessStatements, rows: list[tuple[dict[str, Any] | None, KeylessWrite, str]]
+) -> None:
+    buf = io.StringIO()
+    for vals, w, op in rows:
+        get = (vals or {}).get
+        buf.write(
+            "\t".join(
+                [*(copy_field(get(c)) for c in st.columns), str(w.position), str(w.ts_us), op]
+            )
+        )
+        buf.write("\n")
+    buf.seek(0)
+    cur.copy_expert(f"COPY {quote_ident(st.staging)} ({st.copy_columns}) FROM STDIN", buf)
 
 
 def _ts_text(ts_us: int) -> str:

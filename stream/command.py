@@ -178,6 +178,7 @@ def build_engine(
         group=group,
         metrics=metrics,
         stop=stop,
+        source=source,  # re-reads TOASTed values that have no target row (docs/apply.md)
     )
     return EngineParts(engine, target, source, ids, metrics)
 
@@ -301,7 +302,7 @@ def sync_tables(settings: Settings, tables: list[str], *, dry_run: bool = False)
             schema, table = name.split(".", 1)
             mapping = settings.tables.get(name, TableMapping())
             tgt = tuple(mapping.target.split(".", 1)) if mapping.target else (schema, table)
-            if reflect_table(target, tgt[0], tgt[1], mapping.key_columns) is not None:
+            if reflect_table(target, *tgt, mapping.key_columns, allow_keyless=True) is not None:
                 continue
             try:
                 ddl = mirror_ddl(source, (schema, table), (tgt[0], tgt[1]), mapping)

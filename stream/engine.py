@@ -6,11 +6,15 @@ ONE transaction: versioned upserts/deletes/truncates + dead letters + applied of
 record the IDs in Redis. The caller (the consumer loop, replay, the Faust agent) commits Kafka
 offsets after :meth:`ApplyEngine.process` returns, and only then.
 
-Failure policy, in one place:
-- a record that cannot be decoded or mapped, or whose row the database rejects (SQLSTATE classes
-  22 data exception, 23 integrity, 42 syntax/undefined): dead letter with the reason; the batch
-  goes on;
-- the target unreachable (connection errors, SQLSTATE 08, 57, 40): retry the whole transaction with
+Failure policy, in one place (docs/apply.md):
+- a record that cannot be decoded or mapped: dead letter with the reason; the batch goes on;
+- a row the target rejects (SQLSTATE class 22 data exception, 23 integrity, 44, and 54000/54001/
+  42804/42P18, see :data:`REJECTED_CLASSES`): the batch is redone with each group written in a
+  savepoint and bisected until the rejected rows stand alone; they are dead-lettered as
+  ``apply_rejected:<sqlstate>`` with table, key, column and the database's message, and the rest
+  commits with the applied offsets as usual;
+- anything else from the target (connection errors, SQLSTATE 08, 57P0x, 40001/40P01, 53, or an
+  error of the target's schema such as an undefined column): retry the whole transaction with
   backoff, never returning (so offsets are never committed past unapplied records) until it
   succeeds or ``stop`` is set, in which case :class:`Interrupted` is raised and nothing is
   committed;
@@ -22,12 +26,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 
@@ -40,7 +48,19 @@ from cdc_reconciler.connectors.debezium import (
 )
 from cdc_reconciler.connectors.kafka import Record
 from cdc_reconciler.connectors.redis_ids import ProcessedIds
-from cdc_reconciler.connectors.target import RowWrite, truncate_table, write_batch
+from cdc_reconciler.connectors.target import (
+    TRUNCATE_KEY,
+    KeylessWrite,
+    RowWrite,
+    TargetTable,
+    key_text,
+    keyless_position_index,
+    qualified_ident,
+    quote_ident,
+    truncate_table,
+    write_batch,
+    write_keyless,
+)
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.stream.checkpoint import record_applied
 from cdc_reconciler.stream.dead_letters import DeadLetter, DeadLetterSink
@@ -53,8 +73,6 @@ log = logging.getLogger(__name__)
 # Backoff while the target is unreachable: start short, cap so recovery is noticed quickly.
 RETRY_INITIAL_S = 0.5
 RETRY_MAX_S = 15.0
-# SQLSTATE classes that mean "this row/statement is bad", not "the database is unavailable".
-BAD_DATA_CLASSES = ("22", "23", "42", "2B", "44")
 
 
 class Interrupted(CdcrError):
@@ -68,6 +86,9 @@ class Pending:
     route: Route
     key: tuple[Any, ...]
     values: dict[str, Any] | None  # None: delete
+    # Tables without a key: "i" append, "u"/"d" by full-row match of ``before``; "" otherwise.
+    keyless: str = ""
+    before: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -87,11 +108,6 @@ class Prepared:
     started: float
 
 
-def _is_bad_data(exc: DBAPIError) -> bool:
-    code = getattr(exc.orig, "pgcode", None)
-    return bool(code) and str(code)[:2] in BAD_DATA_CLASSES
-
-
 class ApplyEngine:
     def __init__(
         self,
@@ -106,8 +122,16 @@ class ApplyEngine:
         stop: threading.Event | None = None,
         sleep: Callable[[float], None] = time.sleep,
         dry_run: bool = False,
+        source: sa.Engine | None = None,
     ) -> None:
         self._target = target
+        # The source database, read only to re-fetch TOASTed values an event left out when the
+        # target has no row to keep them from (see _complete_unavailable).
+        self._source = source
+        self.toast_refetched = 0
+        self.toast_missing = 0
+        self._identities: dict[tuple[str, str], str | None] = {}
+        self._indexed: set[str] = set()
         self._resolver = resolver
         self._dead = dead_letters
         self._ids = ids
@@ -185,6 +209,8 @@ class ApplyEngine:
         route = self._resolver.route(r.topic, event)
         if event.op == "t":
             return Pending(r, event, route, (), None)
+        if not route.table.key_columns:
+            return self._keyless_pending(r, event, route)
         key = key_of(route, event)
         if event.op == "d":
             return Pending(r, event, route, key, None)
@@ -192,6 +218,85 @@ class ApplyEngine:
             raise ApplyError("missing_key", f"op {event.op!r} without an after image")
         route, values = self._resolver.row_values(route, event.after)
         return Pending(r, event, route, key, values)
+
+    def _keyless_pending(self, r: Record, event: ChangeEvent, route: Route) -> Pending:
+        """A change to a table without a key (docs/apply.md): inserts are appended when the table
+        is ``mode: append`` or the source table has REPLICA IDENTITY FULL; updates and deletes
+        apply by full-row match when ``before`` carries the whole row (REPLICA IDENTITY FULL) and
+        the table is not ``mode: append``. Anything else: ApplyError ``no_key``."""
+        table = route.table.qualified
+        # A key of its own, so collapsing never merges two changes of a keyless table.
+        key = ("\x00keyless", r.topic, r.partition, r.offset)
+        append_only = route.mapping.mode == "append"
+        if event.op in ("c", "r"):
+            if not append_only and self._replica_identity(r.topic, event) != "f":
+                raise ApplyError(
+                    "no_key",
+                    f"target {table} has no primary key; set REPLICA IDENTITY FULL on the source "
+                    "table (updates and deletes then match whole rows) or `mode: append` for it "
+                    "in the table mapping (insert-only), or give it a key (`key_columns`)",
+                )
+            if event.after is None:
+                raise ApplyError("no_key", f"op {event.op!r} without an after image")
+            route, values = self._resolver.row_values(route, event.after)
+            self._keyless_index(route)
+            return Pending(r, event, route, key, values, "i")
+        if append_only:
+            raise ApplyError(
+                "no_key",
+                f"op {event.op!r} on {table}, a table without a key mapped `mode: append` "
+                "(insert-only): updates and deletes cannot be applied",
+            )
+        before = None if event.before is None else self._resolver.row_values(route, event.before)[1]
+        lacking = sorted(route.columns - before.keys()) if before is not None else None
+        if before is None or lacking:
+            raise ApplyError(
+                "no_key",
+                f"op {event.op!r} on {table}, a table without a key, and the event's before image "
+                + ("is missing" if before is None else f"lacks {lacking}")
+                + ": set REPLICA IDENTITY FULL on the source table",
+            )
+        self._keyless_index(route)
+        if event.op == "d":
+            return Pending(r, event, route, key, None, "d", before)
+        if event.after is None:
+            raise ApplyError("no_key", f"op {event.op!r} without an after image")
+        route, values = self._resolver.row_values(route, event.after)
+        # Columns left out of ``after`` (unchanged TOASTed values) are those of ``before``.
+        values = {**{c: v for c, v in before.items() if c in event.unavailable}, **values}
+        return Pending(r, event, route, key, values, "u", before)
+
+    def _replica_identity(self, topic: str, event: ChangeEvent) -> str | None:
+        """The source table's pg_class.relreplident (``f`` = FULL), read once per table; None
+        without a source connection."""
+        name = self._resolver.source_name(topic, event)
+        if name in self._identities:
+            return self._identities[name]
+        found: str | None = None
+        if self._source is not None:
+            with self._source.connect() as conn:
+                found = conn.execute(
+                    sa.text(
+                        "SELECT c.relreplident FROM pg_class c JOIN pg_namespace n "
+                        "ON n.oid = c.relnamespace WHERE n.nspname = :s AND c.relname = :t"
+                    ),
+                    {"s": name[0], "t": name[1]},
+                ).scalar()
+        self._identities[name] = found
+        return found
+
+    def _keyless_index(self, route: Route) -> None:
+        """Once per table: the index on ``_cdc_pos`` the guarded appends use. Its own short
+        transaction; a failure (e.g. no privilege) is logged, never fatal: it only costs speed."""
+        table = route.table
+        if table.qualified in self._indexed or self.dry_run:
+            return
+        self._indexed.add(table.qualified)
+        try:
+            with self._target.begin() as conn:
+                conn.execute(sa.text(keyless_position_index(table)))
+        except DBAPIError as exc:
+            log.warning("cannot index %s._cdc_pos: %s", table.qualified, str(exc.orig).strip())
 
     def _dead_letter(self, plan: _Plan, r: Record, kind: str, message: str) -> None:
         plan.dead.append(DeadLetter(r, kind, message))
@@ -229,21 +334,40 @@ class ApplyEngine:
         plan = prepared.plan
         planned = plan.outcome
         delay = RETRY_INITIAL_S
+        isolate = False
         while True:
             # Each attempt accounts on a fresh copy, so a retried transaction never counts twice.
             plan.outcome = copy.deepcopy(planned)
             try:
-                self._transaction(plan)
+                self._transaction(plan, isolate=isolate)
                 break
             except DBAPIError as exc:
-                if _is_bad_data(exc):
-                    plan.outcome = copy.deepcopy(planned)
-                    self._isolate_bad_rows(plan)
-                    break
+                if not isolate and is_rejected(exc):
+                    # A row the target rejects: redo the batch isolating the bad rows at once.
+                    log.warning(
+                        "the target rejected part of a batch (SQLSTATE %s); isolating the bad rows",
+                        sqlstate(exc),
+                    )
+                    isolate = True
+                    continue
                 self._retry_wait(exc, delay)
                 delay = min(delay * 2, RETRY_MAX_S)
         if self._ids is not None and not self.dry_run:
             self._ids.record(plan.fresh_ids)
+        for table, by in plan.outcome.by_table.items():
+            for result, what in (
+                ("refetched", "toast_refetched"),
+                ("source_missing", "toast_source_missing"),
+            ):
+                n = by.get(what, 0)
+                if not n:
+                    continue
+                if what == "toast_refetched":
+                    self.toast_refetched += n
+                else:
+                    self.toast_missing += n
+                if self._metrics is not None:
+                    self._metrics.toast_refetched.labels(table, result).inc(n)
         if self._metrics is not None:
             self._metrics.observe_batch(
                 plan.outcome,
@@ -257,7 +381,10 @@ class ApplyEngine:
         if self._metrics is not None:
             self._metrics.db_retries.inc()
         log.error(
-            "target database unavailable (%s); retrying in %.1fs", exc.__class__.__name__, delay
+            "target database unavailable (%s%s); retrying in %.1fs",
+            exc.__class__.__name__,
+            f" SQLSTATE {sqlstate(exc)}" if sqlstate(exc) else "",
+            delay,
         )
         if self._stop.is_set():
             raise Interrupted("stopped while the target database was unavailable; nothing applied")
@@ -265,15 +392,211 @@ class ApplyEngine:
         if self._stop.is_set():
             raise Interrupted("stopped while the target database was unavailable; nothing applied")
 
-    def _transaction(self, plan: _Plan) -> None:
+    def _transaction(self, plan: _Plan, *, isolate: bool = False) -> None:
+        """One attempt at the batch's transaction. With ``isolate`` every group is written in a
+        savepoint and bisected when the target rejects it: the rejected rows become dead letters
+        (in this transaction, and on the dead-letter topic before the commit), the rest apply."""
         applied: dict[tuple[str, str, int], int] = {}
+        kept: dict[tuple[str, str, int], int] = {}
+        rejected: list[tuple[Pending, DeadLetter]] = []
         with self._tx() as conn:
-            for gk, (route, group) in plan.writes.items():
-                res = write_batch(conn, route.table, [_row_write(p) for p in group])
-                applied[gk] = res.applied
+            writes, vanished = self._complete_unavailable(conn, plan)
+            for gk, (route, group) in writes.items():
+                if not isolate:
+                    applied[gk] = _write(conn, route, group)
+                    continue
+                n, bad = self._write_isolating(conn, route, group)
+                applied[gk] = n
+                kept[gk] = len(group) - len(bad)
+                rejected.extend(bad)
             for p in plan.truncates:
                 truncate_table(conn, p.route.table, p.event.position, p.event.ts_us)
-            self._finish(conn, plan, applied)
+            letters = [d for _p, d in rejected]
+            if letters and not self.dry_run:
+                self._dead.publish(letters)
+            self._account(
+                plan,
+                applied,
+                kept if isolate else None,
+                {gk: len(g) for gk, (_r, g) in writes.items()},
+            )
+            for p in vanished:
+                self._count(plan, p, "skipped_stale")
+            for p, _d in rejected:
+                self._count(plan, p, "dead_lettered")
+            DeadLetterSink.record(conn, [*plan.dead, *letters])
+            if self._group is not None:
+                record_applied(conn, self._group, plan.outcome)
+
+    # ------------------------------------------------------------------ TOAST without a row
+    def _complete_unavailable(
+        self, conn: sa.Connection, plan: _Plan
+    ) -> tuple[dict[tuple[str, str, int], tuple[Route, list[Pending]]], list[Pending]]:
+        """Upserts that leave out unchanged TOASTed columns keep the target row's values. When the
+        target has no row for the key (a primary-key change, a row lost from the target, a key
+        seen first mid-stream) there is nothing to keep: re-read those columns from the source by
+        key and write them under the event's position (any later real change has a higher one,
+        and the source row read now is at least as new as the event; see docs/apply.md). When
+        the source no longer has the row, a later change deleted it or changed its key: the
+        write is skipped as stale (never a NULL the source does not have) and the key recorded
+        as an open discrepancy for the reconciler. Returns the groups to write and the skipped
+        pendings."""
+        needs: dict[str, list[tuple[Pending, tuple[str, ...]]]] = {}
+        for route, group in plan.writes.values():
+            for p in group:
+                if p.values is None or not p.event.unavailable or p.keyless:
+                    continue
+                cols = tuple(
+                    c for c in route.table.columns if c in p.event.unavailable and c not in p.values
+                )
+                if cols:
+                    needs.setdefault(route.table.qualified, []).append((p, cols))
+        if not needs:
+            return plan.writes, []
+        replaced: dict[int, Pending] = {}
+        vanished: list[Pending] = []
+        for items in needs.values():
+            got, gone = self._refetch(conn, items)
+            replaced.update(got)
+            vanished.extend(gone)
+        gone_ids = {id(p) for p in vanished}
+        out = {
+            gk: (route, [replaced.get(id(p), p) for p in group if id(p) not in gone_ids])
+            for gk, (route, group) in plan.writes.items()
+        }
+        for p in replaced.values():
+            plan.outcome.table_add(p.route.table.qualified, "toast_refetched")
+        for p in vanished:
+            plan.outcome.table_add(p.route.table.qualified, "toast_source_missing")
+        if replaced:
+            log.warning(
+                "re-read %d rows' unchanged TOASTed columns from the source (no target row to "
+                "keep them from)",
+                len(replaced),
+            )
+        if vanished:
+            self._record_vanished(conn, needs, vanished)
+        return out, vanished
+
+    def _refetch(
+        self, conn: sa.Connection, items: list[tuple[Pending, tuple[str, ...]]]
+    ) -> tuple[dict[int, Pending], list[Pending]]:
+        """For one table: the pendings re-read from the source (by id of the original), and those
+        whose source row is gone."""
+        route = items[0][0].route
+        table = route.table
+        keys = table.key_columns
+        # Keys whose target row exists keep its values; keys behind a newer tombstone are stale.
+        live = _existing_keys(conn, table, [p.key for p, _c in items])
+        tombs = _tombstones(conn, table, [p.key for p, _c in items])
+        todo = [
+            (p, c)
+            for p, c in items
+            if _norm_key(p.key) not in live
+            and tombs.get(key_text(p.key), tombs.get(TRUNCATE_KEY, -1)) < p.event.position
+        ]
+        if not todo:
+            return {}, []
+        if self._source is None:
+            log.error(
+                "%d events of %s leave out TOASTed columns and the target has no row to keep "
+                "them from; set CDCR_SOURCE__URL so they can be re-read from the source",
+                len(todo),
+                table.qualified,
+            )
+            return {}, [p for p, _c in todo]
+        schema, name = self._resolver.source_name(todo[0][0].record.topic, todo[0][0].event)
+        cols = sorted({col for _p, cs in todo for col in cs})
+        found = _fetch_source(self._source, (schema, name), keys, cols, [p.key for p, _c in todo])
+        got: dict[int, Pending] = {}
+        gone: list[Pending] = []
+        for p, missing in todo:
+            row = found.get(_norm_key(p.key))
+            if row is None:
+                gone.append(p)
+                continue
+            assert p.values is not None
+            values = {**p.values, **{c: row[c] for c in missing}}
+            got[id(p)] = Pending(p.record, p.event, p.route, p.key, values)
+        return got, gone
+
+    def _record_vanished(
+        self,
+        conn: sa.Connection,
+        needs: dict[str, list[tuple[Pending, tuple[str, ...]]]],
+        vanished: list[Pending],
+    ) -> None:
+        """Open discrepancies (one audit run per batch) for keys whose TOASTed values could not
+        be re-read: the reconciler verifies them."""
+        cols = {id(p): c for items in needs.values() for p, c in items}
+        run_id = uuid.uuid4()
+        now = datetime.now(UTC)
+        by_table: dict[str, list[Pending]] = {}
+        for p in vanished:
+            src = self._resolver.source_name(p.record.topic, p.event)
+            by_table.setdefault(f"{src[0]}.{src[1]}", []).append(p)
+            log.warning(
+                "%s key %s: an event left out TOASTed columns %s, the target has no row and the "
+                "source no longer has it; skipped as stale, recorded as an open discrepancy",
+                p.route.table.qualified,
+                key_text(p.key),
+                list(cols[id(p)]),
+            )
+        for table_name, ps in by_table.items():
+            conn.execute(
+                sa.text(
+                    "INSERT INTO cdcr.reconcile_runs (run_id, table_name, window_end, started, "
+                    "finished, status, counts) VALUES (:r, :t, :now, :now, :now, 'unresolved', "
+                    "CAST(:c AS jsonb))"
+                ),
+                {
+                    "r": run_id,
+                    "t": table_name,
+                    "now": now,
+                    "c": orjson.dumps(
+                        {"by": "apply_engine", "toast_source_missing": len(ps)}
+                    ).decode(),
+                },
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO cdcr.discrepancies (run_id, table_name, key, kind, columns, "
+                    "action, review_state) VALUES (:r, :t, :k, 'missing', :cols, "
+                    "'toast_source_missing', 'open')"
+                ),
+                [
+                    {"r": run_id, "t": table_name, "k": key_text(p.key), "cols": list(cols[id(p)])}
+                    for p in ps
+                ],
+            )
+            run_id = uuid.uuid4()
+
+    def _write_isolating(
+        self, conn: sa.Connection, route: Route, group: list[Pending]
+    ) -> tuple[int, list[tuple[Pending, DeadLetter]]]:
+        """Write ``group`` in savepoints, halving every part the target rejects until the bad
+        rows stand alone: k bad rows in n cost about 2·k·log2(n) attempts, not n. Returns the
+        rows applied and the rejected rows with their dead letters. Errors that are not a
+        rejection (the target unavailable) propagate: the caller retries the transaction."""
+        applied = 0
+        rejected: list[tuple[Pending, DeadLetter]] = []
+        parts = [group]
+        while parts:
+            part = parts.pop()
+            try:
+                with conn.begin_nested():
+                    applied += _write(conn, route, part)
+            except DBAPIError as exc:
+                if not is_rejected(exc):
+                    raise
+                if len(part) > 1:
+                    mid = len(part) // 2
+                    parts.append(part[mid:])
+                    parts.append(part[:mid])
+                    continue
+                p = part[0]
+                rejected.append((p, DeadLetter(p.record, rejected_kind(exc), _describe(p, exc))))
+        return applied, rejected
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sa.Connection]:
@@ -288,58 +611,174 @@ class ApplyEngine:
             finally:
                 trans.rollback()
 
-    def _account(self, plan: _Plan, applied: dict[tuple[str, str, int], int]) -> None:
-        for (table, topic, part), (_route, group) in plan.writes.items():
-            n = applied.get((table, topic, part), 0)
+    def _account(
+        self,
+        plan: _Plan,
+        applied: dict[tuple[str, str, int], int],
+        kept: dict[tuple[str, str, int], int] | None = None,
+        writes_n: dict[tuple[str, str, int], int] | None = None,
+    ) -> None:
+        """Applied and stale per group; ``kept``: how many of a group's rows the target took
+        (the others were dead-lettered and are counted as such by the caller); ``writes_n``: how
+        many rows each group wrote (rows whose source row vanished are counted by the caller)."""
+        writes_n = writes_n or {gk: len(g) for gk, (_r, g) in plan.writes.items()}
+        for gk in plan.writes:
+            table, topic, part = gk
+            n = applied.get(gk, 0)
+            total = writes_n.get(gk, 0) if kept is None else kept.get(gk, 0)
             counts = plan.outcome.counts(topic, part)
             counts.applied += n
-            counts.skipped_stale += len(group) - n
+            counts.skipped_stale += total - n
             plan.outcome.table_add(table, "applied", n)
-            plan.outcome.table_add(table, "skipped_stale", len(group) - n)
+            plan.outcome.table_add(table, "skipped_stale", total - n)
         for p in plan.truncates:
             self._count(plan, p, "applied")
 
-    def _finish(
-        self, conn: sa.Connection, plan: _Plan, applied: dict[tuple[str, str, int], int]
-    ) -> None:
-        """Account the outcome and write dead letters and applied offsets, in the transaction."""
-        self._account(plan, applied)
-        DeadLetterSink.record(conn, plan.dead)
-        if self._group is not None:
-            record_applied(conn, self._group, plan.outcome)
 
-    def _isolate_bad_rows(self, plan: _Plan) -> None:
-        """A row the database rejects: apply each write in its own savepoint; the rejected ones
-        become dead letters with the database's message; the rest commit with the batch."""
-        log.warning("the target rejected part of a batch; isolating the bad rows")
-        applied: dict[tuple[str, str, int], int] = {}
-        rejected: list[Pending] = []
-        with self._tx() as conn:
-            for gk, (route, group) in plan.writes.items():
-                kept: list[Pending] = []
-                for p in group:
-                    try:
-                        with conn.begin_nested():
-                            res = write_batch(conn, route.table, [_row_write(p)])
-                    except DBAPIError as exc:
-                        if not _is_bad_data(exc):
-                            raise
-                        rejected.append(p)
-                        plan.dead.append(
-                            DeadLetter(p.record, "apply_rejected", str(exc.orig).strip())
-                        )
-                        continue
-                    kept.append(p)
-                    applied[gk] = applied.get(gk, 0) + res.applied
-                plan.writes[gk] = (route, kept)
-            for p in plan.truncates:
-                truncate_table(conn, p.route.table, p.event.position, p.event.ts_us)
-            for p in rejected:
-                plan.outcome.counts(p.record.topic, p.record.partition).dead_lettered += 1
-                plan.outcome.table_add(p.route.table.qualified, "dead_lettered")
-            if not self.dry_run:
-                self._dead.publish([d for d in plan.dead if d.kind == "apply_rejected"])
-            self._finish(conn, plan, applied)
+# ---------------------------------------------------------------------- classifying target errors
+
+# SQLSTATEs a single row's values can cause: the row is rejected (dead-lettered), the rest of the
+# batch applies. Classes: 22 data exception (value too long, invalid text for the type, out of
+# range, bad encoding, ...), 23 integrity constraint violation (NOT NULL, CHECK, UNIQUE, FOREIGN
+# KEY, EXCLUDE), 44 WITH CHECK OPTION; codes: 54000 program_limit_exceeded (index row larger than
+# the btree maximum, row too big), 54001 statement_too_complex (a deeply nested value), 42804
+# datatype_mismatch, 42P18 indeterminate_datatype (a value the column type cannot take), 2202E
+# array_subscript_error is in class 22. Classified by SQLSTATE only, never by message text.
+REJECTED_CLASSES = frozenset({"22", "23", "44"})
+REJECTED_CODES = frozenset({"54000", "54001", "42804", "42P18"})
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error (SQLAlchemy's DBAPIError or the driver's own), if any."""
+    orig = getattr(exc, "orig", None) or exc
+    code = getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None)
+    return str(code) if code else None
+
+
+def is_rejected(exc: BaseException) -> bool:
+    """The target refused this row's data (dead-letter it), as opposed to being unavailable or
+    failing for everyone (retry: connection errors without SQLSTATE, class 08, 57P0x, 40001,
+    40P01, 53xxx resources, and anything else)."""
+    code = sqlstate(exc)
+    return code is not None and (code[:2] in REJECTED_CLASSES or code in REJECTED_CODES)
+
+
+def rejected_kind(exc: BaseException) -> str:
+    return f"apply_rejected:{sqlstate(exc)}"
+
+
+_COPY_COLUMN = re.compile(r"\bcolumn (\S+?):")
+
+
+def _describe(p: Pending, exc: DBAPIError) -> str:
+    """table, key, column (when the database names it) and the database's own message."""
+    orig: Any = exc.orig
+    diag = getattr(orig, "diag", None)
+    column = getattr(diag, "column_name", None)
+    context = getattr(diag, "context", None) or ""
+    if not column:
+        # COPY names the column in its context line ("COPY cdcr_stg_..., line 1, column c: ...").
+        m = _COPY_COLUMN.search(context)
+        column = m.group(1) if m else None
+    primary = getattr(diag, "message_primary", None) or str(orig).strip().splitlines()[0]
+    detail = getattr(diag, "message_detail", None)
+    parts = [
+        f"table {p.route.table.qualified}",
+        f"key {key_text(p.key)}",
+        *([f"column {column}"] if column else []),
+        f"SQLSTATE {sqlstate(exc)}: {primary}",
+        *([f"DETAIL: {detail}"] if detail else []),
+    ]
+    return "; ".join(parts)
+
+
+# ---------------------------------------------------------------------- TOAST re-fetch helpers
+
+_CHUNK = 1000
+
+
+def _norm_key(key: Sequence[Any]) -> str:
+    """A key compared across drivers and decoders: aware datetimes in UTC, then key_text."""
+    norm = [
+        v.astimezone(UTC) if isinstance(v, datetime) and v.tzinfo is not None else v for v in key
+    ]
+    return str(key_text(norm))
+
+
+def _key_filter(
+    columns: Sequence[str], keys: Sequence[Sequence[Any]]
+) -> tuple[str, dict[str, Any]]:
+    """``(k1, k2) IN ((:k0_0, :k0_1), ...)`` with bound values; names are reflected columns."""
+    cols = ", ".join(quote_ident(c) for c in columns)
+    params: dict[str, Any] = {}
+    tuples = []
+    for i, key in enumerate(keys):
+        names = []
+        for j, v in enumerate(key):
+            params[f"k{i}_{j}"] = v
+            names.append(f":k{i}_{j}")
+        tuples.append(f"({', '.join(names)})")
+    return f"({cols}) IN ({', '.join(tuples)})", params
+
+
+def _existing_keys(
+    conn: sa.Connection, table: TargetTable, keys: Sequence[Sequence[Any]]
+) -> set[str]:
+    out: set[str] = set()
+    tgt = qualified_ident(table.schema, table.name)
+    cols = ", ".join(quote_ident(c) for c in table.key_columns)
+    for i in range(0, len(keys), _CHUNK):
+        where, params = _key_filter(table.key_columns, keys[i : i + _CHUNK])
+        for r in conn.execute(sa.text(f"SELECT {cols} FROM {tgt} WHERE {where}"), params):
+            out.add(_norm_key(tuple(r)))
+    return out
+
+
+def _tombstones(
+    conn: sa.Connection, table: TargetTable, keys: Sequence[Sequence[Any]]
+) -> dict[str, int]:
+    texts = [key_text(k) for k in keys] + [TRUNCATE_KEY]
+    rows = conn.execute(
+        sa.text(
+            "SELECT key, position FROM cdcr.tombstones WHERE table_name = :tn AND key = ANY(:keys)"
+        ),
+        {"tn": table.qualified, "keys": texts},
+    )
+    return {r.key: int(r.position) for r in rows}
+
+
+def _fetch_source(
+    source: sa.Engine,
+    table: tuple[str, str],
+    keys: Sequence[str],
+    columns: Sequence[str],
+    values: Sequence[Sequence[Any]],
+) -> dict[str, dict[str, Any]]:
+    """The source rows of ``values`` (keys): the key columns as values, ``columns`` as their
+    PostgreSQL text, which COPY turns back into the same value in the target's same type."""
+    src = qualified_ident(*table)
+    select = ", ".join(
+        [*(quote_ident(k) for k in keys), *(f"{quote_ident(c)}::text" for c in columns)]
+    )
+    out: dict[str, dict[str, Any]] = {}
+    with source.connect() as conn:
+        for i in range(0, len(values), _CHUNK):
+            where, params = _key_filter(keys, values[i : i + _CHUNK])
+            for r in conn.execute(sa.text(f"SELECT {select} FROM {src} WHERE {where}"), params):
+                t = tuple(r)
+                out[_norm_key(t[: len(keys)])] = dict(zip(columns, t[len(keys) :], strict=True))
+    return out
+
+
+def _write(conn: sa.Connection, route: Route, group: Sequence[Pending]) -> int:
+    """Write one group (one table, one partition) through the table's write path; returns how
+    many rows applied."""
+    if route.table.key_columns:
+        return int(write_batch(conn, route.table, [_row_write(p) for p in group]).applied)
+    writes = [
+        KeylessWrite(p.keyless, p.values, p.before, p.event.position, p.event.ts_us) for p in group
+    ]
+    return int(write_keyless(conn, route.table, writes).applied)
 
 
 def _row_write(p: Pending) -> RowWrite:

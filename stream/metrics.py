@@ -56,6 +56,13 @@ class Metrics:
         self.db_retries = Counter(
             "cdcr_db_retries", "Target transactions retried after an outage", registry=r
         )
+        self.toast_refetched = Counter(
+            "cdcr_toast_refetched",
+            "Events whose unchanged TOASTed columns had no target row to keep them from, by "
+            "result: refetched (re-read from the source) or source_missing (skipped, discrepancy)",
+            ["table", "result"],
+            registry=r,
+        )
         self.rebalances = Counter(
             "cdcr_rebalances", "Partition assignments and revocations", ["kind"], registry=r
         )

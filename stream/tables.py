@@ -122,7 +122,9 @@ class TableResolver:
         mapping = self._mappings.get(f"{name[0]}.{name[1]}", TableMapping())
         schema, table = mapping.target.split(".", 1) if mapping.target else name
         try:
-            found = reflect_table(self._target, schema, table, mapping.key_columns)
+            found = reflect_table(
+                self._target, schema, table, mapping.key_columns, allow_keyless=True
+            )
         except CdcrError as exc:
             raise ApplyError("no_target_table", str(exc)) from exc
         if found is None:
@@ -155,7 +157,9 @@ class TableResolver:
                 f"creating target table {target[0]}.{target[1]} failed: {_db_message(exc)}",
             ) from exc
         log.warning("created target table %s.%s mirroring %s.%s", *target, *source)
-        created = reflect_table(self._target, target[0], target[1], mapping.key_columns)
+        created = reflect_table(
+            self._target, target[0], target[1], mapping.key_columns, allow_keyless=True
+        )
         assert created is not None
         return created
 
@@ -208,7 +212,9 @@ class TableResolver:
                     )
                 )
                 log.warning("added column %s %s to target %s", n, typ, table.qualified)
-        refreshed = reflect_table(self._target, table.schema, table.name, route.mapping.key_columns)
+        refreshed = reflect_table(
+            self._target, table.schema, table.name, route.mapping.key_columns, allow_keyless=True
+        )
         assert refreshed is not None
         new = Route.of(refreshed, route.mapping)
         for k, r in list(self._routes.items()):
@@ -251,8 +257,8 @@ def mirror_ddl(
         or insp.get_pk_constraint(src[1], schema=src[0]).get("constrained_columns")
         or []
     )
-    if not keys:
-        raise ApplyError("missing_key", f"source table {src[0]}.{src[1]} has no primary key")
+    # No key: the target has none either; the engine applies it by its keyless rules
+    # (docs/apply.md: REPLICA IDENTITY FULL, or ``mode: append``), else dead-letters ``no_key``.
     parts = []
     for c in cols:
         n = c["name"]
@@ -267,7 +273,8 @@ def mirror_ddl(
         typ = c["type"]
         parts.append(f"{quote_ident(n)} {typ}{' NOT NULL' if n in keys else ''}")
     parts.extend(engine_column_ddl())
-    parts.append(f"PRIMARY KEY ({', '.join(quote_ident(k) for k in keys)})")
+    if keys:
+        parts.append(f"PRIMARY KEY ({', '.join(quote_ident(k) for k in keys)})")
     return f"CREATE TABLE IF NOT EXISTS {qualified_ident(*tgt)} ({', '.join(parts)})"
 
 
