@@ -45,7 +45,8 @@ def register(app: typer.Typer) -> None:
                 "--table",
                 "-t",
                 help="Source table as schema.table; repeat for more. Default: every "
-                "table in the configuration.",
+                "table the consumer group applies (its applied offsets), plus the tables "
+                "in the configuration.",
             ),
         ] = None,
         from_: Annotated[
@@ -213,6 +214,8 @@ def register(app: typer.Typer) -> None:
             w.status in ("unresolved", "check_failed", "failed") for r in reports for w in r.windows
         ):
             raise typer.Exit(code=1)
+        if once and any(r.unverified for r in reports):
+            raise typer.Exit(code=1)  # nothing verified is a failure, never a silent success
 
     @app.command()
     def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
@@ -328,11 +331,7 @@ def _print_reports(reports: list[TableReport], dry_run: bool) -> None:
         tbl.add_column(col)
     for r in reports:
         if not r.windows:
-            why = (
-                "no closed window"
-                if r.closed_through is not None
-                else "not closed (no applied offsets prove closure)"
-            )
+            why = "not verified" if r.unverified else "no new closed window"
             tbl.add_row(r.table, "", why, "", "", "", "")
         for w in r.windows:
             c = w.counts
@@ -351,7 +350,10 @@ def _print_reports(reports: list[TableReport], dry_run: bool) -> None:
             for d in w.differences:
                 cols = f" columns={','.join(d.columns)}" if d.columns else ""
                 _out.print(f"  {r.table} {d.kind.value} key={list(d.key)}{cols}", highlight=False)
-        _out.print(f"{r.table}: reconciled through {_t(r.reconciled_through)}", highlight=False)
+        if r.unverified:
+            _out.print(f"{r.table}: {r.unverified}", highlight=False, soft_wrap=True)
+        else:
+            _out.print(f"{r.table}: reconciled through {_t(r.reconciled_through)}", highlight=False)
 
 
 def _print_status(data: dict[str, Any]) -> None:

@@ -36,6 +36,7 @@ from cdc_reconciler.reconcile import watermarks as wm
 from cdc_reconciler.reconcile.checksum import TablePair, describe_pair, quote_ident, split_name
 from cdc_reconciler.reconcile.diff import Difference, DiffOptions, DiffResult, Kind, diff_table
 from cdc_reconciler.reconcile.segments import Window
+from cdc_reconciler.reconcile.topics import AppliedTables
 from cdc_reconciler.reconcile.windows import (
     Clock,
     LogEnds,
@@ -70,6 +71,15 @@ class Env:
     log_ends: LogEnds
     replay_hook: rp.ReplayHook = rp.kafka_replay_hook
     on_window: Callable[[str, Window], None] | None = None  # progress
+    applied: AppliedTables | None = None  # the group's topics per table (reconcile/topics.py)
+
+    def topics_of(self, table: str) -> tuple[str, ...]:
+        """The topics whose applied offsets prove ``table``'s closure: the ones the group applies
+        for it; without that knowledge, ``<topic_prefix>.<table>``."""
+        if self.applied is not None:
+            found: tuple[str, ...] = self.applied.topics_of(table)
+            return found
+        return (table_topic(self.settings.kafka.topic_prefix, table),)
 
 
 @dataclass(slots=True)
@@ -105,6 +115,8 @@ class TableReport:
     reconciled_through: datetime | None
     windows: list[WindowReport] = field(default_factory=list)
     windows_behind: int | None = None  # after this pass (windows.windows_behind)
+    # Why nothing of the table could be verified (one line); None when it was verified.
+    unverified: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         def iso(t: datetime | None) -> str | None:
@@ -115,6 +127,8 @@ class TableReport:
             "closed_through": iso(self.closed_through),
             "reconciled_through": iso(self.reconciled_through),
             "windows_behind": self.windows_behind,
+            "verified": self.unverified is None,
+            "unverified_reason": self.unverified,
             "windows": [w.as_json() for w in self.windows],
         }
 
@@ -206,7 +220,9 @@ def closed_time(env: Env, table: str, now: datetime) -> datetime | None:
     """Up to when ``table``'s windows are closed (windows.closed_through over its partitions)."""
     s = env.settings
     with env.target.connect() as c:
-        parts = partition_progress(c, s.kafka.group_id, table_topic(s.kafka.topic_prefix, table))
+        parts = [
+            p for t in env.topics_of(table) for p in partition_progress(c, s.kafka.group_id, t)
+        ]
     found: datetime | None = closed_through(
         parts, timedelta(seconds=s.reconcile.grace_s), now, env.log_ends
     )
@@ -228,6 +244,7 @@ def reconcile_table(env: Env, req: Request, table: str) -> TableReport:
     report = TableReport(table, closed, mark.reconciled_through if mark else None)
     if closed is None:
         report.windows_behind = 0  # nothing is proven closed, so nothing is behind
+        report.unverified = _why_not_closed(env, table)
         return report
     size = timedelta(seconds=env.settings.reconcile.window_s)
     first = _first_change(env, pair) if pair.windowed else None
@@ -263,7 +280,29 @@ def reconcile_table(env: Env, req: Request, table: str) -> TableReport:
     )
     if report.windows_behind is None:  # never reconciled, no change time: one whole-table window
         report.windows_behind = 1
+    if not report.windows and report.reconciled_through is None:
+        report.unverified = (
+            f"no window is closed yet (closed through {closed.isoformat()}, windows of "
+            f"{env.settings.reconcile.window_s}s, first change "
+            f"{'unknown' if first is None else first.isoformat()})"
+        )
     return report
+
+
+def _why_not_closed(env: Env, table: str) -> str:
+    topics = env.topics_of(table)
+    group = env.settings.kafka.group_id
+    if not topics:
+        known = env.applied.tables() if env.applied is not None else []
+        listed = ", ".join(known[:5]) + (" …" if len(known) > 5 else "") if known else "none"
+        return (
+            f"not verified: consumer group {group!r} has applied no topic routed to {table} "
+            f"(tables it applies: {listed}); check CDCR_KAFKA__GROUP_ID"
+        )
+    return (
+        f"not verified: no applied offsets of group {group!r} on {', '.join(topics)} prove "
+        "closure yet (no event time applied)"
+    )
 
 
 def _kinds(diffs: tuple[Difference, ...]) -> dict[str, int]:
