@@ -327,12 +327,12 @@ def _t(t: datetime | None) -> str:
 
 def _print_reports(reports: list[TableReport], dry_run: bool) -> None:
     tbl = Table(title="reconcile (dry run: nothing written)" if dry_run else "reconcile")
-    for col in ("table", "window", "status", "missing", "extra", "mismatched", "rows"):
+    for col in ("table", "window", "status", "missing", "extra", "mismatched", "deferred", "rows"):
         tbl.add_column(col)
     for r in reports:
         if not r.windows:
             why = "not verified" if r.unverified else "no new closed window"
-            tbl.add_row(r.table, "", why, "", "", "", "")
+            tbl.add_row(r.table, "", why, "", "", "", "", "")
         for w in r.windows:
             c = w.counts
             tbl.add_row(
@@ -342,6 +342,7 @@ def _print_reports(reports: list[TableReport], dry_run: bool) -> None:
                 str(c.get("missing", 0)),
                 str(c.get("extra", 0)),
                 str(c.get("mismatched", 0)),
+                str(c.get("deferred", 0)),
                 str(c.get("source_rows", "")),
             )
     _out.print(tbl)
@@ -350,6 +351,14 @@ def _print_reports(reports: list[TableReport], dry_run: bool) -> None:
             for d in w.differences:
                 cols = f" columns={','.join(d.columns)}" if d.columns else ""
                 _out.print(f"  {r.table} {d.kind.value} key={list(d.key)}{cols}", highlight=False)
+            shown = w.deferred[:20]
+            for k, why in shown:
+                _out.print(f"  {r.table} deferred key={list(k)} ({why})", highlight=False)
+            if len(w.deferred) > len(shown):
+                _out.print(
+                    f"  {r.table} … {len(w.deferred) - len(shown)} more deferred keys (--json)",
+                    highlight=False,
+                )
         if r.unverified:
             _out.print(f"{r.table}: {r.unverified}", highlight=False, soft_wrap=True)
         else:
