@@ -144,6 +144,11 @@ class RedisSettings(_Frozen):
 class ReconcileSettings(_Frozen):
     window_s: int = Field(default=300, ge=1)
     grace_s: int = Field(default=30, ge=0)
+    # Candidates of a diff are confirmed only once the group applied past the source read; wait
+    # at most this long for it (reconcile/inflight.py), else they are deferred to the next pass.
+    confirm_wait_s: float = Field(default=30.0, ge=0)
+    # A key deferred as "in flight" for longer than this becomes a real discrepancy.
+    deferred_bound_s: int = Field(default=600, ge=0)
 
 
 class MetricsSettings(_Frozen):

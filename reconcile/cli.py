@@ -45,7 +45,8 @@ def register(app: typer.Typer) -> None:
                 "--table",
                 "-t",
                 help="Source table as schema.table; repeat for more. Default: every "
-                "table in the configuration.",
+                "table the consumer group applies (its applied offsets), plus the tables "
+                "in the configuration.",
             ),
         ] = None,
         from_: Annotated[
@@ -213,6 +214,8 @@ def register(app: typer.Typer) -> None:
             w.status in ("unresolved", "check_failed", "failed") for r in reports for w in r.windows
         ):
             raise typer.Exit(code=1)
+        if once and any(r.unverified for r in reports):
+            raise typer.Exit(code=1)  # nothing verified is a failure, never a silent success
 
     @app.command()
     def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
@@ -324,16 +327,12 @@ def _t(t: datetime | None) -> str:
 
 def _print_reports(reports: list[TableReport], dry_run: bool) -> None:
     tbl = Table(title="reconcile (dry run: nothing written)" if dry_run else "reconcile")
-    for col in ("table", "window", "status", "missing", "extra", "mismatched", "rows"):
+    for col in ("table", "window", "status", "missing", "extra", "mismatched", "deferred", "rows"):
         tbl.add_column(col)
     for r in reports:
         if not r.windows:
-            why = (
-                "no closed window"
-                if r.closed_through is not None
-                else "not closed (no applied offsets prove closure)"
-            )
-            tbl.add_row(r.table, "", why, "", "", "", "")
+            why = "not verified" if r.unverified else "no new closed window"
+            tbl.add_row(r.table, "", why, "", "", "", "", "")
         for w in r.windows:
             c = w.counts
             tbl.add_row(
@@ -343,6 +342,7 @@ def _print_reports(reports: list[TableReport], dry_run: bool) -> None:
                 str(c.get("missing", 0)),
                 str(c.get("extra", 0)),
                 str(c.get("mismatched", 0)),
+                str(c.get("deferred", 0)),
                 str(c.get("source_rows", "")),
             )
     _out.print(tbl)
@@ -351,7 +351,18 @@ def _print_reports(reports: list[TableReport], dry_run: bool) -> None:
             for d in w.differences:
                 cols = f" columns={','.join(d.columns)}" if d.columns else ""
                 _out.print(f"  {r.table} {d.kind.value} key={list(d.key)}{cols}", highlight=False)
-        _out.print(f"{r.table}: reconciled through {_t(r.reconciled_through)}", highlight=False)
+            shown = w.deferred[:20]
+            for k, why in shown:
+                _out.print(f"  {r.table} deferred key={list(k)} ({why})", highlight=False)
+            if len(w.deferred) > len(shown):
+                _out.print(
+                    f"  {r.table} … {len(w.deferred) - len(shown)} more deferred keys (--json)",
+                    highlight=False,
+                )
+        if r.unverified:
+            _out.print(f"{r.table}: {r.unverified}", highlight=False, soft_wrap=True)
+        else:
+            _out.print(f"{r.table}: reconciled through {_t(r.reconciled_through)}", highlight=False)
 
 
 def _print_status(data: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,6 +31,7 @@ from cdc_reconciler.reconcile.run import (
 )
 from cdc_reconciler.reconcile.sample import SampleReport, record_sample, sample_table
 from cdc_reconciler.reconcile.segments import Window
+from cdc_reconciler.reconcile.topics import AppliedTables, applied_tables
 from cdc_reconciler.reconcile.windows import (
     Clock,
     LogEnds,
@@ -99,14 +101,24 @@ def reconcile(
     (sleeping between passes) until ``should_stop()`` or KeyboardInterrupt, returning the last
     pass's reports. With ``metrics``, every pass updates them (reconcile/metrics.py). Raises
     CdcrError on configuration or database failures."""
-    names = tuple(tables) or tuple(settings.tables)
-    if not names:
-        raise CdcrError(
-            "no tables to reconcile: pass --table <schema>.<table> or configure "
-            "tables in the YAML file"
-        )
     if start is not None and end is not None and start >= end:
         raise CdcrError("--from must be before --to")
+    source, target = _engines(settings)
+    try:
+        applied = _applied(settings, target)
+    except BaseException:
+        source.dispose()
+        target.dispose()
+        raise
+    names = tuple(tables) or tuple(sorted({*applied.tables(), *settings.tables}))
+    if not names:
+        source.dispose()
+        target.dispose()
+        raise CdcrError(
+            f"no tables to reconcile: consumer group {settings.kafka.group_id!r} has applied "
+            "nothing yet (cdcr.applied_offsets) and no table is configured; run `cdcr run` "
+            "first, check CDCR_KAFKA__GROUP_ID, or pass --table <schema>.<table>"
+        )
     for name in names:
         table_checks(settings, name)  # invalid checks fail before any work
     req = Request(
@@ -117,7 +129,6 @@ def reconcile(
         delete_extra,
         diff_options or DiffOptions(),
     )
-    source, target = _engines(settings)
     env = Env(
         settings,
         source,
@@ -129,10 +140,12 @@ def reconcile(
             settings, source, target, log=logging.getLogger(__name__).info
         ),
         on_window,
+        applied,
     )
     try:
         while True:
-            reports = [reconcile_table(env, req, t) for t in names]
+            env = replace(env, applied=_applied(settings, target))
+            reports = [_reconcile_or_say(env, req, t) for t in names]
             if metrics is not None:
                 for r in reports:
                     metrics.observe(r)
@@ -146,6 +159,31 @@ def reconcile(
     finally:
         source.dispose()
         target.dispose()
+
+
+def _applied(settings: Settings, target: sa.Engine) -> AppliedTables:
+    try:
+        with target.connect() as c:
+            return applied_tables(c, settings, target)
+    except SQLAlchemyError as exc:
+        raise CdcrError(
+            f"cannot read the applied offsets (is the target migrated? run `cdcr migrate`): "
+            f"{exc.__class__.__name__}: {exc}"
+        ) from exc
+
+
+def _reconcile_or_say(env: Env, req: Request, table: str) -> TableReport:
+    """reconcile_table, except that a table that cannot even be described (missing on a side,
+    no key, bad mapping) is reported as not verified, in one line, instead of stopping the
+    other tables."""
+    try:
+        return reconcile_table(env, req, table)
+    except wm.WatermarkConflict:
+        raise
+    except CdcrError as exc:
+        return TableReport(
+            table, None, None, windows_behind=None, unverified=f"not verified: {exc}"
+        )
 
 
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
@@ -170,17 +208,27 @@ def sample(
     flight). Writes one ``sampled`` audit row per table unless ``dry_run``; repairs nothing."""
     if n < 1:
         raise CdcrError("--sample needs a positive number of keys")
-    names = tuple(tables) or tuple(settings.tables)
-    if not names:
-        raise CdcrError(
-            "no tables to sample: pass --table <schema>.<table> or configure "
-            "tables in the YAML file"
-        )
     start, end = _aware(start, "--from"), _aware(end, "--to")
     if start is not None and end is not None and start >= end:
         raise CdcrError("--from must be before --to")
     source, target = _engines(settings)
-    env = Env(settings, source, target, now_getter, log_ends or _kafka_log_ends(settings))
+    try:
+        applied = _applied(settings, target)
+    except BaseException:
+        source.dispose()
+        target.dispose()
+        raise
+    names = tuple(tables) or tuple(sorted({*applied.tables(), *settings.tables}))
+    if not names:
+        source.dispose()
+        target.dispose()
+        raise CdcrError(
+            f"no tables to sample: consumer group {settings.kafka.group_id!r} has applied "
+            "nothing yet and no table is configured; pass --table <schema>.<table>"
+        )
+    env = Env(
+        settings, source, target, now_getter, log_ends or _kafka_log_ends(settings), applied=applied
+    )
     reports: list[SampleReport] = []
     try:
         for table in names:
@@ -284,6 +332,7 @@ def status(
                 .mappings()
                 .all()
             )
+            applied = applied_tables(c, settings, engine)
             open_counts = (
                 c.execute(
                     sa.text(
@@ -337,8 +386,9 @@ def status(
             )
     reconciled = {m.table: m.reconciled_through for m in marks}
     gaps = []
-    for table in sorted({*reconciled, *settings.tables}):
-        parts = progress.get(table_topic(settings.kafka.topic_prefix, table), [])
+    for table in sorted({*reconciled, *settings.tables, *applied.tables()}):
+        topics = applied.topics_of(table) or (table_topic(settings.kafka.topic_prefix, table),)
+        parts = [p for t in topics for p in progress.get(t, [])]
         closed = closed_through(parts, grace, now, guarded)
         if closed is None:
             continue

@@ -31,14 +31,17 @@ from cdc_reconciler.config import Settings, TableMapping
 from cdc_reconciler.connectors.target import TargetTable, reflect_table
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.reconcile import checks as chk
+from cdc_reconciler.reconcile import inflight
 from cdc_reconciler.reconcile import repair as rp
 from cdc_reconciler.reconcile import watermarks as wm
 from cdc_reconciler.reconcile.checksum import TablePair, describe_pair, quote_ident, split_name
 from cdc_reconciler.reconcile.diff import Difference, DiffOptions, DiffResult, Kind, diff_table
-from cdc_reconciler.reconcile.segments import Window
+from cdc_reconciler.reconcile.segments import Key, Window
+from cdc_reconciler.reconcile.topics import AppliedTables
 from cdc_reconciler.reconcile.windows import (
     Clock,
     LogEnds,
+    PartitionProgress,
     checked_now,
     closed_through,
     closed_windows,
@@ -70,6 +73,15 @@ class Env:
     log_ends: LogEnds
     replay_hook: rp.ReplayHook = rp.kafka_replay_hook
     on_window: Callable[[str, Window], None] | None = None  # progress
+    applied: AppliedTables | None = None  # the group's topics per table (reconcile/topics.py)
+
+    def topics_of(self, table: str) -> tuple[str, ...]:
+        """The topics whose applied offsets prove ``table``'s closure: the ones the group applies
+        for it; without that knowledge, ``<topic_prefix>.<table>``."""
+        if self.applied is not None:
+            found: tuple[str, ...] = self.applied.topics_of(table)
+            return found
+        return (table_topic(self.settings.kafka.topic_prefix, table),)
 
 
 @dataclass(slots=True)
@@ -81,6 +93,8 @@ class WindowReport:
     counts: dict[str, Any] = field(default_factory=dict)
     run_id: uuid.UUID | None = None
     checks: list[dict[str, Any]] = field(default_factory=list)
+    # Candidates dropped as in flight (inflight.py): key -> reason. Never discrepancies.
+    deferred: tuple[tuple[Key, str], ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -95,6 +109,7 @@ class WindowReport:
                 {"kind": d.kind.value, "key": list(d.key), "columns": list(d.columns)}
                 for d in self.differences
             ],
+            "deferred": [{"key": list(k), "reason": r} for k, r in self.deferred],
         }
 
 
@@ -105,6 +120,8 @@ class TableReport:
     reconciled_through: datetime | None
     windows: list[WindowReport] = field(default_factory=list)
     windows_behind: int | None = None  # after this pass (windows.windows_behind)
+    # Why nothing of the table could be verified (one line); None when it was verified.
+    unverified: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         def iso(t: datetime | None) -> str | None:
@@ -115,6 +132,8 @@ class TableReport:
             "closed_through": iso(self.closed_through),
             "reconciled_through": iso(self.reconciled_through),
             "windows_behind": self.windows_behind,
+            "verified": self.unverified is None,
+            "unverified_reason": self.unverified,
             "windows": [w.as_json() for w in self.windows],
         }
 
@@ -206,7 +225,9 @@ def closed_time(env: Env, table: str, now: datetime) -> datetime | None:
     """Up to when ``table``'s windows are closed (windows.closed_through over its partitions)."""
     s = env.settings
     with env.target.connect() as c:
-        parts = partition_progress(c, s.kafka.group_id, table_topic(s.kafka.topic_prefix, table))
+        parts = [
+            p for t in env.topics_of(table) for p in partition_progress(c, s.kafka.group_id, t)
+        ]
     found: datetime | None = closed_through(
         parts, timedelta(seconds=s.reconcile.grace_s), now, env.log_ends
     )
@@ -228,17 +249,21 @@ def reconcile_table(env: Env, req: Request, table: str) -> TableReport:
     report = TableReport(table, closed, mark.reconciled_through if mark else None)
     if closed is None:
         report.windows_behind = 0  # nothing is proven closed, so nothing is behind
+        report.unverified = _why_not_closed(env, table)
         return report
     size = timedelta(seconds=env.settings.reconcile.window_s)
     first = _first_change(env, pair) if pair.windowed else None
     explicit = req.start is not None
     current = mark.reconciled_through if mark else None
     pos = req.start if explicit else current
+    with env.target.connect() as c:
+        pending = tuple(inflight.pending(c, table))  # deferred by earlier passes: re-check
     while True:
         w = _next_window(env, pair, pos, first, closed, size, req.end)
         if w is None:
             break
-        r = reconcile_window(env, req, pair, ttable, w, current)
+        r = reconcile_window(env, req, pair, ttable, w, current, pending)
+        pending = ()
         report.windows.append(r)
         if req.dry_run:
             pos = w.end
@@ -263,7 +288,29 @@ def reconcile_table(env: Env, req: Request, table: str) -> TableReport:
     )
     if report.windows_behind is None:  # never reconciled, no change time: one whole-table window
         report.windows_behind = 1
+    if not report.windows and report.reconciled_through is None:
+        report.unverified = (
+            f"no window is closed yet (closed through {closed.isoformat()}, windows of "
+            f"{env.settings.reconcile.window_s}s, first change "
+            f"{'unknown' if first is None else first.isoformat()})"
+        )
     return report
+
+
+def _why_not_closed(env: Env, table: str) -> str:
+    topics = env.topics_of(table)
+    group = env.settings.kafka.group_id
+    if not topics:
+        known = env.applied.tables() if env.applied is not None else []
+        listed = ", ".join(known[:5]) + (" …" if len(known) > 5 else "") if known else "none"
+        return (
+            f"not verified: consumer group {group!r} has applied no topic routed to {table} "
+            f"(tables it applies: {listed}); check CDCR_KAFKA__GROUP_ID"
+        )
+    return (
+        f"not verified: no applied offsets of group {group!r} on {', '.join(topics)} prove "
+        "closure yet (no event time applied)"
+    )
 
 
 def _kinds(diffs: tuple[Difference, ...]) -> dict[str, int]:
@@ -280,15 +327,32 @@ def reconcile_window(
     ttable: TargetTable,
     w: Window,
     expected: datetime | None,
+    pending: tuple[Key, ...] = (),
 ) -> WindowReport:
     """Diff one window; unless dry-run: repair, re-verify, audit, and advance the watermark from
     ``expected`` when the window starts there."""
     if env.on_window is not None:
         env.on_window(pair.name, w)
     started = checked_now(env.now_getter)
-    before = diff_table(env.source, env.target, pair, w, req.diff)
-    counts: dict[str, Any] = {**before.stats.as_dict(), **_kinds(before.differences)}
-    checks: list[dict[str, Any]] = [_check("count_checksum", before)]
+    raw = diff_table(env.source, env.target, pair, w, req.diff)
+    # Candidates are confirmed before anything is reported, repaired or counted (inflight.py).
+    conf = _confirm(env, pair, [*(d.key for d in raw.differences), *pending])
+    bound = timedelta(seconds=env.settings.reconcile.deferred_bound_s)
+    with env.target.begin() as c:
+        inflight.apply_bound(c, pair.name, conf, now=started, bound=bound, write=not req.dry_run)
+    before = DiffResult(
+        tuple(sorted(conf.confirmed, key=lambda x: (x.kind.value, repr(x.key)))), raw.stats
+    )
+    counts: dict[str, Any] = {
+        **raw.stats.as_dict(),
+        **_kinds(before.differences),
+        "candidates": len(raw.differences),
+        "rechecked": len(pending),
+        **conf.counts(),
+    }
+    counts["deferred"] = raw.stats.deferred + len(conf.deferred)
+    deferred = tuple(sorted(conf.deferred.items(), key=lambda x: repr(x[0])))
+    checks: list[dict[str, Any]] = [_check("count_checksum", raw)]
     configured = table_checks(env.settings, pair.name)
     if req.dry_run:
         status = "clean" if before.clean else "differences"
@@ -296,7 +360,13 @@ def reconcile_window(
         if not chk.passed(results):
             status = "check_failed"
         return WindowReport(
-            pair.name, w, status, before.differences, counts, checks=[*checks, *results]
+            pair.name,
+            w,
+            status,
+            before.differences,
+            counts,
+            checks=[*checks, *results],
+            deferred=deferred,
         )
 
     run_id = uuid.uuid4()
@@ -325,11 +395,18 @@ def reconcile_window(
                 replay_hook=env.replay_hook,
             )
             counts.update(outcome.counts())
-            after = diff_table(env.source, env.target, pair, w, req.diff)
-            checks.append(_check("reverify", after))
-            remaining = after.differences
+            # Re-verify the keys this window confirmed, through the same in-flight rules.
+            again = _confirm(env, pair, [d.key for d in before.differences])
+            remaining = tuple(again.confirmed)
+            checks.append(
+                {
+                    "check": "reverify",
+                    "keys": len(before.differences),
+                    "result": "equal" if not remaining else f"{len(remaining)} differences",
+                }
+            )
             reported = {k for k, a in outcome.actions.items() if a == "reported"}
-            if after.clean:
+            if not remaining:
                 status = "repaired"
             elif all(d.kind is Kind.EXTRA and d.key in reported for d in remaining):
                 status = "open_extras"
@@ -355,7 +432,31 @@ def reconcile_window(
         with env.target.begin() as c:
             _finish(c, run_id, "failed", counts, checks, env.now_getter)
         raise
-    return WindowReport(pair.name, w, status, before.differences, counts, run_id, checks)
+    return WindowReport(
+        pair.name, w, status, before.differences, counts, run_id, checks, deferred=deferred
+    )
+
+
+def _confirm(env: Env, pair: TablePair, keys: list[Key]) -> inflight.Confirmation:
+    s = env.settings
+
+    def progress() -> list[PartitionProgress]:
+        with env.target.connect() as c:
+            return [
+                p
+                for t in env.topics_of(pair.name)
+                for p in partition_progress(c, s.kafka.group_id, t)
+            ]
+
+    return inflight.confirm(
+        env.source,
+        env.target,
+        pair,
+        keys,
+        progress=progress,
+        log_ends=env.log_ends,
+        wait_s=s.reconcile.confirm_wait_s,
+    )
 
 
 def _check(name: str, result: DiffResult) -> dict[str, Any]:

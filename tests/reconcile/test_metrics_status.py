@@ -30,6 +30,19 @@ def settings_of(c: Case) -> Settings:
     return Settings.model_validate(yaml.safe_load(c.config.read_text()))
 
 
+def lagging_then_idle():
+    """Log ends for a group that is behind when closure is computed (the first lookup: end 99,
+    the group at 10) and has reached its log end by the time candidates are confirmed (end 10):
+    the differences found are then confirmed, not deferred as in flight."""
+    calls: list[object] = []
+
+    def ends(tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        calls.append(tps)
+        return {tp: 99 if len(calls) == 1 else 10 for tp in tps}
+
+    return ends
+
+
 def plant(source: sa.Engine, target: sa.Engine, c: Case) -> None:
     t = c.table
     run(target, f"DELETE FROM {t} WHERE id IN (5, 250)")
@@ -46,7 +59,7 @@ def test_metrics_after_one_pass(source_engine: sa.Engine, target_engine: sa.Engi
     m = ReconcileMetrics()
     now = T0 + timedelta(hours=1)
     [report] = command.reconcile(settings_of(case), tables=[case.table], now_getter=lambda: now,
-                                 log_ends=lambda tps: {tp: 99 for tp in tps}, metrics=m)
+                                 log_ends=lagging_then_idle(), metrics=m)
     assert report.reconciled_through == T0 + timedelta(minutes=20)
     got = samples(m)
     t = (("table", case.table),)
@@ -75,7 +88,7 @@ def test_metrics_after_one_pass(source_engine: sa.Engine, target_engine: sa.Engi
     # A dry pass counts what it finds but repairs nothing; the gauges follow the watermark.
     run(target_engine, f"UPDATE {case.table} SET v = 'again' WHERE id = 530")  # window 00:25
     command.reconcile(settings_of(case), tables=[case.table], now_getter=lambda: now,
-                      log_ends=lambda tps: {tp: 99 for tp in tps}, metrics=m, dry_run=True)
+                      log_ends=lagging_then_idle(), metrics=m, dry_run=True)
     got = samples(m)
     assert got[("cdcr_reconcile_discrepancies_found_total", kind("mismatched"))] == 2
     assert got[("cdcr_reconcile_repaired_total", t)] == 3
