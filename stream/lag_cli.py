@@ -25,6 +25,8 @@ from cdc_reconciler.cli import ConfigOpt
 from cdc_reconciler.config import Settings
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.stream.lag import (
+    LONG_LAG_S,
+    OFFSET_RESETS,
     AppliedOffset,
     LagMonitor,
     LagReport,
@@ -95,7 +97,15 @@ def lag(
             "refreshed every --refresh seconds, until stopped.",
         ),
     ] = None,
-    samples: Annotated[int, typer.Option("--samples", min=1, help="Samples per report.")] = 2,
+    samples: Annotated[
+        int,
+        typer.Option(
+            "--samples",
+            min=1,
+            help="Samples per one-shot report (1: one round of requests; more let the status "
+            "see the committed offset move, --interval apart).",
+        ),
+    ] = 1,
     interval: Annotated[
         float, typer.Option("--interval", min=0.0, help="Seconds between samples.")
     ] = 0.25,
@@ -118,10 +128,22 @@ def lag(
             "--timeout", min=0.1, help="Seconds to wait for each Kafka request before failing."
         ),
     ] = 10.0,
+    offset_reset: Annotated[
+        str,
+        typer.Option(
+            "--offset-reset",
+            help="auto.offset.reset of the given groups (earliest or latest): where a group "
+            "starts on a partition it never committed on. kafka.group_id always uses earliest.",
+        ),
+    ] = "earliest",
     config: ConfigOpt = None,
 ) -> None:
     """Consumer lag per partition: committed and applied offsets, log end, offset lag, time lag
     in seconds, and a status (OK, WARN, STALL, STOP, REWIND) per partition and group.
+
+    \b
+    Every partition of every topic the group consumes is listed, including partitions it never
+    committed on (committed null, reason no_commit, lag from where it would start).
 
     \b
     --json prints one document (schema_version 1; fields are only ever added):
@@ -130,12 +152,18 @@ def lag(
      "applied_offsets": {"available": bool, "note": str|null},
      "groups": [{"group": str, "state": str, "members": int, "status": STATUS,
                  "total_offset_lag": int, "max_time_lag_s": float,
+                 "partitions_without_commit": int,
                  "partitions": [{"topic": str, "partition": int, "committed": int|null,
-                                 "log_start": int, "log_end": int, "offset_lag": int,
-                                 "time_lag_s": float|null, "time_lag_source":
+                                 "reason": "no_commit|offset_out_of_range"|null,
+                                 "position": int, "log_start": int, "log_end": int,
+                                 "offset_lag": int, "time_lag_s": float|null,
+                                 "time_lag_source":
                                  "caught_up|timestamp|estimate|lower_bound|unavailable",
+                                 "time_lag_over_30m": bool,
+                                 "oldest_unconsumed_age_s": float|null,
                                  "status": STATUS, "applied": int|null,
-                                 "applied_event_time": str|null}]}]}
+                                 "applied_event_time": str|null,
+                                 "applied_updated_at": str|null}]}]}
     STATUS is one of OK, WARN, REWIND, STALL, STOP. See docs/lag.md for the rules.
     """
     from cdc_reconciler.cli import fail, settings_or_fail
@@ -143,7 +171,9 @@ def lag(
     settings = settings_or_fail(config)
     groups = list(dict.fromkeys(group or [settings.kafka.group_id]))
     try:
-        with _Session(settings, groups, topic, stall_after, timeout) as session:
+        if offset_reset not in OFFSET_RESETS:
+            raise CdcrError(f"--offset-reset must be earliest or latest, not {offset_reset!r}")
+        with _Session(settings, groups, topic, stall_after, timeout, offset_reset) as session:
             if serve is not None:
                 _serve(session, port=serve, samples=samples, interval=interval, refresh=refresh)
             elif watch:
@@ -173,6 +203,7 @@ class _Session:
         topic: str | None,
         stall_after: float,
         timeout_s: float,
+        offset_reset: str = "earliest",
     ) -> None:
         from cdc_reconciler.connectors.kafka_admin import KafkaAdmin, client_config
 
@@ -186,11 +217,16 @@ class _Session:
             timeout_s=timeout_s,
         )
         self.groups = list(groups)
+        own = k.group_id
+        # `cdcr run` subscribes its group to kafka.topic_pattern with auto.offset.reset=earliest
+        # (connectors/kafka.py): every matching partition is the group's, committed or not.
         self.monitor = LagMonitor(
             admin,
             self.groups,
             topic_pattern=topic,
             thresholds=Thresholds(stall_after_s=stall_after),
+            group_patterns={own: k.topic_pattern} if own in self.groups else None,
+            offset_reset={g: "earliest" if g == own else offset_reset for g in self.groups},
         )
         self.applied = AppliedOffsetsReader(settings.target.url_str())
 
@@ -244,7 +280,7 @@ class AppliedOffsetsReader:
                 rows = conn.execute(
                     sa.text(
                         "select consumer_group, topic, partition, next_offset, "
-                        "last_event_time from cdcr.applied_offsets "
+                        "last_event_time, updated_at from cdcr.applied_offsets "
                         "where consumer_group = any(:groups)"
                     ),
                     {"groups": list(groups)},
@@ -253,7 +289,7 @@ class AppliedOffsetsReader:
             cause = getattr(exc, "orig", None) or exc
             first = (str(cause).strip().splitlines() or [""])[0]
             return None, f"target database unreadable: {type(cause).__name__}: {first}"
-        return {(r[0], r[1], int(r[2])): AppliedOffset(int(r[3]), r[4]) for r in rows}, None
+        return {(r[0], r[1], int(r[2])): AppliedOffset(int(r[3]), r[4], r[5]) for r in rows}, None
 
     def close(self) -> None:
         if self._engine is not None:
@@ -291,6 +327,7 @@ def render(report: LagReport) -> Group:
             ("lag", "right"),
             ("time lag", "right"),
             ("status", "left"),
+            ("note", "left"),
         ]:
             table.add_column(col, justify=just)  # type: ignore[arg-type]
         for p in g.partitions:
@@ -303,13 +340,25 @@ def render(report: LagReport) -> Group:
                 f"{p.offset_lag:,}",
                 _fmt_time_lag(p),
                 Text(p.status.value, style=_STATUS_STYLE[p.status]),
+                _note(p),
             )
         if not g.partitions:
-            table.add_row("(no partitions)", "", "", "", "", "", "", "")
+            table.add_row("(no partitions)", "", "", "", "", "", "", "", "")
         parts.append(table)
     if not report.applied_available and report.applied_note:
         parts.append(Text(f"applied: {report.applied_note}", style="dim"))
     return Group(*parts)
+
+
+def _note(p: PartitionLag) -> str:
+    notes = []
+    if p.reason is not None:
+        notes.append(f"{p.reason.value} (from {p.position:,})")
+    if (p.time_lag_s or 0.0) > LONG_LAG_S:
+        notes.append("over 30 min behind")
+    if p.age_s is not None and p.offset_lag > 0:
+        notes.append(f"oldest waiting {_fmt_seconds(p.age_s)}")
+    return "; ".join(notes)
 
 
 def _fmt_offset(v: int | None) -> str:

@@ -36,7 +36,7 @@ def samples(*rows: tuple[int | None, int], start: int = 0, step_s: float = 1.0) 
 
 def status(rows: list[Sample], *, active: bool = True, time_lag_s: float | None = 0.0,
            thresholds: Thresholds | None = None) -> Status:
-    return partition_status(rows, group_active=active, time_lag_s=time_lag_s,
+    return partition_status(rows, group_active=active, age_s=time_lag_s,
                             thresholds=thresholds or Thresholds())
 
 
@@ -181,7 +181,8 @@ class _FakeSource:
 
     def message_timestamps(self, wanted: Iterable[tuple[str, int, int]], *,
                            timeout_s: float = 1.0) -> Mapping[tuple[str, int, int], datetime]:
-        return {w: self.ts for w in wanted} if self.ts else {}
+        # Message at offset o is stamped ts + o seconds.
+        return {w: self.ts + timedelta(seconds=w[2]) for w in wanted} if self.ts else {}
 
 
 class _Clock:
@@ -206,7 +207,10 @@ class TestMonitor:
         (g,) = rep.groups
         assert g.status is Status.STOP and g.total_offset_lag == 7
         p0, p1 = g.partitions
-        assert (p0.offset_lag, p0.time_lag_s, p0.status) == (7, 31.0, Status.STOP)
+        # Behind the log end: newest (offset 11, T0-19s) minus oldest unconsumed (5, T0-25s);
+        # the oldest unconsumed waited from T0-25s to now (T0+1s).
+        assert (p0.offset_lag, p0.time_lag_s, p0.status) == (7, 6.0, Status.STOP)
+        assert p0.age_s == 26.0 and p0.reason is None and p0.position == 5
         assert (p1.offset_lag, p1.time_lag_s, p1.status) == (0, 0.0, Status.OK)
         doc = report_as_json(rep)
         assert doc["schema_version"] == 1 and doc["generated_at"] == "2026-01-01T12:00:01Z"
