@@ -409,6 +409,8 @@ class LagMonitor:
         described = self._source.describe_groups(self._groups)
         committed = self._source.committed_offsets(self._groups)
         self._check_known(described, committed)
+        # Before the watermarks: the metadata request also refreshes the client's view of the
+        # cluster, so partitions added since the last sample can be asked about.
         counts = self._source.topic_partitions(None)
         wanted = {
             g: self._partitions_of(g, described.get(g), committed.get(g, {}), counts)

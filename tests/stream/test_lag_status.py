@@ -13,6 +13,7 @@ from cdc_reconciler.stream.lag import (
     TP,
     LagError,
     LagMonitor,
+    Reason,
     Sample,
     Status,
     Thresholds,
@@ -95,6 +96,37 @@ class TestPartitionStatus:
     def test_needs_a_sample(self) -> None:
         with pytest.raises(ValueError):
             status([])
+
+    def test_no_commit_with_young_lag_and_members_is_warn_never_ok(self) -> None:
+        rows = samples((None, 20))
+        assert rows[0].reason is Reason.NO_COMMIT and rows[0].offset_lag == 20
+        assert status(rows, time_lag_s=1.0) is Status.WARN
+
+    def test_no_commit_on_an_empty_partition_is_ok(self) -> None:
+        assert status(samples((None, 0)), active=False) is Status.OK
+
+    def test_no_commit_with_latest_starts_at_the_log_end(self) -> None:
+        row = Sample(T0, None, 3, 20, reset="latest")
+        assert (row.position, row.offset_lag, row.reason) == (20, 0, Reason.NO_COMMIT)
+
+    def test_commit_below_log_start_is_out_of_range_and_restarts_per_reset(self) -> None:
+        early = Sample(T0, 5, 100, 150)
+        assert (early.reason, early.position, early.offset_lag) == (
+            Reason.OFFSET_OUT_OF_RANGE, 100, 50)
+        assert status([early], time_lag_s=1.0) is Status.WARN
+        late = Sample(T0, 5, 100, 150, reset="latest")
+        assert (late.position, late.offset_lag) == (150, 0)
+
+    def test_commit_beyond_log_end_is_out_of_range(self) -> None:
+        row = Sample(T0, 500, 0, 150)  # topic recreated: the consumer resets to the start
+        assert (row.reason, row.position, row.offset_lag) == (Reason.OFFSET_OUT_OF_RANGE, 0, 150)
+
+    def test_recent_applied_progress_is_not_stall_even_with_old_data(self) -> None:
+        rows = samples((10, 20))  # one sample: a one-shot cannot see the offset move
+        assert partition_status(rows, group_active=True, age_s=7200.0,
+                                since_progress_s=2.0) is Status.OK
+        assert partition_status(rows, group_active=True, age_s=7200.0,
+                                since_progress_s=61.0) is Status.STALL
 
 
 class TestGroupStatus:
@@ -223,6 +255,31 @@ class TestMonitor:
         parts = mon.report().groups[0].partitions
         assert [(p.partition, p.committed, p.offset_lag) for p in parts] == [(0, 5, 0),
                                                                             (1, None, 3)]
+
+    def test_every_partition_of_a_committed_topic_and_the_group_pattern(self) -> None:
+        src = _FakeSource(committed=[{("t", 0): 5}], ends=[{("t", 0): 5, ("t", 1): 3,
+                                                            ("other", 0): 4}])
+        mon = LagMonitor(src, ["g"], group_patterns={"g": "^other$"}, now_getter=_Clock())
+        mon.sample()
+        (g,) = mon.report().groups
+        assert [(p.topic, p.partition, p.committed, p.offset_lag, p.reason)
+                for p in g.partitions] == [("other", 0, None, 4, Reason.NO_COMMIT),
+                                           ("t", 0, 5, 0, None),
+                                           ("t", 1, None, 3, Reason.NO_COMMIT)]
+        assert g.total_offset_lag == 7
+        assert report_as_json(mon.report())["groups"][0]["partitions_without_commit"] == 2
+
+    def test_group_with_a_pattern_is_never_unknown(self) -> None:
+        src = _FakeSource([{}], [{("other", 0): 4}])
+        mon = LagMonitor(src, ["fresh"], group_patterns={"fresh": "^other$"},
+                         now_getter=_Clock())
+        mon.sample()
+        (g,) = mon.report().groups
+        assert (g.state, g.total_offset_lag, g.status) == ("DEAD", 4, Status.STOP)
+
+    def test_bad_offset_reset_is_a_lag_error(self) -> None:
+        with pytest.raises(LagError, match="earliest or latest"):
+            LagMonitor(_FakeSource([{}], [{}]), ["g"], offset_reset="smallest")
 
     def test_unknown_group_is_a_cdcr_error(self) -> None:
         mon = LagMonitor(_FakeSource([{}], [{}]), ["g", "nope"], now_getter=_Clock())
