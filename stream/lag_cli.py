@@ -248,11 +248,23 @@ class _Session:
 
 class AppliedOffsetsReader:
     """Reads ``cdcr.applied_offsets`` from the target DB, when one is configured and the table
-    exists. Never raises: an unreadable DB yields ``(None, reason)`` so lag is still reported."""
+    exists. Never raises: an unreadable DB yields ``(None, reason)`` so lag is still reported.
+
+    A PostgreSQL target is read with psycopg2 directly: importing SQLAlchemy costs more than the
+    whole Kafka side of a one-shot ``cdcr lag`` (about 0.2 s of CPU). Other targets go through
+    SQLAlchemy."""
+
+    _QUERY = (
+        "select consumer_group, topic, partition, next_offset, last_event_time, updated_at "
+        "from cdcr.applied_offsets where consumer_group = any(%(groups)s)"
+    )
+    _EXISTS = "select to_regclass('cdcr.applied_offsets') is not null"
+    _MISSING = "table cdcr.applied_offsets does not exist (run cdcr migrate)"
 
     def __init__(self, url: str) -> None:
         self._url = url
         self._engine: sa.Engine | None = None
+        self._conn: Any = None
 
     def read(
         self,
@@ -260,40 +272,67 @@ class AppliedOffsetsReader:
     ) -> tuple[dict[tuple[str, str, int], AppliedOffset] | None, str | None]:
         if not self._url:
             return None, "no target database configured (CDCR_TARGET__URL)"
+        libpq = _libpq_uri(self._url)
+        rows = self._read_psycopg2(libpq, groups) if libpq else self._read_sqlalchemy(groups)
+        if isinstance(rows, str):
+            return None, rows
+        return {(r[0], r[1], int(r[2])): AppliedOffset(int(r[3]), r[4], r[5]) for r in rows}, None
+
+    def _read_psycopg2(self, uri: str, groups: Sequence[str]) -> list[Any] | str:
+        import psycopg2
+
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg2.connect(uri, connect_timeout=_DB_CONNECT_TIMEOUT_S)
+                self._conn.set_session(readonly=True, autocommit=True)
+            with self._conn.cursor() as cur:
+                cur.execute(self._EXISTS)
+                if not cur.fetchone()[0]:
+                    return self._MISSING
+                cur.execute(self._QUERY, {"groups": list(groups)})
+                return list(cur.fetchall())
+        except psycopg2.Error as exc:
+            self._drop_conn()
+            first = (str(exc).strip().splitlines() or [""])[0]
+            return f"target database unreadable: {type(exc).__name__}: {first}"
+
+    def _read_sqlalchemy(self, groups: Sequence[str]) -> list[Any] | str:
         import sqlalchemy as sa
 
         try:
             if self._engine is None:
-                self._engine = sa.create_engine(
-                    self._url,
-                    pool_pre_ping=True,
-                    connect_args={"connect_timeout": _DB_CONNECT_TIMEOUT_S}
-                    if self._url.startswith("postgresql")
-                    else {},
-                )
+                self._engine = sa.create_engine(self._url, pool_pre_ping=True)
             with self._engine.connect() as conn:
-                exists = conn.execute(
-                    sa.text("select to_regclass('cdcr.applied_offsets') is not null")
-                ).scalar()
-                if not exists:
-                    return None, "table cdcr.applied_offsets does not exist (run cdcr migrate)"
-                rows = conn.execute(
-                    sa.text(
-                        "select consumer_group, topic, partition, next_offset, "
-                        "last_event_time, updated_at from cdcr.applied_offsets "
-                        "where consumer_group = any(:groups)"
-                    ),
-                    {"groups": list(groups)},
-                ).all()
+                if not conn.execute(sa.text(self._EXISTS)).scalar():
+                    return self._MISSING
+                query = sa.text(self._QUERY.replace("%(groups)s", ":groups"))
+                return list(conn.execute(query, {"groups": list(groups)}).all())
         except sa.exc.SQLAlchemyError as exc:
             cause = getattr(exc, "orig", None) or exc
             first = (str(cause).strip().splitlines() or [""])[0]
-            return None, f"target database unreadable: {type(cause).__name__}: {first}"
-        return {(r[0], r[1], int(r[2])): AppliedOffset(int(r[3]), r[4], r[5]) for r in rows}, None
+            return f"target database unreadable: {type(cause).__name__}: {first}"
+
+    def _drop_conn(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # noqa: BLE001, S110 - a broken connection may fail to close; it is dropped either way
+                pass
+            self._conn = None
 
     def close(self) -> None:
+        self._drop_conn()
         if self._engine is not None:
             self._engine.dispose()
+
+
+def _libpq_uri(url: str) -> str | None:
+    """The libpq URI of a SQLAlchemy PostgreSQL URL with the psycopg2 (default) driver; None for
+    anything else. Both use RFC 3986 URLs with percent-encoded credentials."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("postgresql", "postgresql+psycopg2", "postgres"):
+        return None
+    return f"postgresql://{rest}"
 
 
 # -- human and JSON output ------------------------------------------------------------------------
