@@ -459,8 +459,20 @@ def metric_families(
     )
     seconds = GaugeMetricFamily(
         "cdcr_consumer_time_lag_seconds",
-        "Age of the oldest unconsumed message (0 when caught up).",
+        "How far behind the log end, in seconds of the log: newest message's timestamp minus "
+        "the oldest unconsumed one's (0 when caught up).",
         labels=labels,
+    )
+    age = GaugeMetricFamily(
+        "cdcr_consumer_oldest_unconsumed_age_seconds",
+        "Now minus the timestamp of the oldest unconsumed message (0 when caught up).",
+        labels=labels,
+    )
+    reason = GaugeMetricFamily(
+        "cdcr_consumer_position_reason",
+        "1 where the group has no usable commit on the partition: reason no_commit (never "
+        "committed) or offset_out_of_range (its commit is outside the log; records lost to it).",
+        labels=[*labels, "reason"],
     )
     status = GaugeMetricFamily(
         "cdcr_consumer_status",
@@ -480,9 +492,13 @@ def metric_families(
             offset.add_metric(lv, float(p.offset_lag))
             if p.time_lag_s is not None:
                 seconds.add_metric(lv, p.time_lag_s)
+            if p.age_s is not None:
+                age.add_metric(lv, p.age_s)
+            if p.reason is not None:
+                reason.add_metric([*lv, p.reason.value], 1.0)
             for st in Status:
                 status.add_metric([*lv, st.value], 1.0 if p.status is st else 0.0)
-    yield from (offset, seconds, status, gstatus)
+    yield from (offset, seconds, age, reason, status, gstatus)
     yield GaugeMetricFamily(
         "cdcr_lag_up", "1 if the last refresh of the lag succeeded.", value=1.0 if up else 0.0
     )
