@@ -301,6 +301,7 @@ def test_cli_json_schema_with_applied_offsets(services: Services, admin: KafkaAd
             after - before).total_seconds() + TIME_TOLERANCE_CLI_S
     assert g["partitions"][0]["applied"] == 6
     assert g["partitions"][0]["applied_event_time"] == "2026-01-01T00:00:00Z"
+    assert g["partitions"][0]["applied_updated_at"] is not None  # when the engine advanced it
     assert g["partitions"][1]["applied"] is None
 
 
@@ -335,6 +336,9 @@ def test_serve_exports_parseable_gauges(services: Services, topic_factory: Calla
             for s in families["cdcr_consumer_time_lag_seconds"].samples}
     assert secs["1"] == 0.0
     assert secs["0"] == pytest.approx(N - 1 - 1, abs=0.01)  # newest (N-1) minus oldest unread (1)
+    ages = {s.labels["partition"]: s.value
+            for s in families["cdcr_consumer_oldest_unconsumed_age_seconds"].samples}
+    assert ages["1"] == 0.0 and AGE0_S - 1 - 1 <= ages["0"] <= AGE0_S - 1 + 30
     status = {(s.labels["partition"], s.labels["status"]): s.value
               for s in families["cdcr_consumer_status"].samples}
     assert status[("1", "OK")] == 1.0 and status[("0", "STOP")] == 1.0
