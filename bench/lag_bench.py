@@ -1,10 +1,17 @@
-"""Benchmark: `cdcr lag --json` end to end for 3 groups x 64 partitions (target: under 1 s).
+"""Benchmark: `cdcr lag --json` end to end, process start included, in the two shapes the lag
+target names (DESIGN.md, issue 11):
 
-Creates one 64-partition topic, produces messages to every partition, has 3 groups commit
-different offsets (one caught up, one half way, one at the start), then times the `cdcr` process
-(interpreter start included) 5 times and prints the median. The topic is deleted afterwards.
+- 3 groups x 64 partitions (target < 0.5 s): one 64-partition topic, 200 messages per
+  partition; one group caught up, one half way, one at the start.
+- 1 group x 1,000 partitions (target < 2 s): one 1,000-partition topic, 20 messages per
+  partition; the group committed half way on 900 partitions and never on the other 100 (they are
+  listed with reason no_commit and counted).
 
-    eval "$(scripts/stack env)"; .venv/bin/python bench/lag_bench.py [--runs 5] [-- extra args]
+Each shape: one warm-up run, then ``--runs`` timed runs of the `cdcr` process; prints the median
+and the spread (min, max) and, with ``--json-out``, writes them. The topics are deleted
+afterwards. The machine may be shared: say so next to the figures.
+
+    eval "$(scripts/stack env)"; .venv/bin/python bench/lag_bench.py [--runs 3] [--only 64|1000]
 """
 
 from __future__ import annotations
@@ -23,11 +30,14 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from cdc_reconciler.connectors.kafka_admin import KafkaAdmin, client_config
+from cdc_reconciler.connectors.kafka_admin import KafkaAdmin, KafkaAdminError, client_config
 
 PARTITIONS = 64
 GROUPS = 3
 PER_PARTITION = 200
+BIG_PARTITIONS = 1000
+BIG_PER_PARTITION = 20
+BIG_UNCOMMITTED_EVERY = 10  # every 10th partition of the big topic is never committed
 
 
 def cdcr_command() -> list[str]:
@@ -39,23 +49,39 @@ def cdcr_command() -> list[str]:
                                    "from cdc_reconciler.cli import main; main()"]
 
 
-def setup(bootstrap: str, topic: str, groups: list[str]) -> None:
+def _wait_for_leaders(admin: KafkaAdmin, topic: str, partitions: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if admin.topic_partitions(f"^{topic}$").get(topic) == partitions:
+                admin.watermarks([(topic, p) for p in range(partitions)])
+                return
+        except KafkaAdminError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"topic {topic}: no leaders for {partitions} partitions after 60 s")
+
+
+def setup(bootstrap: str, topic: str, groups: list[str], *, partitions: int = PARTITIONS,
+          per_partition: int = PER_PARTITION,
+          fractions: list[float] | None = None, skip_every: int = 0) -> None:
+    """Create ``topic``, fill it and have each group commit ``fraction`` of every partition
+    (except every ``skip_every``-th partition, left without a commit)."""
     admin = KafkaAdmin(client_config(bootstrap))
-    admin.create_topic(topic, PARTITIONS)
-    time.sleep(1.0)  # leaders for 64 new partitions
+    admin.create_topic(topic, partitions)
+    _wait_for_leaders(admin, topic, partitions)
     prod = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
-    for _ in range(PER_PARTITION):
-        for p in range(PARTITIONS):
+    for _ in range(per_partition):
+        for p in range(partitions):
             prod.produce(topic, value=b"x" * 100, partition=p)
         prod.poll(0)
-    prod.flush(30)
-    fractions = [1.0, 0.5, 0.0]
-    for g, frac in zip(groups, fractions, strict=True):
+    prod.flush(60)
+    for g, frac in zip(groups, fractions or [1.0, 0.5, 0.0], strict=True):
         c = Consumer({"bootstrap.servers": bootstrap, "group.id": g,
                       "enable.auto.commit": False})
-        offset = int(PER_PARTITION * frac)
-        c.commit(offsets=[TopicPartition(topic, p, offset) for p in range(PARTITIONS)],
-                 asynchronous=False)
+        offset = int(per_partition * frac)
+        c.commit(offsets=[TopicPartition(topic, p, offset) for p in range(partitions)
+                          if not (skip_every and p % skip_every == 0)], asynchronous=False)
         c.close()
 
 
@@ -68,33 +94,73 @@ def time_once(cmd: list[str]) -> tuple[float, dict[str, Any]]:
     return elapsed, json.loads(out.stdout)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("extra", nargs="*", help="extra arguments for `cdcr lag`")
-    args = ap.parse_args()
-    bootstrap = os.environ.get("CDCR_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:19092")
+def measure(cmd: list[str], runs: int) -> tuple[list[float], dict[str, Any]]:
+    time_once(cmd)  # warm the page cache and the broker's group coordinator
+    times, doc = [], {}
+    for _ in range(runs):
+        elapsed, doc = time_once(cmd)
+        times.append(elapsed)
+    return times, doc
+
+
+def shape(bootstrap: str, *, name: str, partitions: int, per_partition: int,
+          fractions: list[float], skip_every: int, runs: int, target_s: float,
+          extra: list[str]) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
     topic = f"bench-lag-{tag}"
-    groups = [f"bench-lag-{tag}-g{i}" for i in range(GROUPS)]
-    setup(bootstrap, topic, groups)
+    groups = [f"bench-lag-{tag}-g{i}" for i in range(len(fractions))]
+    setup(bootstrap, topic, groups, partitions=partitions, per_partition=per_partition,
+          fractions=fractions, skip_every=skip_every)
     try:
         cmd = [*cdcr_command(), "lag", "--json"]
         for g in groups:
             cmd += ["--group", g]
-        cmd += args.extra
-        time_once(cmd)  # warm the page cache and the broker's group coordinator
-        times = []
-        doc: dict[str, Any] = {}
-        for _ in range(args.runs):
-            elapsed, doc = time_once(cmd)
-            times.append(elapsed)
-        parts = sum(len(g["partitions"]) for g in doc["groups"])
-        print(f"cdcr lag --json {' '.join(args.extra)}: {GROUPS} groups x {PARTITIONS} partitions"
-              f" ({parts} rows): median {statistics.median(times):.3f} s over {args.runs} runs "
-              f"(min {min(times):.3f}, max {max(times):.3f})")
+        cmd += extra
+        times, doc = measure(cmd, runs)
     finally:
         KafkaAdmin(client_config(bootstrap)).delete_topics([topic])
+    rows = sum(len(g["partitions"]) for g in doc["groups"])
+    med = statistics.median(times)
+    res = {
+        "shape": name, "groups": len(groups), "partitions": partitions, "rows": rows,
+        "total_offset_lag": [g["total_offset_lag"] for g in doc["groups"]],
+        "partitions_without_commit": [g["partitions_without_commit"] for g in doc["groups"]],
+        "runs": runs, "median_s": round(med, 3), "min_s": round(min(times), 3),
+        "max_s": round(max(times), 3), "times_s": [round(t, 3) for t in times],
+        "target_s": target_s, "met": med < target_s,
+        "command": "cdcr lag --json " + " ".join(f"--group G{i + 1}" for i in range(len(groups))),
+    }
+    print(f"{name}: {rows} rows, median {med:.3f} s over {runs} runs (min {min(times):.3f}, "
+          f"max {max(times):.3f}); target < {target_s} s: {'met' if res['met'] else 'MISSED'}")
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--only", choices=["64", "1000"], default=None)
+    ap.add_argument("--json-out", type=Path, default=None)
+    ap.add_argument("extra", nargs="*", help="extra arguments for `cdcr lag`")
+    args = ap.parse_args()
+    bootstrap = os.environ.get("CDCR_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:19092")
+    results = []
+    if args.only in (None, "64"):
+        results.append(shape(bootstrap, name=f"{GROUPS} groups x {PARTITIONS} partitions",
+                             partitions=PARTITIONS, per_partition=PER_PARTITION,
+                             fractions=[1.0, 0.5, 0.0], skip_every=0, runs=args.runs,
+                             target_s=0.5, extra=args.extra))
+    if args.only in (None, "1000"):
+        results.append(shape(bootstrap, name=f"1 group x {BIG_PARTITIONS} partitions",
+                             partitions=BIG_PARTITIONS, per_partition=BIG_PER_PARTITION,
+                             fractions=[0.5], skip_every=BIG_UNCOMMITTED_EVERY, runs=args.runs,
+                             target_s=2.0, extra=args.extra))
+    load = os.getloadavg()
+    doc = {"results": results, "loadavg_at_end": [round(x, 2) for x in load],
+           "cpus": os.cpu_count()}
+    print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
+          f"on {os.cpu_count()} CPUs")
+    if args.json_out:
+        args.json_out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._listoffsets import OffsetSpec
-from confluent_kafka.cimpl import NewTopic
+from confluent_kafka.cimpl import NewPartitions, NewTopic
 
 from cdc_reconciler.errors import CdcrError
 
@@ -352,6 +352,30 @@ class KafkaAdmin:
         )
         for fut in futs.values():
             self._result(f"create topic {name!r}", fut)
+
+    def add_partitions(self, topic: str, total: int) -> None:
+        """Grow ``topic`` to ``total`` partitions and wait until the broker has done it."""
+        futs = self._admin.create_partitions(
+            [NewPartitions(topic, total)], request_timeout=self._timeout_s
+        )
+        for fut in futs.values():
+            self._result(f"add partitions to {topic!r}", fut)
+
+    def delete_records(self, before: Mapping[TP, int]) -> dict[TP, int]:
+        """Delete every message below the given offset of each partition (Kafka's DeleteRecords:
+        the log start moves up). Returns the new log start of each partition."""
+        if not before:
+            return {}
+        futs = self._admin.delete_records(
+            [TopicPartition(t, p, o) for (t, p), o in before.items()],
+            request_timeout=self._timeout_s,
+        )
+        return {
+            (tp.topic, tp.partition): int(
+                self._result(f"delete records of {tp.topic}[{tp.partition}]", fut).low_watermark
+            )
+            for tp, fut in futs.items()
+        }
 
     def delete_topics(self, names: Iterable[str]) -> None:
         """Delete topics; topics that do not exist are ignored."""

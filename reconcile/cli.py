@@ -5,7 +5,7 @@
 
 import json
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -13,9 +13,11 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cdc_reconciler.errors import CdcrError
-from cdc_reconciler.reconcile.run import TableReport
-from cdc_reconciler.reconcile.sample import SampleReport
-from cdc_reconciler.reconcile.segments import Window
+
+if TYPE_CHECKING:  # annotations only: SQLAlchemy stays out of every command's start-up
+    from cdc_reconciler.reconcile.run import TableReport
+    from cdc_reconciler.reconcile.sample import SampleReport
+    from cdc_reconciler.reconcile.segments import Window
 
 _out = Console()
 _err = Console(stderr=True)
@@ -180,7 +182,7 @@ def register(app: typer.Typer) -> None:
             ) as progress:
                 task = progress.add_task("reconciling", total=None)
 
-                def on_window(name: str, w: Window) -> None:
+                def on_window(name: str, w: "Window") -> None:
                     progress.update(task, description=f"{name} [{_t(w.start)}, {_t(w.end)})")
 
                 reports = command.reconcile(
@@ -280,7 +282,7 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.3g}%"
 
 
-def _print_samples(reports: list[SampleReport], dry_run: bool) -> None:
+def _print_samples(reports: "list[SampleReport]", dry_run: bool) -> None:
     tbl = Table(
         title="reconcile --sample (dry run: nothing written)" if dry_run else "reconcile --sample"
     )
@@ -325,7 +327,7 @@ def _t(t: datetime | None) -> str:
     return "-inf" if t is None else t.strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _print_reports(reports: list[TableReport], dry_run: bool) -> None:
+def _print_reports(reports: "list[TableReport]", dry_run: bool) -> None:
     tbl = Table(title="reconcile (dry run: nothing written)" if dry_run else "reconcile")
     for col in ("table", "window", "status", "missing", "extra", "mismatched", "deferred", "rows"):
         tbl.add_column(col)

@@ -7,26 +7,37 @@ cluster through a :class:`LagSource` it is given (in production
 
 Definitions (``docs/lag.md`` has the same, for operators):
 
-- position: the next offset the group will read: its committed offset, or the log start when it
-  has no commit (a consumer with ``auto.offset.reset=earliest`` starts there) or when retention
-  already deleted the committed offset.
+- partitions: every partition of every topic the group has committed on or its members are
+  assigned, plus every partition of the topics a pattern names for the group (``cdcr run``'s own
+  topic pattern, ``--topic``). A partition the group never committed on is listed with
+  ``committed`` None and reason ``no_commit``; it is never left out.
+- position: the next offset the group will read: its committed offset; with no commit, or with
+  a commit retention has already deleted (reason ``offset_out_of_range``), the offset the group
+  would restart at: the log start for ``auto.offset.reset=earliest``, the log end for ``latest``.
 - offset lag: ``log_end - position``, never below 0.
-- time lag: now minus the timestamp of the message at the position (the oldest unconsumed one);
-  0 when the offset lag is 0. Where that message cannot be read in time, the arrival time of the
-  position is interpolated from the history of log-end samples; where the history does not reach
-  back far enough, the time since the oldest sample is reported as a lower bound. Never negative
-  (producer clocks ahead of ours count as 0), never NaN; None only when nothing is known.
+- time lag: how far behind the log end the group is, in the log's own time: the timestamp of the
+  newest message minus the timestamp of the message at the position (the oldest unconsumed one);
+  0 when the offset lag is 0. A group reprocessing week-old data that is 10 s of writes behind
+  shows 10 s, not a week. How long the oldest unconsumed message has waited (now minus its
+  timestamp) is reported beside it as its age. Where the messages cannot be read in time, the
+  arrival of the position is interpolated from the history of log-end samples; where the history
+  does not reach back far enough, the time since the oldest sample is a lower bound. Never
+  negative, never NaN; None only when nothing is known.
 - status, per partition, from the history of samples (oldest first), first rule that matches:
 
   1. OK      the offset lag of the newest sample is 0 (caught up; idle groups included).
   2. REWIND  the committed offset went backwards between two samples.
   3. STOP    the group has no active member, so nothing will drain the lag.
-  4. STALL   the committed offset did not move over the history while the lag is not 0, and the
-             oldest unconsumed message is at least ``stall_after_s`` old (or, time lag unknown,
-             the history spans that long). Younger lag is normal between two commits.
+  4. STALL   the committed offset did not move over the history while the lag is not 0, and
+             nothing shows progress for ``stall_after_s``: the apply engine's applied offset
+             (when known) was last advanced that long ago, or else the oldest unconsumed message
+             is at least that old (or, its age unknown, the history spans that long). Younger lag
+             is normal between two commits.
   5. WARN    the committed offset moves, but the lag grew between every two samples over at least
              ``warn_min_samples`` samples (the consumer falls behind).
-  6. OK      otherwise.
+  6. WARN    the partition has unconsumed records and no usable commit (``no_commit`` or
+             ``offset_out_of_range``): such a partition is never OK.
+  7. OK      otherwise.
 
   A group's status is its worst partition's, by severity OK < WARN < REWIND < STALL < STOP.
 """
@@ -47,6 +58,10 @@ from cdc_reconciler.errors import CdcrError
 TP = tuple[str, int]
 
 JSON_SCHEMA_VERSION = 1
+
+# Lag past this is flagged (``time_lag_over_30m``) and shown in hours by the table: an operator
+# reads it as "far behind", not as a figure to compare with a few seconds.
+LONG_LAG_S = 30 * 60.0
 
 
 class LagError(CdcrError):
@@ -88,20 +103,43 @@ class Thresholds:
     warn_min_samples: int = 3
 
 
+class Reason(enum.StrEnum):
+    """Why a partition's position is not its committed offset."""
+
+    NO_COMMIT = "no_commit"  # the group never committed on it
+    OFFSET_OUT_OF_RANGE = "offset_out_of_range"  # the commit is outside [log start, log end]
+
+
+# What a group does where it has no usable commit: Kafka's auto.offset.reset.
+OFFSET_RESETS = ("earliest", "latest")
+
+
 @dataclass(frozen=True)
 class Sample:
-    """One observation of one partition for one group."""
+    """One observation of one partition for one group. ``reset`` is the group's
+    ``auto.offset.reset``: where it starts when it has no usable commit."""
 
     at: datetime
     committed: int | None
     log_start: int
     log_end: int
+    reset: str = "earliest"
+
+    @property
+    def reason(self) -> Reason | None:
+        if self.committed is None:
+            return Reason.NO_COMMIT
+        if self.committed < self.log_start or self.committed > self.log_end:
+            # Retention deleted it (below), or the log was truncated or recreated (above): the
+            # consumer gets OFFSET_OUT_OF_RANGE and resets, and what lay between is lost to it.
+            return Reason.OFFSET_OUT_OF_RANGE
+        return None
 
     @property
     def position(self) -> int:
-        if self.committed is None:
-            return self.log_start
-        return min(max(self.committed, self.log_start), max(self.log_end, self.log_start))
+        if self.committed is None or self.reason is not None:
+            return self.log_end if self.reset == "latest" else self.log_start
+        return self.committed
 
     @property
     def offset_lag(self) -> int:
@@ -114,6 +152,7 @@ class AppliedOffset:
 
     next_offset: int
     last_event_time: datetime | None
+    updated_at: datetime | None = None  # when the engine last advanced it
 
 
 @dataclass(frozen=True)
@@ -129,6 +168,10 @@ class PartitionLag:
     time_lag_source: TimeLagSource = TimeLagSource.UNAVAILABLE
     applied: int | None = None
     applied_event_time: datetime | None = None
+    reason: Reason | None = None
+    position: int = 0
+    age_s: float | None = None  # now minus the timestamp of the oldest unconsumed message
+    applied_updated_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -165,11 +208,14 @@ def partition_status(
     samples: Sequence[Sample],
     *,
     group_active: bool,
-    time_lag_s: float | None,
+    age_s: float | None,
+    since_progress_s: float | None = None,
     thresholds: Thresholds = Thresholds(),
 ) -> Status:
-    """The status of one partition from its samples (oldest first; at least one). See the module
-    docstring for the rules."""
+    """The status of one partition from its samples (oldest first; at least one). ``age_s``: how
+    long the oldest unconsumed message has waited; ``since_progress_s``: seconds since the apply
+    engine last advanced its applied offset, when known. See the module docstring for the rules.
+    """
     if not samples:
         raise ValueError("partition_status needs at least one sample")
     latest = samples[-1]
@@ -182,13 +228,22 @@ def partition_status(
         return Status.STOP
     first = samples[0]
     if first.position == latest.position:
-        age = time_lag_s if time_lag_s is not None else (latest.at - first.at).total_seconds()
-        return Status.STALL if age >= thresholds.stall_after_s else Status.OK
-    lags = [s.offset_lag for s in samples]
-    if len(lags) >= thresholds.warn_min_samples and all(
-        b > a for a, b in zip(lags, lags[1:], strict=False)
-    ):
-        return Status.WARN
+        if since_progress_s is not None:
+            waited = since_progress_s
+        elif age_s is not None:
+            waited = age_s
+        else:
+            waited = (latest.at - first.at).total_seconds()
+        if waited >= thresholds.stall_after_s:
+            return Status.STALL
+    else:
+        lags = [s.offset_lag for s in samples]
+        if len(lags) >= thresholds.warn_min_samples and all(
+            b > a for a, b in zip(lags, lags[1:], strict=False)
+        ):
+            return Status.WARN
+    if latest.reason is not None:
+        return Status.WARN  # records waiting and no usable commit: never OK
     return Status.OK
 
 
@@ -206,14 +261,16 @@ def time_lag(
     now: datetime,
     samples: Sequence[Sample],
     oldest_unconsumed: datetime | None,
+    newest: datetime | None = None,
 ) -> tuple[float | None, TimeLagSource]:
-    """Seconds between now and the arrival of the oldest unconsumed message of a partition, from
-    the newest sample's position. See the module docstring for the fallbacks."""
+    """How far behind the log end a partition's position is, in seconds of the log's own time:
+    the timestamp of the newest message (``newest``; now when unknown) minus that of the oldest
+    unconsumed one. See the module docstring for the fallbacks."""
     latest = samples[-1]
     if latest.offset_lag == 0:
         return 0.0, TimeLagSource.CAUGHT_UP
     if oldest_unconsumed is not None:
-        return _seconds_since(now, oldest_unconsumed), TimeLagSource.TIMESTAMP
+        return _seconds_since(newest or now, oldest_unconsumed), TimeLagSource.TIMESTAMP
     arrived = interpolate_arrival(samples, latest.position)
     if arrived is not None:
         return _seconds_since(now, arrived), TimeLagSource.ESTIMATE
@@ -288,8 +345,16 @@ class LagMonitor:
     """Samples groups' committed offsets and partition watermarks, keeps a bounded history per
     partition, and turns the newest state into a :class:`LagReport`.
 
-    ``sample()`` raises LagError for a group the cluster does not know, and lets the source's own
-    CdcrError (broker unreachable, …) through.
+    Which partitions: every partition of each topic a group committed on or is assigned, of each
+    topic matching ``topic_pattern`` (all groups; it also filters) and of each topic matching the
+    group's own pattern in ``group_patterns`` (``cdcr run``'s group: its subscription), new
+    partitions included. ``offset_reset`` is ``auto.offset.reset`` for all groups, or per group
+    (missing groups: earliest).
+
+    ``sample()`` raises LagError for a group the cluster does not know (unless it has a pattern:
+    a group that never ran still has everything to consume), and lets the source's own CdcrError
+    (broker unreachable, …) through. One sample is one round of requests: describe, committed
+    offsets, topic metadata, watermarks.
     """
 
     def __init__(
@@ -302,6 +367,8 @@ class LagMonitor:
         thresholds: Thresholds = Thresholds(),
         now_getter: Callable[[], datetime] = utc_now,
         timestamp_timeout_s: float = 2.0,
+        group_patterns: Mapping[str, str] | None = None,
+        offset_reset: str | Mapping[str, str] = "earliest",
     ) -> None:
         if not groups:
             raise LagError("no consumer group given")
@@ -311,7 +378,21 @@ class LagMonitor:
             self._rx = re.compile(topic_pattern) if topic_pattern else None
         except re.error as exc:
             raise LagError(f"invalid --topic regex {topic_pattern!r}: {exc}") from exc
-        self._pattern = topic_pattern
+        self._group_rx: dict[str, re.Pattern[str]] = {}
+        for g, pat in (group_patterns or {}).items():
+            try:
+                self._group_rx[g] = re.compile(pat)
+            except re.error as exc:
+                raise LagError(f"invalid topic pattern {pat!r} of group {g!r}: {exc}") from exc
+        resets = (
+            dict.fromkeys(self._groups, offset_reset)
+            if isinstance(offset_reset, str)
+            else {g: offset_reset.get(g, "earliest") for g in self._groups}
+        )
+        for g, r in resets.items():
+            if r not in OFFSET_RESETS:
+                raise LagError(f"auto.offset.reset of {g!r} must be earliest or latest, not {r!r}")
+        self._reset = resets
         self._history = max(1, history)
         self._thresholds = thresholds
         self._now = now_getter
@@ -328,18 +409,13 @@ class LagMonitor:
         described = self._source.describe_groups(self._groups)
         committed = self._source.committed_offsets(self._groups)
         self._check_known(described, committed)
-        pattern_parts: set[TP] = set()
-        if self._pattern is not None:
-            for topic, n in self._source.topic_partitions(self._pattern).items():
-                pattern_parts.update((topic, p) for p in range(n) if self._matches((topic, p)))
-        wanted: dict[str, dict[TP, int | None]] = {}
-        for g in self._groups:
-            info = described.get(g)
-            parts: dict[TP, int | None] = {tp: None for tp in pattern_parts}
-            if info is not None:
-                parts.update({tp: None for tp in info.assigned if self._matches(tp)})
-            parts.update({tp: o for tp, o in committed.get(g, {}).items() if self._matches(tp)})
-            wanted[g] = parts
+        # Before the watermarks: the metadata request also refreshes the client's view of the
+        # cluster, so partitions added since the last sample can be asked about.
+        counts = self._source.topic_partitions(None)
+        wanted = {
+            g: self._partitions_of(g, described.get(g), committed.get(g, {}), counts)
+            for g in self._groups
+        }
         marks = self._source.watermarks({tp for parts in wanted.values() for tp in parts})
         at = self._now()
         for g, parts in wanted.items():
@@ -352,10 +428,30 @@ class LagMonitor:
                 if wm is None:
                     continue  # the topic vanished between the calls
                 hist = view.history.setdefault(tp, deque(maxlen=self._history))
-                hist.append(Sample(at, off, wm.log_start, wm.log_end))
+                hist.append(Sample(at, off, wm.log_start, wm.log_end, self._reset[g]))
             for tp in [tp for tp in view.history if tp not in parts]:
                 del view.history[tp]  # no longer committed, assigned or matching
         self._samples += 1
+
+    def _partitions_of(
+        self,
+        group: str,
+        info: GroupState | None,
+        committed: Mapping[TP, int | None],
+        counts: Mapping[str, int],
+    ) -> dict[TP, int | None]:
+        """Every partition of every topic the group consumes, with its commit (None: none)."""
+        topics = {t for t, _ in committed} | ({t for t, _ in info.assigned} if info else set())
+        for rx in (self._rx, self._group_rx.get(group)):
+            if rx is not None:
+                topics.update(t for t in counts if rx.search(t))
+        parts: dict[TP, int | None] = {}
+        for t in sorted(topics):
+            if not self._matches((t, 0)):
+                continue
+            # A topic missing from the metadata was deleted: its old commits are not lag.
+            parts.update({(t, p): committed.get((t, p)) for p in range(counts.get(t, 0))})
+        return parts
 
     def report(
         self,
@@ -370,11 +466,13 @@ class LagMonitor:
         """
         if self._samples == 0:
             raise LagError("no sample taken yet")
+        # One read for all: the oldest unconsumed and the newest message of each lagging partition.
         lookups = {
-            (tp[0], tp[1], h[-1].position)
+            (tp[0], tp[1], off)
             for v in self._views.values()
             for tp, h in v.history.items()
             if h[-1].offset_lag > 0
+            for off in (h[-1].position, h[-1].log_end - 1)
         }
         stamps = self._source.message_timestamps(lookups, timeout_s=self._ts_timeout)
         now = self._now()
@@ -385,11 +483,27 @@ class LagMonitor:
             parts = []
             for (topic, part), hist in sorted(view.history.items()):
                 latest = hist[-1]
-                secs, how = time_lag(now, hist, stamps.get((topic, part, latest.position)))
-                status = partition_status(
-                    hist, group_active=active, time_lag_s=secs, thresholds=self._thresholds
-                )
+                oldest = stamps.get((topic, part, latest.position))
+                newest = stamps.get((topic, part, latest.log_end - 1))
+                secs, how = time_lag(now, hist, oldest, newest)
+                age = None
+                if latest.offset_lag == 0:
+                    age = 0.0
+                elif oldest is not None:
+                    age = _seconds_since(now, oldest)
                 ap = (applied or {}).get((g, topic, part))
+                since = (
+                    _seconds_since(now, ap.updated_at)
+                    if ap is not None and ap.updated_at is not None
+                    else None
+                )
+                status = partition_status(
+                    hist,
+                    group_active=active,
+                    age_s=age,
+                    since_progress_s=since,
+                    thresholds=self._thresholds,
+                )
                 parts.append(
                     PartitionLag(
                         topic,
@@ -403,6 +517,10 @@ class LagMonitor:
                         time_lag_source=how,
                         applied=ap.next_offset if ap else None,
                         applied_event_time=ap.last_event_time if ap else None,
+                        reason=latest.reason,
+                        position=latest.position,
+                        age_s=None if age is None else round(age, 3),
+                        applied_updated_at=ap.updated_at if ap else None,
                     )
                 )
             groups.append(
@@ -428,7 +546,8 @@ class LagMonitor:
         unknown = [
             g
             for g in self._groups
-            if not committed.get(g)
+            if g not in self._group_rx
+            and not committed.get(g)
             and (g not in described or described[g].state in ("DEAD", "UNKNOWN"))
         ]
         if unknown:
@@ -478,19 +597,27 @@ def report_as_json(report: LagReport) -> dict[str, Any]:
                 "status": g.status.value,
                 "total_offset_lag": g.total_offset_lag,
                 "max_time_lag_s": g.max_time_lag_s,
+                "partitions_without_commit": sum(
+                    1 for p in g.partitions if p.reason is Reason.NO_COMMIT
+                ),
                 "partitions": [
                     {
                         "topic": p.topic,
                         "partition": p.partition,
                         "committed": p.committed,
+                        "reason": None if p.reason is None else p.reason.value,
+                        "position": p.position,
                         "log_start": p.log_start,
                         "log_end": p.log_end,
                         "offset_lag": p.offset_lag,
                         "time_lag_s": p.time_lag_s,
                         "time_lag_source": p.time_lag_source.value,
+                        "time_lag_over_30m": (p.time_lag_s or 0.0) > LONG_LAG_S,
+                        "oldest_unconsumed_age_s": p.age_s,
                         "status": p.status.value,
                         "applied": p.applied,
                         "applied_event_time": _iso(p.applied_event_time),
+                        "applied_updated_at": _iso(p.applied_updated_at),
                     }
                     for p in g.partitions
                 ],

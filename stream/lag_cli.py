@@ -25,6 +25,8 @@ from cdc_reconciler.cli import ConfigOpt
 from cdc_reconciler.config import Settings
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.stream.lag import (
+    LONG_LAG_S,
+    OFFSET_RESETS,
     AppliedOffset,
     LagMonitor,
     LagReport,
@@ -95,7 +97,15 @@ def lag(
             "refreshed every --refresh seconds, until stopped.",
         ),
     ] = None,
-    samples: Annotated[int, typer.Option("--samples", min=1, help="Samples per report.")] = 2,
+    samples: Annotated[
+        int,
+        typer.Option(
+            "--samples",
+            min=1,
+            help="Samples per one-shot report (1: one round of requests; more let the status "
+            "see the committed offset move, --interval apart).",
+        ),
+    ] = 1,
     interval: Annotated[
         float, typer.Option("--interval", min=0.0, help="Seconds between samples.")
     ] = 0.25,
@@ -118,10 +128,22 @@ def lag(
             "--timeout", min=0.1, help="Seconds to wait for each Kafka request before failing."
         ),
     ] = 10.0,
+    offset_reset: Annotated[
+        str,
+        typer.Option(
+            "--offset-reset",
+            help="auto.offset.reset of the given groups (earliest or latest): where a group "
+            "starts on a partition it never committed on. kafka.group_id always uses earliest.",
+        ),
+    ] = "earliest",
     config: ConfigOpt = None,
 ) -> None:
     """Consumer lag per partition: committed and applied offsets, log end, offset lag, time lag
     in seconds, and a status (OK, WARN, STALL, STOP, REWIND) per partition and group.
+
+    \b
+    Every partition of every topic the group consumes is listed, including partitions it never
+    committed on (committed null, reason no_commit, lag from where it would start).
 
     \b
     --json prints one document (schema_version 1; fields are only ever added):
@@ -130,12 +152,18 @@ def lag(
      "applied_offsets": {"available": bool, "note": str|null},
      "groups": [{"group": str, "state": str, "members": int, "status": STATUS,
                  "total_offset_lag": int, "max_time_lag_s": float,
+                 "partitions_without_commit": int,
                  "partitions": [{"topic": str, "partition": int, "committed": int|null,
-                                 "log_start": int, "log_end": int, "offset_lag": int,
-                                 "time_lag_s": float|null, "time_lag_source":
+                                 "reason": "no_commit|offset_out_of_range"|null,
+                                 "position": int, "log_start": int, "log_end": int,
+                                 "offset_lag": int, "time_lag_s": float|null,
+                                 "time_lag_source":
                                  "caught_up|timestamp|estimate|lower_bound|unavailable",
+                                 "time_lag_over_30m": bool,
+                                 "oldest_unconsumed_age_s": float|null,
                                  "status": STATUS, "applied": int|null,
-                                 "applied_event_time": str|null}]}]}
+                                 "applied_event_time": str|null,
+                                 "applied_updated_at": str|null}]}]}
     STATUS is one of OK, WARN, REWIND, STALL, STOP. See docs/lag.md for the rules.
     """
     from cdc_reconciler.cli import fail, settings_or_fail
@@ -143,7 +171,9 @@ def lag(
     settings = settings_or_fail(config)
     groups = list(dict.fromkeys(group or [settings.kafka.group_id]))
     try:
-        with _Session(settings, groups, topic, stall_after, timeout) as session:
+        if offset_reset not in OFFSET_RESETS:
+            raise CdcrError(f"--offset-reset must be earliest or latest, not {offset_reset!r}")
+        with _Session(settings, groups, topic, stall_after, timeout, offset_reset) as session:
             if serve is not None:
                 _serve(session, port=serve, samples=samples, interval=interval, refresh=refresh)
             elif watch:
@@ -173,6 +203,7 @@ class _Session:
         topic: str | None,
         stall_after: float,
         timeout_s: float,
+        offset_reset: str = "earliest",
     ) -> None:
         from cdc_reconciler.connectors.kafka_admin import KafkaAdmin, client_config
 
@@ -186,11 +217,16 @@ class _Session:
             timeout_s=timeout_s,
         )
         self.groups = list(groups)
+        own = k.group_id
+        # `cdcr run` subscribes its group to kafka.topic_pattern with auto.offset.reset=earliest
+        # (connectors/kafka.py): every matching partition is the group's, committed or not.
         self.monitor = LagMonitor(
             admin,
             self.groups,
             topic_pattern=topic,
             thresholds=Thresholds(stall_after_s=stall_after),
+            group_patterns={own: k.topic_pattern} if own in self.groups else None,
+            offset_reset={g: "earliest" if g == own else offset_reset for g in self.groups},
         )
         self.applied = AppliedOffsetsReader(settings.target.url_str())
 
@@ -212,11 +248,23 @@ class _Session:
 
 class AppliedOffsetsReader:
     """Reads ``cdcr.applied_offsets`` from the target DB, when one is configured and the table
-    exists. Never raises: an unreadable DB yields ``(None, reason)`` so lag is still reported."""
+    exists. Never raises: an unreadable DB yields ``(None, reason)`` so lag is still reported.
+
+    A PostgreSQL target is read with psycopg2 directly: importing SQLAlchemy costs more than the
+    whole Kafka side of a one-shot ``cdcr lag`` (about 0.2 s of CPU). Other targets go through
+    SQLAlchemy."""
+
+    _QUERY = (
+        "select consumer_group, topic, partition, next_offset, last_event_time, updated_at "
+        "from cdcr.applied_offsets where consumer_group = any(%(groups)s)"
+    )
+    _EXISTS = "select to_regclass('cdcr.applied_offsets') is not null"
+    _MISSING = "table cdcr.applied_offsets does not exist (run cdcr migrate)"
 
     def __init__(self, url: str) -> None:
         self._url = url
         self._engine: sa.Engine | None = None
+        self._conn: Any = None
 
     def read(
         self,
@@ -224,40 +272,67 @@ class AppliedOffsetsReader:
     ) -> tuple[dict[tuple[str, str, int], AppliedOffset] | None, str | None]:
         if not self._url:
             return None, "no target database configured (CDCR_TARGET__URL)"
+        libpq = _libpq_uri(self._url)
+        rows = self._read_psycopg2(libpq, groups) if libpq else self._read_sqlalchemy(groups)
+        if isinstance(rows, str):
+            return None, rows
+        return {(r[0], r[1], int(r[2])): AppliedOffset(int(r[3]), r[4], r[5]) for r in rows}, None
+
+    def _read_psycopg2(self, uri: str, groups: Sequence[str]) -> list[Any] | str:
+        import psycopg2
+
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg2.connect(uri, connect_timeout=_DB_CONNECT_TIMEOUT_S)
+                self._conn.set_session(readonly=True, autocommit=True)
+            with self._conn.cursor() as cur:
+                cur.execute(self._EXISTS)
+                if not cur.fetchone()[0]:
+                    return self._MISSING
+                cur.execute(self._QUERY, {"groups": list(groups)})
+                return list(cur.fetchall())
+        except psycopg2.Error as exc:
+            self._drop_conn()
+            first = (str(exc).strip().splitlines() or [""])[0]
+            return f"target database unreadable: {type(exc).__name__}: {first}"
+
+    def _read_sqlalchemy(self, groups: Sequence[str]) -> list[Any] | str:
         import sqlalchemy as sa
 
         try:
             if self._engine is None:
-                self._engine = sa.create_engine(
-                    self._url,
-                    pool_pre_ping=True,
-                    connect_args={"connect_timeout": _DB_CONNECT_TIMEOUT_S}
-                    if self._url.startswith("postgresql")
-                    else {},
-                )
+                self._engine = sa.create_engine(self._url, pool_pre_ping=True)
             with self._engine.connect() as conn:
-                exists = conn.execute(
-                    sa.text("select to_regclass('cdcr.applied_offsets') is not null")
-                ).scalar()
-                if not exists:
-                    return None, "table cdcr.applied_offsets does not exist (run cdcr migrate)"
-                rows = conn.execute(
-                    sa.text(
-                        "select consumer_group, topic, partition, next_offset, "
-                        "last_event_time from cdcr.applied_offsets "
-                        "where consumer_group = any(:groups)"
-                    ),
-                    {"groups": list(groups)},
-                ).all()
+                if not conn.execute(sa.text(self._EXISTS)).scalar():
+                    return self._MISSING
+                query = sa.text(self._QUERY.replace("%(groups)s", ":groups"))
+                return list(conn.execute(query, {"groups": list(groups)}).all())
         except sa.exc.SQLAlchemyError as exc:
             cause = getattr(exc, "orig", None) or exc
             first = (str(cause).strip().splitlines() or [""])[0]
-            return None, f"target database unreadable: {type(cause).__name__}: {first}"
-        return {(r[0], r[1], int(r[2])): AppliedOffset(int(r[3]), r[4]) for r in rows}, None
+            return f"target database unreadable: {type(cause).__name__}: {first}"
+
+    def _drop_conn(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # noqa: BLE001, S110 - a broken connection may fail to close; it is dropped either way
+                pass
+            self._conn = None
 
     def close(self) -> None:
+        self._drop_conn()
         if self._engine is not None:
             self._engine.dispose()
+
+
+def _libpq_uri(url: str) -> str | None:
+    """The libpq URI of a SQLAlchemy PostgreSQL URL with the psycopg2 (default) driver; None for
+    anything else. Both use RFC 3986 URLs with percent-encoded credentials."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("postgresql", "postgresql+psycopg2", "postgres"):
+        return None
+    return f"postgresql://{rest}"
 
 
 # -- human and JSON output ------------------------------------------------------------------------
@@ -291,6 +366,7 @@ def render(report: LagReport) -> Group:
             ("lag", "right"),
             ("time lag", "right"),
             ("status", "left"),
+            ("note", "left"),
         ]:
             table.add_column(col, justify=just)  # type: ignore[arg-type]
         for p in g.partitions:
@@ -303,13 +379,25 @@ def render(report: LagReport) -> Group:
                 f"{p.offset_lag:,}",
                 _fmt_time_lag(p),
                 Text(p.status.value, style=_STATUS_STYLE[p.status]),
+                _note(p),
             )
         if not g.partitions:
-            table.add_row("(no partitions)", "", "", "", "", "", "", "")
+            table.add_row("(no partitions)", "", "", "", "", "", "", "", "")
         parts.append(table)
     if not report.applied_available and report.applied_note:
         parts.append(Text(f"applied: {report.applied_note}", style="dim"))
     return Group(*parts)
+
+
+def _note(p: PartitionLag) -> str:
+    notes = []
+    if p.reason is not None:
+        notes.append(f"{p.reason.value} (from {p.position:,})")
+    if (p.time_lag_s or 0.0) > LONG_LAG_S:
+        notes.append("over 30 min behind")
+    if p.age_s is not None and p.offset_lag > 0:
+        notes.append(f"oldest waiting {_fmt_seconds(p.age_s)}")
+    return "; ".join(notes)
 
 
 def _fmt_offset(v: int | None) -> str:
@@ -371,8 +459,20 @@ def metric_families(
     )
     seconds = GaugeMetricFamily(
         "cdcr_consumer_time_lag_seconds",
-        "Age of the oldest unconsumed message (0 when caught up).",
+        "How far behind the log end, in seconds of the log: newest message's timestamp minus "
+        "the oldest unconsumed one's (0 when caught up).",
         labels=labels,
+    )
+    age = GaugeMetricFamily(
+        "cdcr_consumer_oldest_unconsumed_age_seconds",
+        "Now minus the timestamp of the oldest unconsumed message (0 when caught up).",
+        labels=labels,
+    )
+    reason = GaugeMetricFamily(
+        "cdcr_consumer_position_reason",
+        "1 where the group has no usable commit on the partition: reason no_commit (never "
+        "committed) or offset_out_of_range (its commit is outside the log; records lost to it).",
+        labels=[*labels, "reason"],
     )
     status = GaugeMetricFamily(
         "cdcr_consumer_status",
@@ -392,9 +492,13 @@ def metric_families(
             offset.add_metric(lv, float(p.offset_lag))
             if p.time_lag_s is not None:
                 seconds.add_metric(lv, p.time_lag_s)
+            if p.age_s is not None:
+                age.add_metric(lv, p.age_s)
+            if p.reason is not None:
+                reason.add_metric([*lv, p.reason.value], 1.0)
             for st in Status:
                 status.add_metric([*lv, st.value], 1.0 if p.status is st else 0.0)
-    yield from (offset, seconds, status, gstatus)
+    yield from (offset, seconds, age, reason, status, gstatus)
     yield GaugeMetricFamily(
         "cdcr_lag_up", "1 if the last refresh of the lag succeeded.", value=1.0 if up else 0.0
     )

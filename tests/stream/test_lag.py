@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -50,7 +51,7 @@ def topic_factory(admin: KafkaAdmin, unique_name: Callable[[str], str]
     made: list[str] = []
 
     def make(partitions: int = PARTITIONS) -> str:
-        name = unique_name("lag").replace("_", "-")
+        name = f"{unique_name('lag')}-{len(made)}".replace("_", "-")  # several per test
         admin.create_topic(name, partitions)
         made.append(name)
         _wait_for_leaders(admin, name, partitions)
@@ -64,8 +65,10 @@ def _wait_for_leaders(admin: KafkaAdmin, topic: str, partitions: int) -> None:
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         try:
-            admin.watermarks([(topic, p) for p in range(partitions)])
-            return
+            # Listing topics refreshes the client's metadata (new partitions included).
+            if admin.topic_partitions(f"^{re.escape(topic)}$").get(topic) == partitions:
+                admin.watermarks([(topic, p) for p in range(partitions)])
+                return
         except KafkaAdminError:
             time.sleep(0.1)
     pytest.fail(f"topic {topic} has no leaders after 15 s")
@@ -137,9 +140,12 @@ def test_offset_and_time_lag_per_partition(services: Services, admin: KafkaAdmin
             assert (p.time_lag_s, p.time_lag_source, p.status) == (0.0, TimeLagSource.CAUGHT_UP,
                                                                    Status.OK)
         else:
-            # The oldest unconsumed message is offset m, stamped base + m seconds.
+            # The oldest unconsumed message is offset m, stamped base + m seconds; the newest is
+            # N - 1: the group is N - 1 - m seconds of writes behind, and offset m has waited
+            # AGE0_S - m seconds.
             assert p.time_lag_source is TimeLagSource.TIMESTAMP
-            assert p.time_lag_s == pytest.approx(AGE0_S - m, abs=0.01)
+            assert p.time_lag_s == pytest.approx(N - 1 - m, abs=0.01)
+            assert p.age_s == pytest.approx(AGE0_S - m, abs=0.01)
             assert p.status is Status.STOP  # lag and nobody in the group
     assert g.total_offset_lag == (N - 2) + (N - 5)
 
@@ -235,10 +241,12 @@ def test_unreachable_broker_keeps_the_kafka_error_code() -> None:
     assert info.value.code_name and "broker reachable" in str(info.value)
 
 
-PARTITION_KEYS = {"topic", "partition", "committed", "log_start", "log_end", "offset_lag",
-                  "time_lag_s", "time_lag_source", "status", "applied", "applied_event_time"}
+PARTITION_KEYS = {"topic", "partition", "committed", "reason", "position", "log_start",
+                  "log_end", "offset_lag", "time_lag_s", "time_lag_source", "time_lag_over_30m",
+                  "oldest_unconsumed_age_s", "status", "applied", "applied_event_time",
+                  "applied_updated_at"}
 GROUP_KEYS = {"group", "state", "members", "status", "total_offset_lag", "max_time_lag_s",
-              "partitions"}
+              "partitions_without_commit", "partitions"}
 TOP_KEYS = {"schema_version", "generated_at", "samples", "interval_s", "applied_offsets",
             "groups"}
 STATUSES = {"OK", "WARN", "REWIND", "STALL", "STOP"}
@@ -286,11 +294,14 @@ def test_cli_json_schema_with_applied_offsets(services: Services, admin: KafkaAd
         assert (p["topic"], p["committed"], p["log_start"], p["log_end"], p["offset_lag"]) == (
             topic, 4, 0, N, N - 4)
         assert p["time_lag_source"] == "timestamp"
+        assert p["time_lag_s"] == pytest.approx(N - 1 - 4, abs=0.01)  # message times, no clock
+        assert p["reason"] is None and p["position"] == 4 and p["time_lag_over_30m"] is False
         expected = AGE0_S - 4
-        assert expected - 1 <= p["time_lag_s"] <= expected + (after - before).total_seconds() \
-            + TIME_TOLERANCE_CLI_S
+        assert expected - 1 <= p["oldest_unconsumed_age_s"] <= expected + (
+            after - before).total_seconds() + TIME_TOLERANCE_CLI_S
     assert g["partitions"][0]["applied"] == 6
     assert g["partitions"][0]["applied_event_time"] == "2026-01-01T00:00:00Z"
+    assert g["partitions"][0]["applied_updated_at"] is not None  # when the engine advanced it
     assert g["partitions"][1]["applied"] is None
 
 
@@ -324,7 +335,10 @@ def test_serve_exports_parseable_gauges(services: Services, topic_factory: Calla
     secs = {s.labels["partition"]: s.value
             for s in families["cdcr_consumer_time_lag_seconds"].samples}
     assert secs["1"] == 0.0
-    assert AGE0_S - 1 - 1 <= secs["0"] <= AGE0_S - 1 + 30
+    assert secs["0"] == pytest.approx(N - 1 - 1, abs=0.01)  # newest (N-1) minus oldest unread (1)
+    ages = {s.labels["partition"]: s.value
+            for s in families["cdcr_consumer_oldest_unconsumed_age_seconds"].samples}
+    assert ages["1"] == 0.0 and AGE0_S - 1 - 1 <= ages["0"] <= AGE0_S - 1 + 30
     status = {(s.labels["partition"], s.labels["status"]): s.value
               for s in families["cdcr_consumer_status"].samples}
     assert status[("1", "OK")] == 1.0 and status[("0", "STOP")] == 1.0

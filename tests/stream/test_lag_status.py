@@ -13,6 +13,7 @@ from cdc_reconciler.stream.lag import (
     TP,
     LagError,
     LagMonitor,
+    Reason,
     Sample,
     Status,
     Thresholds,
@@ -36,7 +37,7 @@ def samples(*rows: tuple[int | None, int], start: int = 0, step_s: float = 1.0) 
 
 def status(rows: list[Sample], *, active: bool = True, time_lag_s: float | None = 0.0,
            thresholds: Thresholds | None = None) -> Status:
-    return partition_status(rows, group_active=active, time_lag_s=time_lag_s,
+    return partition_status(rows, group_active=active, age_s=time_lag_s,
                             thresholds=thresholds or Thresholds())
 
 
@@ -95,6 +96,37 @@ class TestPartitionStatus:
     def test_needs_a_sample(self) -> None:
         with pytest.raises(ValueError):
             status([])
+
+    def test_no_commit_with_young_lag_and_members_is_warn_never_ok(self) -> None:
+        rows = samples((None, 20))
+        assert rows[0].reason is Reason.NO_COMMIT and rows[0].offset_lag == 20
+        assert status(rows, time_lag_s=1.0) is Status.WARN
+
+    def test_no_commit_on_an_empty_partition_is_ok(self) -> None:
+        assert status(samples((None, 0)), active=False) is Status.OK
+
+    def test_no_commit_with_latest_starts_at_the_log_end(self) -> None:
+        row = Sample(T0, None, 3, 20, reset="latest")
+        assert (row.position, row.offset_lag, row.reason) == (20, 0, Reason.NO_COMMIT)
+
+    def test_commit_below_log_start_is_out_of_range_and_restarts_per_reset(self) -> None:
+        early = Sample(T0, 5, 100, 150)
+        assert (early.reason, early.position, early.offset_lag) == (
+            Reason.OFFSET_OUT_OF_RANGE, 100, 50)
+        assert status([early], time_lag_s=1.0) is Status.WARN
+        late = Sample(T0, 5, 100, 150, reset="latest")
+        assert (late.position, late.offset_lag) == (150, 0)
+
+    def test_commit_beyond_log_end_is_out_of_range(self) -> None:
+        row = Sample(T0, 500, 0, 150)  # topic recreated: the consumer resets to the start
+        assert (row.reason, row.position, row.offset_lag) == (Reason.OFFSET_OUT_OF_RANGE, 0, 150)
+
+    def test_recent_applied_progress_is_not_stall_even_with_old_data(self) -> None:
+        rows = samples((10, 20))  # one sample: a one-shot cannot see the offset move
+        assert partition_status(rows, group_active=True, age_s=7200.0,
+                                since_progress_s=2.0) is Status.OK
+        assert partition_status(rows, group_active=True, age_s=7200.0,
+                                since_progress_s=61.0) is Status.STALL
 
 
 class TestGroupStatus:
@@ -181,7 +213,8 @@ class _FakeSource:
 
     def message_timestamps(self, wanted: Iterable[tuple[str, int, int]], *,
                            timeout_s: float = 1.0) -> Mapping[tuple[str, int, int], datetime]:
-        return {w: self.ts for w in wanted} if self.ts else {}
+        # Message at offset o is stamped ts + o seconds.
+        return {w: self.ts + timedelta(seconds=w[2]) for w in wanted} if self.ts else {}
 
 
 class _Clock:
@@ -206,7 +239,10 @@ class TestMonitor:
         (g,) = rep.groups
         assert g.status is Status.STOP and g.total_offset_lag == 7
         p0, p1 = g.partitions
-        assert (p0.offset_lag, p0.time_lag_s, p0.status) == (7, 31.0, Status.STOP)
+        # Behind the log end: newest (offset 11, T0-19s) minus oldest unconsumed (5, T0-25s);
+        # the oldest unconsumed waited from T0-25s to now (T0+1s).
+        assert (p0.offset_lag, p0.time_lag_s, p0.status) == (7, 6.0, Status.STOP)
+        assert p0.age_s == 26.0 and p0.reason is None and p0.position == 5
         assert (p1.offset_lag, p1.time_lag_s, p1.status) == (0, 0.0, Status.OK)
         doc = report_as_json(rep)
         assert doc["schema_version"] == 1 and doc["generated_at"] == "2026-01-01T12:00:01Z"
@@ -219,6 +255,31 @@ class TestMonitor:
         parts = mon.report().groups[0].partitions
         assert [(p.partition, p.committed, p.offset_lag) for p in parts] == [(0, 5, 0),
                                                                             (1, None, 3)]
+
+    def test_every_partition_of_a_committed_topic_and_the_group_pattern(self) -> None:
+        src = _FakeSource(committed=[{("t", 0): 5}], ends=[{("t", 0): 5, ("t", 1): 3,
+                                                            ("other", 0): 4}])
+        mon = LagMonitor(src, ["g"], group_patterns={"g": "^other$"}, now_getter=_Clock())
+        mon.sample()
+        (g,) = mon.report().groups
+        assert [(p.topic, p.partition, p.committed, p.offset_lag, p.reason)
+                for p in g.partitions] == [("other", 0, None, 4, Reason.NO_COMMIT),
+                                           ("t", 0, 5, 0, None),
+                                           ("t", 1, None, 3, Reason.NO_COMMIT)]
+        assert g.total_offset_lag == 7
+        assert report_as_json(mon.report())["groups"][0]["partitions_without_commit"] == 2
+
+    def test_group_with_a_pattern_is_never_unknown(self) -> None:
+        src = _FakeSource([{}], [{("other", 0): 4}])
+        mon = LagMonitor(src, ["fresh"], group_patterns={"fresh": "^other$"},
+                         now_getter=_Clock())
+        mon.sample()
+        (g,) = mon.report().groups
+        assert (g.state, g.total_offset_lag, g.status) == ("DEAD", 4, Status.STOP)
+
+    def test_bad_offset_reset_is_a_lag_error(self) -> None:
+        with pytest.raises(LagError, match="earliest or latest"):
+            LagMonitor(_FakeSource([{}], [{}]), ["g"], offset_reset="smallest")
 
     def test_unknown_group_is_a_cdcr_error(self) -> None:
         mon = LagMonitor(_FakeSource([{}], [{}]), ["g", "nope"], now_getter=_Clock())
