@@ -149,7 +149,7 @@ def register(app: typer.Typer) -> None:
                     on_file_progress=lambda pct: progress.update(task, completed=pct),
                 )
         except CdcrError as exc:
-            _err.print(f"[bold red]FAILED:[/] {exc}", highlight=False)
+            _err.print(f"[bold red]FAILED:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=EXIT_ERROR) from None
         if as_json:
             typer.echo(json.dumps(report.as_json(), indent=2, default=str))

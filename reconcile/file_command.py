@@ -31,7 +31,8 @@ import os
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -567,6 +568,26 @@ def _insert_values(m: Mapping, d: FileDifference) -> tuple[dict[str, Any] | None
     return vals, None
 
 
+def _typed_key(col: ColumnType, text: str | None) -> Any:
+    """A canonical key value as the Python value psycopg2 reads for the column's type, so its
+    tombstone key text (``connectors.target.key_text``) is the one the engine and repair
+    write."""
+    if text is None:
+        return None
+    k = col.kind
+    if k is Kind.NUMBER:
+        return int(text) if col.pg_type in ("smallint", "integer", "bigint") else Decimal(text)
+    if k is Kind.BOOLEAN:
+        return text == "t"
+    if k is Kind.DATE:
+        return date.fromisoformat(text)
+    if k is Kind.TIMESTAMPTZ:
+        return datetime.fromisoformat(text).replace(tzinfo=UTC)
+    if k is Kind.TIMESTAMP:
+        return datetime.fromisoformat(text)
+    return text
+
+
 def _backup(cur: Any, m: Mapping, leaves: Sequence[Leaf], path: Path) -> None:
     """The table's current rows (all columns) in the leaves' key-hash ranges, as CSV."""
     kh = hash60(joined([pg_canonical(k) for k in m.key], duck=False), duck=False)
@@ -617,7 +638,7 @@ def backfill(
         if vals is None:
             out.skipped.append({"key": list(d.key), "reason": why})
             continue
-        key = tuple(vals[k] for k in m.key_names)
+        key = tuple(_typed_key(k, vals[k.name]) for k in m.key)
         writes.append(RowWrite(key, vals, BACKFILL_POSITION, ts_us))
         planned[d.key] = d
     out.planned = len(writes)
