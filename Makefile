@@ -6,10 +6,10 @@ STACK_ENV = eval "$$(scripts/stack env)"
 
 .PHONY: deps venv lint typecheck test test-unit bench bench-quick stack-up stack-down stack-status demo clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q -U pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -35,7 +35,7 @@ test-unit: venv
 	$(VENV)/bin/pytest -q -m "not services"
 
 $(VENV)/.bench-installed: $(VENV)/.installed
-	$(VENV)/bin/pip install -q -e '.[dev,bench]'
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev,bench]'
 	touch $@
 
 bench: venv $(VENV)/.bench-installed

@@ -1,0 +1,490 @@
+"""Compare a data file with a table both ways, without downloading the rows that agree.
+
+The algorithm is the database-pair one (reconcile/diff.py, after reladiff): count and checksum
+per key range on both sides, each computed where the data is (DuckDB over the file, PostgreSQL
+over the table, both at once), bisect only the ranges that differ, download rows only for ranges
+of at most ``threshold`` rows, then classify each key.
+
+What differs from database pairs is the *key order*. A file and a table do not sort keys alike
+(text collations, numbers spelt as text, composite keys), so segments here are ranges of a
+60-bit hash of the **canonical key** (file_normalize.py) — the same value on both sides whatever
+the spelling. A segment ``[p << s, (p + 1) << s)`` is a hash prefix; splitting it into ``2**b``
+children is one ``GROUP BY kh >> (s - b)`` per side over the parents that differed. The row
+checksum is ``bit_xor`` of a 60-bit hash of the canonical row, next to ``count(*)``.
+
+Results, per key (canonical key values):
+
+- ``missing_in_table``: in the file only;
+- ``missing_in_file``: in the table only;
+- ``mismatched``: in both, the listed columns differing;
+- ``duplicate_in_file``: the key is on more than one file row (never backfilled).
+
+File rows whose key is empty or does not parse as the key column's type cannot be matched; they
+are counted as ``file_bad_key`` with examples, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from cdc_reconciler.connectors.files import DataFile
+from cdc_reconciler.reconcile.checksum import quote_ident
+from cdc_reconciler.reconcile.file_normalize import (
+    PG_SESSION,
+    ColumnType,
+    duck_canonical,
+    duck_key_valid,
+    hash60,
+    joined,
+    pg_canonical,
+)
+from cdc_reconciler.reconcile.segments import Segment
+
+HASH_BITS = 60
+MISSING_IN_TABLE = "missing_in_table"
+MISSING_IN_FILE = "missing_in_file"
+MISMATCHED = "mismatched"
+DUPLICATE_IN_FILE = "duplicate_in_file"
+KINDS = (MISSING_IN_TABLE, MISSING_IN_FILE, MISMATCHED, DUPLICATE_IN_FILE)
+
+
+@dataclass(frozen=True, slots=True)
+class FileDiffOptions:
+    """``threshold``: download a differing segment's rows once it holds at most this many;
+    ``max_bits``: at most ``2**max_bits`` children per split; ``fetch_rows``: rows per leaf
+    download query (bounds memory while classifying)."""
+
+    threshold: int = 64
+    max_bits: int = 16
+    fetch_rows: int = 50_000
+
+    def __post_init__(self) -> None:
+        if self.threshold < 1:
+            raise ValueError("threshold must be at least 1")
+        if not 1 <= self.max_bits <= 20:
+            raise ValueError("max_bits must be between 1 and 20")
+
+
+@dataclass(frozen=True, slots=True)
+class Mapping:
+    """What is compared: the table, its key and compared columns (keys first, table names and
+    types) and the file column each comes from."""
+
+    schema: str
+    name: str
+    key: tuple[ColumnType, ...]
+    columns: tuple[ColumnType, ...]
+    file_column: dict[str, str] = field(hash=False)
+    db_where: str | None = None
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def sql_name(self) -> str:
+        return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    @property
+    def key_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.key)
+
+
+CanonKey = tuple[str | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FileDifference:
+    kind: str
+    key: CanonKey  # canonical key values, in key order
+    columns: tuple[str, ...] = ()  # differing columns (mismatched only)
+    file_row: dict[str, str | None] | None = None  # canonical text per table column
+    table_row: dict[str, str | None] | None = None
+    table_key: tuple[Any, ...] | None = None  # the table's own key values (table rows only)
+    occurrences: int = 1  # duplicate_in_file: file rows with the key
+    leaf: tuple[int, int] | None = None  # (prefix, shift) of the key-hash range it was found in
+
+    def as_json(self, mapping: Mapping) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "key": dict(zip(mapping.key_names, self.key, strict=True)),
+        }
+        if self.columns:
+            out["columns"] = list(self.columns)
+        if self.file_row is not None:
+            out["file_row"] = self.file_row
+        if self.table_row is not None:
+            out["table_row"] = self.table_row
+        if self.kind == DUPLICATE_IN_FILE:
+            out["occurrences"] = self.occurrences
+        return out
+
+
+@dataclass(slots=True)
+class FileDiffStats:
+    file_rows: int = 0
+    table_rows: int = 0
+    file_bad_key: int = 0
+    segments_compared: int = 0
+    rows_downloaded: int = 0
+    levels: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "file_rows": self.file_rows,
+            "table_rows": self.table_rows,
+            "file_bad_key": self.file_bad_key,
+            "segments_compared": self.segments_compared,
+            "rows_downloaded": self.rows_downloaded,
+            "levels": self.levels,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    """A differing hash segment small enough to download: prefix ``prefix`` at ``shift``."""
+
+    prefix: int
+    shift: int
+    rows: int  # the larger side's count
+
+    def segment(self, table: str) -> Segment:
+        return Segment(
+            table, lo=(self.prefix << self.shift,), hi=((self.prefix + 1) << self.shift,)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FileDiffResult:
+    differences: tuple[FileDifference, ...]
+    stats: FileDiffStats
+    leaves: tuple[Leaf, ...]
+    bad_key_examples: tuple[dict[str, Any], ...] = ()
+
+    def count(self, kind: str) -> int:
+        return sum(1 for d in self.differences if d.kind == kind)
+
+    @property
+    def clean(self) -> bool:
+        return not self.differences and self.stats.file_bad_key == 0
+
+
+# --- SQL ------------------------------------------------------------------------------------
+
+
+def table_base_sql(m: Mapping) -> str:
+    """PostgreSQL: per table row, its raw key (``r0…``), canonical columns (``c0…``), key hash
+    ``kh`` and row hash ``rh``."""
+    raw = [f"{quote_ident(k.name)} AS r{i}" for i, k in enumerate(m.key)]
+    canon = [f"{pg_canonical(c)} AS c{j}" for j, c in enumerate(m.columns)]
+    where = f"WHERE ({m.db_where})" if m.db_where else ""
+    nk = len(m.key)
+    kh = hash60(joined([f"c{j}" for j in range(nk)], duck=False), duck=False)
+    rh = hash60(joined([f"c{j}" for j in range(len(m.columns))], duck=False), duck=False)
+    rs = ", ".join(f"r{i}" for i in range(nk))
+    cs = ", ".join(f"c{j}" for j in range(len(m.columns)))
+    return (
+        f"SELECT {rs}, {cs}, {kh} AS kh, {rh} AS rh FROM "
+        f"(SELECT {', '.join(raw + canon)} FROM {m.sql_name} {where}) s"
+    )
+
+
+def file_base_sql(m: Mapping) -> str:
+    """DuckDB: per file row, canonical columns (``c0…``), ``valid`` key, ``kh`` and ``rh``."""
+    exprs = [duck_canonical(c, m.file_column[c.name]) for c in m.columns]
+    canon = [f"{e} AS c{j}" for j, e in enumerate(exprs)]
+    valid = " AND ".join(duck_key_valid(k, f"c{i}") for i, k in enumerate(m.key))
+    nk = len(m.key)
+    kh = hash60(joined([f"c{j}" for j in range(nk)], duck=True), duck=True)
+    rh = hash60(joined([f"c{j}" for j in range(len(m.columns))], duck=True), duck=True)
+    cs = ", ".join(f"c{j}" for j in range(len(m.columns)))
+    return (
+        f"SELECT {cs}, {kh} AS kh, {rh} AS rh, ({valid}) AS valid "
+        f"FROM (SELECT {', '.join(canon)} FROM file_rows) s"
+    )
+
+
+Stats = dict[int | None, tuple[int, int]]  # bucket -> (count, xor)
+
+
+class _FileDiffer:
+    def __init__(
+        self,
+        conn: sa.Connection,
+        df: DataFile,
+        mapping: Mapping,
+        options: FileDiffOptions,
+        pool: ThreadPoolExecutor,
+        on_phase: Callable[[str], None],
+    ) -> None:
+        self.conn, self.df, self.m, self.opt, self.pool = conn, df, mapping, options, pool
+        self.on_phase = on_phase
+        self.tbase = table_base_sql(mapping)
+        self.fbase = file_base_sql(mapping)
+        self.stats = FileDiffStats()
+
+    # -- stats per level ------------------------------------------------------------------
+
+    def table_stats(self, shift: int, parents: tuple[int, Sequence[int]] | None) -> Stats:
+        params: dict[str, Any] = {"s": shift}
+        cond = ""
+        if parents is not None:
+            params["ps"], params["parents"] = parents[0], list(parents[1])
+            cond = "WHERE (kh >> :ps) = ANY(:parents)"
+        rows = self.conn.execute(
+            sa.text(
+                f"SELECT kh >> :s, count(*), coalesce(bit_xor(rh), 0) FROM ({self.tbase}) t "
+                f"{cond} GROUP BY 1"
+            ),
+            params,
+        ).all()
+        return {int(b): (int(n), int(x)) for b, n, x in rows}
+
+    def file_stats(self, shift: int, parents: tuple[int, Sequence[int]] | None) -> Stats:
+        cond = ""
+        params: list[Any] = [shift]
+        if parents is not None:
+            self._parents(parents[1])
+            cond = "AND (kh >> ?) IN (SELECT p FROM cdcr_parents)"
+            params.append(parents[0])
+        rows = self.df.query(
+            f"SELECT CASE WHEN valid THEN kh >> ? END, count(*), coalesce(bit_xor(rh), 0) "
+            f"FROM ({self.fbase}) t WHERE (valid OR {parents is None}) {cond} GROUP BY 1",
+            params,
+        )
+        return {None if b is None else int(b): (int(n), int(x)) for b, n, x in rows}
+
+    def _parents(self, ids: Sequence[int]) -> None:
+        self.df.query("CREATE OR REPLACE TEMP TABLE cdcr_parents (p BIGINT)")
+        if ids:
+            self.df.con.executemany("INSERT INTO cdcr_parents VALUES (?)", [(int(i),) for i in ids])
+
+    def level(self, shift: int, parents: tuple[int, Sequence[int]] | None) -> tuple[Stats, Stats]:
+        fut = self.pool.submit(self.table_stats, shift, parents)
+        f = self.file_stats(shift, parents)
+        return f, fut.result()
+
+    # -- bisection ------------------------------------------------------------------------
+
+    def run(self, first_bits: int) -> tuple[list[Leaf], int]:
+        bits = first_bits
+        shift = HASH_BITS - bits
+        self.on_phase(f"checksums of {2**bits} key-hash ranges")
+        f, t = self.level(shift, None)
+        bad = f.pop(None, (0, 0))[0]
+        self.stats.file_bad_key = bad
+        self.stats.file_rows = sum(n for n, _ in f.values())
+        self.stats.table_rows = sum(n for n, _ in t.values())
+        self.stats.levels = 1
+        self.stats.segments_compared = 2**bits
+        leaves: list[Leaf] = []
+        todo = self.split(f, t, shift, leaves)
+        while todo:
+            worst = max(n for _, n in todo)
+            b = min(self.opt.max_bits, max(1, math.ceil(math.log2(worst / self.opt.threshold))))
+            b = min(b, shift)
+            new_shift = shift - b
+            self.on_phase(f"bisecting {len(todo)} differing ranges")
+            f, t = self.level(new_shift, (shift, [p for p, _ in todo]))
+            self.stats.levels += 1
+            self.stats.segments_compared += len(todo) * 2**b
+            shift = new_shift
+            todo = self.split(f, t, shift, leaves)
+        return leaves, bad
+
+    def split(self, f: Stats, t: Stats, shift: int, leaves: list[Leaf]) -> list[tuple[int, int]]:
+        """Record differing buckets that are small enough (or cannot split) as leaves; return
+        the others as (prefix, rows) to split further."""
+        todo: list[tuple[int, int]] = []
+        for b in set(f) | set(t):
+            assert b is not None
+            a, c = f.get(b, (0, 0)), t.get(b, (0, 0))
+            if a == c:
+                continue
+            n = max(a[0], c[0])
+            if n <= self.opt.threshold or shift == 0:
+                leaves.append(Leaf(b, shift, n))
+            else:
+                todo.append((b, n))
+        return todo
+
+    # -- leaves ---------------------------------------------------------------------------
+
+    def fetch(self, leaves: list[Leaf]) -> list[FileDifference]:
+        found: list[FileDifference] = []
+        by_shift: dict[int, list[Leaf]] = {}
+        for leaf in leaves:
+            by_shift.setdefault(leaf.shift, []).append(leaf)
+        for shift, group in sorted(by_shift.items()):
+            group.sort(key=lambda x: x.prefix)
+            chunk: list[Leaf] = []
+            rows = 0
+            for leaf in group:
+                if chunk and rows + leaf.rows > self.opt.fetch_rows:
+                    found += self.fetch_chunk(shift, chunk)
+                    chunk, rows = [], 0
+                chunk.append(leaf)
+                rows += leaf.rows
+            if chunk:
+                found += self.fetch_chunk(shift, chunk)
+        return found
+
+    def fetch_chunk(self, shift: int, leaves: list[Leaf]) -> list[FileDifference]:
+        ids = [x.prefix for x in leaves]
+        self.on_phase(f"downloading rows of {len(ids)} differing ranges")
+        nk, nc = len(self.m.key), len(self.m.columns)
+
+        def table_rows() -> list[sa.Row[Any]]:
+            return list(
+                self.conn.execute(
+                    sa.text(f"SELECT * FROM ({self.tbase}) t WHERE (kh >> :s) = ANY(:ids)"),
+                    {"s": shift, "ids": ids},
+                )
+            )
+
+        fut = self.pool.submit(table_rows)
+        self._parents(ids)
+        cs = ", ".join(f"c{j}" for j in range(nc))
+        frows = self.df.query(
+            f"SELECT {cs}, kh FROM ({self.fbase}) t WHERE valid "
+            "AND (kh >> ?) IN (SELECT p FROM cdcr_parents)",
+            [shift],
+        )
+        trows = fut.result()
+        self.stats.rows_downloaded += len(frows) + len(trows)
+        names = self.m.column_names
+        file_by_key: dict[CanonKey, list[tuple[str | None, ...]]] = {}
+        leaf_of: dict[CanonKey, tuple[int, int]] = {}
+        for r in frows:
+            key = tuple(r[:nk])
+            file_by_key.setdefault(key, []).append(tuple(r[:nc]))
+            leaf_of[key] = (int(r[nc]) >> shift, shift)
+        table_by_key: dict[CanonKey, tuple[tuple[Any, ...], tuple[str | None, ...]]] = {}
+        for r in trows:
+            canon = tuple(r[nk : nk + nc])
+            table_by_key[tuple(canon[:nk])] = (tuple(r[:nk]), canon)
+            leaf_of[tuple(canon[:nk])] = (int(r[nk + nc]) >> shift, shift)
+        out: list[FileDifference] = []
+        for key, frs in file_by_key.items():
+            trow = table_by_key.get(key)
+            if len(frs) > 1:
+                out.append(
+                    FileDifference(
+                        DUPLICATE_IN_FILE,
+                        key,
+                        table_key=None if trow is None else trow[0],
+                        occurrences=len(frs),
+                        leaf=leaf_of[key],
+                    )
+                )
+                continue
+            frow = frs[0]
+            if trow is None:
+                out.append(
+                    FileDifference(
+                        MISSING_IN_TABLE,
+                        key,
+                        file_row=dict(zip(names, frow, strict=True)),
+                        leaf=leaf_of[key],
+                    )
+                )
+            elif trow[1] != frow:
+                cols = tuple(n for n, a, b in zip(names, frow, trow[1], strict=True) if a != b)
+                out.append(
+                    FileDifference(
+                        MISMATCHED,
+                        key,
+                        cols,
+                        dict(zip(names, frow, strict=True)),
+                        dict(zip(names, trow[1], strict=True)),
+                        trow[0],
+                        leaf=leaf_of[key],
+                    )
+                )
+        for key, (raw, canon) in table_by_key.items():
+            if key not in file_by_key:
+                out.append(
+                    FileDifference(
+                        MISSING_IN_FILE,
+                        key,
+                        table_row=dict(zip(names, canon, strict=True)),
+                        table_key=raw,
+                        leaf=leaf_of[key],
+                    )
+                )
+        return out
+
+    def bad_key_examples(self, limit: int = 5) -> list[dict[str, Any]]:
+        cols = ", ".join(quote_ident(self.m.file_column[k.name]) for k in self.m.key)
+        exprs = [duck_canonical(c, self.m.file_column[c.name]) for c in self.m.key]
+        valid = " AND ".join(duck_key_valid(k, e) for k, e in zip(self.m.key, exprs, strict=True))
+        rows = self.df.query(
+            f"SELECT {cols} FROM file_rows WHERE NOT coalesce({valid}, false) LIMIT {int(limit)}"
+        )
+        names = [self.m.file_column[k.name] for k in self.m.key]
+        return [dict(zip(names, r, strict=True)) for r in rows]
+
+
+def _order(v: str | None) -> tuple[int, Decimal, str]:
+    """Sort canonical key values: numbers by value, then text, then NULL."""
+    if v is None:
+        return (2, Decimal(0), "")
+    try:
+        d = Decimal(v)
+    except ArithmeticError:
+        return (1, Decimal(0), v)
+    return (1, Decimal(0), v) if d.is_nan() else (0, d, v)
+
+
+def first_bits(estimated_rows: int, options: FileDiffOptions) -> int:
+    """Bits of the first split: about ``threshold`` rows per range for the estimated size,
+    between 4 and ``max_bits``."""
+    if estimated_rows <= 0:
+        return min(10, options.max_bits)
+    want = math.ceil(math.log2(max(2.0, estimated_rows / options.threshold)))
+    return max(min(4, options.max_bits), min(options.max_bits, want))
+
+
+def start_snapshot(conn: sa.Connection) -> None:
+    """Begin the table side's one REPEATABLE READ, READ ONLY transaction with fixed output."""
+    conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
+    conn.exec_driver_sql(PG_SESSION)
+
+
+def diff_file(
+    conn: sa.Connection,
+    df: DataFile,
+    mapping: Mapping,
+    options: FileDiffOptions | None = None,
+    on_phase: Callable[[str], None] = lambda _: None,
+) -> FileDiffResult:
+    """Every difference between the file and the table, sorted by kind then key.
+
+    ``conn`` must be in a fresh transaction (see :func:`start_snapshot`), so the whole diff sees
+    one snapshot of the table. Reads only. Database errors propagate unchanged; file errors are
+    CdcrError."""
+    opt = options or FileDiffOptions()
+    estimate = conn.execute(
+        sa.text(
+            "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = CAST(:t AS regclass)"
+        ),
+        {"t": mapping.sql_name},
+    ).scalar()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        d = _FileDiffer(conn, df, mapping, opt, pool, on_phase)
+        leaves, bad = d.run(first_bits(int(estimate or 0), opt))
+        found = d.fetch(leaves)
+        examples = d.bad_key_examples() if bad else []
+    found.sort(key=lambda x: (KINDS.index(x.kind), [_order(v) for v in x.key]))
+    return FileDiffResult(tuple(found), d.stats, tuple(leaves), tuple(examples))
