@@ -493,7 +493,7 @@ class ApplyEngine:
             (p, c)
             for p, c in items
             if _norm_key(p.key) not in live
-            and tombs.get(key_text(p.key), tombs.get(TRUNCATE_KEY, -1)) < p.event.position
+            and max(tombs.get(key_text(p.key), -1), tombs.get(TRUNCATE_KEY, -1)) < p.event.position
         ]
         if not todo:
             return {}, []
