@@ -493,7 +493,7 @@ class ApplyEngine:
             (p, c)
             for p, c in items
             if _norm_key(p.key) not in live
-            and tombs.get(key_text(p.key), tombs.get(TRUNCATE_KEY, -1)) < p.event.position
+            and max(tombs.get(key_text(p.key), -1), tombs.get(TRUNCATE_KEY, -1)) < p.event.position
         ]
         if not todo:
             return {}, []
@@ -667,6 +667,10 @@ def rejected_kind(exc: BaseException) -> str:
     return f"apply_rejected:{sqlstate(exc)}"
 
 
+def _clip(text: str, limit: int = 500) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
 _COPY_COLUMN = re.compile(r"\bcolumn (\S+?):")
 
 
@@ -681,13 +685,15 @@ def _describe(p: Pending, exc: DBAPIError) -> str:
         m = _COPY_COLUMN.search(context)
         column = m.group(1) if m else None
     primary = getattr(diag, "message_primary", None) or str(orig).strip().splitlines()[0]
+    primary = _clip(primary, 1000)
     detail = getattr(diag, "message_detail", None)
     parts = [
         f"table {p.route.table.qualified}",
         f"key {key_text(p.key)}",
         *([f"column {column}"] if column else []),
         f"SQLSTATE {sqlstate(exc)}: {primary}",
-        *([f"DETAIL: {detail}"] if detail else []),
+        # The detail may repeat the whole row ("Failing row contains ..."): keep it short.
+        *([f"DETAIL: {_clip(detail)}"] if detail else []),
     ]
     return "; ".join(parts)
 

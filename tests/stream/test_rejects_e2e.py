@@ -137,3 +137,22 @@ def test_rejected_values_are_dead_lettered_and_every_later_record_applied(
     second = run_until_idle(strict_target["settings"]).totals
     assert second.dead_lettered == 0 and second.applied == 4
     assert rows(target_engine, f"public.{t}", COLS) == rows(source_engine, f"public.{t}", COLS)
+
+
+class _PgError(Exception):
+    def __init__(self, pgcode: str | None) -> None:
+        super().__init__(pgcode or "connection lost")
+        self.pgcode = pgcode
+
+
+@pytest.mark.parametrize(("pgcode", "rejected"), [
+    ("22001", True), ("22P02", True), ("22003", True), ("23502", True), ("23505", True),
+    ("23514", True), ("44000", True), ("54000", True), ("42804", True),
+    (None, False), ("08006", False), ("57P01", False), ("40001", False), ("40P01", False),
+    ("53100", False), ("42P01", False), ("42703", False), ("42501", False),
+])
+def test_target_errors_are_classified_by_sqlstate(pgcode, rejected):
+    exc = sa.exc.DBAPIError("COPY", None, _PgError(pgcode))
+    assert engine_module.is_rejected(exc) is rejected
+    if rejected:
+        assert engine_module.rejected_kind(exc) == f"apply_rejected:{pgcode}"
