@@ -396,7 +396,7 @@ def _note(p: PartitionLag) -> str:
     if (p.time_lag_s or 0.0) > LONG_LAG_S:
         notes.append("over 30 min behind")
     if p.age_s is not None and p.offset_lag > 0:
-        notes.append(f"oldest waiting {_fmt_seconds(p.age_s)}")
+        notes.append(f"waiting {_fmt_seconds(p.age_s)}")
     return "; ".join(notes)
 
 
