@@ -94,45 +94,59 @@ def time_once(cmd: list[str]) -> tuple[float, dict[str, Any]]:
     return elapsed, json.loads(out.stdout)
 
 
-def measure(cmd: list[str], runs: int) -> tuple[list[float], dict[str, Any]]:
-    time_once(cmd)  # warm the page cache and the broker's group coordinator
-    times, doc = [], {}
+def measure(cmds: dict[str, list[str]], runs: int) -> dict[str, tuple[list[float], Any]]:
+    """Time each command ``runs`` times after one warm-up each, alternating between the commands
+    run by run so that a shared machine's load changes hit all of them alike."""
+    for cmd in cmds.values():
+        time_once(cmd)  # warm the page cache and the broker's group coordinator
+    out: dict[str, tuple[list[float], Any]] = {label: ([], {}) for label in cmds}
     for _ in range(runs):
-        elapsed, doc = time_once(cmd)
-        times.append(elapsed)
-    return times, doc
+        for label, cmd in cmds.items():
+            elapsed, doc = time_once(cmd)
+            out[label][0].append(elapsed)
+            out[label] = (out[label][0], doc)
+    return out
 
 
 def shape(bootstrap: str, *, name: str, partitions: int, per_partition: int,
           fractions: list[float], skip_every: int, runs: int, target_s: float,
-          extra: list[str]) -> dict[str, Any]:
+          extra: list[str], compare: str | None = None) -> list[dict[str, Any]]:
     tag = uuid.uuid4().hex[:6]
     topic = f"bench-lag-{tag}"
     groups = [f"bench-lag-{tag}-g{i}" for i in range(len(fractions))]
     setup(bootstrap, topic, groups, partitions=partitions, per_partition=per_partition,
           fractions=fractions, skip_every=skip_every)
+    args = ["lag", "--json"]
+    for g in groups:
+        args += ["--group", g]
+    args += extra
+    cmds = {"this checkout": [*cdcr_command(), *args]}
+    if compare:
+        cmds[compare] = [compare, *args]
     try:
-        cmd = [*cdcr_command(), "lag", "--json"]
-        for g in groups:
-            cmd += ["--group", g]
-        cmd += extra
-        times, doc = measure(cmd, runs)
+        measured = measure(cmds, runs)
     finally:
-        KafkaAdmin(client_config(bootstrap)).delete_topics([topic])
-    rows = sum(len(g["partitions"]) for g in doc["groups"])
-    med = statistics.median(times)
-    res = {
-        "shape": name, "groups": len(groups), "partitions": partitions, "rows": rows,
-        "total_offset_lag": [g["total_offset_lag"] for g in doc["groups"]],
-        "partitions_without_commit": [g["partitions_without_commit"] for g in doc["groups"]],
-        "runs": runs, "median_s": round(med, 3), "min_s": round(min(times), 3),
-        "max_s": round(max(times), 3), "times_s": [round(t, 3) for t in times],
-        "target_s": target_s, "met": med < target_s,
-        "command": "cdcr lag --json " + " ".join(f"--group G{i + 1}" for i in range(len(groups))),
-    }
-    print(f"{name}: {rows} rows, median {med:.3f} s over {runs} runs (min {min(times):.3f}, "
-          f"max {max(times):.3f}); target < {target_s} s: {'met' if res['met'] else 'MISSED'}")
-    return res
+        admin = KafkaAdmin(client_config(bootstrap))
+        admin.delete_topics([topic])
+        admin.delete_groups(groups)
+    results = []
+    for label, (times, doc) in measured.items():
+        rows = sum(len(g["partitions"]) for g in doc["groups"])
+        med = statistics.median(times)
+        res = {
+            "shape": name, "cdcr": label, "groups": len(groups), "partitions": partitions,
+            "rows": rows, "total_offset_lag": [g["total_offset_lag"] for g in doc["groups"]],
+            "runs": runs, "median_s": round(med, 3), "min_s": round(min(times), 3),
+            "max_s": round(max(times), 3), "times_s": [round(t, 3) for t in times],
+            "target_s": target_s, "met": med < target_s,
+            "command": "cdcr lag --json "
+            + " ".join(f"--group G{i + 1}" for i in range(len(groups))),
+        }
+        print(f"{name} [{label}]: {rows} rows, total_offset_lag {res['total_offset_lag']}, "
+              f"median {med:.3f} s over {runs} runs (min {min(times):.3f}, max {max(times):.3f})"
+              f"; target < {target_s} s: {'met' if res['met'] else 'MISSED'}")
+        results.append(res)
+    return results
 
 
 def main() -> None:
@@ -140,20 +154,23 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--only", choices=["64", "1000"], default=None)
     ap.add_argument("--json-out", type=Path, default=None)
+    ap.add_argument("--compare", default=None, metavar="CDCR",
+                    help="another cdcr executable (e.g. an older checkout's) timed alternately "
+                    "with this one on the same topics, for a before/after comparison")
     ap.add_argument("extra", nargs="*", help="extra arguments for `cdcr lag`")
     args = ap.parse_args()
     bootstrap = os.environ.get("CDCR_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:19092")
     results = []
     if args.only in (None, "64"):
-        results.append(shape(bootstrap, name=f"{GROUPS} groups x {PARTITIONS} partitions",
+        results.extend(shape(bootstrap, name=f"{GROUPS} groups x {PARTITIONS} partitions",
                              partitions=PARTITIONS, per_partition=PER_PARTITION,
                              fractions=[1.0, 0.5, 0.0], skip_every=0, runs=args.runs,
-                             target_s=0.5, extra=args.extra))
+                             target_s=0.5, extra=args.extra, compare=args.compare))
     if args.only in (None, "1000"):
-        results.append(shape(bootstrap, name=f"1 group x {BIG_PARTITIONS} partitions",
+        results.extend(shape(bootstrap, name=f"1 group x {BIG_PARTITIONS} partitions",
                              partitions=BIG_PARTITIONS, per_partition=BIG_PER_PARTITION,
                              fractions=[0.5], skip_every=BIG_UNCOMMITTED_EVERY, runs=args.runs,
-                             target_s=2.0, extra=args.extra))
+                             target_s=2.0, extra=args.extra, compare=args.compare))
     load = os.getloadavg()
     doc = {"results": results, "loadavg_at_end": [round(x, 2) for x in load],
            "cpus": os.cpu_count()}

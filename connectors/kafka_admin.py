@@ -299,6 +299,7 @@ class KafkaAdmin:
             consumer.assign([TopicPartition(t, p, offs[-1]) for (t, p), offs in todo.items()])
             deadline = time.monotonic() + timeout_s
             while todo and (left := deadline - time.monotonic()) > 0:
+                done: list[TopicPartition] = []
                 for msg in consumer.consume(num_messages=500, timeout=min(left, 0.02)):
                     err = msg.error()
                     if err is not None:
@@ -319,9 +320,13 @@ class KafkaAdmin:
                             )
                     if not pending:
                         del todo[(topic, part)]
-                        consumer.pause([TopicPartition(topic, part)])
+                        done.append(TopicPartition(topic, part))
                     elif pending[-1] - off > _SEEK_GAP:
                         consumer.seek(TopicPartition(topic, part, pending[-1]))
+                if done:
+                    consumer.pause(
+                        done
+                    )  # one call per round: pausing costs per call, not per partition
         except KafkaException as exc:
             raise KafkaAdminError.wrap("read message timestamps", exc) from exc
         finally:
@@ -376,6 +381,22 @@ class KafkaAdmin:
             )
             for tp, fut in futs.items()
         }
+
+    def delete_groups(self, groups: Iterable[str]) -> None:
+        """Delete consumer groups (their committed offsets); groups that do not exist are
+        ignored. A group with live members cannot be deleted: KafkaAdminError (NON_EMPTY_GROUP)."""
+        names = sorted(set(groups))
+        if not names:
+            return
+        futs = self._admin.delete_consumer_groups(names, request_timeout=self._timeout_s)
+        for name, fut in futs.items():
+            try:
+                fut.result(timeout=self._timeout_s + 5)
+            except KafkaException as exc:
+                kerr = _kafka_error(exc)
+                if kerr is not None and kerr.code() == KafkaError.GROUP_ID_NOT_FOUND:
+                    continue
+                raise KafkaAdminError.wrap(f"delete consumer group {name!r}", exc) from exc
 
     def delete_topics(self, names: Iterable[str]) -> None:
         """Delete topics; topics that do not exist are ignored."""

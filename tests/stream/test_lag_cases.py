@@ -29,6 +29,7 @@ from tests.stream.test_lag import _wait_for_leaders, consume_and_commit, produce
 # test_lag.py's fixtures, shared by name.
 admin = test_lag.admin
 topic_factory = test_lag.topic_factory
+_delete_groups = test_lag._delete_groups  # autouse: the test's groups are deleted after it
 
 pytestmark = pytest.mark.services
 
