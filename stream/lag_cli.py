@@ -357,7 +357,8 @@ def render(report: LagReport) -> Group:
             f", lag {g.total_offset_lag:,} msg / {_fmt_seconds(g.max_time_lag_s)}",
         )
         table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-        for col, just in [
+        notes = [_note(p) for p in g.partitions]
+        columns = [
             ("topic", "left"),
             ("part", "right"),
             ("committed", "right"),
@@ -366,11 +367,13 @@ def render(report: LagReport) -> Group:
             ("lag", "right"),
             ("time lag", "right"),
             ("status", "left"),
-            ("note", "left"),
-        ]:
+        ]
+        if any(notes):  # only when there is something to say: narrow terminals keep the topic
+            columns.append(("note", "left"))
+        for col, just in columns:
             table.add_column(col, justify=just)  # type: ignore[arg-type]
-        for p in g.partitions:
-            table.add_row(
+        for p, note in zip(g.partitions, notes, strict=True):
+            row: list[Any] = [
                 p.topic,
                 str(p.partition),
                 _fmt_offset(p.committed),
@@ -379,10 +382,10 @@ def render(report: LagReport) -> Group:
                 f"{p.offset_lag:,}",
                 _fmt_time_lag(p),
                 Text(p.status.value, style=_STATUS_STYLE[p.status]),
-                _note(p),
-            )
+            ]
+            table.add_row(*row, *([note] if any(notes) else []))
         if not g.partitions:
-            table.add_row("(no partitions)", "", "", "", "", "", "", "", "")
+            table.add_row("(no partitions)", *[""] * (len(columns) - 1))
         parts.append(table)
     if not report.applied_available and report.applied_note:
         parts.append(Text(f"applied: {report.applied_note}", style="dim"))
