@@ -91,6 +91,10 @@ def _earliest() -> OffsetSpec:
     return OffsetSpec.earliest()  # type: ignore[no-untyped-call,no-any-return]
 
 
+def _max_timestamp() -> OffsetSpec:
+    return OffsetSpec.max_timestamp()  # type: ignore[no-untyped-call,no-any-return]
+
+
 def _kafka_error(exc: BaseException) -> KafkaError | None:
     if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
         return exc.args[0]
@@ -109,10 +113,13 @@ class GroupInfo:
 
 @dataclass(frozen=True)
 class Watermarks:
-    """The first offset still in the log and the offset the next produced message will get."""
+    """The first offset still in the log and the offset the next produced message will get;
+    ``newest_timestamp``: the largest message timestamp in the log (the newest message's, for
+    in-order timestamps), None for an empty log or when the broker did not say."""
 
     log_start: int
     log_end: int
+    newest_timestamp: datetime | None = None
 
 
 def client_config(
@@ -225,8 +232,10 @@ class KafkaAdmin:
         return self._list_offsets(partitions, _latest(), "log-end offsets")
 
     def watermarks(self, partitions: Iterable[TP]) -> dict[TP, Watermarks]:
-        """Log-start and log-end offsets of each partition: one request per kind, both in flight
-        together."""
+        """Log-start and log-end offsets and the newest message timestamp of each partition: one
+        ListOffsets request per kind (earliest, latest, max timestamp — KIP-734, Kafka 3.0+), all
+        in flight together. A broker that cannot answer the max-timestamp request leaves
+        ``newest_timestamp`` None rather than failing the call."""
         parts = sorted(set(partitions))
         if not parts:
             return {}
@@ -236,9 +245,25 @@ class KafkaAdmin:
         end_futs = self._admin.list_offsets(
             {TopicPartition(t, p): _latest() for t, p in parts}, request_timeout=self._timeout_s
         )
+        max_futs = self._admin.list_offsets(
+            {TopicPartition(t, p): _max_timestamp() for t, p in parts},
+            request_timeout=self._timeout_s,
+        )
         starts = self._offsets("log-start offsets", start_futs)
         ends = self._offsets("log-end offsets", end_futs)
-        return {tp: Watermarks(starts[tp], ends[tp]) for tp in parts}
+        newest = self._newest_timestamps(max_futs)
+        return {tp: Watermarks(starts[tp], ends[tp], newest.get(tp)) for tp in parts}
+
+    def _newest_timestamps(self, futs: Mapping[TopicPartition, Future[Any]]) -> dict[TP, datetime]:
+        out: dict[TP, datetime] = {}
+        for tp, fut in futs.items():
+            try:
+                res = fut.result(timeout=self._timeout_s + 5)
+            except (KafkaException, TimeoutError):
+                continue  # optional: the time lag falls back to reading the newest message
+            if res.offset >= 0 and res.timestamp >= 0:
+                out[(tp.topic, tp.partition)] = datetime.fromtimestamp(res.timestamp / 1000, tz=UTC)
+        return out
 
     def _list_offsets(self, partitions: Iterable[TP], spec: OffsetSpec, what: str) -> dict[TP, int]:
         parts = sorted(set(partitions))

@@ -124,6 +124,7 @@ class Sample:
     log_start: int
     log_end: int
     reset: str = "earliest"
+    newest: datetime | None = None  # the largest message timestamp in the log, when known
 
     @property
     def reason(self) -> Reason | None:
@@ -319,6 +320,8 @@ class Offsets(Protocol):
     def log_start(self) -> int: ...
     @property
     def log_end(self) -> int: ...
+    @property
+    def newest_timestamp(self) -> datetime | None: ...
 
 
 class LagSource(Protocol):
@@ -428,7 +431,9 @@ class LagMonitor:
                 if wm is None:
                     continue  # the topic vanished between the calls
                 hist = view.history.setdefault(tp, deque(maxlen=self._history))
-                hist.append(Sample(at, off, wm.log_start, wm.log_end, self._reset[g]))
+                hist.append(
+                    Sample(at, off, wm.log_start, wm.log_end, self._reset[g], wm.newest_timestamp)
+                )
             for tp in [tp for tp in view.history if tp not in parts]:
                 del view.history[tp]  # no longer committed, assigned or matching
         self._samples += 1
@@ -466,13 +471,14 @@ class LagMonitor:
         """
         if self._samples == 0:
             raise LagError("no sample taken yet")
-        # One read for all: the oldest unconsumed and the newest message of each lagging partition.
+        # One read for all: the oldest unconsumed message of each lagging partition, and the
+        # newest one where the watermarks did not bring its timestamp.
         lookups = {
             (tp[0], tp[1], off)
             for v in self._views.values()
             for tp, h in v.history.items()
             if h[-1].offset_lag > 0
-            for off in (h[-1].position, h[-1].log_end - 1)
+            for off in (h[-1].position, *(() if h[-1].newest else (h[-1].log_end - 1,)))
         }
         stamps = self._source.message_timestamps(lookups, timeout_s=self._ts_timeout)
         now = self._now()
@@ -484,7 +490,7 @@ class LagMonitor:
             for (topic, part), hist in sorted(view.history.items()):
                 latest = hist[-1]
                 oldest = stamps.get((topic, part, latest.position))
-                newest = stamps.get((topic, part, latest.log_end - 1))
+                newest = latest.newest or stamps.get((topic, part, latest.log_end - 1))
                 secs, how = time_lag(now, hist, oldest, newest)
                 age = None
                 if latest.offset_lag == 0:

@@ -185,6 +185,7 @@ class _G:
 class _W:
     log_start: int
     log_end: int
+    newest_timestamp: datetime | None = None
 
 
 class _FakeSource:
@@ -268,6 +269,25 @@ class TestMonitor:
                                            ("t", 1, None, 3, Reason.NO_COMMIT)]
         assert g.total_offset_lag == 7
         assert report_as_json(mon.report())["groups"][0]["partitions_without_commit"] == 2
+
+    def test_newest_timestamp_from_the_watermarks_spares_a_read(self) -> None:
+        asked: list[tuple[str, int, int]] = []
+
+        class Src(_FakeSource):
+            def watermarks(self, partitions: Iterable[TP]) -> Mapping[TP, _W]:
+                return {tp: _W(0, 10, T0) for tp in partitions}
+
+            def message_timestamps(self, wanted: Iterable[tuple[str, int, int]], *,
+                                   timeout_s: float = 1.0
+                                   ) -> Mapping[tuple[str, int, int], datetime]:
+                asked.extend(wanted)
+                return {w: T0 - timedelta(seconds=40) for w in asked}
+
+        mon = LagMonitor(Src([{("t", 0): 4}], [{}]), ["g"], now_getter=_Clock())
+        mon.sample()
+        p, _ = mon.report().groups[0].partitions
+        assert sorted(asked) == [("t", 0, 4), ("t", 1, 0)]  # the oldest unconsumed only
+        assert (p.time_lag_s, p.age_s) == (40.0, 40.0)
 
     def test_group_with_a_pattern_is_never_unknown(self) -> None:
         src = _FakeSource([{}], [{("other", 0): 4}])
