@@ -28,11 +28,10 @@ Definitions (``docs/lag.md`` has the same, for operators):
   1. OK      the offset lag of the newest sample is 0 (caught up; idle groups included).
   2. REWIND  the committed offset went backwards between two samples.
   3. STOP    the group has no active member, so nothing will drain the lag.
-  4. STALL   the committed offset did not move over the history while the lag is not 0, and
-             nothing shows progress for ``stall_after_s``: the apply engine's applied offset
-             (when known) was last advanced that long ago, or else the oldest unconsumed message
-             is at least that old (or, its age unknown, the history spans that long). Younger lag
-             is normal between two commits.
+  4. STALL   the committed offset did not move over the history while the lag is not 0, the
+             oldest unconsumed message is at least ``stall_after_s`` old, and the apply engine's
+             applied offset (when known) was last advanced at least that long ago (both unknown:
+             the history spans that long). Younger lag is normal between two commits.
   5. WARN    the committed offset moves, but the lag grew between every two samples over at least
              ``warn_min_samples`` samples (the consumer falls behind).
   6. WARN    the partition has unconsumed records and no usable commit (``no_commit`` or
@@ -229,12 +228,10 @@ def partition_status(
         return Status.STOP
     first = samples[0]
     if first.position == latest.position:
-        if since_progress_s is not None:
-            waited = since_progress_s
-        elif age_s is not None:
-            waited = age_s
-        else:
-            waited = (latest.at - first.at).total_seconds()
+        # A stall needs both: no recorded progress for that long, and a message waiting that
+        # long (a burst after a quiet spell is not a stall, nor old data read steadily).
+        known = [s for s in (since_progress_s, age_s) if s is not None]
+        waited = min(known) if known else (latest.at - first.at).total_seconds()
         if waited >= thresholds.stall_after_s:
             return Status.STALL
     else:

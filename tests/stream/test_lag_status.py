@@ -128,6 +128,11 @@ class TestPartitionStatus:
         assert partition_status(rows, group_active=True, age_s=7200.0,
                                 since_progress_s=61.0) is Status.STALL
 
+    def test_burst_after_a_quiet_spell_is_not_stall(self) -> None:
+        rows = samples((10, 20))  # applied long ago (quiet topic), the waiting records are young
+        assert partition_status(rows, group_active=True, age_s=0.5,
+                                since_progress_s=3600.0) is Status.OK
+
 
 class TestGroupStatus:
     def test_worst_partition_wins(self) -> None:
