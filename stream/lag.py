@@ -47,7 +47,7 @@ import enum
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -348,7 +348,8 @@ class LagMonitor:
     Which partitions: every partition of each topic a group committed on or is assigned, of each
     topic matching ``topic_pattern`` (all groups; it also filters) and of each topic matching the
     group's own pattern in ``group_patterns`` (``cdcr run``'s group: its subscription), new
-    partitions included. ``offset_reset`` is ``auto.offset.reset`` for all groups, or per group
+    partitions included; ``group_excludes`` names topics a group's pattern never takes (the
+    dead-letter topic). ``offset_reset`` is ``auto.offset.reset`` for all groups, or per group
     (missing groups: earliest).
 
     ``sample()`` raises LagError for a group the cluster does not know (unless it has a pattern:
@@ -369,6 +370,7 @@ class LagMonitor:
         timestamp_timeout_s: float = 2.0,
         group_patterns: Mapping[str, str] | None = None,
         offset_reset: str | Mapping[str, str] = "earliest",
+        group_excludes: Mapping[str, Collection[str]] | None = None,
     ) -> None:
         if not groups:
             raise LagError("no consumer group given")
@@ -393,6 +395,7 @@ class LagMonitor:
             if r not in OFFSET_RESETS:
                 raise LagError(f"auto.offset.reset of {g!r} must be earliest or latest, not {r!r}")
         self._reset = resets
+        self._group_excludes = {g: frozenset(ts) for g, ts in (group_excludes or {}).items()}
         self._history = max(1, history)
         self._thresholds = thresholds
         self._now = now_getter
@@ -444,9 +447,14 @@ class LagMonitor:
     ) -> dict[TP, int | None]:
         """Every partition of every topic the group consumes, with its commit (None: none)."""
         topics = {t for t, _ in committed} | ({t for t, _ in info.assigned} if info else set())
-        for rx in (self._rx, self._group_rx.get(group)):
-            if rx is not None:
-                topics.update(t for t in counts if rx.search(t))
+        if self._rx is not None:
+            topics.update(t for t in counts if self._rx.search(t))
+        if (own := self._group_rx.get(group)) is not None:
+            # As `cdcr run` subscribes: never "_"-prefixed topics nor the excluded (dead letters).
+            skip = self._group_excludes.get(group, frozenset())
+            topics.update(
+                t for t in counts if own.search(t) and not t.startswith("_") and t not in skip
+            )
         parts: dict[TP, int | None] = {}
         for t in sorted(topics):
             if not self._matches((t, 0)):

@@ -226,6 +226,7 @@ class _Session:
             topic_pattern=topic,
             thresholds=Thresholds(stall_after_s=stall_after),
             group_patterns={own: k.topic_pattern} if own in self.groups else None,
+            group_excludes={own: {k.dlq_topic()}},
             offset_reset={g: "earliest" if g == own else offset_reset for g in self.groups},
         )
         self.applied = AppliedOffsetsReader(settings.target.url_str())

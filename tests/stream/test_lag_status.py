@@ -294,6 +294,16 @@ class TestMonitor:
         assert sorted(asked) == [("t", 0, 4), ("t", 1, 0)]  # the oldest unconsumed only
         assert (p.time_lag_s, p.age_s) == (40.0, 40.0)
 
+    def test_group_pattern_skips_excluded_and_underscore_topics(self) -> None:
+        class Src(_FakeSource):
+            def topic_partitions(self, pattern: str | None = None) -> Mapping[str, int]:
+                return {"cdc.s.t": 1, "cdc.cdcr.dlq": 1, "_cdc.x.y": 1}
+
+        mon = LagMonitor(Src([{}], [{}]), ["g"], group_patterns={"g": r"^_?cdc\.[^.]+\.[^.]+$"},
+                         group_excludes={"g": {"cdc.cdcr.dlq"}}, now_getter=_Clock())
+        mon.sample()
+        assert [p.topic for p in mon.report().groups[0].partitions] == ["cdc.s.t"]
+
     def test_group_with_a_pattern_is_never_unknown(self) -> None:
         src = _FakeSource([{}], [{("other", 0): 4}])
         mon = LagMonitor(src, ["fresh"], group_patterns={"fresh": "^other$"},
