@@ -210,9 +210,14 @@ class KafkaAdmin:
 
     # -- topics and offsets ---------------------------------------------------------------------
 
-    def topic_partitions(self, pattern: str | None = None) -> dict[str, int]:
+    def topic_partitions(
+        self, pattern: str | None = None, *, skip_errors: bool = False
+    ) -> dict[str, int]:
         """Partition count of each topic whose name matches ``pattern`` (a regex, searched like
-        ``re.search``); internal topics (names starting with ``__``) excluded. None: all topics."""
+        ``re.search``); internal topics (names starting with ``__``) excluded. None: all topics.
+        A topic whose metadata carries an error (being created or deleted) raises
+        KafkaAdminError, or with ``skip_errors`` maps to 0 (a real topic has at least one
+        partition), so callers can tell "exists but unreadable now" from "does not exist"."""
         try:
             md = self._admin.list_topics(timeout=self._timeout_s)
         except KafkaException as exc:
@@ -223,6 +228,9 @@ class KafkaAdmin:
             if name.startswith("__") or (rx is not None and not rx.search(name)):
                 continue
             if t.error is not None:
+                if skip_errors:
+                    out[name] = 0
+                    continue
                 raise KafkaAdminError.wrap(f"metadata of topic {name!r}", KafkaException(t.error))
             out[name] = len(t.partitions)
         return out

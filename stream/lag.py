@@ -327,7 +327,9 @@ class LagSource(Protocol):
     def list_groups(self) -> list[str]: ...
     def describe_groups(self, groups: Iterable[str]) -> Mapping[str, GroupState]: ...
     def committed_offsets(self, groups: Iterable[str]) -> Mapping[str, Mapping[TP, int | None]]: ...
-    def topic_partitions(self, pattern: str | None = None) -> Mapping[str, int]: ...
+    def topic_partitions(
+        self, pattern: str | None = None, *, skip_errors: bool = False
+    ) -> Mapping[str, int]: ...
     def watermarks(self, partitions: Iterable[TP]) -> Mapping[TP, Offsets]: ...
     def message_timestamps(
         self, wanted: Iterable[tuple[str, int, int]], *, timeout_s: float = ...
@@ -414,7 +416,9 @@ class LagMonitor:
         self._check_known(described, committed)
         # Before the watermarks: the metadata request also refreshes the client's view of the
         # cluster, so partitions added since the last sample can be asked about.
-        counts = self._source.topic_partitions(None)
+        # All topics in one request; on a busy cluster some are always being created or deleted,
+        # and an unrelated topic's error must not fail the report (see _partitions_of).
+        counts = self._source.topic_partitions(None, skip_errors=True)
         wanted = {
             g: self._partitions_of(g, described.get(g), committed.get(g, {}), counts)
             for g in self._groups
@@ -455,12 +459,19 @@ class LagMonitor:
             topics.update(
                 t for t in counts if own.search(t) and not t.startswith("_") and t not in skip
             )
+        known = set(committed) | (set(info.assigned) if info else set())
         parts: dict[TP, int | None] = {}
         for t in sorted(topics):
             if not self._matches((t, 0)):
                 continue
-            # A topic missing from the metadata was deleted: its old commits are not lag.
-            parts.update({(t, p): committed.get((t, p)) for p in range(counts.get(t, 0))})
+            n = counts.get(t)
+            if n:
+                parts.update({(t, p): committed.get((t, p)) for p in range(n)})
+            elif n == 0:
+                # In the metadata with an error: keep what the group told us, so the watermarks
+                # request says what is wrong instead of the partitions vanishing.
+                parts.update({tp: committed.get(tp) for tp in known if tp[0] == t})
+            # Not in the metadata at all: the topic was deleted; old commits on it are not lag.
         return parts
 
     def report(

@@ -211,7 +211,8 @@ class _FakeSource:
     def committed_offsets(self, groups: Iterable[str]) -> Mapping[str, Mapping[TP, int | None]]:
         return {g: (self.committed[self.i] if g == "g" else {}) for g in groups}
 
-    def topic_partitions(self, pattern: str | None = None) -> Mapping[str, int]:
+    def topic_partitions(self, pattern: str | None = None, *,
+                         skip_errors: bool = False) -> Mapping[str, int]:
         return {"t": 2, "other": 1}
 
     def watermarks(self, partitions: Iterable[TP]) -> Mapping[TP, _W]:
@@ -296,13 +297,28 @@ class TestMonitor:
 
     def test_group_pattern_skips_excluded_and_underscore_topics(self) -> None:
         class Src(_FakeSource):
-            def topic_partitions(self, pattern: str | None = None) -> Mapping[str, int]:
+            def topic_partitions(self, pattern: str | None = None, *,
+                         skip_errors: bool = False) -> Mapping[str, int]:
                 return {"cdc.s.t": 1, "cdc.cdcr.dlq": 1, "_cdc.x.y": 1}
 
         mon = LagMonitor(Src([{}], [{}]), ["g"], group_patterns={"g": r"^_?cdc\.[^.]+\.[^.]+$"},
                          group_excludes={"g": {"cdc.cdcr.dlq"}}, now_getter=_Clock())
         mon.sample()
         assert [p.topic for p in mon.report().groups[0].partitions] == ["cdc.s.t"]
+
+    def test_topic_with_a_metadata_error_keeps_its_known_partitions_deleted_one_goes(
+            self) -> None:
+        class Src(_FakeSource):
+            def topic_partitions(self, pattern: str | None = None, *,
+                                 skip_errors: bool = False) -> Mapping[str, int]:
+                assert skip_errors  # an unrelated topic's error must not fail the report
+                return {"t": 2, "busy": 0}  # "gone" was deleted
+
+        src = Src([{("t", 0): 1, ("busy", 3): 2, ("gone", 0): 5}], [{}])
+        mon = LagMonitor(src, ["g"], now_getter=_Clock())
+        mon.sample()
+        got = [(p.topic, p.partition) for p in mon.report().groups[0].partitions]
+        assert got == [("busy", 3), ("t", 0), ("t", 1)]
 
     def test_group_with_a_pattern_is_never_unknown(self) -> None:
         src = _FakeSource([{}], [{("other", 0): 4}])
