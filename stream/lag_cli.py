@@ -266,6 +266,7 @@ class AppliedOffsetsReader:
         self._url = url
         self._engine: sa.Engine | None = None
         self._conn: Any = None
+        self._libpq_refused = False  # the URL has options only SQLAlchemy understands
 
     def read(
         self,
@@ -273,7 +274,7 @@ class AppliedOffsetsReader:
     ) -> tuple[dict[tuple[str, str, int], AppliedOffset] | None, str | None]:
         if not self._url:
             return None, "no target database configured (CDCR_TARGET__URL)"
-        libpq = _libpq_uri(self._url)
+        libpq = None if self._libpq_refused else _libpq_uri(self._url)
         rows = self._read_psycopg2(libpq, groups) if libpq else self._read_sqlalchemy(groups)
         if isinstance(rows, str):
             return None, rows
@@ -284,7 +285,11 @@ class AppliedOffsetsReader:
 
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = psycopg2.connect(uri, connect_timeout=_DB_CONNECT_TIMEOUT_S)
+                try:
+                    self._conn = psycopg2.connect(uri, connect_timeout=_DB_CONNECT_TIMEOUT_S)
+                except psycopg2.ProgrammingError:  # "invalid dsn": not a libpq URI after all
+                    self._libpq_refused = True
+                    return self._read_sqlalchemy(groups)
                 self._conn.set_session(readonly=True, autocommit=True)
             with self._conn.cursor() as cur:
                 cur.execute(self._EXISTS)
