@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -86,26 +87,41 @@ def setup(bootstrap: str, topic: str, groups: list[str], *, partitions: int = PA
 
 
 def time_once(cmd: list[str]) -> tuple[float, dict[str, Any]]:
+    elapsed, _, doc = time_and_cpu_once(cmd)
+    return elapsed, doc
+
+
+def time_and_cpu_once(cmd: list[str]) -> tuple[float, float, dict[str, Any]]:
+    """Wall time, and CPU time (user + system) of the child process: on a shared machine the
+    CPU time moves much less with the load than the wall time."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=dict(os.environ))
     elapsed = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if out.returncode != 0:
         raise SystemExit(f"cdcr lag failed ({out.returncode}): {out.stderr}")
-    return elapsed, json.loads(out.stdout)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return elapsed, cpu, json.loads(out.stdout)
 
 
-def measure(cmds: dict[str, list[str]], runs: int) -> dict[str, tuple[list[float], Any]]:
+def measure(
+    cmds: dict[str, list[str]], runs: int
+) -> dict[str, tuple[list[float], list[float], Any]]:
     """Time each command ``runs`` times after one warm-up each, alternating between the commands
-    run by run so that a shared machine's load changes hit all of them alike."""
+    run by run so that a shared machine's load changes hit all of them alike. Per command: wall
+    times, CPU times, the last JSON document."""
     for cmd in cmds.values():
         time_once(cmd)  # warm the page cache and the broker's group coordinator
-    out: dict[str, tuple[list[float], Any]] = {label: ([], {}) for label in cmds}
+    walls: dict[str, list[float]] = {label: [] for label in cmds}
+    cpus: dict[str, list[float]] = {label: [] for label in cmds}
+    docs: dict[str, Any] = {}
     for _ in range(runs):
         for label, cmd in cmds.items():
-            elapsed, doc = time_once(cmd)
-            out[label][0].append(elapsed)
-            out[label] = (out[label][0], doc)
-    return out
+            elapsed, cpu, docs[label] = time_and_cpu_once(cmd)
+            walls[label].append(elapsed)
+            cpus[label].append(cpu)
+    return {label: (walls[label], cpus[label], docs[label]) for label in cmds}
 
 
 def shape(bootstrap: str, *, name: str, partitions: int, per_partition: int,
@@ -130,7 +146,7 @@ def shape(bootstrap: str, *, name: str, partitions: int, per_partition: int,
         admin.delete_topics([topic])
         admin.delete_groups(groups)
     results = []
-    for label, (times, doc) in measured.items():
+    for label, (times, cpus, doc) in measured.items():
         rows = sum(len(g["partitions"]) for g in doc["groups"])
         med = statistics.median(times)
         res = {
@@ -138,13 +154,16 @@ def shape(bootstrap: str, *, name: str, partitions: int, per_partition: int,
             "rows": rows, "total_offset_lag": [g["total_offset_lag"] for g in doc["groups"]],
             "runs": runs, "median_s": round(med, 3), "min_s": round(min(times), 3),
             "max_s": round(max(times), 3), "times_s": [round(t, 3) for t in times],
+            "cpu_median_s": round(statistics.median(cpus), 3),
+            "cpu_min_s": round(min(cpus), 3), "cpu_max_s": round(max(cpus), 3),
             "target_s": target_s, "met": med < target_s,
             "command": "cdcr lag --json "
             + " ".join(f"--group G{i + 1}" for i in range(len(groups))),
         }
         print(f"{name} [{label}]: {rows} rows, total_offset_lag {res['total_offset_lag']}, "
               f"median {med:.3f} s over {runs} runs (min {min(times):.3f}, max {max(times):.3f})"
-              f"; target < {target_s} s: {'met' if res['met'] else 'MISSED'}")
+              f"; target < {target_s} s: {'met' if res['met'] else 'MISSED'}; CPU median "
+              f"{res['cpu_median_s']:.3f} s ({res['cpu_min_s']:.3f}-{res['cpu_max_s']:.3f})")
         results.append(res)
     return results
 
