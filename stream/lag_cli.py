@@ -2,8 +2,10 @@
 table, as JSON, continuously (``--watch``) or as Prometheus gauges (``--serve PORT``).
 
 The rules live in :mod:`cdc_reconciler.stream.lag`; this module wires settings, Kafka, the target
-database and output together. Heavy imports (confluent-kafka, SQLAlchemy, prometheus-client) happen
-inside the command so that every other ``cdcr`` command starts fast.
+database and output together. Heavy imports (confluent-kafka, psycopg2, prometheus-client) happen
+inside the command so that every other ``cdcr`` command starts fast; a one-shot call makes one
+round of requests, and the history the status rules read is kept by the ``--watch`` and
+``--serve`` loops (one sample per refresh).
 """
 
 from __future__ import annotations
@@ -433,8 +435,8 @@ def _fmt_time_lag(p: PartitionLag) -> str:
 def _watch(
     session: _Session, *, as_json: bool, samples: int, interval: float, refresh: float
 ) -> None:
-    # The first report is built from a burst of samples; later refreshes add one sample each to
-    # the monitor's bounded history, which is what the status rules read.
+    # The first report is built from --samples samples (default one); later refreshes add one
+    # sample each to the monitor's bounded history, which is what the status rules read.
     report = session.refresh(samples=samples, interval=interval)
     if as_json:
         while True:
