@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -266,3 +269,28 @@ def test_offset_below_log_start_after_delete_records(services: Services, admin: 
     assert p["time_lag_s"] == pytest.approx(3.0, abs=0.01)  # newest 9 minus oldest left 6
     assert p["status"] == "STOP"
     assert group_of(doc, group)["total_offset_lag"] == 4
+
+
+def test_one_shot_lag_reads_applied_offsets_without_sqlalchemy(
+        services: Services, topic_factory: Callable[..., str],
+        unique_name: Callable[[str], str]) -> None:
+    """The one-shot path imports only what it needs: Kafka, and psycopg2 for the applied
+    offsets (SQLAlchemy's import alone costs about 0.2 s of the 0.5 s budget)."""
+    topic = topic_factory(partitions=1)
+    produce(services, topic, per_partition=3, partitions=1, base=datetime.now(UTC))
+    group = unique_name("g")
+    consume_and_commit(services, group, topic, {0: 1})
+    code = ("import json, sys\n"
+            "from cdc_reconciler.cli import main\n"
+            f"sys.argv = ['cdcr', 'lag', '--json', '--group', {group!r}]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "heavy = ('sqlalchemy', 'duckdb', 'pandas', 'pyarrow')\n"
+            "print(json.dumps([m for m in heavy if m in sys.modules]), file=sys.stderr)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, env=dict(os.environ),
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == "[]", out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["applied_offsets"] == {"available": True, "note": None}
+    assert group_of(doc, group)["total_offset_lag"] == 2
