@@ -91,6 +91,10 @@ def _earliest() -> OffsetSpec:
     return OffsetSpec.earliest()  # type: ignore[no-untyped-call,no-any-return]
 
 
+def _max_timestamp() -> OffsetSpec:
+    return OffsetSpec.max_timestamp()  # type: ignore[no-untyped-call,no-any-return]
+
+
 def _kafka_error(exc: BaseException) -> KafkaError | None:
     if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
         return exc.args[0]
@@ -109,10 +113,13 @@ class GroupInfo:
 
 @dataclass(frozen=True)
 class Watermarks:
-    """The first offset still in the log and the offset the next produced message will get."""
+    """The first offset still in the log and the offset the next produced message will get;
+    ``newest_timestamp``: the largest message timestamp in the log (the newest message's, for
+    in-order timestamps), None for an empty log or when the broker did not say."""
 
     log_start: int
     log_end: int
+    newest_timestamp: datetime | None = None
 
 
 def client_config(
@@ -203,9 +210,14 @@ class KafkaAdmin:
 
     # -- topics and offsets ---------------------------------------------------------------------
 
-    def topic_partitions(self, pattern: str | None = None) -> dict[str, int]:
+    def topic_partitions(
+        self, pattern: str | None = None, *, skip_errors: bool = False
+    ) -> dict[str, int]:
         """Partition count of each topic whose name matches ``pattern`` (a regex, searched like
-        ``re.search``); internal topics (names starting with ``__``) excluded. None: all topics."""
+        ``re.search``); internal topics (names starting with ``__``) excluded. None: all topics.
+        A topic whose metadata carries an error (being created or deleted) raises
+        KafkaAdminError, or with ``skip_errors`` maps to 0 (a real topic has at least one
+        partition), so callers can tell "exists but unreadable now" from "does not exist"."""
         try:
             md = self._admin.list_topics(timeout=self._timeout_s)
         except KafkaException as exc:
@@ -216,6 +228,9 @@ class KafkaAdmin:
             if name.startswith("__") or (rx is not None and not rx.search(name)):
                 continue
             if t.error is not None:
+                if skip_errors:
+                    out[name] = 0
+                    continue
                 raise KafkaAdminError.wrap(f"metadata of topic {name!r}", KafkaException(t.error))
             out[name] = len(t.partitions)
         return out
@@ -225,8 +240,10 @@ class KafkaAdmin:
         return self._list_offsets(partitions, _latest(), "log-end offsets")
 
     def watermarks(self, partitions: Iterable[TP]) -> dict[TP, Watermarks]:
-        """Log-start and log-end offsets of each partition: one request per kind, both in flight
-        together."""
+        """Log-start and log-end offsets and the newest message timestamp of each partition: one
+        ListOffsets request per kind (earliest, latest, max timestamp — KIP-734, Kafka 3.0+), all
+        in flight together. A broker that cannot answer the max-timestamp request leaves
+        ``newest_timestamp`` None rather than failing the call."""
         parts = sorted(set(partitions))
         if not parts:
             return {}
@@ -236,9 +253,25 @@ class KafkaAdmin:
         end_futs = self._admin.list_offsets(
             {TopicPartition(t, p): _latest() for t, p in parts}, request_timeout=self._timeout_s
         )
+        max_futs = self._admin.list_offsets(
+            {TopicPartition(t, p): _max_timestamp() for t, p in parts},
+            request_timeout=self._timeout_s,
+        )
         starts = self._offsets("log-start offsets", start_futs)
         ends = self._offsets("log-end offsets", end_futs)
-        return {tp: Watermarks(starts[tp], ends[tp]) for tp in parts}
+        newest = self._newest_timestamps(max_futs)
+        return {tp: Watermarks(starts[tp], ends[tp], newest.get(tp)) for tp in parts}
+
+    def _newest_timestamps(self, futs: Mapping[TopicPartition, Future[Any]]) -> dict[TP, datetime]:
+        out: dict[TP, datetime] = {}
+        for tp, fut in futs.items():
+            try:
+                res = fut.result(timeout=self._timeout_s + 5)
+            except (KafkaException, TimeoutError):
+                continue  # optional: the time lag falls back to reading the newest message
+            if res.offset >= 0 and res.timestamp >= 0:
+                out[(tp.topic, tp.partition)] = datetime.fromtimestamp(res.timestamp / 1000, tz=UTC)
+        return out
 
     def _list_offsets(self, partitions: Iterable[TP], spec: OffsetSpec, what: str) -> dict[TP, int]:
         parts = sorted(set(partitions))
@@ -299,6 +332,7 @@ class KafkaAdmin:
             consumer.assign([TopicPartition(t, p, offs[-1]) for (t, p), offs in todo.items()])
             deadline = time.monotonic() + timeout_s
             while todo and (left := deadline - time.monotonic()) > 0:
+                done: list[TopicPartition] = []
                 for msg in consumer.consume(num_messages=500, timeout=min(left, 0.02)):
                     err = msg.error()
                     if err is not None:
@@ -319,9 +353,13 @@ class KafkaAdmin:
                             )
                     if not pending:
                         del todo[(topic, part)]
-                        consumer.pause([TopicPartition(topic, part)])
+                        done.append(TopicPartition(topic, part))
                     elif pending[-1] - off > _SEEK_GAP:
                         consumer.seek(TopicPartition(topic, part, pending[-1]))
+                if done:
+                    consumer.pause(
+                        done
+                    )  # one call per round: pausing costs per call, not per partition
         except KafkaException as exc:
             raise KafkaAdminError.wrap("read message timestamps", exc) from exc
         finally:
@@ -376,6 +414,22 @@ class KafkaAdmin:
             )
             for tp, fut in futs.items()
         }
+
+    def delete_groups(self, groups: Iterable[str]) -> None:
+        """Delete consumer groups (their committed offsets); groups that do not exist are
+        ignored. A group with live members cannot be deleted: KafkaAdminError (NON_EMPTY_GROUP)."""
+        names = sorted(set(groups))
+        if not names:
+            return
+        futs = self._admin.delete_consumer_groups(names, request_timeout=self._timeout_s)
+        for name, fut in futs.items():
+            try:
+                fut.result(timeout=self._timeout_s + 5)
+            except KafkaException as exc:
+                kerr = _kafka_error(exc)
+                if kerr is not None and kerr.code() == KafkaError.GROUP_ID_NOT_FOUND:
+                    continue
+                raise KafkaAdminError.wrap(f"delete consumer group {name!r}", exc) from exc
 
     def delete_topics(self, names: Iterable[str]) -> None:
         """Delete topics; topics that do not exist are ignored."""

@@ -28,11 +28,10 @@ Definitions (``docs/lag.md`` has the same, for operators):
   1. OK      the offset lag of the newest sample is 0 (caught up; idle groups included).
   2. REWIND  the committed offset went backwards between two samples.
   3. STOP    the group has no active member, so nothing will drain the lag.
-  4. STALL   the committed offset did not move over the history while the lag is not 0, and
-             nothing shows progress for ``stall_after_s``: the apply engine's applied offset
-             (when known) was last advanced that long ago, or else the oldest unconsumed message
-             is at least that old (or, its age unknown, the history spans that long). Younger lag
-             is normal between two commits.
+  4. STALL   the committed offset did not move over the history while the lag is not 0, the
+             oldest unconsumed message is at least ``stall_after_s`` old, and the apply engine's
+             applied offset (when known) was last advanced at least that long ago (both unknown:
+             the history spans that long). Younger lag is normal between two commits.
   5. WARN    the committed offset moves, but the lag grew between every two samples over at least
              ``warn_min_samples`` samples (the consumer falls behind).
   6. WARN    the partition has unconsumed records and no usable commit (``no_commit`` or
@@ -48,7 +47,7 @@ import enum
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -124,6 +123,7 @@ class Sample:
     log_start: int
     log_end: int
     reset: str = "earliest"
+    newest: datetime | None = None  # the largest message timestamp in the log, when known
 
     @property
     def reason(self) -> Reason | None:
@@ -228,12 +228,10 @@ def partition_status(
         return Status.STOP
     first = samples[0]
     if first.position == latest.position:
-        if since_progress_s is not None:
-            waited = since_progress_s
-        elif age_s is not None:
-            waited = age_s
-        else:
-            waited = (latest.at - first.at).total_seconds()
+        # A stall needs both: no recorded progress for that long, and a message waiting that
+        # long (a burst after a quiet spell is not a stall, nor old data read steadily).
+        known = [s for s in (since_progress_s, age_s) if s is not None]
+        waited = min(known) if known else (latest.at - first.at).total_seconds()
         if waited >= thresholds.stall_after_s:
             return Status.STALL
     else:
@@ -319,6 +317,8 @@ class Offsets(Protocol):
     def log_start(self) -> int: ...
     @property
     def log_end(self) -> int: ...
+    @property
+    def newest_timestamp(self) -> datetime | None: ...
 
 
 class LagSource(Protocol):
@@ -327,7 +327,9 @@ class LagSource(Protocol):
     def list_groups(self) -> list[str]: ...
     def describe_groups(self, groups: Iterable[str]) -> Mapping[str, GroupState]: ...
     def committed_offsets(self, groups: Iterable[str]) -> Mapping[str, Mapping[TP, int | None]]: ...
-    def topic_partitions(self, pattern: str | None = None) -> Mapping[str, int]: ...
+    def topic_partitions(
+        self, pattern: str | None = None, *, skip_errors: bool = False
+    ) -> Mapping[str, int]: ...
     def watermarks(self, partitions: Iterable[TP]) -> Mapping[TP, Offsets]: ...
     def message_timestamps(
         self, wanted: Iterable[tuple[str, int, int]], *, timeout_s: float = ...
@@ -348,7 +350,8 @@ class LagMonitor:
     Which partitions: every partition of each topic a group committed on or is assigned, of each
     topic matching ``topic_pattern`` (all groups; it also filters) and of each topic matching the
     group's own pattern in ``group_patterns`` (``cdcr run``'s group: its subscription), new
-    partitions included. ``offset_reset`` is ``auto.offset.reset`` for all groups, or per group
+    partitions included; ``group_excludes`` names topics a group's pattern never takes (the
+    dead-letter topic). ``offset_reset`` is ``auto.offset.reset`` for all groups, or per group
     (missing groups: earliest).
 
     ``sample()`` raises LagError for a group the cluster does not know (unless it has a pattern:
@@ -369,6 +372,7 @@ class LagMonitor:
         timestamp_timeout_s: float = 2.0,
         group_patterns: Mapping[str, str] | None = None,
         offset_reset: str | Mapping[str, str] = "earliest",
+        group_excludes: Mapping[str, Collection[str]] | None = None,
     ) -> None:
         if not groups:
             raise LagError("no consumer group given")
@@ -393,6 +397,7 @@ class LagMonitor:
             if r not in OFFSET_RESETS:
                 raise LagError(f"auto.offset.reset of {g!r} must be earliest or latest, not {r!r}")
         self._reset = resets
+        self._group_excludes = {g: frozenset(ts) for g, ts in (group_excludes or {}).items()}
         self._history = max(1, history)
         self._thresholds = thresholds
         self._now = now_getter
@@ -411,7 +416,9 @@ class LagMonitor:
         self._check_known(described, committed)
         # Before the watermarks: the metadata request also refreshes the client's view of the
         # cluster, so partitions added since the last sample can be asked about.
-        counts = self._source.topic_partitions(None)
+        # All topics in one request; on a busy cluster some are always being created or deleted,
+        # and an unrelated topic's error must not fail the report (see _partitions_of).
+        counts = self._source.topic_partitions(None, skip_errors=True)
         wanted = {
             g: self._partitions_of(g, described.get(g), committed.get(g, {}), counts)
             for g in self._groups
@@ -428,7 +435,9 @@ class LagMonitor:
                 if wm is None:
                     continue  # the topic vanished between the calls
                 hist = view.history.setdefault(tp, deque(maxlen=self._history))
-                hist.append(Sample(at, off, wm.log_start, wm.log_end, self._reset[g]))
+                hist.append(
+                    Sample(at, off, wm.log_start, wm.log_end, self._reset[g], wm.newest_timestamp)
+                )
             for tp in [tp for tp in view.history if tp not in parts]:
                 del view.history[tp]  # no longer committed, assigned or matching
         self._samples += 1
@@ -442,15 +451,27 @@ class LagMonitor:
     ) -> dict[TP, int | None]:
         """Every partition of every topic the group consumes, with its commit (None: none)."""
         topics = {t for t, _ in committed} | ({t for t, _ in info.assigned} if info else set())
-        for rx in (self._rx, self._group_rx.get(group)):
-            if rx is not None:
-                topics.update(t for t in counts if rx.search(t))
+        if self._rx is not None:
+            topics.update(t for t in counts if self._rx.search(t))
+        if (own := self._group_rx.get(group)) is not None:
+            # As `cdcr run` subscribes: never "_"-prefixed topics nor the excluded (dead letters).
+            skip = self._group_excludes.get(group, frozenset())
+            topics.update(
+                t for t in counts if own.search(t) and not t.startswith("_") and t not in skip
+            )
+        known = set(committed) | (set(info.assigned) if info else set())
         parts: dict[TP, int | None] = {}
         for t in sorted(topics):
             if not self._matches((t, 0)):
                 continue
-            # A topic missing from the metadata was deleted: its old commits are not lag.
-            parts.update({(t, p): committed.get((t, p)) for p in range(counts.get(t, 0))})
+            n = counts.get(t)
+            if n:
+                parts.update({(t, p): committed.get((t, p)) for p in range(n)})
+            elif n == 0:
+                # In the metadata with an error: keep what the group told us, so the watermarks
+                # request says what is wrong instead of the partitions vanishing.
+                parts.update({tp: committed.get(tp) for tp in known if tp[0] == t})
+            # Not in the metadata at all: the topic was deleted; old commits on it are not lag.
         return parts
 
     def report(
@@ -466,13 +487,14 @@ class LagMonitor:
         """
         if self._samples == 0:
             raise LagError("no sample taken yet")
-        # One read for all: the oldest unconsumed and the newest message of each lagging partition.
+        # One read for all: the oldest unconsumed message of each lagging partition, and the
+        # newest one where the watermarks did not bring its timestamp.
         lookups = {
             (tp[0], tp[1], off)
             for v in self._views.values()
             for tp, h in v.history.items()
             if h[-1].offset_lag > 0
-            for off in (h[-1].position, h[-1].log_end - 1)
+            for off in (h[-1].position, *(() if h[-1].newest else (h[-1].log_end - 1,)))
         }
         stamps = self._source.message_timestamps(lookups, timeout_s=self._ts_timeout)
         now = self._now()
@@ -484,7 +506,7 @@ class LagMonitor:
             for (topic, part), hist in sorted(view.history.items()):
                 latest = hist[-1]
                 oldest = stamps.get((topic, part, latest.position))
-                newest = stamps.get((topic, part, latest.log_end - 1))
+                newest = latest.newest or stamps.get((topic, part, latest.log_end - 1))
                 secs, how = time_lag(now, hist, oldest, newest)
                 age = None
                 if latest.offset_lag == 0:

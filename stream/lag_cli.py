@@ -2,8 +2,10 @@
 table, as JSON, continuously (``--watch``) or as Prometheus gauges (``--serve PORT``).
 
 The rules live in :mod:`cdc_reconciler.stream.lag`; this module wires settings, Kafka, the target
-database and output together. Heavy imports (confluent-kafka, SQLAlchemy, prometheus-client) happen
-inside the command so that every other ``cdcr`` command starts fast.
+database and output together. Heavy imports (confluent-kafka, psycopg2, prometheus-client) happen
+inside the command so that every other ``cdcr`` command starts fast; a one-shot call makes one
+round of requests, and the history the status rules read is kept by the ``--watch`` and
+``--serve`` loops (one sample per refresh).
 """
 
 from __future__ import annotations
@@ -226,6 +228,7 @@ class _Session:
             topic_pattern=topic,
             thresholds=Thresholds(stall_after_s=stall_after),
             group_patterns={own: k.topic_pattern} if own in self.groups else None,
+            group_excludes={own: {k.dlq_topic()}},
             offset_reset={g: "earliest" if g == own else offset_reset for g in self.groups},
         )
         self.applied = AppliedOffsetsReader(settings.target.url_str())
@@ -265,6 +268,7 @@ class AppliedOffsetsReader:
         self._url = url
         self._engine: sa.Engine | None = None
         self._conn: Any = None
+        self._libpq_refused = False  # the URL has options only SQLAlchemy understands
 
     def read(
         self,
@@ -272,7 +276,7 @@ class AppliedOffsetsReader:
     ) -> tuple[dict[tuple[str, str, int], AppliedOffset] | None, str | None]:
         if not self._url:
             return None, "no target database configured (CDCR_TARGET__URL)"
-        libpq = _libpq_uri(self._url)
+        libpq = None if self._libpq_refused else _libpq_uri(self._url)
         rows = self._read_psycopg2(libpq, groups) if libpq else self._read_sqlalchemy(groups)
         if isinstance(rows, str):
             return None, rows
@@ -283,7 +287,11 @@ class AppliedOffsetsReader:
 
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = psycopg2.connect(uri, connect_timeout=_DB_CONNECT_TIMEOUT_S)
+                try:
+                    self._conn = psycopg2.connect(uri, connect_timeout=_DB_CONNECT_TIMEOUT_S)
+                except psycopg2.ProgrammingError:  # "invalid dsn": not a libpq URI after all
+                    self._libpq_refused = True
+                    return self._read_sqlalchemy(groups)
                 self._conn.set_session(readonly=True, autocommit=True)
             with self._conn.cursor() as cur:
                 cur.execute(self._EXISTS)
@@ -357,7 +365,8 @@ def render(report: LagReport) -> Group:
             f", lag {g.total_offset_lag:,} msg / {_fmt_seconds(g.max_time_lag_s)}",
         )
         table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-        for col, just in [
+        notes = [_note(p) for p in g.partitions]
+        columns = [
             ("topic", "left"),
             ("part", "right"),
             ("committed", "right"),
@@ -366,11 +375,13 @@ def render(report: LagReport) -> Group:
             ("lag", "right"),
             ("time lag", "right"),
             ("status", "left"),
-            ("note", "left"),
-        ]:
+        ]
+        if any(notes):  # only when there is something to say: narrow terminals keep the topic
+            columns.append(("note", "left"))
+        for col, just in columns:
             table.add_column(col, justify=just)  # type: ignore[arg-type]
-        for p in g.partitions:
-            table.add_row(
+        for p, note in zip(g.partitions, notes, strict=True):
+            row: list[Any] = [
                 p.topic,
                 str(p.partition),
                 _fmt_offset(p.committed),
@@ -379,10 +390,10 @@ def render(report: LagReport) -> Group:
                 f"{p.offset_lag:,}",
                 _fmt_time_lag(p),
                 Text(p.status.value, style=_STATUS_STYLE[p.status]),
-                _note(p),
-            )
+            ]
+            table.add_row(*row, *([note] if any(notes) else []))
         if not g.partitions:
-            table.add_row("(no partitions)", "", "", "", "", "", "", "", "")
+            table.add_row("(no partitions)", *[""] * (len(columns) - 1))
         parts.append(table)
     if not report.applied_available and report.applied_note:
         parts.append(Text(f"applied: {report.applied_note}", style="dim"))
@@ -396,7 +407,7 @@ def _note(p: PartitionLag) -> str:
     if (p.time_lag_s or 0.0) > LONG_LAG_S:
         notes.append("over 30 min behind")
     if p.age_s is not None and p.offset_lag > 0:
-        notes.append(f"oldest waiting {_fmt_seconds(p.age_s)}")
+        notes.append(f"waiting {_fmt_seconds(p.age_s)}")
     return "; ".join(notes)
 
 
@@ -424,8 +435,8 @@ def _fmt_time_lag(p: PartitionLag) -> str:
 def _watch(
     session: _Session, *, as_json: bool, samples: int, interval: float, refresh: float
 ) -> None:
-    # The first report is built from a burst of samples; later refreshes add one sample each to
-    # the monitor's bounded history, which is what the status rules read.
+    # The first report is built from --samples samples (default one); later refreshes add one
+    # sample each to the monitor's bounded history, which is what the status rules read.
     report = session.refresh(samples=samples, interval=interval)
     if as_json:
         while True:

@@ -45,6 +45,15 @@ def admin(services: Services) -> KafkaAdmin:
     return KafkaAdmin(client_config(services.kafka_bootstrap))
 
 
+@pytest.fixture(autouse=True)
+def _delete_groups(admin: KafkaAdmin, unique_name: Callable[[str], str]) -> Iterator[None]:
+    """Deletes the consumer groups this test made (every name from ``unique_name`` shares its
+    suffix), so that no group is left behind."""
+    suffix = unique_name("x")[1:]  # "_<test>_<tag>"
+    yield
+    admin.delete_groups(g for g in admin.list_groups() if g.endswith(suffix))
+
+
 @pytest.fixture()
 def topic_factory(admin: KafkaAdmin, unique_name: Callable[[str], str]
                   ) -> Iterator[Callable[..., str]]:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +32,7 @@ from tests.stream.test_lag import _wait_for_leaders, consume_and_commit, produce
 # test_lag.py's fixtures, shared by name.
 admin = test_lag.admin
 topic_factory = test_lag.topic_factory
+_delete_groups = test_lag._delete_groups  # autouse: the test's groups are deleted after it
 
 pytestmark = pytest.mark.services
 
@@ -116,30 +120,35 @@ def test_uncommitted_partition_of_an_active_group_is_never_ok(
         services: Services, admin: KafkaAdmin, topic_factory: Callable[..., str],
         unique_name: Callable[[str], str]) -> None:
     topic = topic_factory(partitions=2)
-    produce(services, topic, per_partition=10, partitions=2,
-            base=datetime.now(UTC) - timedelta(seconds=15))
+    only_assigned = topic_factory(partitions=1)  # the group never commits here at all
+    base = datetime.now(UTC) - timedelta(seconds=15)
+    produce(services, topic, per_partition=10, partitions=2, base=base)
+    produce(services, only_assigned, per_partition=3, partitions=1, base=base)
     group = unique_name("g")
     consume_and_commit(services, group, topic, {0: 10})
     c = Consumer({"bootstrap.servers": services.kafka_bootstrap, "group.id": group,
                   "enable.auto.commit": False, "auto.offset.reset": "earliest"})
     try:
-        c.subscribe([topic])
+        c.subscribe([topic, only_assigned])
         deadline = time.monotonic() + 30
-        while len(c.assignment()) < 2 and time.monotonic() < deadline:
-            c.poll(0.2)  # joins the group and is assigned both partitions; never commits
-        assert len(c.assignment()) == 2
+        while len(c.assignment()) < 3 and time.monotonic() < deadline:
+            c.poll(0.2)  # joins the group and is assigned all three partitions; never commits
+        assert len(c.assignment()) == 3
         mon = LagMonitor(admin, [group])
         collect(mon, samples=1, interval_s=0)
         (g,) = mon.report().groups
     finally:
         c.close()
     assert g.members == 1
-    p0, p1 = g.partitions
+    p0, p1, a0 = sorted(g.partitions, key=lambda p: (p.topic != topic, p.partition))
     assert (p0.committed, p0.offset_lag, p0.status) == (10, 0, Status.OK)
     # Young records (15 s < the 60 s stall threshold) and a live member, but no commit: WARN.
     assert (p1.committed, p1.reason, p1.offset_lag, p1.status) == (
         None, Reason.NO_COMMIT, 10, Status.WARN)
-    assert g.status is Status.WARN
+    # A topic the group is only assigned (no commit on it anywhere) is listed too.
+    assert (a0.topic, a0.committed, a0.reason, a0.offset_lag, a0.status) == (
+        only_assigned, None, Reason.NO_COMMIT, 3, Status.WARN)
+    assert g.status is Status.WARN and g.total_offset_lag == 13
 
 
 def test_partition_added_after_the_group_started_and_own_group_pattern(
@@ -260,3 +269,28 @@ def test_offset_below_log_start_after_delete_records(services: Services, admin: 
     assert p["time_lag_s"] == pytest.approx(3.0, abs=0.01)  # newest 9 minus oldest left 6
     assert p["status"] == "STOP"
     assert group_of(doc, group)["total_offset_lag"] == 4
+
+
+def test_one_shot_lag_reads_applied_offsets_without_sqlalchemy(
+        services: Services, topic_factory: Callable[..., str],
+        unique_name: Callable[[str], str]) -> None:
+    """The one-shot path imports only what it needs: Kafka, and psycopg2 for the applied
+    offsets (SQLAlchemy's import alone costs about 0.2 s of the 0.5 s budget)."""
+    topic = topic_factory(partitions=1)
+    produce(services, topic, per_partition=3, partitions=1, base=datetime.now(UTC))
+    group = unique_name("g")
+    consume_and_commit(services, group, topic, {0: 1})
+    code = ("import json, sys\n"
+            "from cdc_reconciler.cli import main\n"
+            f"sys.argv = ['cdcr', 'lag', '--json', '--group', {group!r}]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "heavy = ('sqlalchemy', 'duckdb', 'pandas', 'pyarrow')\n"
+            "print(json.dumps([m for m in heavy if m in sys.modules]), file=sys.stderr)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, env=dict(os.environ),
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == "[]", out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["applied_offsets"] == {"available": True, "note": None}
+    assert group_of(doc, group)["total_offset_lag"] == 2
