@@ -590,7 +590,7 @@ def _typed_key(col: ColumnType, text: str | None) -> Any:
 
 def _backup(cur: Any, m: Mapping, leaves: Sequence[Leaf], path: Path) -> None:
     """The table's current rows (all columns) in the leaves' key-hash ranges, as CSV."""
-    kh = hash60(joined([pg_canonical(k) for k in m.key], duck=False), duck=False)
+    kh = hash60(joined([(pg_canonical(k), k) for k in m.key], duck=False), duck=False)
     by_shift: dict[int, list[int]] = {}
     for leaf in leaves:
         by_shift.setdefault(leaf.shift, []).append(leaf.prefix)

@@ -183,6 +183,11 @@ class FileDiffResult:
 # --- SQL ------------------------------------------------------------------------------------
 
 
+def _refs(cols: Sequence[ColumnType]) -> list[tuple[str, ColumnType]]:
+    """The subquery's canonical columns ``c0…`` (keys come first in ``Mapping.columns``)."""
+    return [(f"c{j}", c) for j, c in enumerate(cols)]
+
+
 def table_base_sql(m: Mapping) -> str:
     """PostgreSQL: per table row, its raw key (``r0…``), canonical columns (``c0…``), key hash
     ``kh`` and row hash ``rh``."""
@@ -190,8 +195,8 @@ def table_base_sql(m: Mapping) -> str:
     canon = [f"{pg_canonical(c)} AS c{j}" for j, c in enumerate(m.columns)]
     where = f"WHERE ({m.db_where})" if m.db_where else ""
     nk = len(m.key)
-    kh = hash60(joined([f"c{j}" for j in range(nk)], duck=False), duck=False)
-    rh = hash60(joined([f"c{j}" for j in range(len(m.columns))], duck=False), duck=False)
+    kh = hash60(joined(_refs(m.key), duck=False), duck=False)
+    rh = hash60(joined(_refs(m.columns), duck=False), duck=False)
     rs = ", ".join(f"r{i}" for i in range(nk))
     cs = ", ".join(f"c{j}" for j in range(len(m.columns)))
     return (
@@ -205,9 +210,8 @@ def file_base_sql(m: Mapping) -> str:
     exprs = [duck_canonical(c, m.file_column[c.name]) for c in m.columns]
     canon = [f"{e} AS c{j}" for j, e in enumerate(exprs)]
     valid = " AND ".join(duck_key_valid(k, f"c{i}") for i, k in enumerate(m.key))
-    nk = len(m.key)
-    kh = hash60(joined([f"c{j}" for j in range(nk)], duck=True), duck=True)
-    rh = hash60(joined([f"c{j}" for j in range(len(m.columns))], duck=True), duck=True)
+    kh = hash60(joined(_refs(m.key), duck=True), duck=True)
+    rh = hash60(joined(_refs(m.columns), duck=True), duck=True)
     cs = ", ".join(f"c{j}" for j in range(len(m.columns)))
     return (
         f"SELECT {cs}, {kh} AS kh, {rh} AS rh, ({valid}) AS valid "
@@ -255,7 +259,7 @@ class _FileDiffer:
         cond = ""
         params: list[Any] = [shift]
         if parents is not None:
-            self._parents(parents[1])
+            self._parents([(parents[0], p) for p in parents[1]])
             cond = "AND (kh >> ?) IN (SELECT p FROM cdcr_parents)"
             params.append(parents[0])
         rows = self.df.query(
@@ -265,10 +269,13 @@ class _FileDiffer:
         )
         return {None if b is None else int(b): (int(n), int(x)) for b, n, x in rows}
 
-    def _parents(self, ids: Sequence[int]) -> None:
-        self.df.query("CREATE OR REPLACE TEMP TABLE cdcr_parents (p BIGINT)")
-        if ids:
-            self.df.con.executemany("INSERT INTO cdcr_parents VALUES (?)", [(int(i),) for i in ids])
+    def _parents(self, ids: Sequence[tuple[int, int]]) -> None:
+        """Fill DuckDB's ``cdcr_parents (s, p)`` with (shift, prefix) pairs, in one statement."""
+        self.df.query(
+            "CREATE OR REPLACE TEMP TABLE cdcr_parents AS SELECT CAST(unnest(?) AS BIGINT) AS s, "
+            "CAST(unnest(?) AS BIGINT) AS p",
+            [[int(x[0]) for x in ids], [int(x[1]) for x in ids]],
+        )
 
     def level(self, shift: int, parents: tuple[int, Sequence[int]] | None) -> tuple[Stats, Stats]:
         fut = self.pool.submit(self.table_stats, shift, parents)
@@ -322,45 +329,61 @@ class _FileDiffer:
     # -- leaves ---------------------------------------------------------------------------
 
     def fetch(self, leaves: list[Leaf]) -> list[FileDifference]:
+        """Download and classify the leaves' rows, at most ``fetch_rows`` (estimated) per
+        query pair: one scan of each side per chunk, whatever the leaves' depths."""
         found: list[FileDifference] = []
-        by_shift: dict[int, list[Leaf]] = {}
-        for leaf in leaves:
-            by_shift.setdefault(leaf.shift, []).append(leaf)
-        for shift, group in sorted(by_shift.items()):
-            group.sort(key=lambda x: x.prefix)
-            chunk: list[Leaf] = []
-            rows = 0
-            for leaf in group:
-                if chunk and rows + leaf.rows > self.opt.fetch_rows:
-                    found += self.fetch_chunk(shift, chunk)
-                    chunk, rows = [], 0
-                chunk.append(leaf)
-                rows += leaf.rows
-            if chunk:
-                found += self.fetch_chunk(shift, chunk)
+        chunk: list[Leaf] = []
+        rows = 0
+        for leaf in sorted(leaves, key=lambda x: (x.shift, x.prefix)):
+            if chunk and rows + leaf.rows > self.opt.fetch_rows:
+                found += self.fetch_chunk(chunk)
+                chunk, rows = [], 0
+            chunk.append(leaf)
+            rows += leaf.rows
+        if chunk:
+            found += self.fetch_chunk(chunk)
         return found
 
-    def fetch_chunk(self, shift: int, leaves: list[Leaf]) -> list[FileDifference]:
-        ids = [x.prefix for x in leaves]
-        self.on_phase(f"downloading rows of {len(ids)} differing ranges")
+    def fetch_chunk(self, leaves: list[Leaf]) -> list[FileDifference]:
+        self.on_phase(f"downloading rows of {len(leaves)} differing ranges")
         nk, nc = len(self.m.key), len(self.m.columns)
+        by_shift: dict[int, list[int]] = {}
+        for leaf in leaves:
+            by_shift.setdefault(leaf.shift, []).append(leaf.prefix)
+        shifts = sorted(by_shift)
+        params: dict[str, Any] = {}
+        conds = []
+        for i, sh in enumerate(shifts):
+            params[f"s{i}"], params[f"ids{i}"] = sh, by_shift[sh]
+            conds.append(f"(kh >> :s{i}) = ANY(:ids{i})")
+        rs = ", ".join(f"r{i}" for i in range(nk))
+        cs = ", ".join(f"c{j}" for j in range(nc))
 
         def table_rows() -> list[sa.Row[Any]]:
             return list(
                 self.conn.execute(
-                    sa.text(f"SELECT * FROM ({self.tbase}) t WHERE (kh >> :s) = ANY(:ids)"),
-                    {"s": shift, "ids": ids},
+                    sa.text(
+                        f"SELECT {rs}, {cs}, kh FROM ({self.tbase}) t WHERE {' OR '.join(conds)}"
+                    ),
+                    params,
                 )
             )
 
         fut = self.pool.submit(table_rows)
-        self._parents(ids)
-        cs = ", ".join(f"c{j}" for j in range(nc))
-        frows = self.df.query(
-            f"SELECT {cs}, kh FROM ({self.fbase}) t WHERE valid "
-            "AND (kh >> ?) IN (SELECT p FROM cdcr_parents)",
-            [shift],
+        self._parents([(sh, p) for sh in shifts for p in by_shift[sh]])
+        fconds = " OR ".join(
+            f"(kh >> {int(sh)}) IN (SELECT p FROM cdcr_parents WHERE s = {int(sh)})"
+            for sh in shifts
         )
+        frows = self.df.query(f"SELECT {cs}, kh FROM ({self.fbase}) t WHERE valid AND ({fconds})")
+        leafset = {(x.prefix, x.shift) for x in leaves}
+
+        def leaf_at(kh: int) -> tuple[int, int]:
+            for sh in shifts:
+                if (kh >> sh, sh) in leafset:
+                    return (kh >> sh, sh)
+            raise AssertionError("a downloaded row outside every leaf")
+
         trows = fut.result()
         self.stats.rows_downloaded += len(frows) + len(trows)
         names = self.m.column_names
@@ -369,12 +392,12 @@ class _FileDiffer:
         for r in frows:
             key = tuple(r[:nk])
             file_by_key.setdefault(key, []).append(tuple(r[:nc]))
-            leaf_of[key] = (int(r[nc]) >> shift, shift)
+            leaf_of[key] = leaf_at(int(r[nc]))
         table_by_key: dict[CanonKey, tuple[tuple[Any, ...], tuple[str | None, ...]]] = {}
         for r in trows:
             canon = tuple(r[nk : nk + nc])
             table_by_key[tuple(canon[:nk])] = (tuple(r[:nk]), canon)
-            leaf_of[tuple(canon[:nk])] = (int(r[nk + nc]) >> shift, shift)
+            leaf_of[tuple(canon[:nk])] = leaf_at(int(r[nk + nc]))
         out: list[FileDifference] = []
         for key, frs in file_by_key.items():
             trow = table_by_key.get(key)
@@ -447,12 +470,26 @@ def _order(v: str | None) -> tuple[int, Decimal, str]:
     return (1, Decimal(0), v) if d.is_nan() else (0, d, v)
 
 
+def estimate_rows(conn: sa.Connection, m: Mapping) -> int:
+    """The table's row count: the planner's estimate when the table was analysed, else (a new
+    table) an exact count, which is cheap exactly when the table is small."""
+    est = conn.execute(
+        sa.text("SELECT reltuples::bigint FROM pg_class WHERE oid = CAST(:t AS regclass)"),
+        {"t": m.sql_name},
+    ).scalar()
+    if est is not None and int(est) >= 0 and not m.db_where:
+        return int(est)
+    where = f"WHERE ({m.db_where})" if m.db_where else ""
+    return int(conn.execute(sa.text(f"SELECT count(*) FROM {m.sql_name} {where}")).scalar() or 0)
+
+
 def first_bits(estimated_rows: int, options: FileDiffOptions) -> int:
-    """Bits of the first split: about ``threshold`` rows per range for the estimated size,
-    between 4 and ``max_bits``."""
+    """Bits of the first split: about a quarter of ``threshold`` rows per range for the
+    estimated size (so that nearly every differing range is small enough to download without a
+    second level), between 4 and ``max_bits``."""
     if estimated_rows <= 0:
         return min(10, options.max_bits)
-    want = math.ceil(math.log2(max(2.0, estimated_rows / options.threshold)))
+    want = math.ceil(math.log2(max(2.0, 4 * estimated_rows / options.threshold)))
     return max(min(4, options.max_bits), min(options.max_bits, want))
 
 
@@ -475,15 +512,10 @@ def diff_file(
     one snapshot of the table. Reads only. Database errors propagate unchanged; file errors are
     CdcrError."""
     opt = options or FileDiffOptions()
-    estimate = conn.execute(
-        sa.text(
-            "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = CAST(:t AS regclass)"
-        ),
-        {"t": mapping.sql_name},
-    ).scalar()
+    estimate = estimate_rows(conn, mapping)
     with ThreadPoolExecutor(max_workers=1) as pool:
         d = _FileDiffer(conn, df, mapping, opt, pool, on_phase)
-        leaves, bad = d.run(first_bits(int(estimate or 0), opt))
+        leaves, bad = d.run(first_bits(estimate, opt))
         found = d.fetch(leaves)
         examples = d.bad_key_examples() if bad else []
     found.sort(key=lambda x: (KINDS.index(x.kind), [_order(v) for v in x.key]))
