@@ -48,6 +48,7 @@ from cdc_reconciler.reconcile.file_normalize import (
 from cdc_reconciler.reconcile.segments import Segment
 
 HASH_BITS = 60
+INTEGER_TYPES = ("smallint", "integer", "bigint")
 MISSING_IN_TABLE = "missing_in_table"
 MISSING_IN_FILE = "missing_in_file"
 MISMATCHED = "mismatched"
@@ -99,6 +100,12 @@ class Mapping:
     @property
     def key_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.key)
+
+    @property
+    def integer_key(self) -> bool:
+        """One integer key column: segments are then ranges of the key itself (the primary-key
+        index serves the downloads), not of its hash."""
+        return len(self.key) == 1 and self.key[0].pg_type in INTEGER_TYPES
 
 
 CanonKey = tuple[str | None, ...]
@@ -195,7 +202,7 @@ def table_base_sql(m: Mapping) -> str:
     canon = [f"{pg_canonical(c)} AS c{j}" for j, c in enumerate(m.columns)]
     where = f"WHERE ({m.db_where})" if m.db_where else ""
     nk = len(m.key)
-    kh = hash60(joined(_refs(m.key), duck=False), duck=False)
+    kh = "r0::bigint" if m.integer_key else hash60(joined(_refs(m.key), duck=False), duck=False)
     rh = hash60(joined(_refs(m.columns), duck=False), duck=False)
     rs = ", ".join(f"r{i}" for i in range(nk))
     cs = ", ".join(f"c{j}" for j in range(len(m.columns)))
@@ -205,12 +212,26 @@ def table_base_sql(m: Mapping) -> str:
     )
 
 
+def file_key_valid(m: Mapping, canon: Sequence[str]) -> str:
+    """DuckDB condition: the file row's key (canonical expressions ``canon``) can be matched.
+    An integer key must be a whole number within bigint ('1.5' and 'abc' are bad keys)."""
+    if m.integer_key:
+        c = canon[0]
+        return (
+            f"(coalesce(regexp_full_match({c}, '-?[0-9]+'), false) "
+            f"AND TRY_CAST({c} AS BIGINT) IS NOT NULL)"
+        )
+    return "(" + " AND ".join(duck_key_valid(k, e) for k, e in zip(m.key, canon, strict=True)) + ")"
+
+
 def file_base_sql(m: Mapping) -> str:
     """DuckDB: per file row, canonical columns (``c0…``), ``valid`` key, ``kh`` and ``rh``."""
     exprs = [duck_canonical(c, m.file_column[c.name]) for c in m.columns]
     canon = [f"{e} AS c{j}" for j, e in enumerate(exprs)]
-    valid = " AND ".join(duck_key_valid(k, f"c{i}") for i, k in enumerate(m.key))
+    valid = file_key_valid(m, [f"c{i}" for i in range(len(m.key))])
     kh = hash60(joined(_refs(m.key), duck=True), duck=True)
+    if m.integer_key:
+        kh = "TRY_CAST(c0 AS BIGINT)"
     rh = hash60(joined(_refs(m.columns), duck=True), duck=True)
     cs = ", ".join(f"c{j}" for j in range(len(m.columns)))
     return (
@@ -284,17 +305,37 @@ class _FileDiffer:
 
     # -- bisection ------------------------------------------------------------------------
 
+    def first_shift(self, bits: int) -> int:
+        """The shift of the first level: ``HASH_BITS - bits`` for key hashes; for integer keys
+        the one that cuts the keys' range (both sides) into about ``2**bits`` ranges."""
+        if not self.m.integer_key:
+            return HASH_BITS - bits
+        fut = self.pool.submit(
+            lambda: self.conn.execute(
+                sa.text(f"SELECT min(kh), max(kh) FROM ({self.tbase}) t")
+            ).one()
+        )
+        [(flo, fhi)] = self.df.query(f"SELECT min(kh), max(kh) FROM ({self.fbase}) t WHERE valid")
+        tlo, thi = fut.result()
+        lows = [int(x) for x in (flo, tlo) if x is not None]
+        highs = [int(x) for x in (fhi, thi) if x is not None]
+        if not lows:
+            return 0
+        span = max(highs) - min(lows) + 1
+        return max(0, min(62, math.ceil(math.log2(max(1.0, span / 2**bits)))))
+
     def run(self, first_bits: int) -> tuple[list[Leaf], int]:
         bits = first_bits
-        shift = HASH_BITS - bits
-        self.on_phase(f"checksums of {2**bits} key-hash ranges")
+        shift = self.first_shift(bits)
+        what = "key ranges" if self.m.integer_key else "key-hash ranges"
+        self.on_phase(f"checksums of about {2**bits} {what}")
         f, t = self.level(shift, None)
         bad = f.pop(None, (0, 0))[0]
         self.stats.file_bad_key = bad
         self.stats.file_rows = sum(n for n, _ in f.values())
         self.stats.table_rows = sum(n for n, _ in t.values())
         self.stats.levels = 1
-        self.stats.segments_compared = 2**bits
+        self.stats.segments_compared = len(set(f) | set(t))
         leaves: list[Leaf] = []
         todo = self.split(f, t, shift, leaves)
         while todo:
@@ -358,16 +399,20 @@ class _FileDiffer:
             conds.append(f"(kh >> :s{i}) = ANY(:ids{i})")
         rs = ", ".join(f"r{i}" for i in range(nk))
         cs = ", ".join(f"c{j}" for j in range(nc))
+        sql = f"SELECT {rs}, {cs}, kh FROM ({self.tbase}) t WHERE {' OR '.join(conds)}"
+        if self.m.integer_key:
+            # Ranges of the key itself: index range scans instead of a scan of the table.
+            params = {
+                "lo": [max(x.prefix << x.shift, -(2**63)) for x in leaves],
+                "hi": [min(((x.prefix + 1) << x.shift) - 1, 2**63 - 1) for x in leaves],
+            }
+            sql = (
+                f"SELECT {rs}, {cs}, kh FROM ({self.tbase}) t JOIN unnest(CAST(:lo AS bigint[]), "
+                "CAST(:hi AS bigint[])) AS g(lo, hi) ON t.r0 BETWEEN g.lo AND g.hi"
+            )
 
         def table_rows() -> list[sa.Row[Any]]:
-            return list(
-                self.conn.execute(
-                    sa.text(
-                        f"SELECT {rs}, {cs}, kh FROM ({self.tbase}) t WHERE {' OR '.join(conds)}"
-                    ),
-                    params,
-                )
-            )
+            return list(self.conn.execute(sa.text(sql), params))
 
         fut = self.pool.submit(table_rows)
         self._parents([(sh, p) for sh in shifts for p in by_shift[sh]])
@@ -451,7 +496,7 @@ class _FileDiffer:
     def bad_key_examples(self, limit: int = 5) -> list[dict[str, Any]]:
         cols = ", ".join(quote_ident(self.m.file_column[k.name]) for k in self.m.key)
         exprs = [duck_canonical(c, self.m.file_column[c.name]) for c in self.m.key]
-        valid = " AND ".join(duck_key_valid(k, e) for k, e in zip(self.m.key, exprs, strict=True))
+        valid = file_key_valid(self.m, exprs)
         rows = self.df.query(
             f"SELECT {cols} FROM file_rows WHERE NOT coalesce({valid}, false) LIMIT {int(limit)}"
         )

@@ -334,15 +334,18 @@ def test_backfill_inserts_only_missing_rows_after_a_backup_and_never_updates(
         t=table,
         p=POS,
     )
+    # 150 and 151 lost from the table (inside the table's key range, so the backup of their
+    # key range holds neighbours)
+    run(target_engine, f"DELETE FROM {table} WHERE id IN (150, 151)")
     path = write_csv(tmp_path / "data.csv", list(rows.values()))
     with target_engine.connect() as c:
         before = {r[0]: tuple(r) for r in c.execute(sa.text(f"SELECT * FROM {table}"))}
 
     code, dry = run_json(str(path), "--table", table, "--key", "id", "--backfill-db", "--dry-run")
-    assert code == 1 and dry["backfill"]["planned"] == 3 and dry["backfill"]["inserted"] == 0
+    assert code == 1 and dry["backfill"]["planned"] == 5 and dry["backfill"]["inserted"] == 0
     assert dry["backfill"]["backup"] is None
     with target_engine.connect() as c:
-        assert c.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar() == 300
+        assert c.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar() == 298
         assert (
             c.execute(
                 sa.text("SELECT count(*) FROM cdcr.reconcile_runs WHERE table_name = :t"),
@@ -354,14 +357,15 @@ def test_backfill_inserts_only_missing_rows_after_a_backup_and_never_updates(
     code, data = run_json(str(path), "--table", table, "--key", "id", "--backfill-db")
     assert code == 1
     b = data["backfill"]
-    assert b["inserted"] == 2 and b["position"] == "0"
+    assert b["inserted"] == 4 and b["position"] == "0"
     assert [s["key"] for s in b["skipped"]] == [["1003"]]
     assert "tombstone" in b["skipped"][0]["reason"]
     with target_engine.connect() as c:
         after = {r[0]: tuple(r) for r in c.execute(sa.text(f"SELECT * FROM {table}"))}
         new = c.execute(
             sa.text(
-                f"SELECT id, name, amount, ok, at, _cdc_pos FROM {table} WHERE id > 1000 ORDER BY id"
+                f"SELECT id, name, amount, ok, at, _cdc_pos FROM {table} "
+                "WHERE id > 1000 OR id IN (150, 151) ORDER BY id"
             )
         ).all()
         status = c.execute(
@@ -369,21 +373,25 @@ def test_backfill_inserts_only_missing_rows_after_a_backup_and_never_updates(
         ).scalar()
     # only inserts: every row that was there is byte for byte unchanged (40, 50, 60 included)
     assert {k: v for k, v in after.items() if k in before} == before
-    assert set(after) - set(before) == {1001, 1002}
+    assert set(after) - set(before) == {150, 151, 1001, 1002}
     assert [(r[0], r[1], str(r[2]), r[3], r[5]) for r in new] == [
+        (150, "n150", "187.50", True, 0),
+        (151, "n151", "188.75", False, 0),
         (1001, "new1001", "1.00", True, 0),
         (1002, "new1002", "1.00", True, 0),
     ]
-    assert new[0][4].isoformat() == "2026-02-01T00:00:00+00:00"  # naive file time read as UTC
+    assert new[0][4].isoformat() == "2026-01-01T02:30:00+00:00"  # from 02:30:00Z
+    assert new[2][4].isoformat() == "2026-02-01T00:00:00+00:00"  # naive file time read as UTC
     assert status == "file_backfilled"
     backup = Path(b["backup"])
     assert backup.exists() and backup.parent == tmp_path
     with open(backup, encoding="utf-8") as fh:
         backed = list(csv.DictReader(fh))
     assert backed, "the affected key ranges hold other rows; the backup keeps them"
-    assert "_cdc_pos" in backed[0] and not {r["id"] for r in backed} & {"1001", "1002"}
+    ids = {int(r["id"]) for r in backed}
+    assert "_cdc_pos" in backed[0] and {149, 152} <= ids and not ids & {150, 151, 1001, 1002}
     keys_file = Path(b["inserted_keys_file"])
-    assert keys_file.read_text().splitlines() == ["id", "1001", "1002"]
+    assert keys_file.read_text().splitlines() == ["id", "150", "151", "1001", "1002"]
 
     # Run again: the backfilled rows now agree; mismatches stay reported, still not updated.
     code, again = run_json(str(path), "--table", table, "--key", "id", "--backfill-db")
