@@ -48,6 +48,7 @@ from cdc_reconciler.reconcile.file_normalize import (
 from cdc_reconciler.reconcile.segments import Segment
 
 HASH_BITS = 60
+FILE_ROWS = "cdcr_file_canon"  # DuckDB temp table of the file's canonical rows
 INTEGER_TYPES = ("smallint", "integer", "bigint")
 MISSING_IN_TABLE = "missing_in_table"
 MISSING_IN_FILE = "missing_in_file"
@@ -243,6 +244,27 @@ def file_base_sql(m: Mapping) -> str:
 Stats = dict[int | None, tuple[int, int]]  # bucket -> (count, xor)
 
 
+def _shift_for(lo: int | None, hi: int | None, bits: int) -> int:
+    """The shift that cuts integer keys ``lo..hi`` into about ``2**bits`` ranges."""
+    if lo is None or hi is None:
+        return 0
+    span = hi - lo + 1
+    return max(0, min(62, math.ceil(math.log2(max(1.0, span / 2**bits)))))
+
+
+def _coarsen(stats: Stats, by: int) -> Stats:
+    """Merge ranges ``by`` bits coarser: counts add, checksums xor."""
+    if by <= 0:
+        return stats
+    out: Stats = {}
+    for b, (n, x) in stats.items():
+        assert b is not None
+        key = b >> by
+        n0, x0 = out.get(key, (0, 0))
+        out[key] = (n0 + n, x0 ^ x)
+    return out
+
+
 class _FileDiffer:
     def __init__(
         self,
@@ -285,7 +307,7 @@ class _FileDiffer:
             params.append(parents[0])
         rows = self.df.query(
             f"SELECT CASE WHEN valid THEN kh >> ? END, count(*), coalesce(bit_xor(rh), 0) "
-            f"FROM ({self.fbase}) t WHERE (valid OR {parents is None}) {cond} GROUP BY 1",
+            f"FROM {FILE_ROWS} t WHERE (valid OR {parents is None}) {cond} GROUP BY 1",
             params,
         )
         return {None if b is None else int(b): (int(n), int(x)) for b, n, x in rows}
@@ -305,31 +327,47 @@ class _FileDiffer:
 
     # -- bisection ------------------------------------------------------------------------
 
-    def first_shift(self, bits: int) -> int:
-        """The shift of the first level: ``HASH_BITS - bits`` for key hashes; for integer keys
-        the one that cuts the keys' range (both sides) into about ``2**bits`` ranges."""
-        if not self.m.integer_key:
-            return HASH_BITS - bits
-        fut = self.pool.submit(
-            lambda: self.conn.execute(
-                sa.text(f"SELECT min(kh), max(kh) FROM ({self.tbase}) t")
-            ).one()
-        )
-        [(flo, fhi)] = self.df.query(f"SELECT min(kh), max(kh) FROM ({self.fbase}) t WHERE valid")
-        tlo, thi = fut.result()
-        lows = [int(x) for x in (flo, tlo) if x is not None]
-        highs = [int(x) for x in (fhi, thi) if x is not None]
-        if not lows:
-            return 0
-        span = max(highs) - min(lows) + 1
-        return max(0, min(62, math.ceil(math.log2(max(1.0, span / 2**bits)))))
+    def table_key_range(self) -> tuple[int | None, int | None]:
+        """Smallest and largest integer key of the table (the primary-key index answers)."""
+        lo, hi = self.conn.execute(sa.text(f"SELECT min(r0), max(r0) FROM ({self.tbase}) t")).one()
+        return (None if lo is None else int(lo), None if hi is None else int(hi))
+
+    def materialise(self) -> None:
+        """One scan of the file: its canonical rows, key and row hashes into DuckDB's own
+        storage (memory up to its limit, then its temporary directory), so later levels and
+        downloads do not parse and normalise the file again."""
+        self.on_phase(f"reading {self.df.path.name}")
+        self.df.query(f"CREATE OR REPLACE TEMP TABLE {FILE_ROWS} AS {self.fbase}")
 
     def run(self, first_bits: int) -> tuple[list[Leaf], int]:
+        """Level 1, then bisect; returns the leaves and the count of file rows with bad keys.
+
+        The table's level-1 checksums start at once, beside the file's one scan. For integer
+        keys they use the table's own key range; once the file's range is known too, the shift
+        that covers both is taken and the table's finer ranges are merged into it (counts add,
+        checksums xor), so nothing is scanned twice."""
         bits = first_bits
-        shift = self.first_shift(bits)
         what = "key ranges" if self.m.integer_key else "key-hash ranges"
+        if self.m.integer_key:
+            tlo, thi = self.table_key_range()
+            t_shift = _shift_for(tlo, thi, bits)
+        else:
+            t_shift = HASH_BITS - bits
+        fut = self.pool.submit(self.table_stats, t_shift, None)
+        try:
+            self.materialise()
+        finally:
+            t = fut.result()
+        shift = t_shift
+        if self.m.integer_key:
+            [(flo, fhi)] = self.df.query(f"SELECT min(kh), max(kh) FROM {FILE_ROWS} WHERE valid")
+            lows = [x for x in (flo, tlo) if x is not None]
+            highs = [x for x in (fhi, thi) if x is not None]
+            if lows:
+                shift = max(t_shift, _shift_for(int(min(lows)), int(max(highs)), bits))
+            t = _coarsen(t, shift - t_shift)
         self.on_phase(f"checksums of about {2**bits} {what}")
-        f, t = self.level(shift, None)
+        f = self.file_stats(shift, None)
         bad = f.pop(None, (0, 0))[0]
         self.stats.file_bad_key = bad
         self.stats.file_rows = sum(n for n, _ in f.values())
@@ -420,7 +458,7 @@ class _FileDiffer:
             f"(kh >> {int(sh)}) IN (SELECT p FROM cdcr_parents WHERE s = {int(sh)})"
             for sh in shifts
         )
-        frows = self.df.query(f"SELECT {cs}, kh FROM ({self.fbase}) t WHERE valid AND ({fconds})")
+        frows = self.df.query(f"SELECT {cs}, kh FROM {FILE_ROWS} t WHERE valid AND ({fconds})")
         leafset = {(x.prefix, x.shift) for x in leaves}
 
         def leaf_at(kh: int) -> tuple[int, int]:
