@@ -142,6 +142,10 @@ def open_file(path: Path, fmt: str | None = None, where: str | None = None) -> I
             # Naive file timestamps are read as UTC (file_normalize.py); set after connect, once
             # the built-in ICU extension is loaded.
             con.execute("SET TimeZone = 'UTC'")
+            # query_progress() (the CLI's progress bar) reports only with the progress bar on;
+            # DuckDB's own printing of it stays off.
+            con.execute("SET enable_progress_bar = true")
+            con.execute("SET enable_progress_bar_print = false")
             try:
                 cols = con.execute(f"DESCRIBE SELECT * FROM {_reader(path, fmt)}").fetchall()
             except duckdb.Error as exc:
