@@ -158,6 +158,10 @@ def register(app: typer.Typer) -> None:
         raise typer.Exit(code=report.exit_code)
 
 
+def _v(value: object) -> str:
+    return "NULL" if value is None else repr(value)
+
+
 def _print(data: dict[str, object]) -> None:
     f = data["file"]
     t = data["table"]
@@ -204,7 +208,8 @@ def _print(data: dict[str, object]) -> None:
         extra = ""
         if d.get("columns"):
             extra = " " + "; ".join(
-                f"{n}: file {d['file_row'][n]!r} table {d['table_row'][n]!r}" for n in d["columns"]
+                f"{n}: file {_v(d['file_row'][n])} table {_v(d['table_row'][n])}"
+                for n in d["columns"]
             )
         if d["kind"] == "duplicate_in_file":
             extra = f" ({d['occurrences']} rows)"

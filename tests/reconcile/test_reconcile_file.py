@@ -605,6 +605,10 @@ def test_missing_file_and_missing_table_fail(
     bad.write_text("not parquet")
     code, out = cli("reconcile-file", str(bad), "--table", table, "--key", "id")
     assert code == 2 and "FAILED: cannot read" in out
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    code, out = cli("reconcile-file", str(empty), "--table", table, "--key", "id")
+    assert code == 2 and "is empty" in out
 
 
 def test_human_output_names_keys_and_columns(
