@@ -176,6 +176,7 @@ def _print(data: dict[str, object]) -> None:
         "missing_in_file": "table only",
         "mismatched": "mismatched",
         "duplicate_in_file": "dup in file",
+        "duplicate_in_table": "dup in table",
     }
     for col in ("file rows", "table rows", *(labels[k] for k in KINDS), "bad key"):
         tbl.add_column(col)
@@ -211,7 +212,7 @@ def _print(data: dict[str, object]) -> None:
                 f"{n}: file {_v(d['file_row'][n])} table {_v(d['table_row'][n])}"
                 for n in d["columns"]
             )
-        if d["kind"] == "duplicate_in_file":
+        if d["kind"] in ("duplicate_in_file", "duplicate_in_table"):
             extra = f" ({d['occurrences']} rows)"
         _out.print(f"  {d['kind']} {key}{extra}", highlight=False)
     if data["differences_truncated"]:

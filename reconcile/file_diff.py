@@ -54,7 +54,8 @@ MISSING_IN_TABLE = "missing_in_table"
 MISSING_IN_FILE = "missing_in_file"
 MISMATCHED = "mismatched"
 DUPLICATE_IN_FILE = "duplicate_in_file"
-KINDS = (MISSING_IN_TABLE, MISSING_IN_FILE, MISMATCHED, DUPLICATE_IN_FILE)
+DUPLICATE_IN_TABLE = "duplicate_in_table"  # possible when --key is not the table's primary key
+KINDS = (MISSING_IN_TABLE, MISSING_IN_FILE, MISMATCHED, DUPLICATE_IN_FILE, DUPLICATE_IN_TABLE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +135,7 @@ class FileDifference:
             out["file_row"] = self.file_row
         if self.table_row is not None:
             out["table_row"] = self.table_row
-        if self.kind == DUPLICATE_IN_FILE:
+        if self.kind in (DUPLICATE_IN_FILE, DUPLICATE_IN_TABLE):
             out["occurrences"] = self.occurrences
         return out
 
@@ -477,11 +478,29 @@ class _FileDiffer:
             file_by_key.setdefault(key, []).append(tuple(r[:nc]))
             leaf_of[key] = leaf_at(int(r[nc]))
         table_by_key: dict[CanonKey, tuple[tuple[Any, ...], tuple[str | None, ...]]] = {}
+        table_seen: dict[CanonKey, int] = {}
         for r in trows:
             canon = tuple(r[nk : nk + nc])
             table_by_key[tuple(canon[:nk])] = (tuple(r[:nk]), canon)
+            table_seen[tuple(canon[:nk])] = table_seen.get(tuple(canon[:nk]), 0) + 1
             leaf_of[tuple(canon[:nk])] = leaf_at(int(r[nk + nc]))
         out: list[FileDifference] = []
+        # A key on several table rows (--key is not unique there) cannot be matched row to row:
+        # it is reported as such and nothing else is said about it.
+        for key, n in table_seen.items():
+            if n > 1:
+                out.append(
+                    FileDifference(
+                        DUPLICATE_IN_TABLE,
+                        key,
+                        table_key=table_by_key[key][0],
+                        occurrences=n,
+                        leaf=leaf_of[key],
+                    )
+                )
+                del table_by_key[key]
+                if len(file_by_key.get(key, ())) <= 1:  # a file duplicate is still said
+                    file_by_key.pop(key, None)
         for key, frs in file_by_key.items():
             trow = table_by_key.get(key)
             if len(frs) > 1:

@@ -101,6 +101,7 @@ EXPECTED = {
     "missing_in_file": [["10"], ["20"], ["30"]],
     "mismatched": [(["40"], ["name"]), (["50"], ["amount", "ok"]), (["60"], ["at"])],
     "duplicate_in_file": [],
+    "duplicate_in_table": [],
 }
 
 
@@ -179,6 +180,7 @@ def test_file_formats_find_exactly_the_planted_keys_both_ways(
         "missing_in_file": 3,
         "mismatched": 3,
         "duplicate_in_file": 0,
+        "duplicate_in_table": 0,
     }
     assert data["file"]["rows"] == 300 and data["table"]["rows"] == 300
     assert data["file"]["format"] == fmt
@@ -685,3 +687,24 @@ def test_parquet_where_uses_the_files_types(
     assert code == 1
     assert data["file"]["rows"] == 96 and data["table"]["rows"] == 96
     assert [(d["kind"], d["key"]) for d in data["differences"]] == [("mismatched", {"id": "7"})]
+
+
+def test_a_key_that_is_not_unique_in_the_table_is_reported_not_guessed(
+    make_table: Callable[..., str], tmp_path: Path
+) -> None:
+    table = make_table(
+        "id int PRIMARY KEY, code text, v int",
+        "INSERT INTO {t} SELECT g, 'c' || (g / 2), g FROM generate_series(1, 40) g",
+    )
+    # code is the file's key but not unique in the table: c1..c19 are on two ids each
+    rows = [{"code": f"c{g}", "v": str(2 * g)} for g in range(0, 21)]
+    path = write_csv(tmp_path / "codes.csv", rows)
+    code, data = run_json(str(path), "--table", table, "--key", "code", "--dry-run")
+    assert code == 1
+    dups = [d for d in data["differences"] if d["kind"] == "duplicate_in_table"]
+    assert len(dups) == 19 and {"key": {"code": "c1"}, "kind": "duplicate_in_table",
+                                "occurrences": 2} in dups
+    assert data["counts"]["mismatched"] == 1 and data["counts"]["missing_in_table"] == 0
+    assert [d["key"] for d in data["differences"] if d["kind"] != "duplicate_in_table"] == [
+        {"code": "c0"}
+    ]  # c0 is on id 1 only: v 1 in the table, 0 in the file
