@@ -79,6 +79,15 @@ def _reader(path: Path, fmt: str) -> str:
     return f"read_json({p}, format = 'newline_delimited')"
 
 
+def _as_text(col: str, duck_type: str) -> str:
+    """A file column as text: nested values (JSON objects and arrays, Parquet structs, lists,
+    maps) as JSON, everything else as DuckDB spells it."""
+    t = duck_type.upper()
+    if t.startswith(("STRUCT", "MAP", "UNION")) or t.endswith("[]") or t == "JSON":
+        return f"CAST(to_json({col}) AS VARCHAR)"
+    return f"CAST({col} AS VARCHAR)"
+
+
 @dataclass
 class DataFile:
     """An open data file: ``columns`` in file order; queries go through :meth:`query`."""
@@ -128,6 +137,8 @@ def open_file(path: Path, fmt: str | None = None, where: str | None = None) -> I
         raise CdcrError(f"file not found: {path}")
     if not path.is_file():
         raise CdcrError(f"not a file: {path}")
+    if path.stat().st_size == 0:
+        raise CdcrError(f"{path} is empty (not even a header row)")
     fmt = detect_format(path, fmt)
     with tempfile.TemporaryDirectory(prefix="cdcr-duckdb-") as spill:
         con = duckdb.connect(
@@ -142,6 +153,10 @@ def open_file(path: Path, fmt: str | None = None, where: str | None = None) -> I
             # Naive file timestamps are read as UTC (file_normalize.py); set after connect, once
             # the built-in ICU extension is loaded.
             con.execute("SET TimeZone = 'UTC'")
+            # query_progress() (the CLI's progress bar) reports only with the progress bar on;
+            # DuckDB's own printing of it stays off.
+            con.execute("SET enable_progress_bar = true")
+            con.execute("SET enable_progress_bar_print = false")
             try:
                 cols = con.execute(f"DESCRIBE SELECT * FROM {_reader(path, fmt)}").fetchall()
             except duckdb.Error as exc:
@@ -150,7 +165,8 @@ def open_file(path: Path, fmt: str | None = None, where: str | None = None) -> I
             if not names:
                 raise CdcrError(f"{path} has no columns")
             text_cols = ", ".join(
-                f"CAST({quote_ident(n)} AS VARCHAR) AS {quote_ident(n)}" for n in names
+                f"{_as_text(quote_ident(str(c[0])), str(c[1]))} AS {quote_ident(str(c[0]))}"
+                for c in cols
             )
             cond = f"WHERE {where}" if where else ""
             try:

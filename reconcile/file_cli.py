@@ -15,7 +15,6 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from cdc_reconciler.errors import CdcrError
-from cdc_reconciler.reconcile.file_diff import KINDS
 
 EXIT_SAME = 0
 EXIT_DIFFERENT = 1
@@ -158,6 +157,10 @@ def register(app: typer.Typer) -> None:
         raise typer.Exit(code=report.exit_code)
 
 
+def _v(value: object) -> str:
+    return "NULL" if value is None else repr(value)
+
+
 def _print(data: dict[str, object]) -> None:
     f = data["file"]
     t = data["table"]
@@ -165,6 +168,10 @@ def _print(data: dict[str, object]) -> None:
     cols = data["columns"]
     assert isinstance(f, dict) and isinstance(t, dict) and isinstance(c, dict)
     assert isinstance(cols, dict)
+    # Imported here, not at the top: file_diff pulls in SQLAlchemy and duckdb, which every other
+    # cdcr command (lag above all) must not pay for at start-up.
+    from cdc_reconciler.reconcile.file_diff import KINDS
+
     title = "reconcile-file (dry run: nothing written)" if data["dry_run"] else "reconcile-file"
     tbl = Table(title=title)
     labels = {
@@ -172,6 +179,7 @@ def _print(data: dict[str, object]) -> None:
         "missing_in_file": "table only",
         "mismatched": "mismatched",
         "duplicate_in_file": "dup in file",
+        "duplicate_in_table": "dup in table",
     }
     for col in ("file rows", "table rows", *(labels[k] for k in KINDS), "bad key"):
         tbl.add_column(col)
@@ -204,9 +212,10 @@ def _print(data: dict[str, object]) -> None:
         extra = ""
         if d.get("columns"):
             extra = " " + "; ".join(
-                f"{n}: file {d['file_row'][n]!r} table {d['table_row'][n]!r}" for n in d["columns"]
+                f"{n}: file {_v(d['file_row'][n])} table {_v(d['table_row'][n])}"
+                for n in d["columns"]
             )
-        if d["kind"] == "duplicate_in_file":
+        if d["kind"] in ("duplicate_in_file", "duplicate_in_table"):
             extra = f" ({d['occurrences']} rows)"
         _out.print(f"  {d['kind']} {key}{extra}", highlight=False)
     if data["differences_truncated"]:

@@ -589,15 +589,28 @@ def _typed_key(col: ColumnType, text: str | None) -> Any:
 
 
 def _backup(cur: Any, m: Mapping, leaves: Sequence[Leaf], path: Path) -> None:
-    """The table's current rows (all columns) in the leaves' key-hash ranges, as CSV."""
-    kh = hash60(joined([pg_canonical(k) for k in m.key], duck=False), duck=False)
-    by_shift: dict[int, list[int]] = {}
-    for leaf in leaves:
-        by_shift.setdefault(leaf.shift, []).append(leaf.prefix)
-    conds = [
-        cur.mogrify(f"(({kh}) >> %s) = ANY(%s)", (shift, ids)).decode()
-        for shift, ids in sorted(by_shift.items())
-    ]
+    """The table's current rows (all columns) in the leaves' key (or key-hash) ranges, as CSV."""
+    if m.integer_key:  # key ranges, through the primary-key index
+        k = quote_ident(m.key_names[0])
+        conds = [
+            cur.mogrify(
+                f"{k} BETWEEN %s AND %s",
+                (
+                    max(x.prefix << x.shift, -(2**63)),
+                    min(((x.prefix + 1) << x.shift) - 1, 2**63 - 1),
+                ),
+            ).decode()
+            for x in leaves
+        ]
+    else:
+        kh = hash60(joined([(pg_canonical(k), k) for k in m.key], duck=False), duck=False)
+        by_shift: dict[int, list[int]] = {}
+        for leaf in leaves:
+            by_shift.setdefault(leaf.shift, []).append(leaf.prefix)
+        conds = [
+            cur.mogrify(f"(({kh}) >> %s) = ANY(%s)", (shift, ids)).decode()
+            for shift, ids in sorted(by_shift.items())
+        ]
     where = " OR ".join(conds) if conds else "FALSE"
     with open(path, "w", encoding="utf-8", newline="") as fh:
         cur.copy_expert(

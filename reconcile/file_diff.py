@@ -48,11 +48,14 @@ from cdc_reconciler.reconcile.file_normalize import (
 from cdc_reconciler.reconcile.segments import Segment
 
 HASH_BITS = 60
+FILE_ROWS = "cdcr_file_canon"  # DuckDB temp table of the file's canonical rows
+INTEGER_TYPES = ("smallint", "integer", "bigint")
 MISSING_IN_TABLE = "missing_in_table"
 MISSING_IN_FILE = "missing_in_file"
 MISMATCHED = "mismatched"
 DUPLICATE_IN_FILE = "duplicate_in_file"
-KINDS = (MISSING_IN_TABLE, MISSING_IN_FILE, MISMATCHED, DUPLICATE_IN_FILE)
+DUPLICATE_IN_TABLE = "duplicate_in_table"  # possible when --key is not the table's primary key
+KINDS = (MISSING_IN_TABLE, MISSING_IN_FILE, MISMATCHED, DUPLICATE_IN_FILE, DUPLICATE_IN_TABLE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,12 @@ class Mapping:
     def key_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.key)
 
+    @property
+    def integer_key(self) -> bool:
+        """One integer key column: segments are then ranges of the key itself (the primary-key
+        index serves the downloads), not of its hash."""
+        return len(self.key) == 1 and self.key[0].pg_type in INTEGER_TYPES
+
 
 CanonKey = tuple[str | None, ...]
 
@@ -126,7 +135,7 @@ class FileDifference:
             out["file_row"] = self.file_row
         if self.table_row is not None:
             out["table_row"] = self.table_row
-        if self.kind == DUPLICATE_IN_FILE:
+        if self.kind in (DUPLICATE_IN_FILE, DUPLICATE_IN_TABLE):
             out["occurrences"] = self.occurrences
         return out
 
@@ -183,6 +192,11 @@ class FileDiffResult:
 # --- SQL ------------------------------------------------------------------------------------
 
 
+def _refs(cols: Sequence[ColumnType]) -> list[tuple[str, ColumnType]]:
+    """The subquery's canonical columns ``c0…`` (keys come first in ``Mapping.columns``)."""
+    return [(f"c{j}", c) for j, c in enumerate(cols)]
+
+
 def table_base_sql(m: Mapping) -> str:
     """PostgreSQL: per table row, its raw key (``r0…``), canonical columns (``c0…``), key hash
     ``kh`` and row hash ``rh``."""
@@ -190,8 +204,8 @@ def table_base_sql(m: Mapping) -> str:
     canon = [f"{pg_canonical(c)} AS c{j}" for j, c in enumerate(m.columns)]
     where = f"WHERE ({m.db_where})" if m.db_where else ""
     nk = len(m.key)
-    kh = hash60(joined([f"c{j}" for j in range(nk)], duck=False), duck=False)
-    rh = hash60(joined([f"c{j}" for j in range(len(m.columns))], duck=False), duck=False)
+    kh = "r0::bigint" if m.integer_key else hash60(joined(_refs(m.key), duck=False), duck=False)
+    rh = hash60(joined(_refs(m.columns), duck=False), duck=False)
     rs = ", ".join(f"r{i}" for i in range(nk))
     cs = ", ".join(f"c{j}" for j in range(len(m.columns)))
     return (
@@ -200,14 +214,27 @@ def table_base_sql(m: Mapping) -> str:
     )
 
 
+def file_key_valid(m: Mapping, canon: Sequence[str]) -> str:
+    """DuckDB condition: the file row's key (canonical expressions ``canon``) can be matched.
+    An integer key must be a whole number within bigint ('1.5' and 'abc' are bad keys)."""
+    if m.integer_key:
+        c = canon[0]
+        return (
+            f"(coalesce(regexp_full_match({c}, '-?[0-9]+'), false) "
+            f"AND TRY_CAST({c} AS BIGINT) IS NOT NULL)"
+        )
+    return "(" + " AND ".join(duck_key_valid(k, e) for k, e in zip(m.key, canon, strict=True)) + ")"
+
+
 def file_base_sql(m: Mapping) -> str:
     """DuckDB: per file row, canonical columns (``c0…``), ``valid`` key, ``kh`` and ``rh``."""
     exprs = [duck_canonical(c, m.file_column[c.name]) for c in m.columns]
     canon = [f"{e} AS c{j}" for j, e in enumerate(exprs)]
-    valid = " AND ".join(duck_key_valid(k, f"c{i}") for i, k in enumerate(m.key))
-    nk = len(m.key)
-    kh = hash60(joined([f"c{j}" for j in range(nk)], duck=True), duck=True)
-    rh = hash60(joined([f"c{j}" for j in range(len(m.columns))], duck=True), duck=True)
+    valid = file_key_valid(m, [f"c{i}" for i in range(len(m.key))])
+    kh = hash60(joined(_refs(m.key), duck=True), duck=True)
+    if m.integer_key:
+        kh = "TRY_CAST(c0 AS BIGINT)"
+    rh = hash60(joined(_refs(m.columns), duck=True), duck=True)
     cs = ", ".join(f"c{j}" for j in range(len(m.columns)))
     return (
         f"SELECT {cs}, {kh} AS kh, {rh} AS rh, ({valid}) AS valid "
@@ -216,6 +243,27 @@ def file_base_sql(m: Mapping) -> str:
 
 
 Stats = dict[int | None, tuple[int, int]]  # bucket -> (count, xor)
+
+
+def _shift_for(lo: int | None, hi: int | None, bits: int) -> int:
+    """The shift that cuts integer keys ``lo..hi`` into about ``2**bits`` ranges."""
+    if lo is None or hi is None:
+        return 0
+    span = hi - lo + 1
+    return max(0, min(62, math.ceil(math.log2(max(1.0, span / 2**bits)))))
+
+
+def _coarsen(stats: Stats, by: int) -> Stats:
+    """Merge ranges ``by`` bits coarser: counts add, checksums xor."""
+    if by <= 0:
+        return stats
+    out: Stats = {}
+    for b, (n, x) in stats.items():
+        assert b is not None
+        key = b >> by
+        n0, x0 = out.get(key, (0, 0))
+        out[key] = (n0 + n, x0 ^ x)
+    return out
 
 
 class _FileDiffer:
@@ -255,20 +303,23 @@ class _FileDiffer:
         cond = ""
         params: list[Any] = [shift]
         if parents is not None:
-            self._parents(parents[1])
+            self._parents([(parents[0], p) for p in parents[1]])
             cond = "AND (kh >> ?) IN (SELECT p FROM cdcr_parents)"
             params.append(parents[0])
         rows = self.df.query(
             f"SELECT CASE WHEN valid THEN kh >> ? END, count(*), coalesce(bit_xor(rh), 0) "
-            f"FROM ({self.fbase}) t WHERE (valid OR {parents is None}) {cond} GROUP BY 1",
+            f"FROM {FILE_ROWS} t WHERE (valid OR {parents is None}) {cond} GROUP BY 1",
             params,
         )
         return {None if b is None else int(b): (int(n), int(x)) for b, n, x in rows}
 
-    def _parents(self, ids: Sequence[int]) -> None:
-        self.df.query("CREATE OR REPLACE TEMP TABLE cdcr_parents (p BIGINT)")
-        if ids:
-            self.df.con.executemany("INSERT INTO cdcr_parents VALUES (?)", [(int(i),) for i in ids])
+    def _parents(self, ids: Sequence[tuple[int, int]]) -> None:
+        """Fill DuckDB's ``cdcr_parents (s, p)`` with (shift, prefix) pairs, in one statement."""
+        self.df.query(
+            "CREATE OR REPLACE TEMP TABLE cdcr_parents AS SELECT CAST(unnest(?) AS BIGINT) AS s, "
+            "CAST(unnest(?) AS BIGINT) AS p",
+            [[int(x[0]) for x in ids], [int(x[1]) for x in ids]],
+        )
 
     def level(self, shift: int, parents: tuple[int, Sequence[int]] | None) -> tuple[Stats, Stats]:
         fut = self.pool.submit(self.table_stats, shift, parents)
@@ -277,17 +328,53 @@ class _FileDiffer:
 
     # -- bisection ------------------------------------------------------------------------
 
+    def table_key_range(self) -> tuple[int | None, int | None]:
+        """Smallest and largest integer key of the table (the primary-key index answers)."""
+        lo, hi = self.conn.execute(sa.text(f"SELECT min(r0), max(r0) FROM ({self.tbase}) t")).one()
+        return (None if lo is None else int(lo), None if hi is None else int(hi))
+
+    def materialise(self) -> None:
+        """One scan of the file: its canonical rows, key and row hashes into DuckDB's own
+        storage (memory up to its limit, then its temporary directory), so later levels and
+        downloads do not parse and normalise the file again."""
+        self.on_phase(f"reading {self.df.path.name}")
+        self.df.query(f"CREATE OR REPLACE TEMP TABLE {FILE_ROWS} AS {self.fbase}")
+
     def run(self, first_bits: int) -> tuple[list[Leaf], int]:
+        """Level 1, then bisect; returns the leaves and the count of file rows with bad keys.
+
+        The table's level-1 checksums start at once, beside the file's one scan. For integer
+        keys they use the table's own key range; once the file's range is known too, the shift
+        that covers both is taken and the table's finer ranges are merged into it (counts add,
+        checksums xor), so nothing is scanned twice."""
         bits = first_bits
-        shift = HASH_BITS - bits
-        self.on_phase(f"checksums of {2**bits} key-hash ranges")
-        f, t = self.level(shift, None)
+        what = "key ranges" if self.m.integer_key else "key-hash ranges"
+        if self.m.integer_key:
+            tlo, thi = self.table_key_range()
+            t_shift = _shift_for(tlo, thi, bits)
+        else:
+            t_shift = HASH_BITS - bits
+        fut = self.pool.submit(self.table_stats, t_shift, None)
+        try:
+            self.materialise()
+        finally:
+            t = fut.result()
+        shift = t_shift
+        if self.m.integer_key:
+            [(flo, fhi)] = self.df.query(f"SELECT min(kh), max(kh) FROM {FILE_ROWS} WHERE valid")
+            lows = [x for x in (flo, tlo) if x is not None]
+            highs = [x for x in (fhi, thi) if x is not None]
+            if lows:
+                shift = max(t_shift, _shift_for(int(min(lows)), int(max(highs)), bits))
+            t = _coarsen(t, shift - t_shift)
+        self.on_phase(f"checksums of about {2**bits} {what}")
+        f = self.file_stats(shift, None)
         bad = f.pop(None, (0, 0))[0]
         self.stats.file_bad_key = bad
         self.stats.file_rows = sum(n for n, _ in f.values())
         self.stats.table_rows = sum(n for n, _ in t.values())
         self.stats.levels = 1
-        self.stats.segments_compared = 2**bits
+        self.stats.segments_compared = len(set(f) | set(t))
         leaves: list[Leaf] = []
         todo = self.split(f, t, shift, leaves)
         while todo:
@@ -322,45 +409,65 @@ class _FileDiffer:
     # -- leaves ---------------------------------------------------------------------------
 
     def fetch(self, leaves: list[Leaf]) -> list[FileDifference]:
+        """Download and classify the leaves' rows, at most ``fetch_rows`` (estimated) per
+        query pair: one scan of each side per chunk, whatever the leaves' depths."""
         found: list[FileDifference] = []
-        by_shift: dict[int, list[Leaf]] = {}
-        for leaf in leaves:
-            by_shift.setdefault(leaf.shift, []).append(leaf)
-        for shift, group in sorted(by_shift.items()):
-            group.sort(key=lambda x: x.prefix)
-            chunk: list[Leaf] = []
-            rows = 0
-            for leaf in group:
-                if chunk and rows + leaf.rows > self.opt.fetch_rows:
-                    found += self.fetch_chunk(shift, chunk)
-                    chunk, rows = [], 0
-                chunk.append(leaf)
-                rows += leaf.rows
-            if chunk:
-                found += self.fetch_chunk(shift, chunk)
+        chunk: list[Leaf] = []
+        rows = 0
+        for leaf in sorted(leaves, key=lambda x: (x.shift, x.prefix)):
+            if chunk and rows + leaf.rows > self.opt.fetch_rows:
+                found += self.fetch_chunk(chunk)
+                chunk, rows = [], 0
+            chunk.append(leaf)
+            rows += leaf.rows
+        if chunk:
+            found += self.fetch_chunk(chunk)
         return found
 
-    def fetch_chunk(self, shift: int, leaves: list[Leaf]) -> list[FileDifference]:
-        ids = [x.prefix for x in leaves]
-        self.on_phase(f"downloading rows of {len(ids)} differing ranges")
+    def fetch_chunk(self, leaves: list[Leaf]) -> list[FileDifference]:
+        self.on_phase(f"downloading rows of {len(leaves)} differing ranges")
         nk, nc = len(self.m.key), len(self.m.columns)
-
-        def table_rows() -> list[sa.Row[Any]]:
-            return list(
-                self.conn.execute(
-                    sa.text(f"SELECT * FROM ({self.tbase}) t WHERE (kh >> :s) = ANY(:ids)"),
-                    {"s": shift, "ids": ids},
-                )
+        by_shift: dict[int, list[int]] = {}
+        for leaf in leaves:
+            by_shift.setdefault(leaf.shift, []).append(leaf.prefix)
+        shifts = sorted(by_shift)
+        params: dict[str, Any] = {}
+        conds = []
+        for i, sh in enumerate(shifts):
+            params[f"s{i}"], params[f"ids{i}"] = sh, by_shift[sh]
+            conds.append(f"(kh >> :s{i}) = ANY(:ids{i})")
+        rs = ", ".join(f"r{i}" for i in range(nk))
+        cs = ", ".join(f"c{j}" for j in range(nc))
+        sql = f"SELECT {rs}, {cs}, kh FROM ({self.tbase}) t WHERE {' OR '.join(conds)}"
+        if self.m.integer_key:
+            # Ranges of the key itself: index range scans instead of a scan of the table.
+            params = {
+                "lo": [max(x.prefix << x.shift, -(2**63)) for x in leaves],
+                "hi": [min(((x.prefix + 1) << x.shift) - 1, 2**63 - 1) for x in leaves],
+            }
+            sql = (
+                f"SELECT {rs}, {cs}, kh FROM ({self.tbase}) t JOIN unnest(CAST(:lo AS bigint[]), "
+                "CAST(:hi AS bigint[])) AS g(lo, hi) ON t.r0 BETWEEN g.lo AND g.hi"
             )
 
+        def table_rows() -> list[sa.Row[Any]]:
+            return list(self.conn.execute(sa.text(sql), params))
+
         fut = self.pool.submit(table_rows)
-        self._parents(ids)
-        cs = ", ".join(f"c{j}" for j in range(nc))
-        frows = self.df.query(
-            f"SELECT {cs}, kh FROM ({self.fbase}) t WHERE valid "
-            "AND (kh >> ?) IN (SELECT p FROM cdcr_parents)",
-            [shift],
+        self._parents([(sh, p) for sh in shifts for p in by_shift[sh]])
+        fconds = " OR ".join(
+            f"(kh >> {int(sh)}) IN (SELECT p FROM cdcr_parents WHERE s = {int(sh)})"
+            for sh in shifts
         )
+        frows = self.df.query(f"SELECT {cs}, kh FROM {FILE_ROWS} t WHERE valid AND ({fconds})")
+        leafset = {(x.prefix, x.shift) for x in leaves}
+
+        def leaf_at(kh: int) -> tuple[int, int]:
+            for sh in shifts:
+                if (kh >> sh, sh) in leafset:
+                    return (kh >> sh, sh)
+            raise AssertionError("a downloaded row outside every leaf")
+
         trows = fut.result()
         self.stats.rows_downloaded += len(frows) + len(trows)
         names = self.m.column_names
@@ -369,13 +476,31 @@ class _FileDiffer:
         for r in frows:
             key = tuple(r[:nk])
             file_by_key.setdefault(key, []).append(tuple(r[:nc]))
-            leaf_of[key] = (int(r[nc]) >> shift, shift)
+            leaf_of[key] = leaf_at(int(r[nc]))
         table_by_key: dict[CanonKey, tuple[tuple[Any, ...], tuple[str | None, ...]]] = {}
+        table_seen: dict[CanonKey, int] = {}
         for r in trows:
             canon = tuple(r[nk : nk + nc])
             table_by_key[tuple(canon[:nk])] = (tuple(r[:nk]), canon)
-            leaf_of[tuple(canon[:nk])] = (int(r[nk + nc]) >> shift, shift)
+            table_seen[tuple(canon[:nk])] = table_seen.get(tuple(canon[:nk]), 0) + 1
+            leaf_of[tuple(canon[:nk])] = leaf_at(int(r[nk + nc]))
         out: list[FileDifference] = []
+        # A key on several table rows (--key is not unique there) cannot be matched row to row:
+        # it is reported as such and nothing else is said about it.
+        for key, n in table_seen.items():
+            if n > 1:
+                out.append(
+                    FileDifference(
+                        DUPLICATE_IN_TABLE,
+                        key,
+                        table_key=table_by_key[key][0],
+                        occurrences=n,
+                        leaf=leaf_of[key],
+                    )
+                )
+                del table_by_key[key]
+                if len(file_by_key.get(key, ())) <= 1:  # a file duplicate is still said
+                    file_by_key.pop(key, None)
         for key, frs in file_by_key.items():
             trow = table_by_key.get(key)
             if len(frs) > 1:
@@ -428,7 +553,7 @@ class _FileDiffer:
     def bad_key_examples(self, limit: int = 5) -> list[dict[str, Any]]:
         cols = ", ".join(quote_ident(self.m.file_column[k.name]) for k in self.m.key)
         exprs = [duck_canonical(c, self.m.file_column[c.name]) for c in self.m.key]
-        valid = " AND ".join(duck_key_valid(k, e) for k, e in zip(self.m.key, exprs, strict=True))
+        valid = file_key_valid(self.m, exprs)
         rows = self.df.query(
             f"SELECT {cols} FROM file_rows WHERE NOT coalesce({valid}, false) LIMIT {int(limit)}"
         )
@@ -447,12 +572,26 @@ def _order(v: str | None) -> tuple[int, Decimal, str]:
     return (1, Decimal(0), v) if d.is_nan() else (0, d, v)
 
 
+def estimate_rows(conn: sa.Connection, m: Mapping) -> int:
+    """The table's row count: the planner's estimate when the table was analysed, else (a new
+    table) an exact count, which is cheap exactly when the table is small."""
+    est = conn.execute(
+        sa.text("SELECT reltuples::bigint FROM pg_class WHERE oid = CAST(:t AS regclass)"),
+        {"t": m.sql_name},
+    ).scalar()
+    if est is not None and int(est) >= 0 and not m.db_where:
+        return int(est)
+    where = f"WHERE ({m.db_where})" if m.db_where else ""
+    return int(conn.execute(sa.text(f"SELECT count(*) FROM {m.sql_name} {where}")).scalar() or 0)
+
+
 def first_bits(estimated_rows: int, options: FileDiffOptions) -> int:
-    """Bits of the first split: about ``threshold`` rows per range for the estimated size,
-    between 4 and ``max_bits``."""
+    """Bits of the first split: about a quarter of ``threshold`` rows per range for the
+    estimated size (so that nearly every differing range is small enough to download without a
+    second level), between 4 and ``max_bits``."""
     if estimated_rows <= 0:
         return min(10, options.max_bits)
-    want = math.ceil(math.log2(max(2.0, estimated_rows / options.threshold)))
+    want = math.ceil(math.log2(max(2.0, 4 * estimated_rows / options.threshold)))
     return max(min(4, options.max_bits), min(options.max_bits, want))
 
 
@@ -475,15 +614,10 @@ def diff_file(
     one snapshot of the table. Reads only. Database errors propagate unchanged; file errors are
     CdcrError."""
     opt = options or FileDiffOptions()
-    estimate = conn.execute(
-        sa.text(
-            "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = CAST(:t AS regclass)"
-        ),
-        {"t": mapping.sql_name},
-    ).scalar()
+    estimate = estimate_rows(conn, mapping)
     with ThreadPoolExecutor(max_workers=1) as pool:
         d = _FileDiffer(conn, df, mapping, opt, pool, on_phase)
-        leaves, bad = d.run(first_bits(int(estimate or 0), opt))
+        leaves, bad = d.run(first_bits(estimate, opt))
         found = d.fetch(leaves)
         examples = d.bad_key_examples() if bad else []
     found.sort(key=lambda x: (KINDS.index(x.kind), [_order(v) for v in x.key]))

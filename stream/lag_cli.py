@@ -231,7 +231,9 @@ class _Session:
             group_excludes={own: {k.dlq_topic()}},
             offset_reset={g: "earliest" if g == own else offset_reset for g in self.groups},
         )
-        self.applied = AppliedOffsetsReader(settings.target.url_str())
+        # The raw URL: normalising it (engine_url) imports SQLAlchemy, which the one-shot path
+        # avoids; the psycopg2 path needs only the libpq form of it.
+        self.applied = AppliedOffsetsReader(settings.target.url.get_secret_value())
 
     def __enter__(self) -> _Session:
         return self
@@ -307,14 +309,19 @@ class AppliedOffsetsReader:
     def _read_sqlalchemy(self, groups: Sequence[str]) -> list[Any] | str:
         import sqlalchemy as sa
 
+        from cdc_reconciler.config import engine_url
+        from cdc_reconciler.errors import ConfigError
+
         try:
             if self._engine is None:
-                self._engine = sa.create_engine(self._url, pool_pre_ping=True)
+                self._engine = sa.create_engine(engine_url(self._url), pool_pre_ping=True)
             with self._engine.connect() as conn:
                 if not conn.execute(sa.text(self._EXISTS)).scalar():
                     return self._MISSING
                 query = sa.text(self._QUERY.replace("%(groups)s", ":groups"))
                 return list(conn.execute(query, {"groups": list(groups)}).all())
+        except ConfigError as exc:
+            return f"target database URL: {exc}"
         except sa.exc.SQLAlchemyError as exc:
             cause = getattr(exc, "orig", None) or exc
             first = (str(cause).strip().splitlines() or [""])[0]

@@ -101,6 +101,7 @@ EXPECTED = {
     "missing_in_file": [["10"], ["20"], ["30"]],
     "mismatched": [(["40"], ["name"]), (["50"], ["amount", "ok"]), (["60"], ["at"])],
     "duplicate_in_file": [],
+    "duplicate_in_table": [],
 }
 
 
@@ -179,6 +180,7 @@ def test_file_formats_find_exactly_the_planted_keys_both_ways(
         "missing_in_file": 3,
         "mismatched": 3,
         "duplicate_in_file": 0,
+        "duplicate_in_table": 0,
     }
     assert data["file"]["rows"] == 300 and data["table"]["rows"] == 300
     assert data["file"]["format"] == fmt
@@ -334,15 +336,18 @@ def test_backfill_inserts_only_missing_rows_after_a_backup_and_never_updates(
         t=table,
         p=POS,
     )
+    # 150 and 151 lost from the table (inside the table's key range, so the backup of their
+    # key range holds neighbours)
+    run(target_engine, f"DELETE FROM {table} WHERE id IN (150, 151)")
     path = write_csv(tmp_path / "data.csv", list(rows.values()))
     with target_engine.connect() as c:
         before = {r[0]: tuple(r) for r in c.execute(sa.text(f"SELECT * FROM {table}"))}
 
     code, dry = run_json(str(path), "--table", table, "--key", "id", "--backfill-db", "--dry-run")
-    assert code == 1 and dry["backfill"]["planned"] == 3 and dry["backfill"]["inserted"] == 0
+    assert code == 1 and dry["backfill"]["planned"] == 5 and dry["backfill"]["inserted"] == 0
     assert dry["backfill"]["backup"] is None
     with target_engine.connect() as c:
-        assert c.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar() == 300
+        assert c.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar() == 298
         assert (
             c.execute(
                 sa.text("SELECT count(*) FROM cdcr.reconcile_runs WHERE table_name = :t"),
@@ -354,14 +359,15 @@ def test_backfill_inserts_only_missing_rows_after_a_backup_and_never_updates(
     code, data = run_json(str(path), "--table", table, "--key", "id", "--backfill-db")
     assert code == 1
     b = data["backfill"]
-    assert b["inserted"] == 2 and b["position"] == "0"
+    assert b["inserted"] == 4 and b["position"] == "0"
     assert [s["key"] for s in b["skipped"]] == [["1003"]]
     assert "tombstone" in b["skipped"][0]["reason"]
     with target_engine.connect() as c:
         after = {r[0]: tuple(r) for r in c.execute(sa.text(f"SELECT * FROM {table}"))}
         new = c.execute(
             sa.text(
-                f"SELECT id, name, amount, ok, at, _cdc_pos FROM {table} WHERE id > 1000 ORDER BY id"
+                f"SELECT id, name, amount, ok, at, _cdc_pos FROM {table} "
+                "WHERE id > 1000 OR id IN (150, 151) ORDER BY id"
             )
         ).all()
         status = c.execute(
@@ -369,21 +375,25 @@ def test_backfill_inserts_only_missing_rows_after_a_backup_and_never_updates(
         ).scalar()
     # only inserts: every row that was there is byte for byte unchanged (40, 50, 60 included)
     assert {k: v for k, v in after.items() if k in before} == before
-    assert set(after) - set(before) == {1001, 1002}
+    assert set(after) - set(before) == {150, 151, 1001, 1002}
     assert [(r[0], r[1], str(r[2]), r[3], r[5]) for r in new] == [
+        (150, "n150", "187.50", True, 0),
+        (151, "n151", "188.75", False, 0),
         (1001, "new1001", "1.00", True, 0),
         (1002, "new1002", "1.00", True, 0),
     ]
-    assert new[0][4].isoformat() == "2026-02-01T00:00:00+00:00"  # naive file time read as UTC
+    assert new[0][4].isoformat() == "2026-01-01T02:30:00+00:00"  # from 02:30:00Z
+    assert new[2][4].isoformat() == "2026-02-01T00:00:00+00:00"  # naive file time read as UTC
     assert status == "file_backfilled"
     backup = Path(b["backup"])
     assert backup.exists() and backup.parent == tmp_path
     with open(backup, encoding="utf-8") as fh:
         backed = list(csv.DictReader(fh))
     assert backed, "the affected key ranges hold other rows; the backup keeps them"
-    assert "_cdc_pos" in backed[0] and not {r["id"] for r in backed} & {"1001", "1002"}
+    ids = {int(r["id"]) for r in backed}
+    assert "_cdc_pos" in backed[0] and {149, 152} <= ids and not ids & {150, 151, 1001, 1002}
     keys_file = Path(b["inserted_keys_file"])
-    assert keys_file.read_text().splitlines() == ["id", "1001", "1002"]
+    assert keys_file.read_text().splitlines() == ["id", "150", "151", "1001", "1002"]
 
     # Run again: the backfilled rows now agree; mismatches stay reported, still not updated.
     code, again = run_json(str(path), "--table", table, "--key", "id", "--backfill-db")
@@ -597,6 +607,10 @@ def test_missing_file_and_missing_table_fail(
     bad.write_text("not parquet")
     code, out = cli("reconcile-file", str(bad), "--table", table, "--key", "id")
     assert code == 2 and "FAILED: cannot read" in out
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    code, out = cli("reconcile-file", str(empty), "--table", table, "--key", "id")
+    assert code == 2 and "is empty" in out
 
 
 def test_human_output_names_keys_and_columns(
@@ -610,3 +624,87 @@ def test_human_output_names_keys_and_columns(
     assert code == 1
     assert "missing_in_table id=1001" in out and "missing_in_file id=10" in out
     assert "mismatched id=50 amount: file '62.51' table '62.5'; ok: file 'f' table 't'" in out
+
+
+def test_backfill_with_a_composite_text_key_and_missing_columns(
+    make_table: Callable[..., str], tmp_path: Path, target_engine: sa.Engine
+) -> None:
+    table = make_table(
+        "tenant text, day date, n int NOT NULL DEFAULT 42, note text, PRIMARY KEY (tenant, day)",
+        "INSERT INTO {t} (tenant, day, n, note) SELECT t, date '2026-01-01' + g, g, 'x' "
+        "FROM generate_series(0, 59) g, unnest(ARRAY['acme', 'beta']) t",
+    )
+    run(target_engine, f"DELETE FROM {table} WHERE tenant = 'beta' AND day = '2026-01-05'")
+    rows = [{"tenant": t, "day": f"2026-01-{d:02d}", "note": "x"}
+            for t in ("acme", "beta") for d in range(1, 31)]
+    path = write_csv(tmp_path / "k.csv", rows)
+    code, data = run_json(str(path), "--table", table, "--key", "tenant,day", "--backfill-db",
+                          "--db-where", "day < '2026-01-31'")
+    assert code == 1, data
+    assert data["columns"]["not_compared_table_columns"] == ["n"]
+    assert kinds(data)["missing_in_table"] == [["beta", "2026-01-05"]]
+    assert data["counts"]["missing_in_file"] == 0 and data["counts"]["mismatched"] == 0
+    assert data["backfill"]["inserted"] == 1
+    with target_engine.connect() as c:
+        row = c.execute(sa.text(
+            f"SELECT n, note, _cdc_pos FROM {table} WHERE tenant = 'beta' AND day = '2026-01-05'"
+        )).one()
+    assert tuple(row) == (42, "x", 0)  # n, not in the file, took the table's default
+    backed = Path(data["backfill"]["backup"]).read_text().splitlines()
+    assert backed[0].startswith("tenant,day,n,note,_cdc_pos")
+    code, again = run_json(str(path), "--table", table, "--key", "tenant,day", "--dry-run",
+                           "--db-where", "day < '2026-01-31'")
+    assert code == 0 and again["status"] == "clean"
+
+
+def test_a_database_error_fails_and_marks_the_audit_row_failed(
+    make_table: Callable[..., str], tmp_path: Path, target_engine: sa.Engine
+) -> None:
+    table = make_table(fill=STD_FILL)
+    path = write_csv(tmp_path / "x.csv", list(std_rows().values()))
+    code, out = cli("reconcile-file", str(path), "--table", table, "--key", "id",
+                    "--db-where", "no_such_column > 1")
+    assert code == 2 and "FAILED: database error" in out and "no_such_column" in out
+    assert "Traceback" not in out
+    with target_engine.connect() as c:
+        status, counts = c.execute(sa.text(
+            "SELECT status, counts FROM cdcr.reconcile_runs WHERE table_name = :t"),
+            {"t": table}).one()
+    assert status == "failed" and "no_such_column" in counts["error"]
+
+
+def test_parquet_where_uses_the_files_types(
+    make_table: Callable[..., str], tmp_path: Path
+) -> None:
+    table = make_table(fill=STD_FILL)
+    rows = std_rows()
+    rows[7]["name"] = "changed"
+    rows[250]["name"] = "changed"
+    path = write_parquet(tmp_path / "w.parquet", list(rows.values()))
+    code, data = run_json(str(path), "--table", table, "--key", "id", "--dry-run",
+                          "--where", "id <= 100 AND amount > 5", "--db-where",
+                          "id <= 100 AND amount > 5")
+    assert code == 1
+    assert data["file"]["rows"] == 96 and data["table"]["rows"] == 96
+    assert [(d["kind"], d["key"]) for d in data["differences"]] == [("mismatched", {"id": "7"})]
+
+
+def test_a_key_that_is_not_unique_in_the_table_is_reported_not_guessed(
+    make_table: Callable[..., str], tmp_path: Path
+) -> None:
+    table = make_table(
+        "id int PRIMARY KEY, code text, v int",
+        "INSERT INTO {t} SELECT g, 'c' || (g / 2), g FROM generate_series(1, 40) g",
+    )
+    # code is the file's key but not unique in the table: c1..c19 are on two ids each
+    rows = [{"code": f"c{g}", "v": str(2 * g)} for g in range(0, 21)]
+    path = write_csv(tmp_path / "codes.csv", rows)
+    code, data = run_json(str(path), "--table", table, "--key", "code", "--dry-run")
+    assert code == 1
+    dups = [d for d in data["differences"] if d["kind"] == "duplicate_in_table"]
+    assert len(dups) == 19 and {"key": {"code": "c1"}, "kind": "duplicate_in_table",
+                                "occurrences": 2} in dups
+    assert data["counts"]["mismatched"] == 1 and data["counts"]["missing_in_table"] == 0
+    assert [d["key"] for d in data["differences"] if d["kind"] != "duplicate_in_table"] == [
+        {"code": "c0"}
+    ]  # c0 is on id 1 only: v 1 in the table, 0 in the file

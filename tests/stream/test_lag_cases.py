@@ -272,7 +272,7 @@ def test_offset_below_log_start_after_delete_records(services: Services, admin: 
 
 
 def test_one_shot_lag_reads_applied_offsets_without_sqlalchemy(
-        services: Services, topic_factory: Callable[..., str],
+        services: Services, migrated_target: str, topic_factory: Callable[..., str],
         unique_name: Callable[[str], str]) -> None:
     """The one-shot path imports only what it needs: Kafka, and psycopg2 for the applied
     offsets (SQLAlchemy's import alone costs about 0.2 s of the 0.5 s budget)."""
