@@ -132,8 +132,9 @@ def pytest_configure(config: pytest.Config) -> None:
         for name in names:
             if os.environ.get(name):
                 os.environ[name] = _with_database(os.environ[name], session_db(SESSION_ID, role))
-    os.environ.setdefault("CDCR_KAFKA__GROUP_ID", f"{SESSION_TAG}-default")
-    os.environ.setdefault("CDCR_KAFKA__TOPIC_PREFIX", f"cdc{SESSION_TAG}")
+    # Unconditionally: a shell that ran the demo may have exported the demo's own values.
+    os.environ["CDCR_KAFKA__GROUP_ID"] = f"{SESSION_TAG}-default"
+    os.environ["CDCR_KAFKA__TOPIC_PREFIX"] = f"cdc{SESSION_TAG}"
 
 
 def _with_database(url: str, database: str) -> str:
