@@ -118,9 +118,16 @@ REDIS_VARS = ("REDIS_URL", "CDCR_REDIS__URL")
 # The session's lock: pg_advisory_lock(LOCK_CLASS, int(session id, 16)) in the `postgres`
 # database of the source server, held on one connection for the whole session.
 LOCK_CLASS = 0x63647274
-REDIS_CLAIM = "cdcr_test:redis_db:"  # in the stack's Redis DB: which DB number a session uses
+# A session's Redis DB number n is claimed by holding pg_advisory_lock(REDIS_LOCK_CLASS, n) on
+# the same connection (released when the session ends or dies), not by a key in Redis, which a
+# FLUSHDB elsewhere could erase. REDIS_OWNER, inside DB n, names the session that used it, so a
+# dead session's DB is found and emptied by the sweep.
+REDIS_LOCK_CLASS = 0x63647272
+REDIS_OWNER = "cdcr_test:owner"
+# The first version of this mechanism claimed DB n with this key (+ n) in DB 0; sessions running
+# it may still be about: their DBs are left alone, and their keys swept when they are dead.
+LEGACY_CLAIM = "cdcr_test:redis_db:"
 BENCH_REDIS_DBS = range(10, 14)  # bench/apply.py REDIS_DB: fixed numbers it flushes
-CLAIM_TTL_S = 24 * 3600  # a backstop only; claims of dead sessions are swept by their lock
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -132,8 +139,9 @@ def pytest_configure(config: pytest.Config) -> None:
         for name in names:
             if os.environ.get(name):
                 os.environ[name] = _with_database(os.environ[name], session_db(SESSION_ID, role))
-    os.environ.setdefault("CDCR_KAFKA__GROUP_ID", f"{SESSION_TAG}-default")
-    os.environ.setdefault("CDCR_KAFKA__TOPIC_PREFIX", f"cdc{SESSION_TAG}")
+    # Unconditionally: a shell that ran the demo may have exported the demo's own values.
+    os.environ["CDCR_KAFKA__GROUP_ID"] = f"{SESSION_TAG}-default"
+    os.environ["CDCR_KAFKA__TOPIC_PREFIX"] = f"cdc{SESSION_TAG}"
 
 
 def _with_database(url: str, database: str) -> str:
@@ -167,11 +175,13 @@ def own_session(stack: Services) -> Iterator[Services]:
             source_url=_with_database(stack.source_url, session_db(SESSION_ID, "source")),
             target_url=_with_database(stack.target_url, session_db(SESSION_ID, "target")),
         )
+        claimed = ""
         try:
             for admin, role in ((src_admin, "source"), (tgt_admin, "target")):
                 with admin.connect() as conn:
                     conn.execute(sa.text(f'create database "{session_db(SESSION_ID, role)}"'))
-            svc = replace(svc, redis_url=_claim_redis_db(stack.redis_url))
+            svc = replace(svc, redis_url=_claim_redis_db(stack.redis_url, lock))
+            claimed = svc.redis_url
             for role, url in (("source", svc.source_url), ("target", svc.target_url)):
                 for name in DB_VARS[role]:
                     os.environ[name] = url
@@ -179,6 +189,10 @@ def own_session(stack: Services) -> Iterator[Services]:
                 os.environ[name] = svc.redis_url
             yield svc
         finally:
+            if claimed:  # directly: a test may have flushed the owner mark away with the rest
+                r = redis.Redis.from_url(claimed)
+                r.flushdb()
+                r.close()
             sweep.remove({SESSION_ID})
     finally:
         lock.close()
@@ -191,31 +205,51 @@ def _redis_url_with_db(url: str, db: int) -> str:
     return urlunsplit(parts._replace(path=f"/{db}"))
 
 
-def _claim_redis_db(url: str) -> str:
-    """A Redis DB number no other live session uses (claimed with SET NX in the stack's own DB),
-    emptied before use: tests may FLUSHDB it. Taken from the top down (scripts/stack starts Redis
-    with 64 DBs), never DB 0 (the stack's, the demo's) nor the benchmark's fixed DBs."""
+def _redis_dbs(url: str) -> list[int]:
+    """The DB numbers a test session may use, from the top down (scripts/stack starts Redis with
+    64 DBs): never DB 0 (the stack's, the demo's) nor the benchmark's fixed DBs."""
     base = redis.Redis.from_url(url)
     try:
-        try:
-            count = int(base.config_get("databases").get("databases", 16))
-        except redis.ResponseError:  # CONFIG disabled: assume the default
-            count = 16
-        for db in range(count - 1, 0, -1):
-            if db in BENCH_REDIS_DBS:
-                continue
-            if base.set(f"{REDIS_CLAIM}{db}", SESSION_ID, nx=True, ex=CLAIM_TTL_S):
-                claimed = _redis_url_with_db(url, db)
-                redis.Redis.from_url(claimed).flushdb()
-                return claimed
+        count = int(base.config_get("databases").get("databases", 16))
+    except redis.ResponseError:  # CONFIG disabled: assume the default
+        count = 16
     finally:
         base.close()
-    pytest.fail(f"every Redis DB 1..{count - 1} at {url} is claimed by another live test session")
+    return [db for db in range(count - 1, 0, -1) if db not in BENCH_REDIS_DBS]
+
+
+def _claim_redis_db(url: str, lock: sa.Connection) -> str:
+    """A Redis DB number no other live session uses, emptied before use (tests may FLUSHDB it)
+    and marked with this session's id. A DB holding data without a test session's mark belongs
+    to someone else and is never taken."""
+    dbs = _redis_dbs(url)
+    base = redis.Redis.from_url(url)
+    try:
+        for db in dbs:
+            if base.exists(f"{LEGACY_CLAIM}{db}"):
+                continue
+            params = {"c": REDIS_LOCK_CLASS, "o": db}
+            if not lock.execute(sa.text("select pg_try_advisory_lock(:c, :o)"), params).scalar():
+                continue
+            claimed = _redis_url_with_db(url, db)
+            r = redis.Redis.from_url(claimed)
+            try:
+                if r.dbsize() and not r.exists(REDIS_OWNER):
+                    lock.execute(sa.text("select pg_advisory_unlock(:c, :o)"), params)
+                    continue
+                r.flushdb()  # a dead session's leftovers, if any
+                r.set(REDIS_OWNER, SESSION_ID)
+            finally:
+                r.close()
+            return claimed
+    finally:
+        base.close()
+    pytest.fail(f"every Redis DB of {dbs} at {url} is in use by someone else")
 
 
 class Sweeper:
     """The one cleanup mechanism: finds what test sessions left on the shared services by the
-    marks in the names (TAG_RE, DB_RE, REDIS_CLAIM) and removes it, session by session."""
+    marks in the names (TAG_RE, DB_RE) and in Redis (REDIS_OWNER) and removes it, session by session."""
 
     def __init__(self, stack: Services, src_admin: sa.Engine, tgt_admin: sa.Engine) -> None:
         self.stack = stack
@@ -252,10 +286,24 @@ class Sweeper:
         return [g.group_id for g in listed.valid]
 
     def _claims(self) -> dict[int, str]:
+        """Redis DB number -> the test session that used it (its REDIS_OWNER mark)."""
+        owners: dict[int, str] = {}
+        for db in _redis_dbs(self.stack.redis_url):
+            r = redis.Redis.from_url(_redis_url_with_db(self.stack.redis_url, db))
+            try:
+                owner = r.get(REDIS_OWNER)
+            finally:
+                r.close()
+            if owner:
+                owners[db] = owner.decode()
+        return owners
+
+    def _legacy_claims(self) -> dict[str, str]:
+        """DB-0 claim keys of the first version of this mechanism -> the session that set them."""
         r = redis.Redis.from_url(self.stack.redis_url)
         try:
-            keys = [k.decode() for k in r.scan_iter(match=f"{REDIS_CLAIM}*")]
-            return {int(k[len(REDIS_CLAIM) :]): (r.get(k) or b"").decode() for k in keys}
+            keys = [k.decode() for k in r.scan_iter(match=f"{LEGACY_CLAIM}*")]
+            return {k: (r.get(k) or b"").decode() for k in keys}
         finally:
             r.close()
 
@@ -267,7 +315,7 @@ class Sweeper:
         found = {m.group(1) for n in names for m in TAG_RE.finditer(n)}
         for admin in (self.src_admin, self.tgt_admin):
             found |= {m.group(1) for d in self._databases(admin) if (m := DB_RE.match(d))}
-        found |= set(self._claims().values())
+        found |= set(self._claims().values()) | set(self._legacy_claims().values())
         return found
 
     def alive(self, sid: str) -> bool:
@@ -338,16 +386,16 @@ class Sweeper:
                 _wait_all(kafka.delete_consumer_groups(names, request_timeout=30))
 
         def redis_dbs() -> None:
-            r = redis.Redis.from_url(self.stack.redis_url)
-            try:
-                for db, owner in self._claims().items():
-                    if owner in sids:
-                        other = redis.Redis.from_url(_redis_url_with_db(self.stack.redis_url, db))
-                        other.flushdb()
-                        other.close()
-                        r.delete(f"{REDIS_CLAIM}{db}")
-            finally:
-                r.close()
+            for db, owner in self._claims().items():
+                if owner in sids:
+                    r = redis.Redis.from_url(_redis_url_with_db(self.stack.redis_url, db))
+                    r.flushdb()
+                    r.close()
+            for key, owner in self._legacy_claims().items():
+                if owner in sids:
+                    base = redis.Redis.from_url(self.stack.redis_url)
+                    base.delete(key)
+                    base.close()
 
         def databases() -> None:
             for admin in (self.src_admin, self.tgt_admin):
