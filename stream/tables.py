@@ -595,6 +595,12 @@ def _text_of_bytes(v: Any) -> Any:
     return v
 
 
+# Built-in types of category U that Debezium has a schema for (they never arrive as bytes).
+_BUILTIN_USER_CATEGORY = frozenset(
+    {"bytea", "json", "jsonb", "uuid", "xml", "tsvector", "tsquery", "pg_lsn", "jsonpath"}
+)
+
+
 def value_adapters(table: TargetTable) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
     out: list[tuple[str, Callable[[Any], Any]]] = []
     for col, kind, typ in zip(
@@ -616,7 +622,11 @@ def value_adapters(table: TargetTable) -> tuple[tuple[str, Callable[[Any], Any]]
             fn = _bits(width if name == "bit" else None)
         elif name == "point":
             fn = _point
-        elif name != "bytea" and (head[:1] in ("c", "m") or head[1:] in ("G", "U")):
+        elif (
+            head[:1] in ("c", "m")
+            or head[1:] == "G"
+            or (head[1:] == "U" and name not in _BUILTIN_USER_CATEGORY)
+        ):
             fn = _text_of_bytes
         if fn is not None:
             out.append((col, fn))
