@@ -38,8 +38,10 @@ log = logging.getLogger(__name__)
 BLOCKED_RETRY_S = 60.0
 
 
-class ApplyError(Exception):
-    """An event that cannot be applied. ``kind`` is stable and documented:
+class ApplyError(CdcrError):
+    """An event that cannot be applied. ``kind`` is stable and documented (the engine
+    dead-letters it with that reason; outside the engine, e.g. `cdcr tables sync`, it is a
+    user-facing CdcrError):
 
     - ``unknown_table``: no source schema/table in the event or the topic name;
     - ``no_target_table``: the target table does not exist (create it, or run with
@@ -434,6 +436,9 @@ def _type_ddl(conn: sa.Connection, info: _TypeInfo) -> str:
     return f"CREATE TYPE {info.qualified} AS ({body})"
 
 
+_AVAILABLE = sa.text("SELECT 1 FROM pg_available_extensions WHERE name = :e")
+
+
 def _ensure_in_target(target: sa.Engine, what: str, info: _TypeInfo, ddl: str) -> list[str]:
     try:
         with target.begin() as conn:
@@ -442,10 +447,7 @@ def _ensure_in_target(target: sa.Engine, what: str, info: _TypeInfo, ddl: str) -
                     sa.text("SELECT 1 FROM pg_extension WHERE extname = :e"), {"e": info.extension}
                 ).first():
                     return []
-                if not conn.execute(
-                    sa.text("SELECT 1 FROM pg_available_extensions WHERE name = :e"),
-                    {"e": info.extension},
-                ).first():
+                if not conn.execute(_AVAILABLE, {"e": info.extension}).first():
                     raise ApplyError(
                         "target_ddl_failed",
                         f"{what} needs the extension {info.extension} (type {info.name}), which "
