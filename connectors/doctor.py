@@ -284,7 +284,8 @@ def print_report(report: Report, console: Any) -> None:
         )
         if not c.findings:
             continue
-        t = Table("table", "column", "type", "what is lost", "fix")
+        t = Table("table", "column", "type", "what is lost")
+        t.add_column("fix", no_wrap=True)  # the option must stay copyable
         for f in c.findings:
             t.add_row(f.table, f.column, f.type, f.problem, f.fix or "none (Debezium)")
         console.print(t)
