@@ -119,3 +119,26 @@ def test_extension_missing_in_the_target_is_named(
             with engine.begin() as conn:
                 conn.execute(sa.text(f"drop table if exists {s}.t"))
                 conn.execute(sa.text("drop extension if exists seg"))
+
+
+def test_a_new_source_column_of_a_new_user_type_is_added_with_its_type(
+    source_engine, target_engine, schema, monkeypatch
+):
+    s = schema
+    with source_engine.begin() as conn:
+        conn.execute(sa.text(f"create table {s}.t (id int primary key)"))
+    settings = settings_for(monkeypatch)
+    command.sync_tables(settings, [f"{s}.t"])
+    with source_engine.begin() as conn:
+        conn.execute(sa.text(f"create type {s}.level as enum ('low', 'high')"))
+        conn.execute(sa.text(f"alter table {s}.t add column lv {s}.level[], add column b bit(3)"))
+    resolver = tables.TableResolver(target_engine, {}, source=source_engine)
+    route = resolver._load((s, "t"))
+    widened, values = resolver.row_values(route, {"id": 1, "lv": ["high"], "b": b"\x05"})
+    assert set(widened.table.columns) == {"id", "lv", "b"}
+    assert values["b"] == "101"  # the new bit(3) column's adapter applies at once
+    assert _types(target_engine, f"{s}.t") == _types(source_engine, f"{s}.t")
+    with target_engine.connect() as conn:
+        assert conn.execute(sa.text(f"select enum_range(null::{s}.level)::text")).scalar() == (
+            "{low,high}"
+        )
