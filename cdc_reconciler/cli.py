@@ -148,6 +148,12 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except CdcrError as exc:
+        # A command that let a user-facing failure through still ends in one FAILED line.
+        try:
+            fail(exc)
+        except typer.Exit:
+            sys.exit(1)
     except Exception as exc:
         # The one safety net for every command: a database that cannot be reached (refused,
         # unknown host, timeout, wrong password) is a FAILED line naming the host, not a traceback.
