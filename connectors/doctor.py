@@ -270,23 +270,19 @@ def diagnose(settings: Settings, only: list[str] | None = None) -> Report:
 
 
 def print_report(report: Report, console: Any) -> None:
-    from rich.table import Table
-
+    """One block per finding (readable at any terminal width; the fix stays on one line)."""
     for c in report.connectors:
         if c.skipped:
-            console.print(f"connector {c.name}: not checked ({c.skipped})")
+            console.print(f"connector {c.name}: not checked ({c.skipped})", highlight=False)
             continue
         off = {k: v for k, v in c.settings.items() if RECOMMENDED.get(k) != v}
         console.print(
-            f"connector {c.name}: {c.tables} tables, {len(c.findings)} lossy column findings"
+            f"connector {c.name}: {c.tables} tables, {len(c.findings)} lossy columns"
             + (f"; settings differing from docs/fidelity.md: {off}" if off else ""),
             highlight=False,
         )
-        if not c.findings:
-            continue
-        t = Table("table", "column", "type", "what is lost")
-        t.add_column("fix", no_wrap=True)  # the option must stay copyable
         for f in c.findings:
-            t.add_row(f.table, f.column, f.type, f.problem, f.fix or "none (Debezium)")
-        console.print(t)
+            console.print(f"  {f.table}.{f.column} ({f.type})", highlight=False)
+            console.print(f"    lost: {f.problem}", highlight=False)
+            console.print(f"    fix:  {f.fix or 'none: Debezium cannot carry it'}", highlight=False)
     console.print("LOSSY: see above" if report.lossy else "every captured column arrives exactly")
