@@ -152,6 +152,8 @@ class TableResolver:
                 conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(target[0])}"))
                 conn.execute(sa.text(ddl))
         except sa.exc.DBAPIError as exc:
+            if _transient(exc):
+                raise
             raise ApplyError(
                 "target_ddl_failed",
                 f"creating target table {target[0]}.{target[1]} failed: {_db_message(exc)}",
@@ -465,6 +467,8 @@ def _ensure_in_target(target: sa.Engine, what: str, info: _TypeInfo, ddl: str) -
             conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema or 'public')}"))
             conn.execute(sa.text(ddl))
     except sa.exc.DBAPIError as exc:
+        if _transient(exc):
+            raise
         # Another consumer may have created it at the same moment: fine if it is there now.
         with target.connect() as conn:
             name = info.extension if info.extension else info.qualified
@@ -527,6 +531,17 @@ def _split_literals(inner: str) -> list[str]:
                 i += 1
         out.append(inner[start:i])
     return out
+
+
+def _transient(exc: sa.exc.DBAPIError) -> bool:
+    """The target is unreachable or the transaction was cancelled: not the statement's fault, so
+    not a dead letter; the caller's retry policy decides (the engine retries with backoff)."""
+    code = str(getattr(exc.orig, "pgcode", None) or "")
+    return (
+        exc.connection_invalidated
+        or code[:2] in ("08", "57", "40")
+        or (not code and isinstance(exc, sa.exc.OperationalError))
+    )
 
 
 def _db_message(exc: sa.exc.DBAPIError) -> str:
