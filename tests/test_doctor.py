@@ -16,8 +16,6 @@ import sqlalchemy as sa
 from cdc_reconciler.connectors.doctor import RECOMMENDED, Column, captured, column_findings
 from tests.stream.test_types_e2e import LOSSLESS
 
-pytestmark = pytest.mark.services
-
 
 def _doctor(connector: str) -> tuple[int, dict]:
     proc = subprocess.run(
@@ -51,6 +49,7 @@ def lossy_table(source_engine, unique_name):
         conn.execute(sa.text(f"drop table if exists public.{name}"))
 
 
+@pytest.mark.services
 def test_default_settings_are_reported_with_their_fix(debezium, lossy_table):
     connector = debezium([lossy_table])  # Debezium's defaults
     rc, report = _doctor(connector.name)
@@ -67,6 +66,7 @@ def test_default_settings_are_reported_with_their_fix(debezium, lossy_table):
     assert "ok" not in got and "id" not in got and "ts" not in got
 
 
+@pytest.mark.services
 def test_recommended_settings_leave_only_what_debezium_cannot_carry(debezium, lossy_table):
     connector = debezium([lossy_table], extra=LOSSLESS)
     rc, report = _doctor(connector.name)
@@ -76,6 +76,7 @@ def test_recommended_settings_leave_only_what_debezium_cannot_carry(debezium, lo
     assert {k: conn["settings"][k] for k in RECOMMENDED} == RECOMMENDED
 
 
+@pytest.mark.services
 def test_exact_table_is_clean_and_exits_0(debezium, source_engine, unique_name):
     name = unique_name("clean")
     with source_engine.begin() as conn:
@@ -96,6 +97,7 @@ def test_exact_table_is_clean_and_exits_0(debezium, source_engine, unique_name):
             conn.execute(sa.text(f"drop table if exists public.{name}"))
 
 
+@pytest.mark.services
 def test_unknown_connector_is_a_failed_line():
     proc = subprocess.run(
         [sys.executable, "-m", "cdc_reconciler", "doctor", "--connector", "no-such-connector"],

@@ -18,6 +18,8 @@ from tests.fidelity_schema import COLUMNS, EXTENSIONS, ROWS, USER_TYPES_SQL
 from tests.helpers import count_records, settings_for, wait_for
 from tests.stream.pipeline import free_port
 
+pytestmark = pytest.mark.services
+
 # The connector settings docs/fidelity.md recommends: everything Debezium can carry exactly.
 LOSSLESS = {
     "interval.handling.mode": "string",
