@@ -106,6 +106,32 @@ def migrate(
         err_console.print(f"target database at revision {revision}")
 
 
+@app.command()
+def doctor(
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    connector: Annotated[
+        list[str] | None,
+        typer.Option("--connector", help="Check only this connector (repeatable)."),
+    ] = None,
+) -> None:
+    """List the source columns the Debezium connectors' current settings cannot carry exactly,
+    with the option that fixes each (docs/fidelity.md). Exit 1 when something is lossy."""
+    from cdc_reconciler.connectors import doctor as doc
+
+    settings = settings_or_fail(config)
+    try:
+        report = doc.diagnose(settings, connector)
+    except CdcrError as exc:
+        fail(exc)
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        doc.print_report(report, Console())
+    if report.lossy:
+        raise typer.Exit(code=1)
+
+
 # Commands defined in their own packages. Imported here, after the shared options above, because
 # those modules import them from this one.
 from cdc_reconciler.reconcile import cli as reconcile_cli  # noqa: E402
@@ -124,6 +150,12 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except CdcrError as exc:
+        # A command that let a user-facing failure through still ends in one FAILED line.
+        try:
+            fail(exc)
+        except typer.Exit:
+            sys.exit(1)
     except Exception as exc:
         # The one safety net for every command: a database that cannot be reached (refused,
         # unknown host, timeout, wrong password) is a FAILED line naming the host, not a traceback.

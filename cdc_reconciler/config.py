@@ -124,13 +124,13 @@ def connection_failure(exc: BaseException) -> str | None:
 
 
 def _require_driver() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec(PG_DRIVER) is None:
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError as exc:
         raise ConfigError(
-            f"the PostgreSQL driver {PG_DRIVER} is not installed: pip install psycopg2-binary "
-            "(or reinstall cdc-reconciler)"
-        )
+            f"the PostgreSQL driver {PG_DRIVER} cannot be imported ({exc}): "
+            "pip install psycopg2-binary (or reinstall cdc-reconciler)"
+        ) from None
 
 
 class RedisSettings(_Frozen):

@@ -29,7 +29,13 @@ VariableScaleDecimal, Date, Time/MicroTime/NanoTime, Timestamp/MicroTimestamp/Na
 ``timedelta``, geometry as ``{"wkb": bytes, "srid": int | None}`` (a Point also keeps ``x``/``y``),
 ``bytes`` as ``bytes``, arrays item by item, other structs as dicts; Json, Uuid, Enum, EnumSet, Xml,
 Year, Interval strings are kept as they are). Without a schema, JSON values are kept as they are.
-PostgreSQL ``timestamp 'infinity'`` / ``'-infinity'`` become ``datetime.max`` / ``datetime.min``.
+PostgreSQL ``'infinity'`` / ``'-infinity'`` of ``timestamp``/``timestamptz``/``date`` become
+:class:`InfiniteTimestamp`/:class:`InfiniteDate` sentinels (equal to ``datetime.max``/``min`` and
+``date.max``/``min``) that the target writes back as the words; Debezium's overflowed day counts
+for ``date`` infinities are recognised. ``interval.handling.mode=string`` values (ISO 8601) and
+``decimal.handling.mode=string`` values are kept as text, which PostgreSQL reads back exactly
+(the target maps ``NAN``/``POSITIVE_INFINITY``/``NEGATIVE_INFINITY`` by column type, see
+stream/tables.py value adapters and docs/fidelity.md).
 
 TOAST: a column whose value is the unavailable-value placeholder
 (``"__debezium_unavailable_value"``, ``["__debezium_unavailable_value"]`` or the base64 of the

@@ -38,8 +38,10 @@ log = logging.getLogger(__name__)
 BLOCKED_RETRY_S = 60.0
 
 
-class ApplyError(Exception):
-    """An event that cannot be applied. ``kind`` is stable and documented:
+class ApplyError(CdcrError):
+    """An event that cannot be applied. ``kind`` is stable and documented (the engine
+    dead-letters it with that reason; outside the engine, e.g. `cdcr tables sync`, it is a
+    user-facing CdcrError):
 
     - ``unknown_table``: no source schema/table in the event or the topic name;
     - ``no_target_table``: the target table does not exist (create it, or run with
@@ -152,6 +154,8 @@ class TableResolver:
                 conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(target[0])}"))
                 conn.execute(sa.text(ddl))
         except sa.exc.DBAPIError as exc:
+            if _transient(exc):
+                raise
             raise ApplyError(
                 "target_ddl_failed",
                 f"creating target table {target[0]}.{target[1]} failed: {_db_message(exc)}",
@@ -441,6 +445,9 @@ def _type_ddl(conn: sa.Connection, info: _TypeInfo) -> str:
     return f"CREATE TYPE {info.qualified} AS ({body})"
 
 
+_AVAILABLE = sa.text("SELECT 1 FROM pg_available_extensions WHERE name = :e")
+
+
 def _ensure_in_target(target: sa.Engine, what: str, info: _TypeInfo, ddl: str) -> list[str]:
     try:
         with target.begin() as conn:
@@ -449,10 +456,7 @@ def _ensure_in_target(target: sa.Engine, what: str, info: _TypeInfo, ddl: str) -
                     sa.text("SELECT 1 FROM pg_extension WHERE extname = :e"), {"e": info.extension}
                 ).first():
                     return []
-                if not conn.execute(
-                    sa.text("SELECT 1 FROM pg_available_extensions WHERE name = :e"),
-                    {"e": info.extension},
-                ).first():
+                if not conn.execute(_AVAILABLE, {"e": info.extension}).first():
                     raise ApplyError(
                         "target_ddl_failed",
                         f"{what} needs the extension {info.extension} (type {info.name}), which "
@@ -470,6 +474,8 @@ def _ensure_in_target(target: sa.Engine, what: str, info: _TypeInfo, ddl: str) -
             conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema or 'public')}"))
             conn.execute(sa.text(ddl))
     except sa.exc.DBAPIError as exc:
+        if _transient(exc):
+            raise
         # Another consumer may have created it at the same moment: fine if it is there now.
         with target.connect() as conn:
             name = info.extension if info.extension else info.qualified
@@ -532,6 +538,17 @@ def _split_literals(inner: str) -> list[str]:
                 i += 1
         out.append(inner[start:i])
     return out
+
+
+def _transient(exc: sa.exc.DBAPIError) -> bool:
+    """The target is unreachable or the transaction was cancelled: not the statement's fault, so
+    not a dead letter; the caller's retry policy decides (the engine retries with backoff)."""
+    code = str(getattr(exc.orig, "pgcode", None) or "")
+    return (
+        exc.connection_invalidated
+        or code[:2] in ("08", "57", "40")
+        or (not code and isinstance(exc, sa.exc.OperationalError))
+    )
 
 
 def _db_message(exc: sa.exc.DBAPIError) -> str:
@@ -602,6 +619,12 @@ def _text_of_bytes(v: Any) -> Any:
     return v
 
 
+# Built-in types of category U that Debezium has a schema for (they never arrive as bytes).
+_BUILTIN_USER_CATEGORY = frozenset(
+    {"bytea", "json", "jsonb", "uuid", "xml", "tsvector", "tsquery", "pg_lsn", "jsonpath"}
+)
+
+
 def value_adapters(table: TargetTable) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
     out: list[tuple[str, Callable[[Any], Any]]] = []
     for col, kind, typ in zip(
@@ -623,7 +646,11 @@ def value_adapters(table: TargetTable) -> tuple[tuple[str, Callable[[Any], Any]]
             fn = _bits(width if name == "bit" else None)
         elif name == "point":
             fn = _point
-        elif name != "bytea" and (head[:1] in ("c", "m") or head[1:] in ("G", "U")):
+        elif (
+            head[:1] in ("c", "m")
+            or head[1:] == "G"
+            or (head[1:] == "U" and name not in _BUILTIN_USER_CATEGORY)
+        ):
             fn = _text_of_bytes
         if fn is not None:
             out.append((col, fn))

@@ -4,7 +4,6 @@ driver is psycopg2 whatever SQLAlchemy's default, and a database that cannot be 
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import time
@@ -46,11 +45,8 @@ def test_another_postgres_driver_is_refused_by_name(driver: str) -> None:
 
 
 def test_a_missing_driver_is_a_config_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "psycopg2" else real(name, *a)
-    )
-    with pytest.raises(ConfigError, match="psycopg2 is not installed"):
+    monkeypatch.setitem(sys.modules, "psycopg2", None)  # import psycopg2 -> ImportError
+    with pytest.raises(ConfigError, match="psycopg2 cannot be imported"):
         engine_url("postgresql://u:p@h/db")
 
 
@@ -100,6 +96,20 @@ def test_unreachable_database_is_one_failed_line(services, args: list[str], case
     cause = "Connection refused" if case == "refused" else "password authentication failed"
     assert cause in failed[0], out
     assert took < 15, f"{args}: {took:.1f}s"
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda a: a[0])
+def test_missing_driver_is_one_failed_line(services, args: list[str], tmp_path) -> None:
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['psycopg2'] = None\n")
+    url = _url(services)
+    rc, out, took = _cdcr(
+        args, {"CDCR_TARGET__URL": url, "CDCR_SOURCE__URL": url, "PYTHONPATH": str(tmp_path)}
+    )
+    assert "Traceback" not in out, out
+    assert rc == 1, out
+    failed = [ln for ln in out.splitlines() if ln.startswith("FAILED:")]
+    assert len(failed) == 1 and "psycopg2 cannot be imported" in failed[0], out
 
 
 @pytest.mark.services

@@ -423,3 +423,183 @@ def test_random_bytes_never_raise_anything_but_decode_error() -> None:
             dec.decode(key_bytes(), cut)
         except DecodeError as exc:
             assert exc.kind in KINDS
+
+
+# ---------------------------------------------------------------------------- lossless encodings
+# (issue 9 item 5). The shapes are the ones Debezium 3.6.1 emitted for tests/fidelity_schema.py in
+# tests/stream/test_types_e2e.py (snapshot and streaming), read from its PostgresValueConverter.
+
+
+@pytest.mark.parametrize(
+    ("days", "text"),
+    [
+        (-622191234, "infinity"),  # snapshot (JDBC) rendering
+        (-625821272, "-infinity"),
+        (-2147472692, "infinity"),  # streaming (pgoutput) rendering
+        (-2147472691, "-infinity"),
+    ],
+)
+def test_date_infinity_decodes_to_a_sentinel_that_copies_as_the_word(days: int, text: str) -> None:
+    from cdc_reconciler.connectors.target import copy_field
+
+    d = dbz.date_from_days(days)
+    assert isinstance(d, dbz.InfiniteDate)
+    assert copy_field(d) == text
+    assert copy_field([d, None]) == '{"' + text + '",NULL}'
+
+
+def test_dates_at_pythons_range_edges_and_beyond() -> None:
+    assert dbz.date_from_days(-719162) == date(1, 1, 1)
+    assert dbz.date_from_days(2932896) == date(9999, 12, 31)
+    with pytest.raises(ValueError, match="out of Python's range"):
+        dbz.date_from_days(2932897)
+
+
+@pytest.mark.parametrize(
+    ("fn", "value", "text"),
+    [
+        (dbz.timestamp_from_ms, 9223372036825200, "infinity"),  # timestamp(0..3)
+        (dbz.timestamp_from_ms, -9223372036832400, "-infinity"),
+        (dbz.timestamp_from_us, 9223372036825200000, "infinity"),  # MicroTimestamp
+        (dbz.timestamp_from_us, -9223372036832400000, "-infinity"),
+        (dbz.zoned_timestamp, "infinity", "infinity"),
+        (dbz.zoned_timestamp, "-infinity", "-infinity"),
+    ],
+)
+def test_timestamp_infinity_copies_as_the_word(fn: Any, value: Any, text: str) -> None:
+    from cdc_reconciler.connectors.target import copy_field
+
+    got = fn(value)
+    assert isinstance(got, dbz.InfiniteTimestamp)
+    assert copy_field(got) == text
+
+
+def test_ordinary_timestamps_stay_plain_datetimes() -> None:
+    from cdc_reconciler.connectors.target import copy_field
+
+    got = dbz.timestamp_from_ms(946684799999)
+    assert type(got) is datetime
+    assert copy_field(got) == "1999-12-31T23:59:59.999000"
+
+
+def _envelope_with(field: dict[str, Any], value: Any) -> bytes:
+    schema = {
+        "type": "struct",
+        "fields": [
+            {"type": "struct", "field": "before", "optional": True,
+             "fields": [{"type": "int32", "field": "id"}, field]},
+            {"type": "struct", "field": "after", "optional": True,
+             "fields": [{"type": "int32", "field": "id"}, field]},
+            {"type": "struct", "field": "source", "fields": []},
+            {"type": "string", "field": "op"},
+            {"type": "int64", "field": "ts_ms", "optional": True},
+        ],
+    }
+    payload = {
+        "before": None,
+        "after": {"id": 1, field["field"]: value},
+        "source": {"connector": "postgresql", "schema": "s", "table": "t", "lsn": 10,
+                   "ts_ms": 1},
+        "op": "c",
+        "ts_ms": 1,
+    }
+    return orjson.dumps({"schema": schema, "payload": payload})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "want"),
+    [
+        # interval.handling.mode=string: ISO 8601, which PostgreSQL's interval input reads exactly
+        ({"type": "string", "field": "v", "name": "io.debezium.time.Interval"},
+         "P0Y-1M2DT-3H0M-0.000001S", "P0Y-1M2DT-3H0M-0.000001S"),
+        # decimal.handling.mode=string: plain text, trailing zeros kept
+        ({"type": "string", "field": "v"}, "1.50", "1.50"),
+        # decimal.handling.mode=precise, unconstrained numeric (Debezium strips trailing zeros)
+        ({"type": "struct", "field": "v", "name": "io.debezium.data.VariableScaleDecimal",
+          "fields": [{"type": "int32", "field": "scale"}, {"type": "bytes", "field": "value"}]},
+         {"scale": 1, "value": "Dw=="}, Decimal("1.5")),
+        # time.precision.mode=adaptive_time_microseconds: time(3) as MicroTime
+        ({"type": "int64", "field": "v", "name": "io.debezium.time.MicroTime"},
+         43200123000, time(12, 0, 0, 123000)),
+        # float NaN/±Infinity arrive as JSON strings that PostgreSQL reads back
+        ({"type": "double", "field": "v"}, "-Infinity", "-Infinity"),
+        # hstore.handling.mode=json: a JSON object as text (turned into hstore at the target)
+        ({"type": "string", "field": "v", "name": "io.debezium.data.Json"},
+         '{"a":"1","b c":null}', '{"a":"1","b c":null}'),
+        # hstore.handling.mode=map
+        ({"type": "map", "field": "v", "keys": {"type": "string"},
+          "values": {"type": "string", "optional": True}}, {"a": "1"}, {"a": "1"}),
+    ],
+)
+def test_lossless_modes_decode_to_values_that_copy_exactly(
+    field: dict[str, Any], value: Any, want: Any
+) -> None:
+    ev = DebeziumDecoder().decode(None, _envelope_with(field, value))
+    assert isinstance(ev, ChangeEvent)
+    assert ev.after is not None
+    got = ev.after["v"]
+    assert got == want
+    assert str(got) == str(want)
+
+
+# ---------------------------------------------------------------------------- target adapters
+
+
+def _adapted(kind: str, typ: str, value: Any) -> Any:
+    from cdc_reconciler.connectors.target import TargetTable
+    from cdc_reconciler.stream.tables import _adapt, value_adapters
+
+    table = TargetTable("s", "t", ("id",), ("id", "v"), ("integer", typ), ("bN:int4", kind))
+    values = {"id": 1, "v": value}
+    _adapt(value_adapters(table), values)
+    return values["v"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "typ", "value", "want"),
+    [
+        ("bN:numeric", "numeric", "NAN", "NaN"),
+        ("bN:numeric", "numeric", "POSITIVE_INFINITY", "Infinity"),
+        ("bN:numeric", "numeric(12,3)", "NEGATIVE_INFINITY", "-Infinity"),
+        ("bN:numeric", "numeric", "1.50", "1.50"),
+        ("bN:numeric", "numeric", Decimal("1.5"), Decimal("1.5")),
+        ("bU:hstore", "public.hstore", '{"a":"1","b c":null}', '"a"=>"1", "b c"=>NULL'),
+        ("bU:hstore", "public.hstore", {"q\"uote": "back\\slash"}, '"q\\"uote"=>"back\\\\slash"'),
+        ("bU:hstore", "public.hstore", "{}", ""),
+        ("bV:bit", "bit(4)", b"\x0a", "1010"),
+        ("bV:bit", "bit(4)", b"", "0000"),
+        ("bV:bit", "bit(1)", True, "1"),
+        ("bV:varbit", "bit varying(16)", b"\x05", "101"),
+        ("bV:varbit", "bit varying(16)", b"", ""),
+        ("bG:point", "point", {"x": 1.5, "y": -2.0, "wkb": b"", "srid": None}, "(1.5,-2.0)"),
+        ("bG:line", "line", b"{1.0,-1.0,0.0}", "{1.0,-1.0,0.0}"),
+        ("cC:pair", "s.pair", b'(7,"x, y")', '(7,"x, y")'),
+        ("mR:int4multirange", "int4multirange", b"{[1,3)}", "{[1,3)}"),
+        ("bU:bytea", "bytea", b"\xff", b"\xff"),
+    ],
+)
+def test_values_are_reshaped_for_the_target_column_type(
+    kind: str, typ: str, value: Any, want: Any
+) -> None:
+    assert _adapted(kind, typ, value) == want
+
+
+def test_a_value_an_adapter_cannot_convert_is_an_apply_error() -> None:
+    from cdc_reconciler.stream.tables import ApplyError
+
+    with pytest.raises(ApplyError) as info:
+        _adapted("bG:line", "line", b"\xff\xfe")
+    assert info.value.kind == "bad_value"
+    assert "'v'" in info.value.message
+
+
+def test_tables_without_special_types_get_no_adapters() -> None:
+    from cdc_reconciler.connectors.target import TargetTable
+    from cdc_reconciler.stream.tables import value_adapters
+
+    table = TargetTable(
+        "s", "t", ("id",), ("id", "n", "ts", "j"),
+        ("integer", "text", "timestamp with time zone", "jsonb"),
+        ("bN:int4", "bS:text", "bD:timestamptz", "bU:jsonb"),
+    )
+    assert value_adapters(table) == ()

@@ -1,0 +1,288 @@
+"""``cdcr doctor``: which source columns the Debezium connectors' current settings cannot carry
+exactly, and the option that fixes each.
+
+Reads every Debezium PostgreSQL connector's configuration from Kafka Connect's REST API
+(``CDCR_KAFKA__CONNECT_URL``) and the column types of the tables it captures from the source
+database's catalog (``CDCR_SOURCE__URL``), then applies the rules below. The rules follow what
+Debezium 3.6.1's PostgresValueConverter does and what tests/stream/test_types_e2e.py measured;
+docs/fidelity.md is the same list for people.
+
+Contract: :func:`diagnose` returns a :class:`Report` (``lossy`` is true when any finding exists)
+and raises CdcrError when Kafka Connect or the source database cannot be read, or there is no
+Debezium PostgreSQL connector to check.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+from cdc_reconciler.config import Settings
+from cdc_reconciler.errors import CdcrError
+
+PG_CONNECTOR = "io.debezium.connector.postgresql.PostgresConnector"
+# Kafka Connect answers its REST API at once; a longer wait means it is not there.
+CONNECT_TIMEOUT_S = 10.0
+
+# Debezium's defaults for the options the rules read.
+DEFAULTS = {
+    "decimal.handling.mode": "precise",
+    "interval.handling.mode": "numeric",
+    "time.precision.mode": "adaptive",
+    "hstore.handling.mode": "json",
+    "binary.handling.mode": "bytes",
+    "include.unknown.datatypes": "false",
+}
+# What docs/fidelity.md recommends: every value Debezium can carry arrives exactly.
+RECOMMENDED = {
+    "decimal.handling.mode": "string",
+    "interval.handling.mode": "string",
+    "time.precision.mode": "adaptive_time_microseconds",
+    "hstore.handling.mode": "json",
+    "binary.handling.mode": "bytes",
+    "include.unknown.datatypes": "true",
+}
+# Types Debezium 3.6.1 has no schema for: left out of the event unless include.unknown.datatypes
+# is true (then they arrive as the bytes of their text, which cdcr writes back exactly).
+_UNKNOWN_TO_DEBEZIUM = frozenset({"line", "lseg", "box", "path", "polygon", "circle"})
+_KNOWN_USER_TYPES = frozenset({"hstore", "citext", "ltree", "geometry", "geography", "isbn"})
+
+
+@dataclass(frozen=True)
+class Finding:
+    table: str
+    column: str
+    type: str
+    problem: str
+    fix: str | None  # the connector option that avoids it, None when no setting does
+
+
+@dataclass
+class ConnectorReport:
+    name: str
+    database: str | None
+    settings: dict[str, str]
+    tables: int = 0
+    findings: list[Finding] = field(default_factory=list)
+    skipped: str | None = None
+
+
+@dataclass
+class Report:
+    connectors: list[ConnectorReport]
+
+    @property
+    def lossy(self) -> bool:
+        return any(c.findings for c in self.connectors)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"lossy": self.lossy, "connectors": [asdict(c) for c in self.connectors]}
+
+
+@dataclass(frozen=True)
+class Column:
+    table: str
+    name: str
+    type: str  # format_type of the declared type
+    base: str  # typname of the type, a domain resolved to its base, an array to its element
+    typtype: str  # of ``base``: b, c, d, e, m, r
+    is_array: bool
+    dims: int  # declared dimensions (attndims)
+    typmod: int  # of the column (numeric precision/scale, time precision)
+    builtin: bool  # ``base`` lives in pg_catalog
+
+
+def fetch_connectors(connect_url: str) -> dict[str, dict[str, str]]:
+    """name -> config of every connector Kafka Connect runs. Raises CdcrError."""
+    try:
+        with httpx.Client(base_url=connect_url, timeout=CONNECT_TIMEOUT_S) as client:
+            resp = client.get("/connectors", params={"expand": "info"})
+            resp.raise_for_status()
+            body = resp.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise CdcrError(
+            f"cannot read the connectors from Kafka Connect at {connect_url}: {exc}"
+        ) from exc
+    out: dict[str, dict[str, str]] = {}
+    for name, entry in body.items():
+        cfg = (entry or {}).get("info", {}).get("config", {})
+        out[str(name)] = {str(k): str(v) for k, v in cfg.items()}
+    return out
+
+
+_COLUMNS = sa.text(
+    "SELECT n.nspname || '.' || c.relname AS table, a.attname AS name, "
+    "format_type(a.atttypid, a.atttypmod) AS type, b.typname AS base, b.typtype::text AS typtype, "
+    "(t.typcategory = 'A') AS is_array, a.attndims AS dims, a.atttypmod AS typmod, "
+    "(b.typnamespace = 'pg_catalog'::regnamespace) AS builtin "
+    "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+    "JOIN pg_type t ON t.oid = a.atttypid "
+    "JOIN pg_type e ON e.oid = CASE WHEN t.typcategory = 'A' THEN t.typelem ELSE t.oid END "
+    "JOIN pg_type b ON b.oid = CASE WHEN e.typtype = 'd' THEN e.typbasetype ELSE e.oid END "
+    "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+    "AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1, a.attnum"
+)
+
+
+def source_columns(engine: sa.Engine) -> list[Column]:
+    with engine.connect() as conn:
+        return [Column(**r._mapping) for r in conn.execute(_COLUMNS)]
+
+
+def _patterns(value: str | None) -> list[re.Pattern[str]] | None:
+    if not value:
+        return None
+    return [re.compile(p.strip()) for p in value.split(",") if p.strip()]
+
+
+def captured(config: dict[str, str], table: str) -> bool:
+    """Whether the connector's include/exclude lists capture ``schema.table`` (Debezium matches
+    each comma-separated regex against the whole name)."""
+    schema = table.split(".", 1)[0]
+    for key, name, include in (
+        ("schema.include.list", schema, True),
+        ("schema.exclude.list", schema, False),
+        ("table.include.list", table, True),
+        ("table.exclude.list", table, False),
+    ):
+        pats = _patterns(config.get(key))
+        if pats is None:
+            continue
+        hit = any(p.fullmatch(name) for p in pats)
+        if hit != include:
+            return False
+    return True
+
+
+def column_findings(col: Column, s: dict[str, str]) -> list[Finding]:
+    """The rules: what the settings ``s`` (defaults filled in) lose for one column."""
+    out: list[Finding] = []
+
+    def add(problem: str, fix: str | None) -> None:
+        out.append(Finding(col.table, col.name, col.type, problem, fix))
+
+    dec = s["decimal.handling.mode"]
+    base = col.base
+    if col.is_array and col.dims >= 2:
+        add("multi-dimensional arrays arrive flattened, their elements NULL", None)
+    if base == "numeric":
+        unconstrained = col.typmod < 0
+        if col.is_array:
+            add("an array holding NaN or ±Infinity arrives as NULL", None)
+        if dec == "double":
+            add("values are rounded through a double", "decimal.handling.mode=string")
+        elif dec == "precise":
+            what = "NaN and ±Infinity arrive as NULL" if unconstrained else "NaN arrives as NULL"
+            if unconstrained and not col.is_array:
+                what += "; trailing zeros are dropped (1.50 arrives as 1.5)"
+            add(what, "decimal.handling.mode=string")
+    elif base == "money" and dec == "double":
+        add("values are rounded through a double", "decimal.handling.mode=string")
+    elif base == "interval" and s["interval.handling.mode"] != "string":
+        add(
+            "months become 30.4375 days and microseconds can be off by one "
+            "(io.debezium.time.MicroDuration)",
+            "interval.handling.mode=string",
+        )
+    elif base in ("time", "timestamp", "timestamptz") and s["time.precision.mode"] == "connect":
+        precision = col.typmod if col.typmod >= 0 else 6
+        if precision > 3:
+            add(
+                "fractions of a millisecond are cut",
+                "time.precision.mode=adaptive_time_microseconds",
+            )
+    elif base == "timetz":
+        add("arrives converted to UTC: the offset is lost (the instant is kept)", None)
+    elif base == "varbit":
+        add("leading zero bits are lost (B'0101' arrives as 101)", None)
+    elif base == "bytea" and s["binary.handling.mode"] != "bytes":
+        add("arrives as text cdcr does not decode", "binary.handling.mode=bytes")
+    elif base == "hstore" and s["hstore.handling.mode"] not in ("json", "map"):
+        add("unknown hstore.handling.mode", "hstore.handling.mode=json")
+    if col.is_array and col.typtype == "e":
+        add("an array with a NULL element arrives as NULL", None)
+    unknown = (
+        base in _UNKNOWN_TO_DEBEZIUM
+        or col.typtype in ("c", "m")
+        or (col.typtype in ("b", "r") and not col.builtin and base not in _KNOWN_USER_TYPES)
+    )
+    if unknown and s["include.unknown.datatypes"] != "true":
+        add(
+            "Debezium leaves the column out of its events: the target keeps NULL",
+            "include.unknown.datatypes=true",
+        )
+    if s["time.precision.mode"] not in (
+        "adaptive",
+        "adaptive_time_microseconds",
+        "connect",
+        "microseconds",
+    ) and base in ("date", "time", "timetz", "timestamp", "timestamptz"):
+        add(
+            f"time.precision.mode={s['time.precision.mode']} is not decoded by cdcr",
+            "time.precision.mode=adaptive_time_microseconds",
+        )
+    return out
+
+
+def diagnose(settings: Settings, only: list[str] | None = None) -> Report:
+    """Check every Debezium PostgreSQL connector Kafka Connect runs (or the ``only`` named ones).
+    Raises CdcrError."""
+    url = settings.source.url_str()
+    if not url:
+        raise CdcrError("CDCR_SOURCE__URL is not set: doctor reads the source tables' column types")
+    configs = {
+        n: c
+        for n, c in fetch_connectors(settings.kafka.connect_url).items()
+        if c.get("connector.class") == PG_CONNECTOR and (not only or n in only)
+    }
+    if not configs:
+        raise CdcrError(
+            f"no Debezium PostgreSQL connector{' named ' + ', '.join(only) if only else ''} in "
+            f"Kafka Connect at {settings.kafka.connect_url}: "
+            "register one first (docs/fidelity.md lists the settings to use)"
+        )
+    engine = sa.create_engine(url)
+    try:
+        columns = source_columns(engine)
+        dbname = engine.url.database
+    finally:
+        engine.dispose()
+    reports = []
+    for name, cfg in sorted(configs.items()):
+        effective = {k: cfg.get(k, v) for k, v in DEFAULTS.items()}
+        rep = ConnectorReport(name, cfg.get("database.dbname"), effective)
+        if rep.database and dbname and rep.database != dbname:
+            rep.skipped = f"reads database {rep.database}; CDCR_SOURCE__URL is {dbname}"
+            reports.append(rep)
+            continue
+        tables = {c.table for c in columns if captured(cfg, c.table)}
+        rep.tables = len(tables)
+        for col in columns:
+            if col.table in tables:
+                rep.findings.extend(column_findings(col, effective))
+        reports.append(rep)
+    return Report(reports)
+
+
+def print_report(report: Report, console: Any) -> None:
+    """One block per finding (readable at any terminal width; the fix stays on one line)."""
+    for c in report.connectors:
+        if c.skipped:
+            console.print(f"connector {c.name}: not checked ({c.skipped})", highlight=False)
+            continue
+        off = {k: v for k, v in c.settings.items() if RECOMMENDED.get(k) != v}
+        console.print(
+            f"connector {c.name}: {c.tables} tables, {len(c.findings)} lossy columns"
+            + (f"; settings differing from docs/fidelity.md: {off}" if off else ""),
+            highlight=False,
+        )
+        for f in c.findings:
+            console.print(f"  {f.table}.{f.column} ({f.type})", highlight=False)
+            console.print(f"    lost: {f.problem}", highlight=False)
+            console.print(f"    fix:  {f.fix or 'none: Debezium cannot carry it'}", highlight=False)
+    console.print("LOSSY: see above" if report.lossy else "every captured column arrives exactly")
