@@ -10,14 +10,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # Only what the distribution is built from: pyproject.toml, its readme, and the package folders
 # (stream/, reconcile/, connectors/ and alembic/ install under the cdc_reconciler namespace).
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml README.md constraints.txt /src/
 COPY cdc_reconciler /src/cdc_reconciler
 COPY stream /src/stream
 COPY reconcile /src/reconcile
 COPY connectors /src/connectors
 COPY alembic /src/alembic
 
-RUN pip install /src \
+RUN pip install -c /src/constraints.txt /src \
     && rm -rf /src \
     && useradd --system --create-home --uid 10001 cdcr
 
