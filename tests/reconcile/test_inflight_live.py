@@ -55,7 +55,7 @@ def deferred(data: dict[str, Any]) -> int:
     return sum(w["counts"].get("in_flight", 0) for t in data["tables"] for w in t["windows"])
 
 
-def test_planted_damage_is_reported_exactly_while_a_writer_runs(live: Live) -> None:
+def test_planted_damage_is_reported_exactly_while_a_writer_runs(live: Live) -> None:  # noqa: F811
     lv = live
     expected = plant(lv)
     lv.start_writer()
@@ -97,7 +97,7 @@ def test_planted_damage_is_reported_exactly_while_a_writer_runs(live: Live) -> N
     lv.caught_up()
 
 
-def test_a_delete_in_flight_is_not_reported(live: Live, services: Any) -> None:
+def test_a_delete_in_flight_is_not_reported(live: Live, services: Any) -> None:  # noqa: F811
     lv = live
     lv.stop_consuming()
     topic = f"{lv.prefix}.{lv.whole}"
