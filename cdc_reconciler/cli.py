@@ -104,12 +104,14 @@ def migrate(
 # Commands defined in their own packages. Imported here, after the shared options above, because
 # those modules import them from this one.
 from cdc_reconciler.reconcile import cli as reconcile_cli  # noqa: E402
+from cdc_reconciler.reconcile import review_cli  # noqa: E402
 from cdc_reconciler.stream import cli as stream_cli  # noqa: E402
 from cdc_reconciler.stream import lag_cli  # noqa: E402
 
 stream_cli.register(app)
 lag_cli.register(app)
 reconcile_cli.register(app)
+review_cli.register(app)
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from cdc_reconciler.reconcile import repair as rp
 from cdc_reconciler.reconcile import watermarks as wm
 from cdc_reconciler.reconcile.diff import DiffOptions
 from cdc_reconciler.reconcile.metrics import ReconcileMetrics
+from cdc_reconciler.reconcile.review import open_summary as review_summary
 from cdc_reconciler.reconcile.run import (
     Env,
     Request,
@@ -333,6 +334,7 @@ def status(
                 .all()
             )
             applied = applied_tables(c, settings, engine)
+            queue = review_summary(c, now)
             open_counts = (
                 c.execute(
                     sa.text(
@@ -425,6 +427,11 @@ def status(
         "gaps": gaps,
         "applied_offsets": [{k: _plain(v) for k, v in o.items()} for o in offsets],
         "recent_runs": [{k: _plain(v) for k, v in r.items()} for r in recent],
+        "review": {
+            "open": queue,
+            "open_total": sum(q["open"] for q in queue),
+            "oldest_age_s": max((q["oldest_age_s"] for q in queue), default=None),
+        },
         "open_discrepancies": {
             "counts": [dict(r) for r in open_counts],
             "latest": [{k: _plain(v) for k, v in r.items()} for r in open_rows],
