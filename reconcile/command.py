@@ -335,6 +335,17 @@ def status(
             )
             applied = applied_tables(c, settings, engine)
             queue = review_summary(c, now)
+            latest_checks = (
+                c.execute(
+                    sa.text(
+                        "SELECT DISTINCT ON (table_name) table_name, started, status, checks "
+                        "FROM cdcr.reconcile_runs WHERE status <> 'running' "
+                        "ORDER BY table_name, started DESC"
+                    )
+                )
+                .mappings()
+                .all()
+            )
             open_counts = (
                 c.execute(
                     sa.text(
@@ -427,6 +438,7 @@ def status(
         "gaps": gaps,
         "applied_offsets": [{k: _plain(v) for k, v in o.items()} for o in offsets],
         "recent_runs": [{k: _plain(v) for k, v in r.items()} for r in recent],
+        "integrity": _integrity(latest_checks),
         "review": {
             "open": queue,
             "open_total": sum(q["open"] for q in queue),
@@ -437,6 +449,30 @@ def status(
             "latest": [{k: _plain(v) for k, v in r.items()} for r in open_rows],
         },
     }
+
+
+def _integrity(rows: Sequence[Any]) -> list[dict[str, Any]]:
+    """Per table, the schema drift and orphan count of its latest finished run (only tables
+    where either was found)."""
+    out = []
+    for r in rows:
+        drift: list[Any] = []
+        orphans = 0
+        for c in r["checks"] or []:
+            if c.get("check") == "schema_drift":
+                drift = c.get("drift") or []
+            elif c.get("check") == "foreign_keys":
+                orphans = int(c.get("orphan_count") or 0)
+        if drift or orphans:
+            out.append(
+                {
+                    "table": r["table_name"],
+                    "checked_at": _iso(r["started"]),
+                    "schema_drift": drift,
+                    "orphans": orphans,
+                }
+            )
+    return out
 
 
 def _iso(t: datetime | None) -> str | None:

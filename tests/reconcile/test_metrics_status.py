@@ -169,5 +169,8 @@ def test_status_cli_json(target_engine: sa.Engine, case: Case) -> None:
     [gap] = [g for g in st["gaps"] if g["table"] == case.table]  # configured, never reconciled
     assert gap["reconciled_through"] is None and gap["windows_behind"] is None
     assert gap["windows"][0]["start"] is None
-    code, out = cli("status", "--config", str(case.config))
+    code, out = cli("status", "--wide", "--config", str(case.config))
     assert code == 0 and "gaps: windows behind" in out
+    code, out = cli("status", "--config", str(case.config))  # the compact summary
+    lines = out.splitlines()
+    assert lines[lines.index(case.table) + 1].startswith("  verified through never · ")
