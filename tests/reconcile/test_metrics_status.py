@@ -72,6 +72,10 @@ def test_metrics_after_one_pass(source_engine: sa.Engine, target_engine: sa.Engi
     assert got[("cdcr_reconcile_discrepancies_found_total", kind("extra"))] == 1
     assert got[("cdcr_reconcile_repaired_total", t)] == 3
     assert got[("cdcr_reconcile_discrepancies_open", t)] == 1  # the extra row, for review
+    assert got[("cdcr_reconcile_review_open", kind("extra"))] == 1
+    assert got[("cdcr_reconcile_review_open", kind("missing"))] == 0
+    assert got[("cdcr_reconcile_review_oldest_age_seconds", t)] >= 0
+    assert got[("cdcr_reconcile_deferred_total", t)] == 0  # nothing was in flight
     assert got[("cdcr_reconcile_windows_behind", t)] == 0
     assert got[("cdcr_reconcile_last_verified_timestamp_seconds", t)] == (
         T0 + timedelta(minutes=20)).timestamp()
