@@ -253,7 +253,7 @@ def apply_bound(
         ).all()
         for text, first in rows:
             k = texts[text]
-            if now - first > bound:
+            if now - first >= bound:
                 result.confirmed.append(result.still_different.pop(k))
                 result.deferred.pop(k, None)
                 result.promoted.append(k)

@@ -290,6 +290,13 @@ def reconcile_table(env: Env, req: Request, table: str) -> TableReport:
             pos = w.end  # an explicit range is reported whole; the watermark stays behind
         else:
             break  # the watermark cannot pass an unresolved window: later windows wait
+    if pending and current is not None:
+        # No window ran this pass: re-check the deferred keys on their own (no diff, no checks),
+        # recorded as a run over the verified range; it never moves the watermark.
+        r = reconcile_window(
+            env, req, pair, ttable, Window(None, current), current, pending, recheck_only=True
+        )
+        report.windows.append(r)
     with env.target.connect() as c:
         mark = wm.read(c, table)
     report.reconciled_through = mark.reconciled_through if mark else None
@@ -339,13 +346,15 @@ def reconcile_window(
     expected: datetime | None,
     pending: tuple[Key, ...] = (),
     drift: list[dict[str, Any]] | None = None,
+    *,
+    recheck_only: bool = False,
 ) -> WindowReport:
     """Diff one window; unless dry-run: repair, re-verify, audit, and advance the watermark from
     ``expected`` when the window starts there."""
     if env.on_window is not None:
         env.on_window(pair.name, w)
     started = checked_now(env.now_getter)
-    raw = diff_table(env.source, env.target, pair, w, req.diff)
+    raw = DiffResult(()) if recheck_only else diff_table(env.source, env.target, pair, w, req.diff)
     # Candidates are confirmed before anything is reported, repaired or counted (inflight.py).
     conf = _confirm(env, pair, [*(d.key for d in raw.differences), *pending])
     bound = timedelta(seconds=env.settings.reconcile.deferred_bound_s)
@@ -363,9 +372,15 @@ def reconcile_window(
     }
     counts["deferred"] = raw.stats.deferred + len(conf.deferred)
     deferred = tuple(sorted(conf.deferred.items(), key=lambda x: repr(x[0])))
-    checks: list[dict[str, Any]] = [_check("count_checksum", raw)]
-    configured = table_checks(env.settings, pair.name)
-    orphans, integrity_checks = _integrity(env, pair, w, drift or [], configured)
+    checks: list[dict[str, Any]] = [
+        {"check": "recheck_deferred", "keys": len(pending)}
+        if recheck_only
+        else _check("count_checksum", raw)
+    ]
+    configured = [] if recheck_only else table_checks(env.settings, pair.name)
+    orphans, integrity_checks = (
+        ([], []) if recheck_only else _integrity(env, pair, w, drift or [], configured)
+    )
     counts["orphan"] = len(orphans)
     if req.dry_run:
         status = "clean" if before.clean else "differences"
