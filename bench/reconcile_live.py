@@ -55,7 +55,7 @@ def _planted_keys(rows: int) -> list[int]:
 
 
 class Writer:
-    """Updates ``rate`` rows/s (10 rows per transaction), random keys not ≡ 0 (mod 7)."""
+    """Updates ``rate`` rows/s (25 rows per transaction), random keys not ≡ 1 (mod 7)."""
 
     def __init__(self, engine: sa.Engine, table: str, rows: int, rate: int) -> None:
         self.engine, self.table, self.rows, self.rate = engine, table, rows, rate
@@ -66,7 +66,7 @@ class Writer:
 
     def _run(self) -> None:
         rnd = random.Random(1)
-        per_tx = 10
+        per_tx = 25
         interval = per_tx / self.rate
         self.started = time.monotonic()
         nxt = self.started
