@@ -145,7 +145,10 @@ def reconcile(
     )
     try:
         while True:
-            env = replace(env, applied=_applied(settings, target))
+            now_applied = _applied(settings, target)
+            env = replace(env, applied=now_applied)
+            if not tables:  # zero configuration: tables the group started applying join in
+                names = tuple(sorted({*names, *now_applied.tables()}))
             reports = [_reconcile_or_say(env, req, t) for t in names]
             if metrics is not None:
                 for r in reports:
