@@ -1,4 +1,5 @@
-"""Reconcile closed windows of one table, oldest first: diff, repair, re-verify, audit, advance.
+"""Reconcile closed windows of one table, oldest first: diff, confirm (candidates in flight are
+deferred, reconcile/inflight.py), repair, re-verify, integrity and drift checks, audit, advance.
 
 Statuses of a window:
 
