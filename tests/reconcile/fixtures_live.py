@@ -39,6 +39,11 @@ class Live:
     writer_stop: threading.Event = field(default_factory=threading.Event)
     writer: threading.Thread | None = None
     writes: int = 0
+    created: float = field(default_factory=time.monotonic)  # when the rows were written
+
+    def windows_closed(self, window_s: float = 5) -> None:
+        """Wait until the grid window holding the initial rows can be closed by the traffic."""
+        time.sleep(max(0.0, self.created + 2 * window_s + 1 - time.monotonic()))
 
     def start_consumer(self) -> None:
         self.stop_consumer = threading.Event()
