@@ -57,8 +57,12 @@ def _planted_keys(rows: int) -> list[int]:
 class Writer:
     """Updates ``rate`` rows/s (25 rows per transaction), random keys not ≡ 1 (mod 7)."""
 
-    def __init__(self, engine: sa.Engine, table: str, rows: int, rate: int) -> None:
+    def __init__(
+        self, engine: sa.Engine, table: str, rows: int, rate: int, hold: float = 0.0
+    ) -> None:
         self.engine, self.table, self.rows, self.rate = engine, table, rows, rate
+        self.hold = hold  # keep each transaction open this long after its writes
+        self.next_new = rows + 1
         self.stop = threading.Event()
         self.changed = 0
         self.started = 0.0
@@ -79,6 +83,14 @@ class Writer:
             with self.engine.begin() as c:
                 c.execute(sa.text(f"UPDATE public.{self.table} SET a = a + 1, b = md5(random()::text) "
                                   "WHERE id = ANY(:k)"), {"k": keys})
+                if self.hold:  # inserts of new keys and deletes of earlier new keys, held open
+                    c.execute(sa.text(f"INSERT INTO public.{self.table} (id, a, b, c) "
+                                      "VALUES (:k, 0, 'new', 1)"), {"k": self.next_new})
+                    if self.next_new % 2 == 0:
+                        c.execute(sa.text(f"DELETE FROM public.{self.table} WHERE id = :k"),
+                                  {"k": self.next_new - 1})
+                    self.next_new += 1
+                    time.sleep(self.hold)
             self.changed += per_tx
             nxt += interval
             delay = nxt - time.monotonic()
@@ -111,6 +123,9 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=20, help="traffic before the reconcile")
+    ap.add_argument("--hold", type=float, default=0.0,
+                    help="a second writer variant: hold each transaction open this long, with an "
+                    "insert of a new key and a delete of an earlier new key in it")
     args = ap.parse_args()
     ep = Endpoints.from_env()
     tag = uuid.uuid4().hex[:6]
@@ -140,7 +155,7 @@ def main() -> None:
     stop = threading.Event()
     consumer: threading.Thread | None = None
     writer: Writer | None = None
-    result: dict[str, Any] = {"rows": args.rows, "target_rate": args.rate,
+    result: dict[str, Any] = {"rows": args.rows, "target_rate": args.rate, "hold_s": args.hold,
                               "machine": "shared with other engineers' work (busy): indicative only"}
     try:
         log(f"filling {args.rows} rows on both sides")
@@ -184,7 +199,7 @@ def main() -> None:
         result["at_rest"] = {"seconds": round(took, 2), "false_positives": len(found - expected),
                              "missed": len(expected - found), **counts}
         log(f"at rest: {result['at_rest']}")
-        writer = Writer(source, table, args.rows, args.rate)
+        writer = Writer(source, table, args.rows, args.rate, args.hold)
         writer.thread.start()
         time.sleep(args.seconds)
         took, found, counts = _reconcile(settings, f"public.{table}")
