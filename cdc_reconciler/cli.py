@@ -136,6 +136,7 @@ def doctor(
 # those modules import them from this one.
 from cdc_reconciler.reconcile import cli as reconcile_cli  # noqa: E402
 from cdc_reconciler.reconcile import file_cli  # noqa: E402
+from cdc_reconciler.reconcile import review_cli  # noqa: E402
 from cdc_reconciler.stream import cli as stream_cli  # noqa: E402
 from cdc_reconciler.stream import lag_cli  # noqa: E402
 
@@ -143,6 +144,7 @@ stream_cli.register(app)
 lag_cli.register(app)
 reconcile_cli.register(app)
 file_cli.register(app)
+review_cli.register(app)
 
 
 def main() -> None:

@@ -80,11 +80,31 @@ class SqlCheck(_Check):
         return self
 
 
-Check = Annotated[SumCheck | SqlCheck, Field(discriminator="kind")]
-_CHECKS: TypeAdapter[list[SumCheck | SqlCheck]] = TypeAdapter(list[Check])
+class ForeignKeysCheck(_Check):
+    """Fail the window when orphan child rows are confirmed (reconcile/integrity.py); without
+    it they are reported as a warning."""
+
+    kind: Literal["foreign_keys"]
 
 
-def parse_checks(table: str, raw: Sequence[dict[str, Any]]) -> list[SumCheck | SqlCheck]:
+class SchemaDriftCheck(_Check):
+    """Fail the table's windows while source and target columns drift apart
+    (reconcile/integrity.py); without it drift is reported as a warning."""
+
+    kind: Literal["schema_drift"]
+
+
+AnyCheck = SumCheck | SqlCheck | ForeignKeysCheck | SchemaDriftCheck
+Check = Annotated[AnyCheck, Field(discriminator="kind")]
+_CHECKS: TypeAdapter[list[AnyCheck]] = TypeAdapter(list[Check])
+
+
+def fails_on(checks: Sequence[AnyCheck], kind: str) -> bool:
+    """Whether the table is configured to fail on the integrity check ``kind``."""
+    return any(c.kind == kind for c in checks)
+
+
+def parse_checks(table: str, raw: Sequence[dict[str, Any]]) -> list[AnyCheck]:
     """Validate a table's ``checks``; ConfigError names the table and the offending entry."""
     try:
         checks = _CHECKS.validate_python(list(raw))
@@ -106,11 +126,14 @@ def run_checks(
     target: sa.Engine,
     pair: TablePair,
     window: Window | None,
-    checks: Sequence[SumCheck | SqlCheck],
+    checks: Sequence[AnyCheck],
 ) -> list[dict[str, Any]]:
-    """Run every check for ``window`` and return one record per check, in order. Never raises
-    for a check's own failure (a database error becomes ``result: error``)."""
-    return [_run(source, target, pair, window, c) for c in checks]
+    """Run every sum and SQL check for ``window`` and return one record per check, in order
+    (foreign-key and drift checks are run by reconcile/integrity.py). Never raises for a check's
+    own failure (a database error becomes ``result: error``)."""
+    return [
+        _run(source, target, pair, window, c) for c in checks if isinstance(c, (SumCheck, SqlCheck))
+    ]
 
 
 def _run(

@@ -220,11 +220,23 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(code=1)  # nothing verified is a failure, never a silent success
 
     @app.command()
-    def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-        """Watermarks and gaps (windows behind their closure time, newest first), applied
-        offsets, recent reconcile runs and open discrepancies, from the service's tables in the
-        target database. Asks Kafka for log-end offsets (2 s timeout) only to tell idle
-        partitions from lagging ones, and says so when Kafka does not answer."""
+    def status(
+        config: ConfigOpt = None,
+        as_json: JsonOpt = False,
+        wide: Annotated[
+            bool,
+            typer.Option(
+                "--wide",
+                help="Full tables (watermarks, gaps, applied offsets per partition, recent "
+                "runs, open discrepancies) instead of one summary per table and group.",
+            ),
+        ] = False,
+    ) -> None:
+        """One summary per table (last verified, windows behind, open review items, drift
+        and orphans) and per consumer group (applied through, lag), from the service's tables
+        in the target database; --wide for the full tables. Asks Kafka for log-end offsets (2 s
+        timeout) only to tell idle partitions from lagging ones, and says so when Kafka does not
+        answer."""
         from cdc_reconciler.reconcile import command
 
         settings = settings_or_fail(config)
@@ -234,8 +246,10 @@ def register(app: typer.Typer) -> None:
             fail(exc)
         if as_json:
             typer.echo(json.dumps(data, indent=2, default=str))
-        else:
+        elif wide:
             _print_status(data)
+        else:
+            _print_summary(data)
 
 
 def _sample(
@@ -365,6 +379,108 @@ def _print_reports(reports: "list[TableReport]", dry_run: bool) -> None:
             _out.print(f"{r.table}: {r.unverified}", highlight=False, soft_wrap=True)
         else:
             _out.print(f"{r.table}: reconciled through {_t(r.reconciled_through)}", highlight=False)
+
+
+def _short(t: str | None) -> str:
+    """An ISO instant as ``YYYY-MM-DD HH:MM:SSZ`` (UTC), or ``never``."""
+    if t is None:
+        return "never"
+    return datetime.fromisoformat(t).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _ago(seconds: float) -> str:
+    s = int(max(seconds, 0))
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    if s < 172800:
+        return f"{s // 3600}h"
+    return f"{s // 86400}d"
+
+
+def _print_summary(data: dict[str, Any]) -> None:
+    """The default ``cdcr status``: a few short lines per table and group, readable at 80
+    columns (names longer than the terminal wrap; nothing else does)."""
+    now = datetime.fromisoformat(data["now"])
+    marks = {m["table"]: m for m in data["watermarks"]}
+    gaps = {g["table"]: g for g in data["gaps"]}
+    integ = {x["table"]: x for x in data.get("integrity", [])}
+    queue: dict[str, dict[str, int]] = {}
+    for q in data.get("review", {}).get("open", []):
+        queue.setdefault(q["table"], {})[q["kind"]] = q["open"]
+    names = sorted({*marks, *gaps, *integ, *queue})
+    p = _out.print
+    p("[bold]tables[/]" if names else "tables: none reconciled yet", highlight=False)
+    for name in names:
+        m = marks.get(name)
+        behind: Any = gaps[name]["windows_behind"] if name in gaps else 0
+        if behind is None:  # never reconciled and no first change known: the whole table
+            behind = "all"
+        kinds = queue.get(name, {})
+        open_txt = f"{sum(kinds.values())} open"
+        if kinds:
+            open_txt += " (" + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) + ")"
+        state = "" if m is None or m["state"] == "idle" else f" · {m['state']}"
+        p(name, highlight=False, markup=False, soft_wrap=True)
+        line = (
+            f"  verified through {_short(m['reconciled_through'] if m else None)} · "
+            f"{behind} behind · {open_txt}{state}"
+        )
+        if len(line) > 78 and kinds:  # the breakdown of the open items on a line of its own
+            line = line.replace(open_txt, f"{sum(kinds.values())} open")
+            p(line, highlight=False, markup=False)
+            line = "  open: " + open_txt.split("(", 1)[1].rstrip(")")
+        p(line, highlight=False, markup=False)
+        x = integ.get(name)
+        if x is not None:
+            parts = []
+            if x["schema_drift"]:
+                cols = ", ".join(f"{d['column']} ({d['problem']})" for d in x["schema_drift"][:3])
+                more = len(x["schema_drift"]) - 3
+                parts.append(f"drift: {cols}" + (f" +{more}" if more > 0 else ""))
+            if x["orphans"]:
+                parts.append(f"{x['orphans']} orphan rows")
+            p("  " + "; ".join(parts), highlight=False, markup=False)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for o in data["applied_offsets"]:
+        groups.setdefault(o["consumer_group"], []).append(o)
+    if groups:
+        p("[bold]consumer groups[/]", highlight=False)
+    for g, rows in sorted(groups.items()):
+        times = [datetime.fromisoformat(r["last_event_time"]) for r in rows if r["last_event_time"]]
+        oldest = min(times) if times else None
+        topics = len({r["topic"] for r in rows})
+        dlq = sum(int(r["dead_lettered"] or 0) for r in rows)
+        p(g, highlight=False, markup=False, soft_wrap=True)
+        lag = (
+            "nothing applied yet"
+            if oldest is None
+            else f"events through {_short(oldest.isoformat())} "
+            f"({_ago((now - oldest).total_seconds())} ago)"
+        )
+        p(
+            f"  {topics} topic{'s' if topics != 1 else ''}, {len(rows)} "
+            f"partition{'s' if len(rows) != 1 else ''} · {lag}",
+            highlight=False,
+            markup=False,
+        )
+        if dlq:
+            p(f"  {dlq} events dead-lettered (cdcr status --wide)", highlight=False, markup=False)
+    review = data.get("review", {})
+    if review.get("open_total"):
+        p(
+            f"review queue: {review['open_total']} open, oldest "
+            f"{_ago(review['oldest_age_s'] or 0)} old (cdcr review list)",
+            highlight=False,
+            markup=False,
+        )
+    if data["kafka"]["log_ends"] == "unavailable":
+        _err.print(
+            "note: Kafka did not answer for log-end offsets; windows behind may be understated",
+            highlight=False,
+        )
+    p("(cdcr status --wide for every partition, run and discrepancy)", style="dim")
 
 
 def _print_status(data: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from cdc_reconciler.reconcile import repair as rp
 from cdc_reconciler.reconcile import watermarks as wm
 from cdc_reconciler.reconcile.diff import DiffOptions
 from cdc_reconciler.reconcile.metrics import ReconcileMetrics
+from cdc_reconciler.reconcile.review import open_summary as review_summary
 from cdc_reconciler.reconcile.run import (
     Env,
     Request,
@@ -144,7 +145,10 @@ def reconcile(
     )
     try:
         while True:
-            env = replace(env, applied=_applied(settings, target))
+            now_applied = _applied(settings, target)
+            env = replace(env, applied=now_applied)
+            if not tables:  # zero configuration: tables the group started applying join in
+                names = tuple(sorted({*names, *now_applied.tables()}))
             reports = [_reconcile_or_say(env, req, t) for t in names]
             if metrics is not None:
                 for r in reports:
@@ -333,6 +337,18 @@ def status(
                 .all()
             )
             applied = applied_tables(c, settings, engine)
+            queue = review_summary(c, now)
+            latest_checks = (
+                c.execute(
+                    sa.text(
+                        "SELECT DISTINCT ON (table_name) table_name, started, status, checks "
+                        "FROM cdcr.reconcile_runs WHERE status <> 'running' "
+                        "ORDER BY table_name, started DESC"
+                    )
+                )
+                .mappings()
+                .all()
+            )
             open_counts = (
                 c.execute(
                     sa.text(
@@ -425,11 +441,41 @@ def status(
         "gaps": gaps,
         "applied_offsets": [{k: _plain(v) for k, v in o.items()} for o in offsets],
         "recent_runs": [{k: _plain(v) for k, v in r.items()} for r in recent],
+        "integrity": _integrity(latest_checks),
+        "review": {
+            "open": queue,
+            "open_total": sum(q["open"] for q in queue),
+            "oldest_age_s": max((q["oldest_age_s"] for q in queue), default=None),
+        },
         "open_discrepancies": {
             "counts": [dict(r) for r in open_counts],
             "latest": [{k: _plain(v) for k, v in r.items()} for r in open_rows],
         },
     }
+
+
+def _integrity(rows: Sequence[Any]) -> list[dict[str, Any]]:
+    """Per table, the schema drift and orphan count of its latest finished run (only tables
+    where either was found)."""
+    out = []
+    for r in rows:
+        drift: list[Any] = []
+        orphans = 0
+        for c in r["checks"] or []:
+            if c.get("check") == "schema_drift":
+                drift = c.get("drift") or []
+            elif c.get("check") == "foreign_keys":
+                orphans = int(c.get("orphan_count") or 0)
+        if drift or orphans:
+            out.append(
+                {
+                    "table": r["table_name"],
+                    "checked_at": _iso(r["started"]),
+                    "schema_drift": drift,
+                    "orphans": orphans,
+                }
+            )
+    return out
 
 
 def _iso(t: datetime | None) -> str | None:

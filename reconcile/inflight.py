@@ -29,10 +29,14 @@ discrepancy. Every candidate of a diff goes through :func:`confirm`:
    catch up in time is in flight too.
 
 Dropped candidates are counted ``deferred`` with a reason (``applied``: equal at read 1 or 2;
-``changing``: a side changed between the reads; ``not_caught_up``: the group did not pass the
-snapshot in time). Keys that still differ are remembered in ``cdcr.deferred_keys`` and re-checked
-on the table's next pass; a key deferred for longer than ``reconcile.deferred_bound_s`` is
-confirmed as a real discrepancy (so a key that is wrong but written constantly is still caught).
+``applying``: between the reads the source row changed and the target row was rewritten;
+``changing``: only one side changed between the reads; ``not_caught_up``: the group did not pass
+the snapshot in time). Keys that still differ are remembered in ``cdcr.deferred_keys`` and
+re-checked on the table's next pass; a key deferred for ``reconcile.deferred_bound_s`` or longer
+is confirmed as a real discrepancy (so a key is still caught when the group never catches up, or
+when one side keeps changing and the other does not follow). ``applying`` restarts that clock:
+the stream is visibly rewriting the row as the source changes (Debezium carries whole rows), which
+is progress, not a stuck key; such a key is judged once it stops changing.
 
 Positions: ``pg_current_wal_lsn()`` is recorded with each confirmation (``source_wal_lsn`` in
 the run's counts) for the audit. It is not compared with ``_cdc_pos`` directly: a position is
@@ -210,6 +214,11 @@ def confirm(
         r1, r2 = first[k], second[k]
         if r2.same:
             out.deferred[k] = "applied"
+        elif r2.target != r1.target and r2.source != r1.source:
+            # The source changed and the target followed between the reads: the stream is
+            # applying this key.
+            out.deferred[k] = "applying"
+            out.still_different[k] = difference_of(pair, k, r2)
         elif r2 != r1:
             out.deferred[k] = "changing"
             out.still_different[k] = difference_of(pair, k, r2)
@@ -253,7 +262,7 @@ def apply_bound(
         ).all()
         for text, first in rows:
             k = texts[text]
-            if now - first > bound:
+            if result.deferred.get(k) != "applying" and now - first >= bound:
                 result.confirmed.append(result.still_different.pop(k))
                 result.deferred.pop(k, None)
                 result.promoted.append(k)
@@ -273,7 +282,8 @@ def apply_bound(
                 "first_deferred, last_deferred) VALUES (:t, :k, :kind, :r, :now, :now) "
                 "ON CONFLICT (table_name, key) DO UPDATE SET kind = EXCLUDED.kind, "
                 "reason = EXCLUDED.reason, last_deferred = EXCLUDED.last_deferred, "
-                "times = d.times + 1"
+                "times = d.times + 1, first_deferred = CASE WHEN EXCLUDED.reason = 'applying' "
+                "THEN EXCLUDED.first_deferred ELSE d.first_deferred END"
             ),
             [
                 {

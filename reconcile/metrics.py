@@ -10,7 +10,10 @@ referenced by deploy/prometheus/alerts.yml and the Grafana dashboard; keep them.
   (``reconciled_through``) as a Unix time: everything changed before it is verified;
 - ``cdcr_reconcile_discrepancies_found_total{table,kind}``: differences found by window diffs;
 - ``cdcr_reconcile_repaired_total{table}``: keys repaired (replayed from Kafka, re-read from the
-  source, or extra rows deleted with ``--delete-extra``).
+  source, or extra rows deleted with ``--delete-extra``);
+- ``cdcr_reconcile_deferred_total{table}``: candidates dropped as in flight (reconcile/inflight.py);
+- ``cdcr_reconcile_review_open{table,kind}`` and
+  ``cdcr_reconcile_review_oldest_age_seconds{table}``: the review queue (reconcile/review.py).
 """
 
 from __future__ import annotations
@@ -47,6 +50,24 @@ class ReconcileMetrics:
             ["table"],
             registry=r,
         )
+        self.review_open = Gauge(
+            "cdcr_reconcile_review_open",
+            "Review queue items still open, by table and kind",
+            ["table", "kind"],
+            registry=r,
+        )
+        self.review_oldest = Gauge(
+            "cdcr_reconcile_review_oldest_age_seconds",
+            "Age of the oldest open review queue item of the table (0 when none)",
+            ["table"],
+            registry=r,
+        )
+        self.deferred = Counter(
+            "cdcr_reconcile_deferred",
+            "Candidates dropped as in flight (never reported, repaired or counted as found)",
+            ["table"],
+            registry=r,
+        )
         self.found = Counter(
             "cdcr_reconcile_discrepancies_found",
             "Differences found by window diffs (missing, extra, mismatched)",
@@ -66,11 +87,14 @@ class ReconcileMetrics:
         for kind in Kind:
             self.found.labels(t, kind.value)  # every series exists from the first pass
         self.repaired.labels(t)
+        self.deferred.labels(t)
         for w in report.windows:
             for kind in Kind:
                 n = int(w.counts.get(kind.value, 0) or 0)
                 if n:
                     self.found.labels(t, kind.value).inc(n)
+            if w.counts.get("deferred"):
+                self.deferred.labels(t).inc(int(w.counts["deferred"]))
             if w.counts.get("repaired"):
                 self.repaired.labels(t).inc(int(w.counts["repaired"]))
         if report.windows_behind is not None:
@@ -89,9 +113,24 @@ class ReconcileMetrics:
                 ),
                 {"t": names},
             ).all()
+            by_kind = c.execute(
+                sa.text(
+                    "SELECT table_name, kind, count(*), "
+                    "extract(epoch FROM now() - min(created_at)) FROM cdcr.discrepancies "
+                    "WHERE review_state = 'open' AND table_name = ANY(:t) GROUP BY 1, 2"
+                ),
+                {"t": names},
+            ).all()
         found = {r[0]: int(r[1]) for r in rows}
+        kinds = {(r[0], r[1]): int(r[2]) for r in by_kind}
+        oldest: dict[str, float] = {}
+        for r in by_kind:
+            oldest[r[0]] = max(oldest.get(r[0], 0.0), float(r[3] or 0))
         for name in names:
             self.discrepancies_open.labels(name).set(found.get(name, 0))
+            for kind in (*(k.value for k in Kind), "orphan"):
+                self.review_open.labels(name, kind).set(kinds.get((name, kind), 0))
+            self.review_oldest.labels(name).set(oldest.get(name, 0.0))
 
 
 # Served by the same HTTP endpoint code as the apply engine's metrics.

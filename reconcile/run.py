@@ -1,4 +1,5 @@
-"""Reconcile closed windows of one table, oldest first: diff, repair, re-verify, audit, advance.
+"""Reconcile closed windows of one table, oldest first: diff, confirm (candidates in flight are
+deferred, reconcile/inflight.py), repair, re-verify, integrity and drift checks, audit, advance.
 
 Statuses of a window:
 
@@ -28,10 +29,10 @@ import orjson
 import sqlalchemy as sa
 
 from cdc_reconciler.config import Settings, TableMapping
-from cdc_reconciler.connectors.target import TargetTable, reflect_table
+from cdc_reconciler.connectors.target import TargetTable, key_text, reflect_table
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.reconcile import checks as chk
-from cdc_reconciler.reconcile import inflight
+from cdc_reconciler.reconcile import inflight, integrity
 from cdc_reconciler.reconcile import repair as rp
 from cdc_reconciler.reconcile import watermarks as wm
 from cdc_reconciler.reconcile.checksum import TablePair, describe_pair, quote_ident, split_name
@@ -122,6 +123,7 @@ class TableReport:
     windows_behind: int | None = None  # after this pass (windows.windows_behind)
     # Why nothing of the table could be verified (one line); None when it was verified.
     unverified: str | None = None
+    drift: list[dict[str, Any]] = field(default_factory=list)  # integrity.schema_drift
 
     def as_json(self) -> dict[str, Any]:
         def iso(t: datetime | None) -> str | None:
@@ -133,6 +135,7 @@ class TableReport:
             "reconciled_through": iso(self.reconciled_through),
             "windows_behind": self.windows_behind,
             "verified": self.unverified is None,
+            "schema_drift": self.drift,
             "unverified_reason": self.unverified,
             "windows": [w.as_json() for w in self.windows],
         }
@@ -142,11 +145,9 @@ def _mapping(settings: Settings, table: str) -> TableMapping:
     return settings.tables.get(table) or TableMapping()
 
 
-def table_checks(settings: Settings, table: str) -> list[chk.SumCheck | chk.SqlCheck]:
+def table_checks(settings: Settings, table: str) -> list[chk.AnyCheck]:
     """The table's configured checks, validated (ConfigError when invalid)."""
-    found: list[chk.SumCheck | chk.SqlCheck] = chk.parse_checks(
-        table, _mapping(settings, table).checks
-    )
+    found: list[chk.AnyCheck] = chk.parse_checks(table, _mapping(settings, table).checks)
     return found
 
 
@@ -241,9 +242,6 @@ def reconcile_table(env: Env, req: Request, table: str) -> TableReport:
     pair, ttable = describe(env, table)
     now = checked_now(env.now_getter)
     closed = closed_time(env, table, now)
-    if not req.dry_run:
-        with env.target.begin() as c:
-            wm.ensure(c, table)
     with env.target.connect() as c:
         mark = wm.read(c, table)
     report = TableReport(table, closed, mark.reconciled_through if mark else None)
@@ -251,6 +249,9 @@ def reconcile_table(env: Env, req: Request, table: str) -> TableReport:
         report.windows_behind = 0  # nothing is proven closed, so nothing is behind
         report.unverified = _why_not_closed(env, table)
         return report
+    if not req.dry_run and mark is None:
+        with env.target.begin() as c:
+            wm.ensure(c, table)
     size = timedelta(seconds=env.settings.reconcile.window_s)
     first = _first_change(env, pair) if pair.windowed else None
     explicit = req.start is not None
@@ -258,11 +259,21 @@ def reconcile_table(env: Env, req: Request, table: str) -> TableReport:
     pos = req.start if explicit else current
     with env.target.connect() as c:
         pending = tuple(inflight.pending(c, table))  # deferred by earlier passes: re-check
+    m = _mapping(env.settings, table)
+    report.drift = integrity.schema_drift(
+        env.source,
+        env.target,
+        table,
+        ttable.qualified,
+        include_columns=m.include_columns,
+        exclude_columns=m.exclude_columns,
+        key_columns=pair.key_columns,
+    )
     while True:
         w = _next_window(env, pair, pos, first, closed, size, req.end)
         if w is None:
             break
-        r = reconcile_window(env, req, pair, ttable, w, current, pending)
+        r = reconcile_window(env, req, pair, ttable, w, current, pending, report.drift)
         pending = ()
         report.windows.append(r)
         if req.dry_run:
@@ -280,6 +291,13 @@ def reconcile_table(env: Env, req: Request, table: str) -> TableReport:
             pos = w.end  # an explicit range is reported whole; the watermark stays behind
         else:
             break  # the watermark cannot pass an unresolved window: later windows wait
+    if pending and current is not None:
+        # No window ran this pass: re-check the deferred keys on their own (no diff, no checks),
+        # recorded as a run over the verified range; it never moves the watermark.
+        r = reconcile_window(
+            env, req, pair, ttable, Window(None, current), current, pending, recheck_only=True
+        )
+        report.windows.append(r)
     with env.target.connect() as c:
         mark = wm.read(c, table)
     report.reconciled_through = mark.reconciled_through if mark else None
@@ -328,13 +346,16 @@ def reconcile_window(
     w: Window,
     expected: datetime | None,
     pending: tuple[Key, ...] = (),
+    drift: list[dict[str, Any]] | None = None,
+    *,
+    recheck_only: bool = False,
 ) -> WindowReport:
     """Diff one window; unless dry-run: repair, re-verify, audit, and advance the watermark from
     ``expected`` when the window starts there."""
     if env.on_window is not None:
         env.on_window(pair.name, w)
     started = checked_now(env.now_getter)
-    raw = diff_table(env.source, env.target, pair, w, req.diff)
+    raw = DiffResult(()) if recheck_only else diff_table(env.source, env.target, pair, w, req.diff)
     # Candidates are confirmed before anything is reported, repaired or counted (inflight.py).
     conf = _confirm(env, pair, [*(d.key for d in raw.differences), *pending])
     bound = timedelta(seconds=env.settings.reconcile.deferred_bound_s)
@@ -352,11 +373,19 @@ def reconcile_window(
     }
     counts["deferred"] = raw.stats.deferred + len(conf.deferred)
     deferred = tuple(sorted(conf.deferred.items(), key=lambda x: repr(x[0])))
-    checks: list[dict[str, Any]] = [_check("count_checksum", raw)]
-    configured = table_checks(env.settings, pair.name)
+    checks: list[dict[str, Any]] = [
+        {"check": "recheck_deferred", "keys": len(pending)}
+        if recheck_only
+        else _check("count_checksum", raw)
+    ]
+    configured = [] if recheck_only else table_checks(env.settings, pair.name)
+    orphans, integrity_checks = (
+        ([], []) if recheck_only else _integrity(env, pair, w, drift or [], configured)
+    )
+    counts["orphan"] = len(orphans)
     if req.dry_run:
         status = "clean" if before.clean else "differences"
-        results = chk.run_checks(env.source, env.target, pair, w, configured)
+        results = chk.run_checks(env.source, env.target, pair, w, configured) + integrity_checks
         if not chk.passed(results):
             status = "check_failed"
         return WindowReport(
@@ -413,13 +442,14 @@ def reconcile_window(
             else:
                 status = "unresolved"
             counts["remaining"] = len(remaining)
-        results = chk.run_checks(env.source, env.target, pair, w, configured)
+        results = chk.run_checks(env.source, env.target, pair, w, configured) + integrity_checks
         checks += results
         if status in ADVANCING and not chk.passed(results):
             status = "check_failed"
         with env.target.begin() as c:
             if not before.clean:
                 rp.resolve_discrepancies(c, run_id, remaining)
+            _record_orphans(c, run_id, pair.name, orphans)
             if status in ADVANCING and w.start == expected:
                 try:
                     with c.begin_nested():
@@ -434,6 +464,89 @@ def reconcile_window(
         raise
     return WindowReport(
         pair.name, w, status, before.differences, counts, run_id, checks, deferred=deferred
+    )
+
+
+def _integrity(
+    env: Env,
+    pair: TablePair,
+    w: Window,
+    drift: list[dict[str, Any]],
+    configured: list[chk.AnyCheck],
+) -> tuple[list[integrity.Orphan], list[dict[str, Any]]]:
+    """The window's schema-drift and foreign-key check records (integrity.py), and the
+    confirmed orphans."""
+    s = env.settings
+
+    def result(found: bool, kind: str) -> str:
+        if not found:
+            return "pass"
+        return "fail" if chk.fails_on(configured, kind) else "warn"
+
+    def progress(tables: Any) -> list[PartitionProgress]:
+        with env.target.connect() as c:
+            return [
+                p
+                for t in tables
+                for topic in env.topics_of(t)
+                for p in partition_progress(c, s.kafka.group_id, topic)
+            ]
+
+    def parent_target(source_table: str) -> str:
+        return _mapping(s, source_table).target or source_table
+
+    orphans, deferred, notes = integrity.find_orphans(
+        env.source,
+        env.target,
+        pair,
+        w,
+        parent_target=parent_target,
+        progress=progress,
+        log_ends=env.log_ends,
+        wait_s=s.reconcile.confirm_wait_s,
+    )
+    return orphans, [
+        {"check": "schema_drift", "result": result(bool(drift), "schema_drift"), "drift": drift},
+        {
+            "check": "foreign_keys",
+            "result": result(bool(orphans), "foreign_keys"),
+            "orphans": [
+                {"fk": o.fk, "key": list(o.key), "values": list(o.values), "parent": o.parent}
+                for o in orphans[:100]
+            ],
+            "orphan_count": len(orphans),
+            "deferred": deferred,
+            "notes": notes,
+        },
+    ]
+
+
+def _record_orphans(
+    c: sa.Connection, run_id: uuid.UUID, table: str, orphans: list[integrity.Orphan]
+) -> None:
+    """Confirmed orphans enter the review queue (kind ``orphan``), once per open key."""
+    if not orphans:
+        return
+    c.execute(
+        sa.text(
+            "INSERT INTO cdcr.discrepancies (run_id, table_name, key, kind, columns, target_row, "
+            "action, review_state) SELECT :run, :t, :k, 'orphan', :cols, CAST(:row AS jsonb), "
+            "'reported', 'open' WHERE NOT EXISTS (SELECT 1 FROM cdcr.discrepancies WHERE "
+            "table_name = :t AND key = :k AND kind = 'orphan' AND review_state = 'open')"
+        ),
+        [
+            {
+                "run": run_id,
+                "t": table,
+                "k": key_text(o.key),
+                "cols": [o.fk],
+                "row": orjson.dumps(
+                    {"foreign_key": o.fk, "parent": o.parent, "values": list(o.values)},
+                    default=str,
+                ).decode(),
+            }
+            for o in orphans
+        ],
     )
 
 

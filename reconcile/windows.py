@@ -2,7 +2,8 @@
 
 Windows are half-open ``[start, end)`` intervals of change time on a fixed UTC grid of
 ``window_s`` seconds. A window is *closed* when every partition feeding its table (the rows of
-``cdcr.applied_offsets`` for the consumer group and the topic ``<topic_prefix>.<schema>.<table>``)
+``cdcr.applied_offsets`` for the consumer group and the topics it applies for the table, found by
+reconcile/topics.py)
 has applied events at or past ``end + grace``, or is idle at its log end (``next_offset`` equals
 Kafka's log-end offset), and the clock has passed ``end + grace``. A table with no applied
 offsets at all has nothing that proves closure, so none of its windows is closed.

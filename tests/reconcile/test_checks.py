@@ -81,7 +81,8 @@ def test_checks_pass_and_are_recorded_per_window(target_engine: sa.Engine, case:
     assert {w["status"] for w in windows} == {"clean"}
     first = windows[0]["checks"]
     assert [c["check"] for c in first] == ["count_checksum", "amount_total", "rows_per_window",
-                                           "no_negative"]
+                                           "no_negative", "schema_drift", "foreign_keys"]
+    assert [c["result"] for c in first[4:]] == ["pass", "pass"]  # reconcile/integrity.py
     # Window [-inf, 00:05): ids 1..100, amounts 0.25 * id.
     assert first[1] == {"check": "amount_total", "kind": "sum", "column": "amount",
                         "tolerance": "0", "source": "1262.50", "target": "1262.50",
@@ -90,7 +91,7 @@ def test_checks_pass_and_are_recorded_per_window(target_engine: sa.Engine, case:
     assert (first[3]["target"], first[3]["expected"], first[3]["result"]) == (0, 0, "pass")
     recorded = runs(target_engine, case.table)
     assert len(recorded) == len(windows)
-    assert all([c["result"] for c in r.checks[1:]] == ["pass"] * 3 for r in recorded)
+    assert all([c["result"] for c in r.checks[1:]] == ["pass"] * 5 for r in recorded)
 
 
 def test_failed_checks_hold_the_watermark(source_engine: sa.Engine, target_engine: sa.Engine,

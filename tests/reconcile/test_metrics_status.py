@@ -72,6 +72,10 @@ def test_metrics_after_one_pass(source_engine: sa.Engine, target_engine: sa.Engi
     assert got[("cdcr_reconcile_discrepancies_found_total", kind("extra"))] == 1
     assert got[("cdcr_reconcile_repaired_total", t)] == 3
     assert got[("cdcr_reconcile_discrepancies_open", t)] == 1  # the extra row, for review
+    assert got[("cdcr_reconcile_review_open", kind("extra"))] == 1
+    assert got[("cdcr_reconcile_review_open", kind("missing"))] == 0
+    assert got[("cdcr_reconcile_review_oldest_age_seconds", t)] >= 0
+    assert got[("cdcr_reconcile_deferred_total", t)] == 0  # nothing was in flight
     assert got[("cdcr_reconcile_windows_behind", t)] == 0
     assert got[("cdcr_reconcile_last_verified_timestamp_seconds", t)] == (
         T0 + timedelta(minutes=20)).timestamp()
@@ -169,5 +173,8 @@ def test_status_cli_json(target_engine: sa.Engine, case: Case) -> None:
     [gap] = [g for g in st["gaps"] if g["table"] == case.table]  # configured, never reconciled
     assert gap["reconciled_through"] is None and gap["windows_behind"] is None
     assert gap["windows"][0]["start"] is None
-    code, out = cli("status", "--config", str(case.config))
+    code, out = cli("status", "--wide", "--config", str(case.config))
     assert code == 0 and "gaps: windows behind" in out
+    code, out = cli("status", "--config", str(case.config))  # the compact summary
+    lines = out.splitlines()
+    assert lines[lines.index(case.table) + 1].startswith("  verified through never · ")

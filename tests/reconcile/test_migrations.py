@@ -13,7 +13,8 @@ from alembic.script import ScriptDirectory
 from cdc_reconciler import migrations
 from cdc_reconciler.config import Settings
 
-RECONCILE_TABLES = {"watermarks", "reconcile_runs", "discrepancies", "extra_rows_archive"}
+RECONCILE_TABLES = {"watermarks", "reconcile_runs", "discrepancies", "extra_rows_archive",
+                    "deferred_keys"}
 
 
 @pytest.fixture()
@@ -63,6 +64,10 @@ def test_upgrade_downgrade_upgrade(fresh_db_url: str, monkeypatch: pytest.Monkey
     migrations.upgrade(settings, "head")
     assert RECONCILE_TABLES <= _tables(fresh_db_url)
     assert _version(fresh_db_url) == head
+
+    migrations.downgrade(settings, "0002")  # 0003: deferred keys, review decisions, orphans
+    assert "deferred_keys" not in _tables(fresh_db_url)
+    assert _version(fresh_db_url) == "0002"
 
     migrations.downgrade(settings, "0001")
     assert not (RECONCILE_TABLES & _tables(fresh_db_url))

@@ -224,3 +224,33 @@ def test_two_reconcilers_never_skip_nor_go_back(source_engine: sa.Engine,
     assert final == max(values)
     assert [r for r in snapshot(target_engine, case.table) if r[0] != 9001] == snapshot(
         source_engine, case.table)
+
+
+def test_a_key_deferred_past_the_bound_becomes_a_discrepancy(source_engine: sa.Engine,
+                                                             target_engine: sa.Engine, case: Case,
+                                                             monkeypatch) -> None:
+    # The group stays behind the source read (not at its log end, event time in the past), so
+    # key 5's difference can never be confirmed by catch-up: it is deferred, re-checked on the
+    # next pass even though no new window closed, and once deferred longer than the bound (0 s
+    # here) it is reported and repaired as a real discrepancy.
+    monkeypatch.setenv("CDCR_RECONCILE__CONFIRM_WAIT_S", "0.3")
+    monkeypatch.setenv("CDCR_RECONCILE__DEFERRED_BOUND_S", "0")
+    applied(target_engine, case, T0 + timedelta(minutes=7), next_offset=10)
+    run(target_engine, f"DELETE FROM {case.table} WHERE id = 5")
+    settings = Settings.model_validate(yaml.safe_load(case.config.read_text()))
+    behind = lambda tps: {tp: 50 for tp in tps}  # noqa: E731
+    [first] = command.reconcile(settings, tables=[case.table], log_ends=behind,
+                                now_getter=lambda: T0 + timedelta(hours=5))
+    assert [w.differences for w in first.windows] == [()]
+    assert first.windows[0].deferred == (((5,), "not_caught_up"),)
+    [second] = command.reconcile(settings, tables=[case.table], log_ends=behind,
+                                 now_getter=lambda: T0 + timedelta(hours=5))
+    [recheck] = second.windows  # no new window: the deferred key alone
+    assert recheck.checks[0] == {"check": "recheck_deferred", "keys": 1}
+    assert [(d.kind.value, d.key) for d in recheck.differences] == [("missing", (5,))]
+    assert recheck.counts["promoted"] == 1 and recheck.status == "repaired"
+    assert second.reconciled_through == T0 + timedelta(minutes=5)  # not moved by a re-check
+    with target_engine.connect() as conn:
+        assert conn.execute(sa.text(f"SELECT count(*) FROM {case.table} WHERE id = 5")).scalar() == 1
+        assert conn.execute(sa.text("SELECT count(*) FROM cdcr.deferred_keys "
+                                    "WHERE table_name = :t"), {"t": case.table}).scalar() == 0

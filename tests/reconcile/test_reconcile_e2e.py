@@ -62,7 +62,16 @@ def applied(pipeline, services, source_engine, monkeypatch):
     source_traffic(source_engine, pipeline.table)
     expected_records(pipeline, services, TRAFFIC_RECORDS)
     run_until_idle(pipeline.settings)
-    return pipeline
+    yield pipeline
+    with sa.create_engine(services.target_url).begin() as conn:  # leave nothing behind
+        for stmt in ("DELETE FROM cdcr.discrepancies WHERE table_name = :t",
+                     "DELETE FROM cdcr.extra_rows_archive WHERE table_name = :t",
+                     "DELETE FROM cdcr.reconcile_runs WHERE table_name = :t",
+                     "DELETE FROM cdcr.deferred_keys WHERE table_name = :t",
+                     "DELETE FROM cdcr.watermarks WHERE table_name = :t"):
+            conn.execute(sa.text(stmt), {"t": pipeline.qualified})
+        conn.execute(sa.text("DELETE FROM cdcr.applied_offsets WHERE consumer_group = :g"),
+                     {"g": pipeline.settings.kafka.group_id})
 
 
 def test_damage_is_reported_exactly_then_repaired_by_replay_and_source(

@@ -32,6 +32,8 @@ def pattern_only(pipeline, services, source_engine, monkeypatch):
     yield pipeline
     with sa.create_engine(services.target_url).begin() as conn:
         for stmt in ("DELETE FROM cdcr.discrepancies WHERE table_name = :t",
+                     "DELETE FROM cdcr.extra_rows_archive WHERE table_name = :t",
+                     "DELETE FROM cdcr.deferred_keys WHERE table_name = :t",
                      "DELETE FROM cdcr.reconcile_runs WHERE table_name = :t",
                      "DELETE FROM cdcr.watermarks WHERE table_name = :t"):
             conn.execute(sa.text(stmt), {"t": pipeline.qualified})
