@@ -135,10 +135,7 @@ def doctor(
 # Commands defined in their own packages. Imported here, after the shared options above, because
 # those modules import them from this one.
 from cdc_reconciler.reconcile import cli as reconcile_cli  # noqa: E402
-from cdc_reconciler.reconcile import (
-    file_cli,  # noqa: E402
-    review_cli,  # noqa: E402
-)
+from cdc_reconciler.reconcile import file_cli, review_cli  # noqa: E402
 from cdc_reconciler.stream import cli as stream_cli  # noqa: E402
 from cdc_reconciler.stream import lag_cli  # noqa: E402
 
