@@ -376,3 +376,54 @@ def test_kill_9_at_random_points(case, target_engine, monkeypatch):
     assert "Traceback" not in log.read_text(errors="replace")
     log.unlink(missing_ok=True)
     converged(case, target_engine)
+
+
+# ---------------------------------------------------------------- failover
+def test_dead_members_partitions_move_within_seconds(case, target_engine):
+    """Two members share the group with the default session timeout; one is killed -9 and the
+    survivor applies its partition's new records within seconds (45 s before issue 16)."""
+    env = {**os.environ, **{f"CDCR_{k}": v for k, v in case.env.items()}}
+    env.pop("CDCR_KAFKA__SESSION_TIMEOUT_MS")
+    env.pop("CDCR_KAFKA__HEARTBEAT_INTERVAL_MS")
+    ports = [free_port(), free_port()]
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def partitions(port: int) -> int:
+        try:
+            return int(probe(port, "/readyz")[1]["partitions"])
+        except Exception:  # noqa: BLE001 - not serving yet
+            return -1
+
+    try:
+        for port in ports:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "cdc_reconciler", "run"],
+                env={**env, "CDCR_METRICS__PORT": str(port)},
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            time.sleep(1)
+        wait_for("one partition each", lambda: [partitions(p) for p in ports] == [1, 1],
+                 timeout=60)
+        case.send(case.traffic.changes(200))
+        wait_for("applied by both", lambda: caught_up(
+            target_engine, case.broker.bootstrap, case.group, case.topic))
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait(30)
+        killed = time.monotonic()
+        case.send(case.traffic.changes(200))
+        wait_for("the survivor took the partition over", lambda: caught_up(
+            target_engine, case.broker.bootstrap, case.group, case.topic), timeout=60,
+            every=0.2)
+        moved_s = time.monotonic() - killed
+        assert partitions(ports[1]) == 2
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(30)
+    print(f"partitions of the killed member applied by the survivor after {moved_s:.1f}s")
+    assert moved_s < 20, moved_s
+    converged(case, target_engine)
