@@ -31,6 +31,7 @@ from cdc_reconciler.stream import command
 from tests.helpers import settings_for, wait_for
 from tests.stream.faults import (
     OwnBroker,
+    OwnPostgres,
     OwnRedis,
     Proxy,
     Traffic,
@@ -427,3 +428,55 @@ def test_dead_members_partitions_move_within_seconds(case, target_engine):
     print(f"partitions of the killed member applied by the survivor after {moved_s:.1f}s")
     assert moved_s < 20, moved_s
     converged(case, target_engine)
+
+
+# ---------------------------------------------------------------- the target cluster restarted
+def test_target_cluster_crash_and_restart(case, monkeypatch):
+    """The whole target cluster of the test's own crashed (immediate stop, as a power cut) and
+    stopped cleanly, each while changes keep arriving; the consumer waits and converges."""
+    from cdc_reconciler import migrations
+    from cdc_reconciler.config import DatabaseSettings, Settings
+
+    pg = OwnPostgres()
+    pg.start()
+    admin = sa.create_engine(pg.url(), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text("create database target"))
+        admin.dispose()
+        migrations.upgrade(Settings.model_construct(target=DatabaseSettings(url=pg.url("target"))),
+                           "head")
+        target = sa.create_engine(pg.url("target"), pool_pre_ping=True)
+        with target.begin() as conn:
+            conn.execute(sa.text(
+                f'create table public."{case.table}" (id int primary key, name text, n int, '
+                "note text, _cdc_pos numeric(40,0) not null, _cdc_ts timestamptz not null)"))
+        settings = case.settings(monkeypatch, TARGET__URL=pg.url("target"),
+                                 TARGET__CONNECT_TIMEOUT_S="2", HEALTH__TARGET_DOWN_UNREADY_S="2")
+        run = Running(settings)
+        try:
+            case.send(case.traffic.changes(200))
+            wait_for("first changes applied", lambda: caught_up(
+                target, case.broker.bootstrap, case.group, case.topic))
+            for mode in ("immediate", "fast"):
+                pg.stop(mode)
+                case.send(case.traffic.changes(200))
+                wait_for(f"cdcr_target_up 0 ({mode})",
+                         lambda: metric(run.port, "cdcr_target_up") == 0, timeout=30)
+                time.sleep(3)
+                assert run.alive(), f"cdcr run ended during the outage: {run.error!r}"
+                pg.start()
+                wait_for(f"applied after the {mode} restart", lambda: caught_up(
+                    target, case.broker.bootstrap, case.group, case.topic), timeout=90)
+                assert metric(run.port, "cdcr_target_up") == 1
+        finally:
+            run.close()
+        assert run.error is None
+        wait_for("the target caught up", lambda: caught_up(
+            target, case.broker.bootstrap, case.group, case.topic))
+        assert target_rows(target, case.table) == case.traffic.expected
+        check_accounting(target, case.broker.bootstrap, case.group, case.topic)
+        target.dispose()
+    finally:
+        admin.dispose()
+        pg.remove()
