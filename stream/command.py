@@ -213,7 +213,12 @@ def run(
     consumer = make_consumer(
         settings.kafka,
         # Served from the loop's consume(): broker down / fatal errors reach the runner.
-        extra={"error_cb": lambda err: runner_ref[0].kafka_error(err) if runner_ref else None},
+        extra={
+            "error_cb": lambda err: runner_ref[0].kafka_error(err) if runner_ref else None,
+            "on_commit": lambda err, parts: (
+                runner_ref[0].committed(err, parts) if runner_ref else None
+            ),
+        },
     )
     try:
         check_reachable(

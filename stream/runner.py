@@ -432,6 +432,10 @@ class Runner:
         return out
 
     def _commit(self, partitions: dict[tuple[str, int], PartitionCounts]) -> None:
+        """Commit the batch's offsets to Kafka (after the target committed them). Never blocks;
+        a failure is harmless: the target's applied offsets are the truth, and on assignment
+        the loop resumes from them when they are ahead (at worst a redelivery, which the
+        position guard makes harmless)."""
         offsets = [
             TopicPartition(t, p, c.next_offset)
             for (t, p), c in partitions.items()
@@ -440,7 +444,10 @@ class Runner:
         if not offsets:
             return
         try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+            # Asynchronous: a synchronous commit has no timeout and, with the broker gone
+            # mid-commit, held the loop (and a SIGTERM) for good. The result arrives in
+            # committed(), served by consume(); close() waits for commits still in flight.
+            self._consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:
             err = error_of(exc)
             if is_fatal(err):
@@ -450,8 +457,20 @@ class Runner:
             # Safe: the applied offsets are in the target, and on reassignment we resume from
             # them; at worst records are redelivered, which the position guard makes harmless.
             log.warning("offset commit failed (%s); the target's applied offsets stand", exc)
-        else:
+
+    def committed(self, err: KafkaError | None, _partitions: list[TopicPartition]) -> None:
+        """librdkafka's commit callback (``on_commit``), served from the loop's consume()."""
+        if err is None:
             self.kafka.mark_up()
+        elif is_fatal(err):
+            self._fatal = err
+        elif err.code() == KafkaError._NO_OFFSET:
+            return
+        else:
+            if err.code() in _DOWN_CODES:
+                self._suspect = True
+            # Safe: see _commit.
+            log.warning("offset commit failed (%s); the target's applied offsets stand", err.str())
 
 
 def _log_interval(c: PartitionCounts) -> None:

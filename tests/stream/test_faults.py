@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,7 +132,10 @@ class Running:
     def close(self) -> None:
         self.stop.set()
         self.thread.join(90)
-        assert not self.thread.is_alive(), "cdcr run did not stop"
+        if self.thread.is_alive():
+            frame = sys._current_frames().get(self.thread.ident or 0)
+            stack = "".join(traceback.format_stack(frame)) if frame else "?"
+            pytest.fail(f"cdcr run did not stop within 90 s after SIGTERM; it is in:\n{stack}")
 
 
 def converged(case: Case, target: sa.Engine) -> None:
@@ -151,6 +155,8 @@ def test_broker_stopped_and_killed_is_waited_out(case, broker, target_engine, mo
             target_engine, broker.bootstrap, case.group, case.topic))
         assert metric(run.port, "cdcr_kafka_up") == 1
         for how, down_s in (("SIGTERM", 2.0), ("SIGKILL", 16.0)):
+            # Mid-stream: batches are being applied and committed when the broker goes.
+            case.send(case.traffic.changes(2000))
             broker.stop(signal.SIGTERM if how == "SIGTERM" else signal.SIGKILL)
             wait_for(f"cdcr_kafka_up 0 after {how}",
                      lambda: metric(run.port, "cdcr_kafka_up") == 0, timeout=30)
