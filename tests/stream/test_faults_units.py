@@ -217,3 +217,67 @@ def test_alert_rules_cover_stalls_and_outages(tmp_path: Path) -> None:
     result = subprocess.run([promtool, "test", "rules", str(spec)], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.services
+def test_connection_watch_follows_the_target_and_drops_a_stuck_connection(services,
+                                                                          migrated_target):
+    import threading
+    import time
+
+    from cdc_reconciler.stream.metrics import Dependency
+
+    def engine_for(**db: object) -> tuple[sa.Engine, Dependency, command.ConnectionWatch]:
+        settings = DatabaseSettings(url=services.target_url, **db)  # type: ignore[arg-type]
+        engine = command.target_engine(Settings.model_construct(target=settings))
+        state = Dependency("target")
+        watch = command.ConnectionWatch(state)
+        watch.attach(engine)
+        return engine, state, watch
+
+    # A statement cancelled by the statement timeout is not an outage.
+    engine, state, _ = engine_for(statement_timeout_s=0.5)
+    try:
+        with engine.connect() as conn, pytest.raises(sa.exc.OperationalError):
+            conn.execute(sa.text("select pg_sleep(2)"))
+        assert state.up
+    finally:
+        engine.dispose()
+
+    # A refused connection is.
+    url = sa.engine.make_url(services.target_url).set(port=1)
+    state = Dependency("target")
+    refused = command.target_engine(Settings.model_construct(
+        target=DatabaseSettings(url=url.render_as_string(hide_password=False))))
+    watch = command.ConnectionWatch(state)
+    watch.attach(refused)
+    with pytest.raises(sa.exc.OperationalError):
+        refused.connect()
+    assert not state.up and "refused" in state.reason
+    refused.dispose()
+
+    # A statement blocked on its socket fails at once when the watchdog drops the connection,
+    # and the next connection marks the target up again.
+    engine, state, watch = engine_for(statement_timeout_s=0)
+    state.mark_down("test")
+    got: dict[str, BaseException] = {}
+
+    def blocked() -> None:
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text("select pg_sleep(8)"))
+        except BaseException as exc:  # noqa: BLE001 - inspected below
+            got["exc"] = exc
+
+    try:
+        t = threading.Thread(target=blocked)
+        t.start()
+        time.sleep(1)
+        assert state.up  # the new connection said so
+        started = time.monotonic()
+        assert watch.drop() >= 1
+        t.join(10)
+        assert not t.is_alive() and time.monotonic() - started < 3
+        assert isinstance(got["exc"], sa.exc.OperationalError)
+    finally:
+        engine.dispose()
