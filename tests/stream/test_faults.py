@@ -486,3 +486,54 @@ def test_target_cluster_crash_and_restart(case, monkeypatch):
     finally:
         admin.dispose()
         pg.remove()
+
+
+# ---------------------------------------------------------------- dead letters in an outage
+def test_dead_letters_wait_for_the_broker(broker, monkeypatch, unique_name):
+    """Producing a dead letter while the broker is down waits (Kafka reported down) and
+    delivers once it is back; a value too large for the producer goes trimmed."""
+    from cdc_reconciler.connectors.kafka import Record, make_producer
+    from cdc_reconciler.stream.dead_letters import DeadLetter, DeadLetterSink
+    from cdc_reconciler.stream.metrics import Dependency
+
+    settings = settings_for(monkeypatch, KAFKA__BOOTSTRAP_SERVERS=broker.bootstrap)
+    topic = unique_name("dlq")
+    broker.create_topic(topic)
+    kafka = Dependency("kafka")
+    sink = DeadLetterSink(make_producer(settings.kafka), topic, kafka=kafka)
+    big = b"v" * (3 * 1024 * 1024)
+    letter = DeadLetter(Record("src.public.t", 1, 77, b'{"id":9}', big), "decode:not_json", "x")
+    result: dict[str, Any] = {}
+
+    def publish() -> None:
+        try:
+            sink.publish([letter])
+            result["ok"] = True
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            result["error"] = exc
+
+    broker.stop()
+    try:
+        t = threading.Thread(target=publish, daemon=True)
+        t.start()
+        wait_for("Kafka reported down", lambda: not kafka.up, timeout=30)
+        time.sleep(3)
+        assert t.is_alive() and not result
+    finally:
+        broker.start()
+    t.join(90)
+    assert result == {"ok": True}
+    assert kafka.up
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": unique_name("read"),
+                  "auto.offset.reset": "earliest"})
+    c.subscribe([topic])
+    got = []
+    deadline = time.monotonic() + 30
+    while not got and time.monotonic() < deadline:
+        got = [m for m in c.consume(10, timeout=1) if m.error() is None]
+    c.close()
+    assert len(got) == 1
+    headers = {k: v.decode() for k, v in got[0].headers()}
+    assert headers["cdcr.value.trimmed"] == "record_too_large"
+    assert headers["cdcr.source.offset"] == "77" and headers["cdcr.source.partition"] == "1"
+    assert big.startswith(got[0].value()) and len(got[0].value()) < 1_000_000
