@@ -125,6 +125,10 @@ def test_health_says_which_check_fails_and_since_when() -> None:
     clock.t += 121
     ok, body = health.liveness()
     assert not ok and [p["check"] for p in body["problems"]] == ["loop"]
+    # ... unless it waits out an outage (a dead letter for a broker that is down).
+    kafka.mark_down("1/1 brokers are down")
+    ok, body = health.readiness()
+    assert [p["check"] for p in body["problems"]] == []
 
 
 def test_oversized_dead_letter_is_trimmed_with_full_coordinates() -> None:
