@@ -59,8 +59,10 @@ class DatabaseSettings(_Frozen):
     keepalives_count: int = Field(default=3, ge=1)
     tcp_user_timeout_ms: int = Field(default=30000, ge=0)
     # Server-side bound on each of the service's own statements (0: none). A batch's merge
-    # statement is the longest; raise it for very large batches.
-    statement_timeout_s: float = Field(default=300.0, ge=0)
+    # statement is the longest (about 1 s per 50k rows here); a statement past this is cancelled
+    # and its batch retried. Keep it below health.stall_s, so a slow server is cancelled cleanly
+    # before the watchdog drops the connection.
+    statement_timeout_s: float = Field(default=60.0, ge=0)
 
     def url_str(self) -> str:
         """The URL every engine is built from: ``postgresql://`` and ``postgres://`` get the
@@ -162,7 +164,7 @@ class HealthSettings(_Frozen):
 
     # A batch in flight (records waiting) with nothing committed for this long is a stall: the
     # watchdog drops the batch's database connection and the batch is retried.
-    stall_s: float = Field(default=60.0, gt=0)
+    stall_s: float = Field(default=90.0, gt=0)
     # The target unreachable this long makes /readyz, then /healthz, report it.
     target_down_unready_s: float = Field(default=15.0, ge=0)
     target_down_unhealthy_s: float = Field(default=600.0, ge=0)

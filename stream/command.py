@@ -116,9 +116,16 @@ class ConnectionWatch:
         self._closed(dbapi_conn)
 
     def _error(self, ctx: sa.engine.ExceptionContext) -> None:
-        if ctx.is_disconnect or isinstance(ctx.sqlalchemy_exception, sa.exc.OperationalError):
-            first = str(ctx.original_exception).strip().splitlines()
-            self.state.mark_down(first[0] if first else type(ctx.original_exception).__name__)
+        orig = ctx.original_exception
+        code = str(getattr(orig, "pgcode", None) or "")
+        # Connection failures (no SQLSTATE), class 08, and the server shutting down (57P*);
+        # not a cancelled statement (57014, the statement timeout) nor bad data.
+        unreachable = isinstance(ctx.sqlalchemy_exception, sa.exc.OperationalError) and (
+            not code or code.startswith(("08", "57P"))
+        )
+        if ctx.is_disconnect or unreachable:
+            first = str(orig).strip().splitlines()
+            self.state.mark_down(first[0] if first else type(orig).__name__)
 
     def drop(self) -> int:
         """Shut down the socket of every open connection. Returns how many."""
@@ -214,7 +221,12 @@ def run(
     consumer = make_consumer(
         settings.kafka,
         # Served from the loop's consume(): broker down / fatal errors reach the runner.
-        extra={"error_cb": lambda err: runner_ref[0].kafka_error(err) if runner_ref else None},
+        extra={
+            "error_cb": lambda err: runner_ref[0].kafka_error(err) if runner_ref else None,
+            "on_commit": lambda err, parts: (
+                runner_ref[0].committed(err, parts) if runner_ref else None
+            ),
+        },
     )
     try:
         check_reachable(
@@ -222,7 +234,10 @@ def run(
         )
     except CdcrError:
         consumer.close()
+        parts.ids.close()
         parts.target.dispose()
+        if parts.source is not None:
+            parts.source.dispose()
         raise
     runner = Runner(
         consumer=consumer,

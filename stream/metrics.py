@@ -252,7 +252,10 @@ class Health:
                 }
             )
         idle_loop = now - self._progress.last_loop
-        if inflight == 0 and idle_loop > max(self.LOOP_HANG_S, stall_s):
+        # The loop also waits inside calls that wait out an outage (dead letters for a broker
+        # that is down, applied offsets from a target that is down): reported as that outage.
+        hung = inflight == 0 and self._kafka.up and self._target.up
+        if hung and idle_loop > max(self.LOOP_HANG_S, stall_s):
             problems.append(
                 {
                     "check": "loop",

@@ -109,7 +109,7 @@ class Runner:
         clock: Callable[[], float] = time.monotonic,
         kafka: Dependency | None = None,
         target_state: Dependency | None = None,
-        stall_s: float = 60.0,
+        stall_s: float = 90.0,
         on_stall: Callable[[], int] = lambda: 0,
     ) -> None:
         self._consumer = consumer
@@ -149,12 +149,19 @@ class Runner:
         # changes the Kafka state (error callbacks arrive late and per connection, so they
         # would flap the state after the broker is back).
         self._suspect = False
+        self._warned_no_topics = False
 
     # ------------------------------------------------------------------ health
     def inflight_for(self) -> float:
-        """Seconds the batch being written has been in flight (0 without one)."""
+        """Seconds the batch being written has waited without progress (0 without one): since
+        it was handed to the writer, or since the target last came back, whichever is later (a
+        batch retried through an outage is not stalled the moment the target returns)."""
         since = self._inflight_since
-        return 0.0 if since is None else max(0.0, self._clock() - since)
+        if since is None:
+            return 0.0
+        if self.target_state.up:
+            since = max(since, self.target_state.since)
+        return max(0.0, self._clock() - since)
 
     def partitions(self) -> int:
         return len(self.assigned)
@@ -326,8 +333,8 @@ class Runner:
         committed, and the target not known to be down (then it is an outage the engine is
         already retrying), drop the batch's connection so the engine retries it."""
         now = self._clock()
-        since = self._inflight_since
-        if since is None or now - since < self._stall_s or now - self._last_stall < self._stall_s:
+        waited = self.inflight_for()
+        if waited < self._stall_s or now - self._last_stall < self._stall_s:
             return
         if not self.target_state.up:
             return
@@ -339,7 +346,7 @@ class Runner:
         log.error(
             "stalled: records waiting and no batch committed for %.0fs; dropped %d stuck "
             "database connection(s), the batch is retried",
-            now - since,
+            waited,
             dropped,
         )
 
@@ -374,6 +381,13 @@ class Runner:
         topics = self.matching_topics()
         if topics is None:  # the broker is down: keep the subscription we have
             return
+        if not topics and not self._warned_no_topics:
+            # Not fatal: a connector registered after `cdcr run` starts creates its topics later.
+            log.warning(
+                "no topic matches %r yet; waiting for one (is the connector registered?)",
+                self._pattern.pattern,
+            )
+            self._warned_no_topics = True
         if topics != self._topics:
             if topics:
                 self._consumer.subscribe(
@@ -418,6 +432,10 @@ class Runner:
         return out
 
     def _commit(self, partitions: dict[tuple[str, int], PartitionCounts]) -> None:
+        """Commit the batch's offsets to Kafka (after the target committed them). Never blocks;
+        a failure is harmless: the target's applied offsets are the truth, and on assignment
+        the loop resumes from them when they are ahead (at worst a redelivery, which the
+        position guard makes harmless)."""
         offsets = [
             TopicPartition(t, p, c.next_offset)
             for (t, p), c in partitions.items()
@@ -426,7 +444,10 @@ class Runner:
         if not offsets:
             return
         try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+            # Asynchronous: a synchronous commit has no timeout and, with the broker gone
+            # mid-commit, held the loop (and a SIGTERM) for good. The result arrives in
+            # committed(), served by consume(); close() waits for commits still in flight.
+            self._consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:
             err = error_of(exc)
             if is_fatal(err):
@@ -436,8 +457,20 @@ class Runner:
             # Safe: the applied offsets are in the target, and on reassignment we resume from
             # them; at worst records are redelivered, which the position guard makes harmless.
             log.warning("offset commit failed (%s); the target's applied offsets stand", exc)
-        else:
+
+    def committed(self, err: KafkaError | None, _partitions: list[TopicPartition]) -> None:
+        """librdkafka's commit callback (``on_commit``), served from the loop's consume()."""
+        if err is None:
             self.kafka.mark_up()
+        elif is_fatal(err):
+            self._fatal = err
+        elif err.code() == KafkaError._NO_OFFSET:
+            return
+        else:
+            if err.code() in _DOWN_CODES:
+                self._suspect = True
+            # Safe: see _commit.
+            log.warning("offset commit failed (%s); the target's applied offsets stand", err.str())
 
 
 def _log_interval(c: PartitionCounts) -> None:

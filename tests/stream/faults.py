@@ -363,3 +363,56 @@ def target_rows(target: sa.Engine, table: str) -> dict[int, tuple[int, str, int 
             sa.text(f'select id, name, n from public."{table}" order by id'))}
 
 
+
+
+class OwnPostgres:
+    """A PostgreSQL cluster of the test's own (initdb in a new directory, trust auth on 127.0.0.1, a
+    free port), run as the ``postgres`` OS user when the tests run as root; started, crashed
+    (``pg_ctl stop -m immediate``) and restarted through its own data directory only."""
+
+    def __init__(self) -> None:
+        import glob
+        import pwd
+        import tempfile
+
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+        if not bins:
+            raise RuntimeError("PostgreSQL server binaries not found")
+        self.bin = Path(bins[-1])
+        # Under /tmp itself: pytest's own temporary directories are private to root.
+        workdir = Path(tempfile.mkdtemp(prefix="cdcr-faults-pg-"))
+        self.dir = workdir
+        self.data = workdir / "data"
+        self.port = _free_port()
+        self._as: list[str] = []
+        if os.geteuid() == 0:
+            self._as = ["runuser", "-u", "postgres", "--"]
+            pw = pwd.getpwnam("postgres")
+            os.chown(workdir, pw.pw_uid, pw.pw_gid)
+        subprocess.run([*self._as, str(self.bin / "initdb"), "-D", str(self.data), "-U",
+                        "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"],
+                       check=True, capture_output=True, timeout=120)
+        with (self.data / "postgresql.conf").open("a") as f:
+            f.write(f"listen_addresses = '127.0.0.1'\nport = {self.port}\n"
+                    f"unix_socket_directories = '{workdir}'\nshared_buffers = 32MB\n"
+                    "max_connections = 30\nfsync = off\n")
+
+    def url(self, db: str = "postgres") -> str:
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{db}"
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run([*self._as, str(self.bin / "pg_ctl"), "-D", str(self.data), *args],
+                       check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        self._ctl("-l", str(self.dir / "pg.log"), "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        with suppress(subprocess.CalledProcessError):
+            self._ctl("-m", mode, "-w", "stop")
+
+    def remove(self) -> None:
+        import shutil
+
+        self.stop("immediate")
+        shutil.rmtree(self.dir, ignore_errors=True)

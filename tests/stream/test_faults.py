@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from cdc_reconciler.stream import command
 from tests.helpers import settings_for, wait_for
 from tests.stream.faults import (
     OwnBroker,
+    OwnPostgres,
     OwnRedis,
     Proxy,
     Traffic,
@@ -130,7 +132,10 @@ class Running:
     def close(self) -> None:
         self.stop.set()
         self.thread.join(90)
-        assert not self.thread.is_alive(), "cdcr run did not stop"
+        if self.thread.is_alive():
+            frame = sys._current_frames().get(self.thread.ident or 0)
+            stack = "".join(traceback.format_stack(frame)) if frame else "?"
+            pytest.fail(f"cdcr run did not stop within 90 s after SIGTERM; it is in:\n{stack}")
 
 
 def converged(case: Case, target: sa.Engine) -> None:
@@ -150,6 +155,8 @@ def test_broker_stopped_and_killed_is_waited_out(case, broker, target_engine, mo
             target_engine, broker.bootstrap, case.group, case.topic))
         assert metric(run.port, "cdcr_kafka_up") == 1
         for how, down_s in (("SIGTERM", 2.0), ("SIGKILL", 16.0)):
+            # Mid-stream: batches are being applied and committed when the broker goes.
+            case.send(case.traffic.changes(2000))
             broker.stop(signal.SIGTERM if how == "SIGTERM" else signal.SIGKILL)
             wait_for(f"cdcr_kafka_up 0 after {how}",
                      lambda: metric(run.port, "cdcr_kafka_up") == 0, timeout=30)
@@ -376,3 +383,157 @@ def test_kill_9_at_random_points(case, target_engine, monkeypatch):
     assert "Traceback" not in log.read_text(errors="replace")
     log.unlink(missing_ok=True)
     converged(case, target_engine)
+
+
+# ---------------------------------------------------------------- failover
+def test_dead_members_partitions_move_within_seconds(case, target_engine):
+    """Two members share the group with the default session timeout; one is killed -9 and the
+    survivor applies its partition's new records within seconds (45 s before issue 16)."""
+    env = {**os.environ, **{f"CDCR_{k}": v for k, v in case.env.items()}}
+    env.pop("CDCR_KAFKA__SESSION_TIMEOUT_MS")
+    env.pop("CDCR_KAFKA__HEARTBEAT_INTERVAL_MS")
+    ports = [free_port(), free_port()]
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def partitions(port: int) -> int:
+        try:
+            return int(probe(port, "/readyz")[1]["partitions"])
+        except Exception:  # noqa: BLE001 - not serving yet
+            return -1
+
+    try:
+        for port in ports:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "cdc_reconciler", "run"],
+                env={**env, "CDCR_METRICS__PORT": str(port)},
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            time.sleep(1)
+        wait_for("one partition each", lambda: [partitions(p) for p in ports] == [1, 1],
+                 timeout=60)
+        case.send(case.traffic.changes(200))
+        wait_for("applied by both", lambda: caught_up(
+            target_engine, case.broker.bootstrap, case.group, case.topic))
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait(30)
+        killed = time.monotonic()
+        case.send(case.traffic.changes(200))
+        wait_for("the survivor took the partition over", lambda: caught_up(
+            target_engine, case.broker.bootstrap, case.group, case.topic), timeout=60,
+            every=0.2)
+        moved_s = time.monotonic() - killed
+        assert partitions(ports[1]) == 2
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(30)
+    print(f"partitions of the killed member applied by the survivor after {moved_s:.1f}s")
+    assert moved_s < 20, moved_s
+    converged(case, target_engine)
+
+
+# ---------------------------------------------------------------- the target cluster restarted
+def test_target_cluster_crash_and_restart(case, monkeypatch):
+    """The whole target cluster of the test's own crashed (immediate stop, as a power cut) and
+    stopped cleanly, each while changes keep arriving; the consumer waits and converges."""
+    from cdc_reconciler import migrations
+    from cdc_reconciler.config import DatabaseSettings, Settings
+
+    pg = OwnPostgres()
+    pg.start()
+    admin = sa.create_engine(pg.url(), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text("create database target"))
+        admin.dispose()
+        migrations.upgrade(Settings.model_construct(target=DatabaseSettings(url=pg.url("target"))),
+                           "head")
+        target = sa.create_engine(pg.url("target"), pool_pre_ping=True)
+        with target.begin() as conn:
+            conn.execute(sa.text(
+                f'create table public."{case.table}" (id int primary key, name text, n int, '
+                "note text, _cdc_pos numeric(40,0) not null, _cdc_ts timestamptz not null)"))
+        settings = case.settings(monkeypatch, TARGET__URL=pg.url("target"),
+                                 TARGET__CONNECT_TIMEOUT_S="2", HEALTH__TARGET_DOWN_UNREADY_S="2")
+        run = Running(settings)
+        try:
+            case.send(case.traffic.changes(200))
+            wait_for("first changes applied", lambda: caught_up(
+                target, case.broker.bootstrap, case.group, case.topic))
+            for mode in ("immediate", "fast"):
+                pg.stop(mode)
+                case.send(case.traffic.changes(200))
+                wait_for(f"cdcr_target_up 0 ({mode})",
+                         lambda: metric(run.port, "cdcr_target_up") == 0, timeout=30)
+                time.sleep(3)
+                assert run.alive(), f"cdcr run ended during the outage: {run.error!r}"
+                pg.start()
+                wait_for(f"applied after the {mode} restart", lambda: caught_up(
+                    target, case.broker.bootstrap, case.group, case.topic), timeout=90)
+                assert metric(run.port, "cdcr_target_up") == 1
+        finally:
+            run.close()
+        assert run.error is None
+        wait_for("the target caught up", lambda: caught_up(
+            target, case.broker.bootstrap, case.group, case.topic))
+        assert target_rows(target, case.table) == case.traffic.expected
+        check_accounting(target, case.broker.bootstrap, case.group, case.topic)
+        target.dispose()
+    finally:
+        admin.dispose()
+        pg.remove()
+
+
+# ---------------------------------------------------------------- dead letters in an outage
+def test_dead_letters_wait_for_the_broker(broker, monkeypatch, unique_name):
+    """Producing a dead letter while the broker is down waits (Kafka reported down) and
+    delivers once it is back; a value too large for the producer goes trimmed."""
+    from cdc_reconciler.connectors.kafka import Record, make_producer
+    from cdc_reconciler.stream.dead_letters import DeadLetter, DeadLetterSink
+    from cdc_reconciler.stream.metrics import Dependency
+
+    settings = settings_for(monkeypatch, KAFKA__BOOTSTRAP_SERVERS=broker.bootstrap)
+    topic = unique_name("dlq")
+    broker.create_topic(topic)
+    kafka = Dependency("kafka")
+    sink = DeadLetterSink(make_producer(settings.kafka), topic, kafka=kafka)
+    big = b"v" * (3 * 1024 * 1024)
+    letter = DeadLetter(Record("src.public.t", 1, 77, b'{"id":9}', big), "decode:not_json", "x")
+    result: dict[str, Any] = {}
+
+    def publish() -> None:
+        try:
+            sink.publish([letter])
+            result["ok"] = True
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            result["error"] = exc
+
+    broker.stop()
+    try:
+        t = threading.Thread(target=publish, daemon=True)
+        t.start()
+        wait_for("Kafka reported down", lambda: not kafka.up, timeout=30)
+        time.sleep(3)
+        assert t.is_alive() and not result
+    finally:
+        broker.start()
+    t.join(90)
+    assert result == {"ok": True}
+    assert kafka.up
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": unique_name("read"),
+                  "auto.offset.reset": "earliest"})
+    c.subscribe([topic])
+    got = []
+    deadline = time.monotonic() + 30
+    while not got and time.monotonic() < deadline:
+        got = [m for m in c.consume(10, timeout=1) if m.error() is None]
+    c.close()
+    assert len(got) == 1
+    headers = {k: v.decode() for k, v in got[0].headers()}
+    assert headers["cdcr.value.trimmed"] == "record_too_large"
+    assert headers["cdcr.source.offset"] == "77" and headers["cdcr.source.partition"] == "1"
+    assert big.startswith(got[0].value()) and len(got[0].value()) < 1_000_000
