@@ -321,9 +321,20 @@ class ApplyEngine:
     def prepare(self, records: Sequence[Record]) -> Prepared:
         """Decode, drop known duplicates, collapse per key, publish dead letters. Touches the
         target only to resolve tables, so it may run while the previous batch is being applied
-        (its duplicates then meet the position guard instead of Redis)."""
+        (its duplicates then meet the position guard instead of Redis). A target outage while
+        resolving tables is retried with backoff until the stop signal (then Interrupted)."""
         started = time.perf_counter()
-        plan = self._plan(records)
+        delay = RETRY_INITIAL_S
+        while True:
+            try:
+                plan = self._plan(records)
+                break
+            except DBAPIError as exc:
+                # Resolving a table reads the target's catalog: a target outage here is waited
+                # out like one during the write, never a crash of the consumer. Planning only
+                # reads, so it is redone whole.
+                self._retry_wait(exc, delay)
+                delay = min(delay * 2, RETRY_MAX_S)
         if not self.dry_run:
             self._dead.publish(plan.dead)
         return Prepared(plan, started)

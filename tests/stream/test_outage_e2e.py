@@ -123,3 +123,44 @@ def test_target_outage_is_retried_and_nothing_is_lost(pipeline, services, source
                             {"t": pipeline.topic}).scalar()
     assert dead == 0
     assert result["s"].totals.dead_lettered == 0
+
+
+def test_target_outage_while_resolving_a_new_table_is_waited_out(pipeline, services, monkeypatch,
+                                                                 caplog):
+    """The first events of a table make the engine read the target's catalog (prepare, before any
+    write): an outage there is retried with backoff like one during the write, never raised."""
+    from cdc_reconciler.connectors.kafka import Record
+    from tests.helpers import read_topic
+
+    url = sa.engine.make_url(services.target_url)
+    proxy = Proxy((url.host or "127.0.0.1", url.port or 5432))
+    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    settings = settings_for(monkeypatch, TARGET__URL=proxied)
+    expected_records(pipeline, services, 20)
+    records = [Record.from_message(m) for m in read_topic(services.kafka_bootstrap, pipeline.topic)]
+    stop = threading.Event()
+    parts = command.build_engine(settings, create_missing=False, group=f"g_{pipeline.table}",
+                                 stop=stop, use_redis=False)
+    result: dict = {}
+    try:
+        proxy.cut()
+        parts.target.dispose()  # no pooled connection survives the cut
+        worker = threading.Thread(target=lambda: result.update(p=parts.engine.prepare(records)))
+        worker.start()
+        wait_for("the engine to retry the catalog read", lambda: any(
+            "target database unavailable" in r.getMessage() for r in caplog.records), timeout=30)
+        assert worker.is_alive() and "p" not in result
+        proxy.restore()
+        worker.join(60)
+        assert not worker.is_alive()
+        plan = result["p"].plan
+        # Every record was planned as a write of the pipeline's table; nothing was dead-lettered.
+        assert not plan.dead
+        assert sum(len(pending) for _, pending in plan.writes.values()) == 20
+        assert parts.engine.db_retries >= 1
+    finally:
+        stop.set()
+        proxy.close()
+        parts.target.dispose()
+        if parts.source is not None:
+            parts.source.dispose()
