@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from cdc_reconciler.connectors.target import write_batch as real_write
 from cdc_reconciler.stream import engine as engine_module
 from tests.conftest import Connector, Services
 from tests.helpers import count_records, read_topic, rows, settings_for, wait_for
@@ -123,7 +124,6 @@ def test_rejected_values_are_dead_lettered_and_every_later_record_applied(
     )
 
     calls = {"n": 0}
-    real_write = engine_module.write_batch
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         calls["n"] += 1
