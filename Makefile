@@ -23,9 +23,10 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-## mypy strict on the package, tests/, bench/ and scripts/*.py.
+## mypy strict on the package, tests/, bench/ and scripts/*.py, with the package laid out as
+## installed (scripts/typecheck says why).
 typecheck: venv
-	$(VENV)/bin/mypy cdc_reconciler stream connectors reconcile tests bench scripts/*.py
+	VENV=$(VENV) scripts/typecheck
 
 ## Starts the real services if they are not up (idempotent), then runs every test against them.
 test: deps venv
