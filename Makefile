@@ -18,12 +18,15 @@ venv: $(VENV)/.installed
 deps:
 	scripts/install-deps
 
+## All code: the package, tests/, bench/, scripts/*.py and alembic/ (migrations included).
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check cdc_reconciler stream connectors reconcile
+	$(VENV)/bin/ruff format --check .
 
+## mypy strict on the package, tests/, bench/ and scripts/*.py, with the package laid out as
+## installed (scripts/typecheck says why).
 typecheck: venv
-	$(VENV)/bin/mypy cdc_reconciler stream connectors reconcile
+	VENV=$(VENV) scripts/typecheck
 
 ## Starts the real services if they are not up (idempotent), then runs every test against them.
 test: deps venv

@@ -60,8 +60,13 @@ def compare_with_source(ep: Endpoints, db: str) -> dict[str, Any]:
         missing = len(src.keys() - tgt.keys())
         extra = len(tgt.keys() - src.keys())
         changed = sum(1 for k in src.keys() & tgt.keys() if src[k] != tgt[k])
-        out["tables"][t] = {"source_rows": len(src), "target_rows": len(tgt),
-                            "missing": missing, "extra": extra, "mismatched": changed}
+        out["tables"][t] = {
+            "source_rows": len(src),
+            "target_rows": len(tgt),
+            "missing": missing,
+            "extra": extra,
+            "mismatched": changed,
+        }
         out["rows_differing"] += missing + extra + changed
     out["correct"] = out["rows_differing"] == 0
     return out
@@ -71,8 +76,11 @@ def applied_progress(ep: Endpoints, db: str, group: str) -> tuple[int, float | N
     """Records accounted for by ``group`` in the target, and the newest commit's epoch time."""
     conn = ep.connect_pg(db)
     with conn.cursor() as cur:
-        cur.execute("select coalesce(sum(consumed), 0), extract(epoch from max(updated_at)) "
-                    "from cdcr.applied_offsets where consumer_group = %s", (group,))
+        cur.execute(
+            "select coalesce(sum(consumed), 0), extract(epoch from max(updated_at)) "
+            "from cdcr.applied_offsets where consumer_group = %s",
+            (group,),
+        )
         n, last = cur.fetchone()
     conn.close()
     return int(n), (float(last) if last is not None else None)
@@ -92,22 +100,25 @@ def final_rows(ep: Endpoints) -> int:
 # ----------------------------------------------------------------------------------- cdcr
 def cdcr_env(ep: Endpoints, stream: Stream, db: str, group: str, redis_db: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDCR_")}
-    env.update({
-        "CDCR_KAFKA__BOOTSTRAP_SERVERS": ep.kafka,
-        "CDCR_KAFKA__GROUP_ID": group,
-        "CDCR_KAFKA__TOPIC_PATTERN": rf"^{re.escape(stream.prefix)}\.public\.bench_[a-z]+$",
-        "CDCR_KAFKA__TOPIC_PREFIX": stream.prefix,
-        "CDCR_SOURCE__URL": ep.sa_url("source"),
-        "CDCR_TARGET__URL": ep.sa_url(db),
-        "CDCR_REDIS__URL": ep.redis_url(redis_db),
-        "CDCR_METRICS__PORT": str(metrics_port()),
-    })
+    env.update(
+        {
+            "CDCR_KAFKA__BOOTSTRAP_SERVERS": ep.kafka,
+            "CDCR_KAFKA__GROUP_ID": group,
+            "CDCR_KAFKA__TOPIC_PATTERN": rf"^{re.escape(stream.prefix)}\.public\.bench_[a-z]+$",
+            "CDCR_KAFKA__TOPIC_PREFIX": stream.prefix,
+            "CDCR_SOURCE__URL": ep.sa_url("source"),
+            "CDCR_TARGET__URL": ep.sa_url(db),
+            "CDCR_REDIS__URL": ep.redis_url(redis_db),
+            "CDCR_METRICS__PORT": str(metrics_port()),
+        }
+    )
     return env
 
 
 def metrics_port() -> int:
     """A free port whose successor is free too (the Faust app binds CDCR_METRICS__PORT + 1)."""
     import socket
+
     for _ in range(50):
         p = free_port()
         with socket.socket() as s:
@@ -120,8 +131,9 @@ def prepare_cdcr_target(ep: Endpoints, db: str, env: dict[str, str], redis_db: i
     recreate_database(ep, db)
     redis.Redis.from_url(ep.redis_url(redis_db)).flushdb()
     for args in (["migrate"], ["tables", "sync", *[f"public.{t}" for t in TABLES]]):
-        r = subprocess.run([cdcr_bin(), *args], env=env, capture_output=True, text=True,
-                           timeout=300)
+        r = subprocess.run(
+            [cdcr_bin(), *args], env=env, capture_output=True, text=True, timeout=300
+        )
         if r.returncode != 0:
             raise RuntimeError(f"cdcr {' '.join(args)} failed: {r.stderr[-2000:]}")
 
@@ -137,19 +149,26 @@ def last_json(text: str) -> dict[str, Any]:
     return {}
 
 
-def result_from(name: str, m: Any, doc: dict[str, Any], stream: Stream, logs: Path
-                ) -> dict[str, Any]:
+def result_from(
+    name: str, m: Any, doc: dict[str, Any], stream: Stream, logs: Path
+) -> dict[str, Any]:
     consumed = int(doc.get("consumed") or 0)
     first, last = doc.get("first_record_at"), doc.get("last_commit_at")
     span = (last - first) if first and last else None
     res: dict[str, Any] = {
-        "contender": name, "returncode": m.returncode, "output": doc,
-        "consumed": consumed, "records": stream.records,
-        "wall_s": round(m.wall_s, 2), "cpu_s": round(m.cpu_s, 2),
-        "user_s": round(m.user_s, 2), "sys_s": round(m.sys_s, 2),
+        "contender": name,
+        "returncode": m.returncode,
+        "output": doc,
+        "consumed": consumed,
+        "records": stream.records,
+        "wall_s": round(m.wall_s, 2),
+        "cpu_s": round(m.cpu_s, 2),
+        "user_s": round(m.user_s, 2),
+        "sys_s": round(m.sys_s, 2),
         "peak_rss_mb": round(m.peak_rss_mb, 1),
         "rss_samples": [(round(t, 2), round(r, 1)) for t, r in m.rss_samples[::4]],
-        "log": str(logs), "loadavg_before": list(os.getloadavg()),
+        "log": str(logs),
+        "loadavg_before": list(os.getloadavg()),
     }
     if span:
         res["span_s"] = round(span, 2)
@@ -189,14 +208,20 @@ def redis_bytes_per_id(ep: Endpoints, db: int) -> dict[str, Any]:
     ids = sum(int(r.scard(k)) for k in keys)
     mem = sum(int(r.memory_usage(k, samples=0) or 0) for k in keys)
     enc = {r.object("encoding", k).decode() for k in keys} if keys else set()
-    return {"keys": len(keys), "ids": ids, "bytes": mem,
-            "bytes_per_id": round(mem / ids, 1) if ids else None, "encodings": sorted(enc)}
+    return {
+        "keys": len(keys),
+        "ids": ids,
+        "bytes": mem,
+        "bytes_per_id": round(mem / ids, 1) if ids else None,
+        "encodings": sorted(enc),
+    }
 
 
 # ---------------------------------------------------------------------------------- Faust
 def faust_available() -> bool:
     try:
         import importlib.util
+
         return importlib.util.find_spec("cdc_reconciler.stream.faust_app") is not None
     except ImportError:
         return False
@@ -208,8 +233,7 @@ def run_faust(ep: Endpoints, stream: Stream, tag: str, logs: Path) -> dict[str, 
     db, group = "bench_faust", f"bench-{tag}"
     env = cdcr_env(ep, stream, db, group, REDIS_DB["faust"])
     prepare_cdcr_target(ep, db, env, REDIS_DB["faust"])
-    cmd = [sys.executable, "-m", "cdc_reconciler.stream.faust_app", "--stop-when-idle",
-           str(IDLE_S)]
+    cmd = [sys.executable, "-m", "cdc_reconciler.stream.faust_app", "--stop-when-idle", str(IDLE_S)]
     log(f"faust: {' '.join(cmd)} (group {group}-faust, target {db})")
     state = {"n": -1, "since": time.perf_counter()}
 
@@ -222,14 +246,19 @@ def run_faust(ep: Endpoints, stream: Stream, tag: str, logs: Path) -> dict[str, 
             return False
         return n >= stream.records and time.perf_counter() - state["since"] > IDLE_S + 10
 
-    m = run_measured(cmd, env, timeout=3600, stderr_file=logs / "faust.log",
-                     watchdog=done_but_running)
+    m = run_measured(
+        cmd, env, timeout=3600, stderr_file=logs / "faust.log", watchdog=done_but_running
+    )
     doc = last_json(m.stdout)
     if not doc.get("last_commit_at"):
         n, last = applied_progress(ep, db, f"{group}-faust")
-        doc = {"consumed": n, "first_record_at": None, "last_commit_at": last,
-               "note": "no JSON summary (stopped by the bench's watchdog); consumed and last "
-                       "commit from cdcr.applied_offsets"}
+        doc = {
+            "consumed": n,
+            "first_record_at": None,
+            "last_commit_at": last,
+            "note": "no JSON summary (stopped by the bench's watchdog); consumed and last "
+            "commit from cdcr.applied_offsets",
+        }
     res = result_from("Faust integration", m, doc, stream, logs / "faust.log")
     if doc.get("note"):
         res["stop_note"] = doc["note"]
@@ -251,9 +280,22 @@ def ensure_jdbc_plugin() -> None:
         return
     log(f"fetching the Debezium JDBC sink {JDBC_VERSION} into {JDBC_PLUGIN_DIR} (Maven, cached)")
     JDBC_PLUGIN_DIR.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mvn", "-q", "-B", "-P", "!kafka,jdbc", "dependency:copy-dependencies",
-                    "-DincludeScope=runtime", f"-DoutputDirectory={JDBC_PLUGIN_DIR}"],
-                   cwd=ROOT / "scripts" / "java", check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            "mvn",
+            "-q",
+            "-B",
+            "-P",
+            "!kafka,jdbc",
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={JDBC_PLUGIN_DIR}",
+        ],
+        cwd=ROOT / "scripts" / "java",
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
 
 
 class BenchConnect:
@@ -289,11 +331,20 @@ offset.flush.interval.ms=1000
 scheduled.rebalance.max.delay.ms=0
 connector.client.config.override.policy=All
 """)
-        cmd = ["java", "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-               f"-Dlog4j2.configurationFile={ROOT / 'scripts/stack.d/log4j2.xml'}",
-               f"-Dcdcr.log.file={self.logs / 'connect-bench.log'}",
-               f"-Dkafka.logs.dir={self.logs}", "-cp", f"{STACK / 'jars' / 'kafka'}/*",
-               "org.apache.kafka.connect.cli.ConnectDistributed", str(conf)]
+        cmd = [
+            "java",
+            "-Xms256m",
+            "-Xmx1g",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={ROOT / 'scripts/stack.d/log4j2.xml'}",
+            f"-Dcdcr.log.file={self.logs / 'connect-bench.log'}",
+            f"-Dkafka.logs.dir={self.logs}",
+            "-cp",
+            f"{STACK / 'jars' / 'kafka'}/*",
+            "org.apache.kafka.connect.cli.ConnectDistributed",
+            str(conf),
+        ]
         out = open(self.logs / "connect-bench.out", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         log(f"bench Connect worker pid {self.proc.pid} on {self.url}")
@@ -301,9 +352,16 @@ connector.client.config.override.policy=All
         def ready() -> bool:
             if self.proc and self.proc.poll() is not None:
                 raise RuntimeError(f"bench Connect worker exited: see {self.logs}")
-            code, body = http("GET", f"{self.url}/connector-plugins", timeout=5) \
-                if _port_open(BENCH_CONNECT_PORT) else (0, None)
-            return code == 200 and any("JdbcSinkConnector" in p["class"] for p in body)
+            code, body = (
+                http("GET", f"{self.url}/connector-plugins", timeout=5)
+                if _port_open(BENCH_CONNECT_PORT)
+                else (0, None)
+            )
+            return (
+                code == 200
+                and body is not None
+                and any("JdbcSinkConnector" in p["class"] for p in body)
+            )
 
         wait_until("bench Connect worker with the JDBC sink plugin", ready, 180)
 
@@ -320,13 +378,15 @@ connector.client.config.override.policy=All
 
 def _port_open(port: int) -> bool:
     import socket
+
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def run_jdbc(ep: Endpoints, stream: Stream, tag: str, logs: Path, batch_size: int = 5000
-             ) -> dict[str, Any]:
+def run_jdbc(
+    ep: Endpoints, stream: Stream, tag: str, logs: Path, batch_size: int = 5000
+) -> dict[str, Any]:
     db = "bench_jdbc"
     ensure_jdbc_plugin()
     recreate_database(ep, db)
@@ -342,9 +402,13 @@ def run_jdbc(ep: Endpoints, stream: Stream, tag: str, logs: Path, batch_size: in
         "tasks.max": str(len(stream.topics)),  # one partition per topic
         "topics": ",".join(stream.topics),
         "connection.url": ep.jdbc_url(db),
-        "connection.username": ep.pg_user, "connection.password": ep.pg_password,
-        "insert.mode": "upsert", "delete.enabled": "true", "primary.key.mode": "record_key",
-        "schema.evolution": "basic", "batch.size": str(batch_size),
+        "connection.username": ep.pg_user,
+        "connection.password": ep.pg_password,
+        "insert.mode": "upsert",
+        "delete.enabled": "true",
+        "primary.key.mode": "record_key",
+        "schema.evolution": "basic",
+        "batch.size": str(batch_size),
         "use.reduction.buffer": "true",  # collapse per key inside a batch (hot keys)
         "consumer.override.max.poll.records": str(batch_size),
         "consumer.override.fetch.max.bytes": str(64 * 2**20),
@@ -356,11 +420,15 @@ def run_jdbc(ep: Endpoints, stream: Stream, tag: str, logs: Path, batch_size: in
         "transforms.route.replacement": "$1",
         "collection.name.format": "${topic}",
     }
-    res: dict[str, Any] = {"contender": "Debezium JDBC sink", "database": db,
-                           "loadavg_before": list(os.getloadavg()),
-                           "connector": name, "config": {k: v for k, v in config.items()
-                                                         if "password" not in k},
-                           "records": stream.records, "version": JDBC_VERSION}
+    res: dict[str, Any] = {
+        "contender": "Debezium JDBC sink",
+        "database": db,
+        "loadavg_before": list(os.getloadavg()),
+        "connector": name,
+        "config": {k: v for k, v in config.items() if "password" not in k},
+        "records": stream.records,
+        "version": JDBC_VERSION,
+    }
     worker.start()
     try:
         ps = psutil.Process(worker.proc.pid)  # type: ignore[union-attr]
@@ -384,8 +452,9 @@ def run_jdbc(ep: Endpoints, stream: Stream, tag: str, logs: Path, batch_size: in
             peak = max(peak, rss)
             samples.append((round(time.perf_counter() - t0, 2), round(rss, 1)))
             if first_row_at is None:
-                cur.execute(" union all ".join(
-                    f"(select 1 from public.{t} limit 1)" for t in TABLES))
+                cur.execute(
+                    " union all ".join(f"(select 1 from public.{t} limit 1)" for t in TABLES)
+                )
                 if cur.fetchone():
                     first_row_at = time.perf_counter()
             lag = group_lag(ep.kafka, f"connect-{name}", ends)
@@ -394,14 +463,21 @@ def run_jdbc(ep: Endpoints, stream: Stream, tag: str, logs: Path, batch_size: in
                 break
             code, st = http("GET", f"{worker.url}/connectors/{name}/status")
             if code == 200 and any(tk["state"] == "FAILED" for tk in st.get("tasks", [])):
-                failed = [tk.get("trace", "")[:1500] for tk in st["tasks"]
-                          if tk["state"] == "FAILED"]
+                failed = [
+                    tk.get("trace", "")[:1500] for tk in st["tasks"] if tk["state"] == "FAILED"
+                ]
                 break
         cpu = sum(ps.cpu_times()[:4]) - cpu0
         cur.close()
         pg.close()
-        res.update({"cpu_s": round(cpu, 2), "peak_rss_mb": round(peak, 1),
-                    "rss_samples": samples[::2], "started_at": started})
+        res.update(
+            {
+                "cpu_s": round(cpu, 2),
+                "peak_rss_mb": round(peak, 1),
+                "rss_samples": samples[::2],
+                "started_at": started,
+            }
+        )
         if failed:
             res["error"] = failed
         if done_at:
@@ -410,9 +486,11 @@ def run_jdbc(ep: Endpoints, stream: Stream, tag: str, logs: Path, batch_size: in
             if first_row_at:
                 res["span_s"] = round(done_at - first_row_at, 2)
                 res["events_per_s"] = round(stream.records / (done_at - first_row_at))
-            res["note"] = ("caught up = the sink's group connect-<name> committed every log end "
-                           "(offsets flushed every 1 s); span starts at the first row seen in the "
-                           "target (polled every 0.5 s)")
+            res["note"] = (
+                "caught up = the sink's group connect-<name> committed every log end "
+                "(offsets flushed every 1 s); span starts at the first row seen in the "
+                "target (polled every 0.5 s)"
+            )
         else:
             res.setdefault("error", "did not catch up within the time limit")
         http("DELETE", f"{worker.url}/connectors/{name}")
@@ -445,20 +523,26 @@ def copy_ceiling(ep: Endpoints, db: str, runs: int = 3) -> dict[str, Any]:
                 cur.execute(f"create unlogged table public.{t}_ceiling ({ddl})")
             t0 = time.perf_counter()
             for t, cols in COLUMNS.items():
-                cur.copy_expert(f"copy public.{t}_ceiling ({', '.join(cols)}) from stdin",
-                                io.BytesIO(data[t]))
+                cur.copy_expert(
+                    f"copy public.{t}_ceiling ({', '.join(cols)}) from stdin", io.BytesIO(data[t])
+                )
             times.append(time.perf_counter() - t0)
         for t in TABLES:
             cur.execute(f"drop table if exists public.{t}_ceiling")
     tgt.close()
     med = sorted(times)[len(times) // 2]
-    return {"rows": rows, "runs_s": [round(x, 3) for x in times], "median_s": round(med, 3),
-            "rows_per_s": round(rows / med)}
+    return {
+        "rows": rows,
+        "runs_s": [round(x, 3) for x in times],
+        "median_s": round(med, 3),
+        "rows_per_s": round(rows / med),
+    }
 
 
 # ----------------------------------------------------------------------------------- replay
-def run_replay(ep: Endpoints, stream: Stream, tag: str, logs: Path, live: dict[str, Any]
-               ) -> dict[str, Any]:
+def run_replay(
+    ep: Endpoints, stream: Stream, tag: str, logs: Path, live: dict[str, Any]
+) -> dict[str, Any]:
     """`cdcr replay` of the whole stream's time range into a fresh target (its own database and
     Redis db), against the live `cdcr run` rate measured the same way (process start to done)."""
     import datetime as dt
@@ -466,25 +550,41 @@ def run_replay(ep: Endpoints, stream: Stream, tag: str, logs: Path, live: dict[s
     db = "bench_replay"
     env = cdcr_env(ep, stream, db, f"bench-{tag}-replay", REDIS_DB["replay"])
     prepare_cdcr_target(ep, db, env, REDIS_DB["replay"])
-    iso = lambda t: dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
-    cmd = [cdcr_bin(), "replay", "--from", iso(stream.started_at - 120),
-           "--to", iso(time.time() + 120), "--json"]
+
+    def iso(t: float) -> str:
+        return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    cmd = [
+        cdcr_bin(),
+        "replay",
+        "--from",
+        iso(stream.started_at - 120),
+        "--to",
+        iso(time.time() + 120),
+        "--json",
+    ]
     log("replay: " + " ".join(cmd))
     m = run_measured(cmd, env, timeout=3600, stderr_file=logs / "replay.log")
-    res: dict[str, Any] = {"command": "cdcr replay --from <stream start - 2 min> --to <now + 2 min>"
-                           " --json", "returncode": m.returncode, "wall_s": round(m.wall_s, 2),
-                           "cpu_s": round(m.cpu_s, 2), "peak_rss_mb": round(m.peak_rss_mb, 1),
-                           "events_per_s_from_start": round(stream.records / m.wall_s),
-                           "database": db}
+    res: dict[str, Any] = {
+        "command": "cdcr replay --from <stream start - 2 min> --to <now + 2 min> --json",
+        "returncode": m.returncode,
+        "wall_s": round(m.wall_s, 2),
+        "cpu_s": round(m.cpu_s, 2),
+        "peak_rss_mb": round(m.peak_rss_mb, 1),
+        "events_per_s_from_start": round(stream.records / m.wall_s),
+        "database": db,
+    }
     if m.returncode != 0:
         res["error"] = m.stderr_tail[-1500:]
     live_rate = live.get("events_per_s_from_start")
     if live_rate:
         res["live_events_per_s_from_start"] = live_rate
         res["fraction_of_live"] = round(res["events_per_s_from_start"] / live_rate, 3)
-        res["status"] = (f"{res['events_per_s_from_start']:,} events/s vs live "
-                         f"{live_rate:,} events/s (both from process start to done, into a fresh "
-                         f"target): {res['fraction_of_live']:.0%} of live")
+        res["status"] = (
+            f"{res['events_per_s_from_start']:,} events/s vs live "
+            f"{live_rate:,} events/s (both from process start to done, into a fresh "
+            f"target): {res['fraction_of_live']:.0%} of live"
+        )
     res["check"] = compare_with_source(ep, db)
     log(f"replay: {res.get('status')}, check {res['check']['correct']}")
     return res

@@ -31,12 +31,42 @@ TABLES: dict[str, str] = {
 }
 
 COLUMNS: dict[str, list[str]] = {
-    "bench_orders": ["id", "customer_id", "amount", "status", "created_at", "updated_at", "note",
-                     "attrs", "paid", "due"],
-    "bench_accounts": ["id", "name", "email", "balance", "opened", "last_login", "active", "prefs",
-                       "tier", "score"],
-    "bench_events": ["id", "account_id", "kind", "payload", "amount", "at", "day", "processed",
-                     "origin", "seq"],
+    "bench_orders": [
+        "id",
+        "customer_id",
+        "amount",
+        "status",
+        "created_at",
+        "updated_at",
+        "note",
+        "attrs",
+        "paid",
+        "due",
+    ],
+    "bench_accounts": [
+        "id",
+        "name",
+        "email",
+        "balance",
+        "opened",
+        "last_login",
+        "active",
+        "prefs",
+        "tier",
+        "score",
+    ],
+    "bench_events": [
+        "id",
+        "account_id",
+        "kind",
+        "payload",
+        "amount",
+        "at",
+        "day",
+        "processed",
+        "origin",
+        "seq",
+    ],
 }
 
 INSERT = {
@@ -109,20 +139,28 @@ def register(ep: Endpoints, name: str, prefix: str) -> None:
     config = {
         "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
         "plugin.name": "pgoutput",
-        "database.hostname": ep.pg_host, "database.port": str(ep.pg_port),
-        "database.user": ep.pg_user, "database.password": ep.pg_password,
+        "database.hostname": ep.pg_host,
+        "database.port": str(ep.pg_port),
+        "database.user": ep.pg_user,
+        "database.password": ep.pg_password,
         "database.dbname": "source",
         "topic.prefix": prefix,
         "table.include.list": ",".join(f"public.{t}" for t in TABLES),
-        "slot.name": name, "publication.name": f"{name}_pub",
-        "publication.autocreate.mode": "filtered", "snapshot.mode": "initial",
+        "slot.name": name,
+        "publication.name": f"{name}_pub",
+        "publication.autocreate.mode": "filtered",
+        "snapshot.mode": "initial",
         "tombstones.on.delete": "true",
         # JsonConverter with schemas: Kafka Connect's default, and what the JDBC sink needs.
         "key.converter": "org.apache.kafka.connect.json.JsonConverter",
         "value.converter": "org.apache.kafka.connect.json.JsonConverter",
-        "key.converter.schemas.enable": "true", "value.converter.schemas.enable": "true",
-        "poll.interval.ms": "50", "max.batch.size": "8192", "max.queue.size": "65536",
-        "producer.override.linger.ms": "20", "producer.override.batch.size": "524288",
+        "key.converter.schemas.enable": "true",
+        "value.converter.schemas.enable": "true",
+        "poll.interval.ms": "50",
+        "max.batch.size": "8192",
+        "max.queue.size": "65536",
+        "producer.override.linger.ms": "20",
+        "producer.override.batch.size": "524288",
     }
     code, body = http("PUT", f"{ep.connect}/connectors/{name}/config", config)
     if code not in (200, 201):
@@ -130,8 +168,12 @@ def register(ep: Endpoints, name: str, prefix: str) -> None:
 
     def running() -> bool:
         code, st = http("GET", f"{ep.connect}/connectors/{name}/status")
-        return (code == 200 and st["connector"]["state"] == "RUNNING" and st["tasks"]
-                and st["tasks"][0]["state"] == "RUNNING")
+        return (
+            code == 200
+            and st["connector"]["state"] == "RUNNING"
+            and st["tasks"]
+            and st["tasks"][0]["state"] == "RUNNING"
+        )
 
     wait_until(f"connector {name} RUNNING", running, 120)
 
@@ -151,8 +193,11 @@ def unregister(ep: Endpoints, name: str) -> None:
     conn = ep.connect_pg("source")
     with conn.cursor() as cur:
         for _ in range(30):
-            cur.execute("select pg_drop_replication_slot(slot_name) from pg_replication_slots "
-                        "where slot_name = %s and not active", (name,))
+            cur.execute(
+                "select pg_drop_replication_slot(slot_name) from pg_replication_slots "
+                "where slot_name = %s and not active",
+                (name,),
+            )
             cur.execute("select 1 from pg_replication_slots where slot_name = %s", (name,))
             if cur.fetchone() is None:
                 break
@@ -180,9 +225,11 @@ def traffic(ep: Endpoints, target_records: int) -> tuple[int, int, dict[str, int
             next_id[t] = hi + 1
             conn.commit()
             # Random existing keys (some already deleted: they update nothing, emit nothing).
-            cur.execute(f"update public.{t} set {UPDATE_SET[t]} where id in (select "
-                        f"{HOT_KEYS + 1} + (random() * {hi - HOT_KEYS - 1})::bigint "
-                        f"from generate_series(1, {UPDATES}))")
+            cur.execute(
+                f"update public.{t} set {UPDATE_SET[t]} where id in (select "
+                f"{HOT_KEYS + 1} + (random() * {hi - HOT_KEYS - 1})::bigint "
+                f"from generate_series(1, {UPDATES}))"
+            )
             counts["update"] += cur.rowcount
             records += cur.rowcount
             conn.commit()
@@ -191,9 +238,11 @@ def traffic(ep: Endpoints, target_records: int) -> tuple[int, int, dict[str, int
                 counts["hot_update"] += cur.rowcount
                 records += cur.rowcount
                 conn.commit()
-            cur.execute(f"delete from public.{t} where id in (select {HOT_KEYS + 1} + "
-                        f"(random() * {hi - HOT_KEYS - 1})::bigint from generate_series(1, "
-                        f"{DELETES}))")
+            cur.execute(
+                f"delete from public.{t} where id in (select {HOT_KEYS + 1} + "
+                f"(random() * {hi - HOT_KEYS - 1})::bigint from generate_series(1, "
+                f"{DELETES}))"
+            )
             counts["delete"] += cur.rowcount
             records += 2 * cur.rowcount  # d + tombstone
             conn.commit()
@@ -214,8 +263,10 @@ def produce(ep: Endpoints, tag: str, target_records: int) -> Stream:
     started_at = time.time()
     records, changes, counts = traffic(ep, target_records)
     gen_s = time.perf_counter() - t0
-    log(f"source traffic done in {gen_s:.1f}s: {changes:,} changes, {records:,} records "
-        f"expected; waiting for Debezium")
+    log(
+        f"source traffic done in {gen_s:.1f}s: {changes:,} changes, {records:,} records "
+        f"expected; waiting for Debezium"
+    )
     last = [0]
 
     def complete() -> bool:

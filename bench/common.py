@@ -44,19 +44,29 @@ class Endpoints:
 
     @classmethod
     def from_env(cls) -> Endpoints:
-        src = sa.engine.make_url(os.environ.get(
-            "CDCR_SOURCE__URL", "postgresql+psycopg2://postgres:postgres@127.0.0.1:15432/source"))
+        src = sa.engine.make_url(
+            os.environ.get(
+                "CDCR_SOURCE__URL", "postgresql+psycopg2://postgres:postgres@127.0.0.1:15432/source"
+            )
+        )
         r = os.environ.get("CDCR_REDIS__URL", "redis://127.0.0.1:16379/0")
         rhost, rport = r.split("//", 1)[1].split("/", 1)[0].split(":")
-        return cls(src.host or "127.0.0.1", int(src.port or 5432), src.username or "postgres",
-                   src.password or "", os.environ.get("CDCR_KAFKA__BOOTSTRAP_SERVERS",
-                                                     "127.0.0.1:19092"),
-                   os.environ.get("KAFKA_CONNECT_URL", "http://127.0.0.1:18083"),
-                   rhost, int(rport))
+        return cls(
+            src.host or "127.0.0.1",
+            int(src.port or 5432),
+            src.username or "postgres",
+            src.password or "",
+            os.environ.get("CDCR_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:19092"),
+            os.environ.get("KAFKA_CONNECT_URL", "http://127.0.0.1:18083"),
+            rhost,
+            int(rport),
+        )
 
     def sa_url(self, db: str) -> str:
-        return (f"postgresql+psycopg2://{self.pg_user}:{self.pg_password}@{self.pg_host}:"
-                f"{self.pg_port}/{db}")
+        return (
+            f"postgresql+psycopg2://{self.pg_user}:{self.pg_password}@{self.pg_host}:"
+            f"{self.pg_port}/{db}"
+        )
 
     def pg_url(self, db: str) -> str:
         return f"postgresql://{self.pg_user}:{self.pg_password}@{self.pg_host}:{self.pg_port}/{db}"
@@ -68,8 +78,13 @@ class Endpoints:
         return f"redis://{self.redis_host}:{self.redis_port}/{db}"
 
     def connect_pg(self, db: str, autocommit: bool = True) -> Any:
-        conn = psycopg2.connect(host=self.pg_host, port=self.pg_port, user=self.pg_user,
-                                password=self.pg_password, dbname=db)
+        conn = psycopg2.connect(
+            host=self.pg_host,
+            port=self.pg_port,
+            user=self.pg_user,
+            password=self.pg_password,
+            dbname=db,
+        )
         conn.autocommit = autocommit
         return conn
 
@@ -102,8 +117,9 @@ def cdcr_bin() -> str:
 
 def http(method: str, url: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             raw = resp.read()
@@ -152,8 +168,7 @@ def log_ends(bootstrap: str, topics: Sequence[str]) -> dict[tuple[str, int], int
 
 def group_lag(bootstrap: str, group: str, ends: dict[tuple[str, int], int]) -> int:
     """Total lag of ``group`` against ``ends`` (uncommitted partitions count fully)."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
-                  "enable.auto.commit": False})
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     try:
         tps = [TopicPartition(t, p) for (t, p) in ends]
         committed = c.committed(tps, timeout=10)
@@ -184,18 +199,31 @@ class Measured:
         return self.user_s + self.sys_s
 
 
-def run_measured(cmd: Sequence[str], env: dict[str, str], *, timeout: float,
-                 stderr_file: Path | None = None, sample_every: float = 0.25,
-                 watchdog: Callable[[], bool] | None = None) -> Measured:
+def run_measured(
+    cmd: Sequence[str],
+    env: dict[str, str],
+    *,
+    timeout: float,
+    stderr_file: Path | None = None,
+    sample_every: float = 0.25,
+    watchdog: Callable[[], bool] | None = None,
+) -> Measured:
     """Run ``cmd`` to completion; CPU and peak RSS from wait4's rusage (the child and its
     descendants that were waited for), RSS samples by polling /proc via psutil."""
-    err = open(stderr_file, "wb") if stderr_file else subprocess.DEVNULL  # noqa: SIM115
+    err = open(stderr_file, "wb") if stderr_file else None  # noqa: SIM115
     started = time.time()
     t0 = time.perf_counter()
-    proc = subprocess.Popen(list(cmd), env=env, stdout=subprocess.PIPE, stderr=err)
+    proc = subprocess.Popen(
+        list(cmd),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=err if err is not None else subprocess.DEVNULL,
+    )
+    stdout = proc.stdout
+    assert stdout is not None  # stdout=PIPE
     samples: list[tuple[float, float]] = []
     out_chunks: list[bytes] = []
-    reader = threading.Thread(target=lambda: out_chunks.append(proc.stdout.read()), daemon=True)
+    reader = threading.Thread(target=lambda: out_chunks.append(stdout.read()), daemon=True)
     reader.start()
     ps = psutil.Process(proc.pid)
     rusage = None
@@ -227,14 +255,22 @@ def run_measured(cmd: Sequence[str], env: dict[str, str], *, timeout: float,
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     reader.join(10)
-    if stderr_file:
+    if err is not None:
         err.close()
     tail = ""
     if stderr_file and stderr_file.exists():
         tail = stderr_file.read_text(errors="replace")[-3000:]
-    return Measured(proc.returncode, wall, rusage.ru_utime, rusage.ru_stime,
-                    rusage.ru_maxrss / 1024, b"".join(out_chunks).decode(errors="replace"),
-                    tail, started, samples)
+    return Measured(
+        proc.returncode,
+        wall,
+        rusage.ru_utime,
+        rusage.ru_stime,
+        rusage.ru_maxrss / 1024,
+        b"".join(out_chunks).decode(errors="replace"),
+        tail,
+        started,
+        samples,
+    )
 
 
 def wait_until(what: str, check: Callable[[], Any], timeout: float, every: float = 0.5) -> Any:

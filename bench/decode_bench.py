@@ -13,6 +13,7 @@ import base64
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 
 import orjson
 
@@ -33,8 +34,12 @@ def _f(field: str, typ: str, name: str | None = None, **extra: object) -> dict[s
 VALUE_FIELDS = [
     _f("id", "int32", default=0),
     _f("name", "string"),
-    _f("price", "bytes", "org.apache.kafka.connect.data.Decimal",
-       parameters={"scale": "2", "connect.decimal.precision": "12"}),
+    _f(
+        "price",
+        "bytes",
+        "org.apache.kafka.connect.data.Decimal",
+        parameters={"scale": "2", "connect.decimal.precision": "12"},
+    ),
     _f("updated_at", "string", "io.debezium.time.ZonedTimestamp"),
     _f("attrs", "string", "io.debezium.data.Json"),
     _f("created_local", "int64", "io.debezium.time.MicroTimestamp"),
@@ -43,37 +48,74 @@ VALUE_FIELDS = [
     _f("day", "int32", "io.debezium.time.Date"),
     _f("note", "string"),
 ]
-VALUE = {"type": "struct", "fields": VALUE_FIELDS, "optional": True, "name": "pg.public.items.Value"}
+VALUE = {
+    "type": "struct",
+    "fields": VALUE_FIELDS,
+    "optional": True,
+    "name": "pg.public.items.Value",
+}
 SOURCE = {
     "type": "struct",
     "name": "io.debezium.connector.postgresql.Source",
     "optional": False,
     "fields": [
-        _f("version", "string"), _f("connector", "string"), _f("name", "string"),
-        _f("ts_ms", "int64"), _f("snapshot", "string", "io.debezium.data.Enum",
-                                 parameters={"allowed": "true,last,false,incremental"},
-                                 default="false"),
-        _f("db", "string"), _f("sequence", "string"), _f("ts_us", "int64"), _f("ts_ns", "int64"),
-        _f("schema", "string"), _f("table", "string"), _f("txId", "int64"), _f("lsn", "int64"),
+        _f("version", "string"),
+        _f("connector", "string"),
+        _f("name", "string"),
+        _f("ts_ms", "int64"),
+        _f(
+            "snapshot",
+            "string",
+            "io.debezium.data.Enum",
+            parameters={"allowed": "true,last,false,incremental"},
+            default="false",
+        ),
+        _f("db", "string"),
+        _f("sequence", "string"),
+        _f("ts_us", "int64"),
+        _f("ts_ns", "int64"),
+        _f("schema", "string"),
+        _f("table", "string"),
+        _f("txId", "int64"),
+        _f("lsn", "int64"),
         _f("xmin", "int64"),
     ],
     "field": "source",
 }
 TX = {
-    "type": "struct", "name": "event.block", "version": 1, "optional": True, "field": "transaction",
-    "fields": [_f("id", "string"), _f("total_order", "int64"), _f("data_collection_order", "int64")],
+    "type": "struct",
+    "name": "event.block",
+    "version": 1,
+    "optional": True,
+    "field": "transaction",
+    "fields": [
+        _f("id", "string"),
+        _f("total_order", "int64"),
+        _f("data_collection_order", "int64"),
+    ],
 }
 SCHEMA = {
     "type": "struct",
     "name": "pg.public.items.Envelope",
     "version": 2,
     "optional": False,
-    "fields": [dict(VALUE, field="before"), dict(VALUE, field="after"), SOURCE, TX,
-               _f("op", "string"), _f("ts_ms", "int64"), _f("ts_us", "int64"),
-               _f("ts_ns", "int64")],
+    "fields": [
+        dict(VALUE, field="before"),
+        dict(VALUE, field="after"),
+        SOURCE,
+        TX,
+        _f("op", "string"),
+        _f("ts_ms", "int64"),
+        _f("ts_us", "int64"),
+        _f("ts_ns", "int64"),
+    ],
 }
-KEY_SCHEMA = {"type": "struct", "name": "pg.public.items.Key", "optional": False,
-              "fields": [_f("id", "int32", default=0)]}
+KEY_SCHEMA = {
+    "type": "struct",
+    "name": "pg.public.items.Key",
+    "optional": False,
+    "fields": [_f("id", "int32", default=0)],
+}
 
 
 def payload(i: int) -> dict[str, object]:
@@ -94,10 +136,20 @@ def payload(i: int) -> dict[str, object]:
             "note": "lorem ipsum dolor sit amet",
         },
         "source": {
-            "version": "2.7.2.Final", "connector": "postgresql", "name": "pg", "ts_ms": ts_ms,
-            "snapshot": "false", "db": "wdl", "sequence": f'["{lsn - 64}","{lsn}"]',
-            "ts_us": ts_ms * 1000, "ts_ns": ts_ms * 1_000_000, "schema": "public",
-            "table": "items", "txId": 772 + i, "lsn": lsn, "xmin": None,
+            "version": "2.7.2.Final",
+            "connector": "postgresql",
+            "name": "pg",
+            "ts_ms": ts_ms,
+            "snapshot": "false",
+            "db": "wdl",
+            "sequence": f'["{lsn - 64}","{lsn}"]',
+            "ts_us": ts_ms * 1000,
+            "ts_ns": ts_ms * 1_000_000,
+            "schema": "public",
+            "table": "items",
+            "txId": 772 + i,
+            "lsn": lsn,
+            "xmin": None,
         },
         "transaction": None,
         "op": "u",
@@ -107,7 +159,7 @@ def payload(i: int) -> dict[str, object]:
     }
 
 
-def run(label: str, records: list[tuple[bytes | None, bytes]]) -> float:
+def run(label: str, records: Sequence[tuple[bytes | None, bytes]]) -> float:
     dec = DebeziumDecoder()
     decode = dec.decode
     t0 = time.perf_counter()
@@ -132,13 +184,17 @@ def main() -> None:
         schemaless.append((orjson.dumps({"id": i}), orjson.dumps(p)))
     ev = DebeziumDecoder().decode(*with_schema_key[1])
     assert isinstance(ev, ChangeEvent) and ev.after is not None
-    print(f"{N:,} events, value {len(with_schema[0][1])} bytes with schema, "
-          f"{len(schemaless[0][1])} bytes schemaless")
+    print(
+        f"{N:,} events, value {len(with_schema[0][1])} bytes with schema, "
+        f"{len(schemaless[0][1])} bytes schemaless"
+    )
     t0 = time.perf_counter()
     for _k, v in with_schema:
         orjson.loads(v)
-    print(f"{'baseline: orjson.loads(full envelope)':<40} {N / (time.perf_counter() - t0):>10,.0f}"
-          " events/s  (parse only, no conversion)")
+    print(
+        f"{'baseline: orjson.loads(full envelope)':<40} {N / (time.perf_counter() - t0):>10,.0f}"
+        " events/s  (parse only, no conversion)"
+    )
     run("schema envelope, value only", with_schema)
     run("schema envelope, value + schema key", with_schema_key)
     run("schemaless, value + key", schemaless)

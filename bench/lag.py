@@ -32,7 +32,13 @@ def run_lag(ep: Endpoints, runs: int = 5) -> dict[str, Any]:
         KafkaAdmin(client_config(ep.kafka)).delete_topics([topic])
     med = statistics.median(times)
     log(f"lag: median {med:.3f}s over {runs} runs")
-    return {"groups": lb.GROUPS, "partitions": lb.PARTITIONS, "rows": rows, "runs": runs,
-            "median_s": round(med, 3), "min_s": round(min(times), 3),
-            "max_s": round(max(times), 3), "command": "cdcr lag --json --group G1 --group G2 "
-            "--group G3 (bench/lag_bench.py setup)"}
+    return {
+        "groups": lb.GROUPS,
+        "partitions": lb.PARTITIONS,
+        "rows": rows,
+        "runs": runs,
+        "median_s": round(med, 3),
+        "min_s": round(min(times), 3),
+        "max_s": round(max(times), 3),
+        "command": "cdcr lag --json --group G1 --group G2 --group G3 (bench/lag_bench.py setup)",
+    }

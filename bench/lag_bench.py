@@ -46,8 +46,9 @@ def cdcr_command() -> list[str]:
     if script.exists():
         return [str(script)]
     found = shutil.which("cdcr")
-    return [found] if found else [sys.executable, "-c",
-                                   "from cdc_reconciler.cli import main; main()"]
+    return (
+        [found] if found else [sys.executable, "-c", "from cdc_reconciler.cli import main; main()"]
+    )
 
 
 def _wait_for_leaders(admin: KafkaAdmin, topic: str, partitions: int) -> None:
@@ -63,9 +64,16 @@ def _wait_for_leaders(admin: KafkaAdmin, topic: str, partitions: int) -> None:
     raise SystemExit(f"topic {topic}: no leaders for {partitions} partitions after 60 s")
 
 
-def setup(bootstrap: str, topic: str, groups: list[str], *, partitions: int = PARTITIONS,
-          per_partition: int = PER_PARTITION,
-          fractions: list[float] | None = None, skip_every: int = 0) -> None:
+def setup(
+    bootstrap: str,
+    topic: str,
+    groups: list[str],
+    *,
+    partitions: int = PARTITIONS,
+    per_partition: int = PER_PARTITION,
+    fractions: list[float] | None = None,
+    skip_every: int = 0,
+) -> None:
     """Create ``topic``, fill it and have each group commit ``fraction`` of every partition
     (except every ``skip_every``-th partition, left without a commit)."""
     admin = KafkaAdmin(client_config(bootstrap))
@@ -78,11 +86,16 @@ def setup(bootstrap: str, topic: str, groups: list[str], *, partitions: int = PA
         prod.poll(0)
     prod.flush(60)
     for g, frac in zip(groups, fractions or [1.0, 0.5, 0.0], strict=True):
-        c = Consumer({"bootstrap.servers": bootstrap, "group.id": g,
-                      "enable.auto.commit": False})
+        c = Consumer({"bootstrap.servers": bootstrap, "group.id": g, "enable.auto.commit": False})
         offset = int(per_partition * frac)
-        c.commit(offsets=[TopicPartition(topic, p, offset) for p in range(partitions)
-                          if not (skip_every and p % skip_every == 0)], asynchronous=False)
+        c.commit(
+            offsets=[
+                TopicPartition(topic, p, offset)
+                for p in range(partitions)
+                if not (skip_every and p % skip_every == 0)
+            ],
+            asynchronous=False,
+        )
         c.close()
 
 
@@ -124,14 +137,31 @@ def measure(
     return {label: (walls[label], cpus[label], docs[label]) for label in cmds}
 
 
-def shape(bootstrap: str, *, name: str, partitions: int, per_partition: int,
-          fractions: list[float], skip_every: int, runs: int, target_s: float,
-          extra: list[str], compare: str | None = None) -> list[dict[str, Any]]:
+def shape(
+    bootstrap: str,
+    *,
+    name: str,
+    partitions: int,
+    per_partition: int,
+    fractions: list[float],
+    skip_every: int,
+    runs: int,
+    target_s: float,
+    extra: list[str],
+    compare: str | None = None,
+) -> list[dict[str, Any]]:
     tag = uuid.uuid4().hex[:6]
     topic = f"bench-lag-{tag}"
     groups = [f"bench-lag-{tag}-g{i}" for i in range(len(fractions))]
-    setup(bootstrap, topic, groups, partitions=partitions, per_partition=per_partition,
-          fractions=fractions, skip_every=skip_every)
+    setup(
+        bootstrap,
+        topic,
+        groups,
+        partitions=partitions,
+        per_partition=per_partition,
+        fractions=fractions,
+        skip_every=skip_every,
+    )
     args = ["lag", "--json"]
     for g in groups:
         args += ["--group", g]
@@ -150,20 +180,31 @@ def shape(bootstrap: str, *, name: str, partitions: int, per_partition: int,
         rows = sum(len(g["partitions"]) for g in doc["groups"])
         med = statistics.median(times)
         res = {
-            "shape": name, "cdcr": label, "groups": len(groups), "partitions": partitions,
-            "rows": rows, "total_offset_lag": [g["total_offset_lag"] for g in doc["groups"]],
-            "runs": runs, "median_s": round(med, 3), "min_s": round(min(times), 3),
-            "max_s": round(max(times), 3), "times_s": [round(t, 3) for t in times],
+            "shape": name,
+            "cdcr": label,
+            "groups": len(groups),
+            "partitions": partitions,
+            "rows": rows,
+            "total_offset_lag": [g["total_offset_lag"] for g in doc["groups"]],
+            "runs": runs,
+            "median_s": round(med, 3),
+            "min_s": round(min(times), 3),
+            "max_s": round(max(times), 3),
+            "times_s": [round(t, 3) for t in times],
             "cpu_median_s": round(statistics.median(cpus), 3),
-            "cpu_min_s": round(min(cpus), 3), "cpu_max_s": round(max(cpus), 3),
-            "target_s": target_s, "met": med < target_s,
+            "cpu_min_s": round(min(cpus), 3),
+            "cpu_max_s": round(max(cpus), 3),
+            "target_s": target_s,
+            "met": med < target_s,
             "command": "cdcr lag --json "
             + " ".join(f"--group G{i + 1}" for i in range(len(groups))),
         }
-        print(f"{name} [{label}]: {rows} rows, total_offset_lag {res['total_offset_lag']}, "
-              f"median {med:.3f} s over {runs} runs (min {min(times):.3f}, max {max(times):.3f})"
-              f"; target < {target_s} s: {'met' if res['met'] else 'MISSED'}; CPU median "
-              f"{res['cpu_median_s']:.3f} s ({res['cpu_min_s']:.3f}-{res['cpu_max_s']:.3f})")
+        print(
+            f"{name} [{label}]: {rows} rows, total_offset_lag {res['total_offset_lag']}, "
+            f"median {med:.3f} s over {runs} runs (min {min(times):.3f}, max {max(times):.3f})"
+            f"; target < {target_s} s: {'met' if res['met'] else 'MISSED'}; CPU median "
+            f"{res['cpu_median_s']:.3f} s ({res['cpu_min_s']:.3f}-{res['cpu_max_s']:.3f})"
+        )
         results.append(res)
     return results
 
@@ -173,28 +214,57 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--only", choices=["64", "1000"], default=None)
     ap.add_argument("--json-out", type=Path, default=None)
-    ap.add_argument("--compare", default=None, metavar="CDCR",
-                    help="another cdcr executable (e.g. an older checkout's) timed alternately "
-                    "with this one on the same topics, for a before/after comparison")
+    ap.add_argument(
+        "--compare",
+        default=None,
+        metavar="CDCR",
+        help="another cdcr executable (e.g. an older checkout's) timed alternately "
+        "with this one on the same topics, for a before/after comparison",
+    )
     ap.add_argument("extra", nargs="*", help="extra arguments for `cdcr lag`")
     args = ap.parse_args()
     bootstrap = os.environ.get("CDCR_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:19092")
     results = []
     if args.only in (None, "64"):
-        results.extend(shape(bootstrap, name=f"{GROUPS} groups x {PARTITIONS} partitions",
-                             partitions=PARTITIONS, per_partition=PER_PARTITION,
-                             fractions=[1.0, 0.5, 0.0], skip_every=0, runs=args.runs,
-                             target_s=0.5, extra=args.extra, compare=args.compare))
+        results.extend(
+            shape(
+                bootstrap,
+                name=f"{GROUPS} groups x {PARTITIONS} partitions",
+                partitions=PARTITIONS,
+                per_partition=PER_PARTITION,
+                fractions=[1.0, 0.5, 0.0],
+                skip_every=0,
+                runs=args.runs,
+                target_s=0.5,
+                extra=args.extra,
+                compare=args.compare,
+            )
+        )
     if args.only in (None, "1000"):
-        results.extend(shape(bootstrap, name=f"1 group x {BIG_PARTITIONS} partitions",
-                             partitions=BIG_PARTITIONS, per_partition=BIG_PER_PARTITION,
-                             fractions=[0.5], skip_every=BIG_UNCOMMITTED_EVERY, runs=args.runs,
-                             target_s=2.0, extra=args.extra, compare=args.compare))
+        results.extend(
+            shape(
+                bootstrap,
+                name=f"1 group x {BIG_PARTITIONS} partitions",
+                partitions=BIG_PARTITIONS,
+                per_partition=BIG_PER_PARTITION,
+                fractions=[0.5],
+                skip_every=BIG_UNCOMMITTED_EVERY,
+                runs=args.runs,
+                target_s=2.0,
+                extra=args.extra,
+                compare=args.compare,
+            )
+        )
     load = os.getloadavg()
-    doc = {"results": results, "loadavg_at_end": [round(x, 2) for x in load],
-           "cpus": os.cpu_count()}
-    print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
-          f"on {os.cpu_count()} CPUs")
+    doc = {
+        "results": results,
+        "loadavg_at_end": [round(x, 2) for x in load],
+        "cpus": os.cpu_count(),
+    }
+    print(
+        f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
+        f"on {os.cpu_count()} CPUs"
+    )
     if args.json_out:
         args.json_out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
 

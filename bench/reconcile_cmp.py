@@ -52,15 +52,20 @@ def build_pair(ep: Endpoints, rows: int) -> None:
 def plant(ep: Endpoints, rows: int, seed: int = 20261122) -> dict[str, list[int]]:
     rnd = random.Random(seed)
     keys = rnd.sample(range(1, rows + 1), 100)
-    planted = {"missing": sorted(keys[:34]), "extra": sorted(keys[34:67]),
-               "mismatched": sorted(keys[67:])}
+    planted = {
+        "missing": sorted(keys[:34]),
+        "extra": sorted(keys[34:67]),
+        "mismatched": sorted(keys[67:]),
+    }
     src = ep.connect_pg("source")
     tgt = ep.connect_pg(DB)
     with src.cursor() as s, tgt.cursor() as t:
         t.execute(f"delete from public.{TABLE} where id = any(%s)", (planted["missing"],))
         s.execute(f"delete from public.{TABLE} where id = any(%s)", (planted["extra"],))
-        t.execute(f"update public.{TABLE} set h = 'changed', b = b + 1 where id = any(%s)",
-                  (planted["mismatched"],))
+        t.execute(
+            f"update public.{TABLE} set h = 'changed', b = b + 1 where id = any(%s)",
+            (planted["mismatched"],),
+        )
         for c in (s, t):
             c.execute(f"vacuum analyze public.{TABLE}")
     src.close()
@@ -79,14 +84,30 @@ def verify_main(src_url: str, tgt_url: str, table: str) -> None:
     with source.connect() as s, target.connect() as t:
         pair = describe_pair(s, t, table)
     res = diff_table(source, target, pair)
-    print(json.dumps({"clean": res.clean, "stats": res.stats.as_dict(),
-                      "differences": [{"kind": d.kind.value, "key": list(d.key)}
-                                      for d in res.differences]}, default=str))
+    print(
+        json.dumps(
+            {
+                "clean": res.clean,
+                "stats": res.stats.as_dict(),
+                "differences": [
+                    {"kind": d.kind.value, "key": list(d.key)} for d in res.differences
+                ],
+            },
+            default=str,
+        )
+    )
 
 
 def run_cdcr(ep: Endpoints) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "bench.reconcile_cmp", "verify", ep.sa_url("source"),
-           ep.sa_url(DB), f"public.{TABLE}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.reconcile_cmp",
+        "verify",
+        ep.sa_url("source"),
+        ep.sa_url(DB),
+        f"public.{TABLE}",
+    ]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     wall = time.perf_counter() - t0
@@ -96,8 +117,11 @@ def run_cdcr(ep: Endpoints) -> dict[str, Any]:
     found: dict[str, list[int]] = {"missing": [], "extra": [], "mismatched": []}
     for d in doc["differences"]:
         found[d["kind"]].append(int(d["key"][0]))
-    return {"seconds": round(wall, 2), "found": {k: sorted(v) for k, v in found.items()},
-            "stats": doc["stats"]}
+    return {
+        "seconds": round(wall, 2),
+        "found": {k: sorted(v) for k, v in found.items()},
+        "stats": doc["stats"],
+    }
 
 
 RELADIFF_OPTS = ["--bisection-factor", "32", "--bisection-threshold", "16384", "-j", "1"]
@@ -105,8 +129,15 @@ RELADIFF_OPTS = ["--bisection-factor", "32", "--bisection-threshold", "16384", "
 
 def reladiff_cmd(ep: Endpoints) -> list[str]:
     exe = str(Path(sys.executable).with_name("reladiff"))
-    cmd = [exe, ep.pg_url("source"), f"public.{TABLE}", ep.pg_url(DB), f"public.{TABLE}",
-           "-k", "id"]
+    cmd = [
+        exe,
+        ep.pg_url("source"),
+        f"public.{TABLE}",
+        ep.pg_url(DB),
+        f"public.{TABLE}",
+        "-k",
+        "id",
+    ]
     for c in COLS:
         cmd += ["-c", c]
     return [*cmd, *RELADIFF_OPTS, "--json"]
@@ -126,8 +157,11 @@ def run_reladiff(ep: Endpoints) -> dict[str, Any]:
     plus: set[int] = set()
     for sign, key in re.findall(r'\[\s*"([+-])",\s*\[\s*"(\d+)"', r.stdout):
         (minus if sign == "-" else plus).add(int(key))
-    found = {"missing": sorted(minus - plus), "extra": sorted(plus - minus),
-             "mismatched": sorted(minus & plus)}
+    found = {
+        "missing": sorted(minus - plus),
+        "extra": sorted(plus - minus),
+        "mismatched": sorted(minus & plus),
+    }
     return {"seconds": round(wall, 2), "found": found}
 
 
@@ -139,14 +173,16 @@ def run_reconcile(ep: Endpoints, rows: int, logs: Path) -> dict[str, Any]:
     log(f"reconcile: building a {rows:,}-row pair (source.public.{TABLE} vs {DB}.public.{TABLE})")
     t0 = time.perf_counter()
     build_pair(ep, rows)
-    out: dict[str, Any] = {"rows": rows, "build_s": round(time.perf_counter() - t0, 1),
-                           "reladiff_command": " ".join(reladiff_cmd(ep)).replace(
-                               ep.pg_password + "@", "***@"),
-                           "cdcr_command": "python -m bench.reconcile_cmp verify SRC TGT "
-                                           f"public.{TABLE}  (reconcile.diff.diff_table, "
-                                           "DiffOptions() defaults: threshold 256, factor<=256)"}
+    out: dict[str, Any] = {
+        "rows": rows,
+        "build_s": round(time.perf_counter() - t0, 1),
+        "reladiff_command": " ".join(reladiff_cmd(ep)).replace(ep.pg_password + "@", "***@"),
+        "cdcr_command": "python -m bench.reconcile_cmp verify SRC TGT "
+        f"public.{TABLE}  (reconcile.diff.diff_table, "
+        "DiffOptions() defaults: threshold 256, factor<=256)",
+    }
     try:
-        empty = {"missing": [], "extra": [], "mismatched": []}
+        empty: dict[str, list[int]] = {"missing": [], "extra": [], "mismatched": []}
         for case, planted in (("in_sync", empty), ("diff100", None)):
             if planted is None:
                 planted = plant(ep, rows)

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,14 +78,21 @@ def setup(engine: sa.Engine, table: str, rows: int, csv_path: Path) -> dict[str,
     table_only, changed = set(picks[:PLANTED]), set(picks[PLANTED:])
     file_only = set(range(rows + 1, rows + 1 + PLANTED))
     with engine.begin() as c:
-        c.execute(sa.text(
-            f"CREATE TABLE {table} (id bigint PRIMARY KEY, name text, amount numeric(12,2), "
-            "ok boolean, at timestamptz, qty int, _cdc_pos numeric(40,0) NOT NULL DEFAULT 1, "
-            "_cdc_ts timestamptz NOT NULL DEFAULT now())"))
-        c.execute(sa.text(
-            f"INSERT INTO {table} (id, name, amount, ok, at, qty) SELECT g, 'name ' || g, "
-            "(g % 100000) / 100.0, g % 3 = 0, timestamptz '2026-01-01 00:00Z' + g * "
-            "interval '1 second', g % 1000 FROM generate_series(1, :n) g"), {"n": rows})
+        c.execute(
+            sa.text(
+                f"CREATE TABLE {table} (id bigint PRIMARY KEY, name text, amount numeric(12,2), "
+                "ok boolean, at timestamptz, qty int, _cdc_pos numeric(40,0) NOT NULL DEFAULT 1, "
+                "_cdc_ts timestamptz NOT NULL DEFAULT now())"
+            )
+        )
+        c.execute(
+            sa.text(
+                f"INSERT INTO {table} (id, name, amount, ok, at, qty) SELECT g, 'name ' || g, "
+                "(g % 100000) / 100.0, g % 3 = 0, timestamptz '2026-01-01 00:00Z' + g * "
+                "interval '1 second', g % 1000 FROM generate_series(1, :n) g"
+            ),
+            {"n": rows},
+        )
         c.execute(sa.text(f"ANALYZE {table}"))
     raw: Any = engine.raw_connection()
     try:
@@ -96,9 +104,9 @@ def setup(engine: sa.Engine, table: str, rows: int, csv_path: Path) -> dict[str,
                 "AS name, to_char(amount, 'FM9999999990.0000') AS amount, "
                 "CASE WHEN ok THEN 'true' ELSE 'false' END AS ok, "
                 "to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS at, qty "
-                f"FROM {table} WHERE NOT (id = ANY(%s)) ORDER BY id) TO STDOUT WITH CSV HEADER"
-                .replace("%s", "'{" + ",".join(map(str, sorted(changed))) + "}'::bigint[]", 1)
-                .replace("%s", "'{" + ",".join(map(str, sorted(table_only))) + "}'::bigint[]", 1),
+                f"FROM {table} WHERE NOT (id = ANY(%s)) ORDER BY id) TO STDOUT WITH CSV HEADER".replace(
+                    "%s", "'{" + ",".join(map(str, sorted(changed))) + "}'::bigint[]", 1
+                ).replace("%s", "'{" + ",".join(map(str, sorted(table_only))) + "}'::bigint[]", 1),
                 fh,
             )
             for k in sorted(file_only):
@@ -108,19 +116,37 @@ def setup(engine: sa.Engine, table: str, rows: int, csv_path: Path) -> dict[str,
     return {"missing_in_table": file_only, "missing_in_file": table_only, "mismatched": changed}
 
 
-def run_cdcr(csv_path: Path, table: str) -> tuple[float, int, dict[str, set[int]]]:
+# One run: wall seconds, peak RSS (MiB), the keys found per kind.
+Measured = tuple[float, int, dict[str, set[int]]]
+
+
+def run_cdcr(csv_path: Path, table: str) -> Measured:
     cdcr = str(Path(sys.executable).parent / "cdcr")
-    wall, rss, out = child([cdcr, "reconcile-file", str(csv_path), "--table", table,
-                            "--key", "id", "--dry-run", "--json", "--limit", "100000"])
+    wall, rss, out = child(
+        [
+            cdcr,
+            "reconcile-file",
+            str(csv_path),
+            "--table",
+            table,
+            "--key",
+            "id",
+            "--dry-run",
+            "--json",
+            "--limit",
+            "100000",
+        ]
+    )
     data = json.loads(out)
-    found: dict[str, set[int]] = {k: set() for k in ("missing_in_table", "missing_in_file",
-                                                       "mismatched")}
+    found: dict[str, set[int]] = {
+        k: set() for k in ("missing_in_table", "missing_in_file", "mismatched")
+    }
     for d in data["differences"]:
         found.setdefault(d["kind"], set()).add(int(d["key"]["id"]))
     return wall, rss, found
 
 
-def run_pandas(csv_path: Path, table: str, url: str) -> tuple[float, int, dict[str, set[int]]]:
+def run_pandas(csv_path: Path, table: str, url: str) -> Measured:
     wall, rss, out = child([sys.executable, "-c", PANDAS_PEER, str(csv_path), url, table])
     data = json.loads(out)
     return wall, rss, {k: set(v) for k, v in data.items()}
@@ -146,13 +172,19 @@ def main() -> None:
     try:
         t0 = time.perf_counter()
         planted = setup(engine, table, args.rows, csv_path)
-        print(f"setup {time.perf_counter() - t0:.1f}s: {args.rows} rows, "
-              f"{csv_path.stat().st_size / 1e6:.0f} MB CSV", file=sys.stderr)
+        print(
+            f"setup {time.perf_counter() - t0:.1f}s: {args.rows} rows, "
+            f"{csv_path.stat().st_size / 1e6:.0f} MB CSV",
+            file=sys.stderr,
+        )
         results: dict[str, dict[str, Any]] = {}
-        runners = [("cdcr reconcile-file", lambda: run_cdcr(csv_path, table))]
+        runners: list[tuple[str, Callable[[], Measured]]] = [
+            ("cdcr reconcile-file", lambda: run_cdcr(csv_path, table))
+        ]
         if not args.no_pandas:
-            runners.append(("pandas read_csv + read_sql + merge",
-                            lambda: run_pandas(csv_path, table, url)))
+            runners.append(
+                ("pandas read_csv + read_sql + merge", lambda: run_pandas(csv_path, table, url))
+            )
         for name, _ in runners:
             results[name] = {"wall_s": [], "peak_rss_mib": [], "exact": []}
         # Rounds alternate the approaches, so load from other users of the machine falls on
@@ -164,15 +196,21 @@ def main() -> None:
                 results[name]["wall_s"].append(wall)
                 results[name]["peak_rss_mib"].append(float(rss))
                 results[name]["exact"].append(ok)
-                print(f"{name} #{i + 1}: {wall:.2f}s, peak RSS {rss} MiB, exact={ok}, "
-                      f"load {os.getloadavg()[0]:.1f}", file=sys.stderr)
-        print(json.dumps({"rows": args.rows, "planted_each": PLANTED, "results": results},
-                         indent=2))
+                print(
+                    f"{name} #{i + 1}: {wall:.2f}s, peak RSS {rss} MiB, exact={ok}, "
+                    f"load {os.getloadavg()[0]:.1f}",
+                    file=sys.stderr,
+                )
+        print(
+            json.dumps({"rows": args.rows, "planted_each": PLANTED, "results": results}, indent=2)
+        )
         print("\n| approach | exact | time s, median (min–max) | peak RSS MiB, median (min–max) |")
         print("|---|---|---|---|")
         for name, r in results.items():
-            print(f"| {name} | {'yes' if all(r['exact']) else 'NO'} | {summary(r['wall_s'])} | "
-                  f"{summary(r['peak_rss_mib'])} |")
+            print(
+                f"| {name} | {'yes' if all(r['exact']) else 'NO'} | {summary(r['wall_s'])} | "
+                f"{summary(r['peak_rss_mib'])} |"
+            )
     finally:
         with engine.begin() as c:
             c.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))

@@ -34,25 +34,36 @@ def machine() -> dict[str, Any]:
     free = subprocess.run(["free", "-m"], capture_output=True, text=True).stdout
     mem_total = next((ln.split()[1] for ln in free.splitlines() if ln.startswith("Mem:")), "?")
     pg = subprocess.run(["psql", "--version"], capture_output=True, text=True).stdout.strip()
-    return {"cpu_model": models[0] if models else "?", "cpus": len(models),
-            "cpu_mhz": mhz[0] if mhz else "?", "mem_total_mb": int(mem_total),
-            "free_m": free.rstrip(), "kernel": platform.release(),
-            "python": platform.python_version(), "psql": pg,
-            "hypervisor": "yes" if " hypervisor" in cpu else "no"}
+    return {
+        "cpu_model": models[0] if models else "?",
+        "cpus": len(models),
+        "cpu_mhz": mhz[0] if mhz else "?",
+        "mem_total_mb": int(mem_total),
+        "free_m": free.rstrip(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "psql": pg,
+        "hypervisor": "yes" if " hypervisor" in cpu else "no",
+    }
 
 
 def git_rev() -> str:
-    r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                       text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()
+    r = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    )
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     return r.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def previous(quick: bool) -> dict[str, Any]:
     files = sorted(RESULTS.glob("*.json"), reverse=True)
     for f in files:
-        doc = json.loads(f.read_text())
+        doc: dict[str, Any] = json.loads(f.read_text())
         if doc.get("quick") == quick:
             doc["_file"] = f.name
             return doc
@@ -61,10 +72,14 @@ def previous(quick: bool) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true",
-                    help="~200k events, 1M-row reconcile pair (under 10 minutes)")
-    ap.add_argument("--only", default=",".join(SECTIONS),
-                    help=f"comma-separated sections: {','.join(SECTIONS)}")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="~200k events, 1M-row reconcile pair (under 10 minutes)",
+    )
+    ap.add_argument(
+        "--only", default=",".join(SECTIONS), help=f"comma-separated sections: {','.join(SECTIONS)}"
+    )
     ap.add_argument("--records", type=int, default=None, help="override the stream size")
     ap.add_argument("--rows", type=int, default=None, help="override the reconcile pair size")
     ap.add_argument("--keep", action="store_true", help="keep topics and bench databases")
@@ -81,11 +96,20 @@ def main(argv: list[str] | None = None) -> int:
     tag = now.strftime("%m%d%H%M") + uuid.uuid4().hex[:4]
     logs = ROOT / "bench" / "results" / "logs" / tag
     logs.mkdir(parents=True, exist_ok=True)
-    cmdline = "python -m bench.run" + (" --quick" if args.quick else "") + \
-        (f" --only {args.only}" if args.only != ",".join(SECTIONS) else "")
-    res: dict[str, Any] = {"date": now.isoformat(timespec="seconds"), "tag": tag,
-                           "quick": args.quick, "command": cmdline, "git": git_rev(),
-                           "machine": machine(), "sections_run": only}
+    cmdline = (
+        "python -m bench.run"
+        + (" --quick" if args.quick else "")
+        + (f" --only {args.only}" if args.only != ",".join(SECTIONS) else "")
+    )
+    res: dict[str, Any] = {
+        "date": now.isoformat(timespec="seconds"),
+        "tag": tag,
+        "quick": args.quick,
+        "command": cmdline,
+        "git": git_rev(),
+        "machine": machine(),
+        "sections_run": only,
+    }
     prev = previous(args.quick)
     for s in SECTIONS:
         if s not in only and s in prev:
@@ -96,16 +120,24 @@ def main(argv: list[str] | None = None) -> int:
         if {"apply", "ceiling", "redis", "profile", "replay"} & set(only):
             from bench import apply as ap_
             from bench import changes
+
             stream = changes.produce(ep, tag, records)
-            res["stream"] = {"prefix": stream.prefix, "topics": stream.topics,
-                             "records": stream.records, "changes": stream.changes,
-                             "kinds": stream.counts, "produce_s": round(stream.produce_s, 1),
-                             "final_rows": ap_.final_rows(ep),
-                             "per_round": {"inserts": changes.INSERTS,
-                                           "updates": changes.UPDATES,
-                                           "hot_keys": changes.HOT_KEYS,
-                                           "hot_repeats": changes.HOT_REPEATS,
-                                           "deletes": changes.DELETES}}
+            res["stream"] = {
+                "prefix": stream.prefix,
+                "topics": stream.topics,
+                "records": stream.records,
+                "changes": stream.changes,
+                "kinds": stream.counts,
+                "produce_s": round(stream.produce_s, 1),
+                "final_rows": ap_.final_rows(ep),
+                "per_round": {
+                    "inserts": changes.INSERTS,
+                    "updates": changes.UPDATES,
+                    "hot_keys": changes.HOT_KEYS,
+                    "hot_repeats": changes.HOT_REPEATS,
+                    "deletes": changes.DELETES,
+                },
+            }
             if "apply" in only or "redis" in only:
                 cd = ap_.run_cdcr(ep, stream, tag, logs)
                 res.setdefault("apply", {})["cdcr"] = cd
@@ -118,16 +150,20 @@ def main(argv: list[str] | None = None) -> int:
             if "replay" in only:
                 res["replay"] = replay_section()
                 if res["replay"].get("available"):
-                    res["replay"] = ap_.run_replay(ep, stream, tag, logs,
-                                                   res.get("apply", {}).get("cdcr", {}))
+                    res["replay"] = ap_.run_replay(
+                        ep, stream, tag, logs, res.get("apply", {}).get("cdcr", {})
+                    )
             if "profile" in only:
                 from bench.profile import profile_cdcr
+
                 res["profile"] = profile_cdcr(ep, stream, tag, logs)
         if "reconcile" in only:
             from bench.reconcile_cmp import run_reconcile
+
             res["reconcile"] = run_reconcile(ep, rows, logs)
         if "lag" in only:
             from bench.lag import run_lag
+
             res["lag"] = run_lag(ep)
     finally:
         res["elapsed_s"] = round(time.perf_counter() - t_start, 1)
@@ -138,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             cleanup(ep, stream)
     if not args.no_doc:
         from bench.report import write_doc
+
         write_doc(res, out)
     return 0
 
@@ -153,6 +190,7 @@ def cleanup(ep: Endpoints, stream: Any) -> None:
     from confluent_kafka.admin import AdminClient
 
     from bench import changes
+
     admin = AdminClient({"bootstrap.servers": ep.kafka})
     topics = [*stream.topics, f"{stream.prefix}.cdcr.dlq"]
     meta = admin.list_topics(timeout=10)

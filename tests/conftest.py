@@ -36,6 +36,7 @@ import redis
 import sqlalchemy as sa
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
+from pydantic import SecretStr
 
 from cdc_reconciler.stream import command
 from tests.helpers import (
@@ -76,7 +77,8 @@ def _from_env() -> Services | None:
     ]
     if not all(os.environ.get(n) for n in names):
         return None
-    return Services(*(os.environ[n] for n in names))
+    kafka, connect, source, target, redis_url = (os.environ[n] for n in names)
+    return Services(kafka, connect, source, target, redis_url)
 
 
 def _docker_available() -> bool:
@@ -441,7 +443,7 @@ def migrated_target(services: Services) -> str:
     from cdc_reconciler import migrations
     from cdc_reconciler.config import DatabaseSettings, Settings
 
-    settings = Settings.model_construct(target=DatabaseSettings(url=services.target_url))
+    settings = Settings.model_construct(target=DatabaseSettings(url=SecretStr(services.target_url)))
     migrations.upgrade(settings, "head")
     return services.target_url
 
@@ -576,8 +578,13 @@ def _drop_slot(engine: sa.Engine, slot: str) -> None:
 # stream and reconcile service tests.
 @pytest.fixture()
 def pipeline(
-    services, source_engine, target_engine, debezium, unique_name, monkeypatch
-) -> Pipeline:
+    services: Services,
+    source_engine: sa.Engine,
+    target_engine: sa.Engine,
+    debezium: Callable[..., Connector],
+    unique_name: Callable[[str], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Pipeline]:
     table = unique_name("t")
     with source_engine.begin() as conn:
         conn.execute(

@@ -16,8 +16,9 @@ SERVICES = ["kafka", "connect", "source-db", "target-db", "redis"]
 def compose_services() -> Iterator[Services]:
     from testcontainers.compose import DockerCompose
 
-    with DockerCompose(REPO, compose_file_name="docker-compose.yml", services=SERVICES,
-                       wait=True) as compose:
+    with DockerCompose(
+        REPO, compose_file_name="docker-compose.yml", services=SERVICES, wait=True
+    ) as compose:
         compose.wait_for("http://127.0.0.1:18083/connector-plugins")
         yield Services(
             kafka_bootstrap="127.0.0.1:19092",

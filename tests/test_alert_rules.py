@@ -21,23 +21,29 @@ DASHBOARD = REPO / "deploy" / "grafana" / "cdcr-dashboard.json"
 def promtool() -> str:
     found = shutil.which("promtool")
     if found is None:
-        pytest.fail("promtool not found: install the Debian package with "
-                    "`apt-get install -y prometheus`")
+        pytest.fail(
+            "promtool not found: install the Debian package with `apt-get install -y prometheus`"
+        )
     return found
 
 
 def test_rules_pass_promtool_check() -> None:
-    result = subprocess.run([promtool(), "check", "rules", str(RULES)], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
 
 def test_alert_names_cover_the_required_conditions() -> None:
     text = RULES.read_text(encoding="utf-8")
-    for metric in ("cdcr_consumer_time_lag_seconds", "cdcr_consumer_status",
-                   "cdcr_reconcile_discrepancies_open", "cdcr_reconcile_windows_behind",
-                   'cdcr_events_total{outcome="dead_lettered"}'):
+    for metric in (
+        "cdcr_consumer_time_lag_seconds",
+        "cdcr_consumer_status",
+        "cdcr_reconcile_discrepancies_open",
+        "cdcr_reconcile_windows_behind",
+        'cdcr_events_total{outcome="dead_lettered"}',
+    ):
         assert metric in text, metric
 
 
@@ -80,8 +86,9 @@ committed offset that does not move (STALL)."
 def test_rules_unit_tests(tmp_path: Path) -> None:
     spec = tmp_path / "alerts_test.yml"
     spec.write_text(UNIT_TESTS.format(rules=RULES), encoding="utf-8")
-    result = subprocess.run([promtool(), "test", "rules", str(spec)], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [promtool(), "test", "rules", str(spec)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -91,7 +98,12 @@ def test_dashboard_is_valid_grafana_json() -> None:
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
     exprs = " ".join(t["expr"] for p in dash["panels"] for t in p.get("targets", []))
-    for metric in ("cdcr_consumer_time_lag_seconds", "cdcr_consumer_offset_lag",
-                   "cdcr_consumer_status", "cdcr_events_total",
-                   "cdcr_reconcile_discrepancies_open", "cdcr_reconcile_windows_behind"):
+    for metric in (
+        "cdcr_consumer_time_lag_seconds",
+        "cdcr_consumer_offset_lag",
+        "cdcr_consumer_status",
+        "cdcr_events_total",
+        "cdcr_reconcile_discrepancies_open",
+        "cdcr_reconcile_windows_behind",
+    ):
         assert metric in exprs, metric

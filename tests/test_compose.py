@@ -111,8 +111,11 @@ def parse_port(entry: Any) -> tuple[str | None, str | None, str]:
     """(host_ip, published, target) of a short-syntax string or long-syntax mapping."""
     if isinstance(entry, dict):
         published = entry.get("published")
-        return (entry.get("host_ip"), None if published is None else str(published),
-                str(entry["target"]))
+        return (
+            entry.get("host_ip"),
+            None if published is None else str(published),
+            str(entry["target"]),
+        )
     text = str(entry).split("/", 1)[0]
     if text.startswith("["):  # [ipv6]:published:target
         ip, _, rest = text[1:].partition("]:")
@@ -167,7 +170,11 @@ def test_compose_cli_config_is_valid() -> None:
         pytest.skip("no Compose CLI here (neither `docker compose` nor `docker-compose` runs)")
     result = subprocess.run(
         [*cmd, "-f", str(COMPOSE_FILE), "config", "-q"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
 
@@ -237,8 +244,11 @@ def test_images(services: dict[str, dict[str, Any]]) -> None:
 def test_builds_point_at_the_dockerfile(services: dict[str, dict[str, Any]]) -> None:
     for name in (MIGRATE, WORKER):
         build = services[name]["build"]
-        context, dockerfile = (build, "Dockerfile") if isinstance(build, str) else (
-            build.get("context", "."), build.get("dockerfile", "Dockerfile"))
+        context, dockerfile = (
+            (build, "Dockerfile")
+            if isinstance(build, str)
+            else (build.get("context", "."), build.get("dockerfile", "Dockerfile"))
+        )
         assert (ROOT / context / dockerfile).resolve() == DOCKERFILE, name
     # One image for both, so the one-shot migration runs exactly the code the worker runs.
     assert services[MIGRATE].get("image") == services[WORKER].get("image")
@@ -253,8 +263,9 @@ def test_depends_on_targets_exist_with_valid_conditions(
             assert dep != name, f"{name} depends on itself"
             assert condition in DEPENDS_CONDITIONS, f"{name} -> {dep}: condition {condition}"
             if condition == "service_healthy":
-                assert services[dep].get("healthcheck"), f"{name} waits for {dep}'s health, " \
-                    f"but {dep} has no healthcheck"
+                assert services[dep].get("healthcheck"), (
+                    f"{name} waits for {dep}'s health, but {dep} has no healthcheck"
+                )
 
 
 def test_depends_on_has_no_cycle(services: dict[str, dict[str, Any]]) -> None:
@@ -457,8 +468,9 @@ def ignored(path: str, patterns: list[str]) -> bool:
     for pat in patterns:
         negate = pat.startswith("!")
         pat = pat.lstrip("!")
-        if any(fnmatch.fnmatch(p, pat) or fnmatch.fnmatch(p, pat.removeprefix("**/"))
-               for p in prefixes):
+        if any(
+            fnmatch.fnmatch(p, pat) or fnmatch.fnmatch(p, pat.removeprefix("**/")) for p in prefixes
+        ):
             result = not negate
     return result
 
@@ -493,8 +505,15 @@ def test_dockerfile_copies_what_the_distribution_is_built_from() -> None:
 
 def test_dockerignore_excludes_local_state() -> None:
     patterns = dockerignore_patterns()
-    for path in (".venv", ".stack", ".git", "bench/results", ".venv/bin/python",
-                 "bench/results/run.json", "cdc_reconciler/__pycache__/x.pyc"):
+    for path in (
+        ".venv",
+        ".stack",
+        ".git",
+        "bench/results",
+        ".venv/bin/python",
+        "bench/results/run.json",
+        "cdc_reconciler/__pycache__/x.pyc",
+    ):
         assert ignored(path, patterns), f"{path} is not excluded"
     for path in ("cdc_reconciler/cli.py", "alembic/env.py", "bench/run.py", "pyproject.toml"):
         assert not ignored(path, patterns), f"{path} is excluded"

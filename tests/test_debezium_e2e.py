@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 import sqlalchemy as sa
 
+from tests.conftest import Connector, Services
 from tests.helpers import read_topic, value_json, wait_for
 
 pytestmark = pytest.mark.services
 
 
 def test_debezium_captures_snapshot_insert_update_delete_and_tombstone(
-    services, source_engine, debezium, unique_name
-):
+    services: Services,
+    source_engine: sa.Engine,
+    debezium: Callable[..., Connector],
+    unique_name: Callable[[str], str],
+) -> None:
     table = unique_name("orders")
     with source_engine.begin() as conn:
-        conn.execute(sa.text(f"create table public.{table} (id int primary key, name text not null, "
-                             "amount numeric(10,2))"))
+        conn.execute(
+            sa.text(
+                f"create table public.{table} (id int primary key, name text not null, "
+                "amount numeric(10,2))"
+            )
+        )
         conn.execute(sa.text(f"insert into public.{table} values (1, 'snap', 1.50)"))
     connector = debezium([f"public.{table}"])
     topic = connector.topic(f"public.{table}")
@@ -29,8 +40,10 @@ def test_debezium_captures_snapshot_insert_update_delete_and_tombstone(
     with source_engine.begin() as conn:
         conn.execute(sa.text(f"delete from public.{table} where id = 1"))
 
-    msgs = wait_for("r, c, u, d and a tombstone",
-                    lambda: (m := read_topic(services.kafka_bootstrap, topic)) and len(m) >= 5 and m)
+    msgs = wait_for(
+        "r, c, u, d and a tombstone",
+        lambda: (m := read_topic(services.kafka_bootstrap, topic)) and len(m) >= 5 and m,
+    )
     values = [value_json(m) for m in msgs]
     keys = [value_json_key(m) for m in msgs]
     ops = [v["payload"]["op"] if v is not None else None for v in values]
@@ -49,7 +62,7 @@ def test_debezium_captures_snapshot_insert_update_delete_and_tombstone(
     assert ins["payload"]["source"]["table"] == table
 
 
-def value_json_key(msg):
+def value_json_key(msg: Any) -> Any:
     import orjson
 
     return orjson.loads(msg.key())

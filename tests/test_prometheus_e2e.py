@@ -43,8 +43,10 @@ REPO = Path(__file__).resolve().parents[1]
 RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
 FOR_S = 2
 # (alert, production threshold, test threshold) in the rule's expression.
-THRESHOLDS = [("CdcrConsumerTimeLagHigh", "> 300", "> 1"),
-              ("CdcrConsumerOffsetLagHigh", "> 100000", "> 5")]
+THRESHOLDS = [
+    ("CdcrConsumerTimeLagHigh", "> 300", "> 1"),
+    ("CdcrConsumerOffsetLagHigh", "> 100000", "> 5"),
+]
 LAG_ALERTS = {"CdcrConsumerStopped", "CdcrConsumerTimeLagHigh", "CdcrConsumerOffsetLagHigh"}
 # Inserted while the consumer is stopped: two transactions, SECOND_AFTER_S apart.
 BATCH = 10
@@ -52,11 +54,13 @@ SECOND_AFTER_S = 1.5
 
 
 def prometheus_binary() -> str:
-    found = shutil.which("prometheus") or ("/usr/bin/prometheus"
-                                           if Path("/usr/bin/prometheus").exists() else None)
+    found = shutil.which("prometheus") or (
+        "/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None
+    )
     if found is None:
-        pytest.fail("prometheus not found: install the Debian package with "
-                    "`apt-get install -y prometheus`")
+        pytest.fail(
+            "prometheus not found: install the Debian package with `apt-get install -y prometheus`"
+        )
     return found
 
 
@@ -111,31 +115,44 @@ def prometheus_factory(tmp_path: Path) -> Iterator[Any]:
         rules = rules_for_test(tmp_path)
         port = free_port()
         config = {
-            "global": {"scrape_interval": "1s", "scrape_timeout": "1s",
-                       "evaluation_interval": "1s"},
+            "global": {
+                "scrape_interval": "1s",
+                "scrape_timeout": "1s",
+                "evaluation_interval": "1s",
+            },
             "rule_files": [str(rules)],
-            "scrape_configs": [{"job_name": job,
-                                "static_configs": [{"targets": [f"127.0.0.1:{p}"]}]}
-                               for job, p in targets.items()],
+            "scrape_configs": [
+                {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{p}"]}]}
+                for job, p in targets.items()
+            ],
         }
         cfg = tmp_path / "prometheus.yml"
         cfg.write_text(yaml.safe_dump(config), encoding="utf-8")
-        check = subprocess.run(["promtool", "check", "config", str(cfg)], capture_output=True,
-                               text=True, timeout=60)
+        check = subprocess.run(
+            ["promtool", "check", "config", str(cfg)], capture_output=True, text=True, timeout=60
+        )
         assert check.returncode == 0, check.stdout + check.stderr
         with (tmp_path / "prometheus.log").open("wb") as log:  # the child keeps its own fd
             proc = subprocess.Popen(
-                [prometheus_binary(), f"--config.file={cfg}",
-                 f"--storage.tsdb.path={tmp_path / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-                stdout=log, stderr=subprocess.STDOUT)
+                [
+                    prometheus_binary(),
+                    f"--config.file={cfg}",
+                    f"--storage.tsdb.path={tmp_path / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--log.level=warn",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         procs.append(proc)
         prom = Prometheus(f"http://127.0.0.1:{port}")
 
         def ready() -> bool:
             if proc.poll() is not None:
-                pytest.fail(f"prometheus exited with {proc.returncode}: "
-                            f"{(tmp_path / 'prometheus.log').read_text()[-2000:]}")
+                pytest.fail(
+                    f"prometheus exited with {proc.returncode}: "
+                    f"{(tmp_path / 'prometheus.log').read_text()[-2000:]}"
+                )
             try:
                 return httpx.get(f"{prom.url}/-/ready", timeout=2).status_code == 200
             except httpx.TransportError:
@@ -161,10 +178,19 @@ def lag_exporter() -> Iterator[Any]:
     def start(port: int) -> subprocess.Popen[bytes]:
         # The pipeline's CDCR_* environment: kafka.group_id is `cdcr run`'s group, with its
         # topic pattern, as an operator would deploy the exporter next to the consumer.
-        cmd = [sys.executable, "-c", "from cdc_reconciler.cli import main; main()", "lag",
-               "--serve", str(port), "--refresh", "1"]
-        proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+        cmd = [
+            sys.executable,
+            "-c",
+            "from cdc_reconciler.cli import main; main()",
+            "lag",
+            "--serve",
+            str(port),
+            "--refresh",
+            "1",
+        ]
+        proc = subprocess.Popen(
+            cmd, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         procs.append(proc)
         return proc
 
@@ -202,14 +228,22 @@ class Consumer:
 
 def insert(engine: sa.Engine, table: str, first: int, n: int) -> None:
     with engine.begin() as conn:
-        conn.execute(sa.text(f"insert into public.{table} (id, name) "
-                             "select g, 'late' || g from generate_series(:a, :b) g"),
-                     {"a": first, "b": first + n - 1})
+        conn.execute(
+            sa.text(
+                f"insert into public.{table} (id, name) "
+                "select g, 'late' || g from generate_series(:a, :b) g"
+            ),
+            {"a": first, "b": first + n - 1},
+        )
 
 
 def test_prometheus_scrapes_cdcr_and_lag_alerts_fire_and_resolve(
-        pipeline: Pipeline, services: Any, source_engine: sa.Engine, prometheus_factory: Any,
-        lag_exporter: Any) -> None:
+    pipeline: Pipeline,
+    services: Any,
+    source_engine: sa.Engine,
+    prometheus_factory: Any,
+    lag_exporter: Any,
+) -> None:
     group, topic, table = pipeline.settings.kafka.group_id, pipeline.topic, pipeline.qualified
     wait_for("snapshot in Kafka", lambda: count_records(services.kafka_bootstrap, topic) >= 20)
     run_port, lag_port = pipeline.settings.metrics.port, free_port()
@@ -222,10 +256,16 @@ def test_prometheus_scrapes_cdcr_and_lag_alerts_fire_and_resolve(
 
         # 1. Both targets are scraped and the series carry the right values.
         applied = f'cdcr_events_total{{job="cdcr",table="{table}",outcome="applied"}}'
-        wait_for("20 snapshot events applied, seen by Prometheus",
-                 lambda: prom.value(applied) == 20.0, timeout=120)
-        wait_for("caught up, seen through the lag exporter",
-                 lambda: prom.value(f"cdcr_consumer_offset_lag{{{sel}}}") == 0.0, timeout=60)
+        wait_for(
+            "20 snapshot events applied, seen by Prometheus",
+            lambda: prom.value(applied) == 20.0,
+            timeout=120,
+        )
+        wait_for(
+            "caught up, seen through the lag exporter",
+            lambda: prom.value(f"cdcr_consumer_offset_lag{{{sel}}}") == 0.0,
+            timeout=60,
+        )
         assert exporter.poll() is None
         assert prom.value('up{job="cdcr"}') == 1.0 and prom.value('up{job="cdcr-lag"}') == 1.0
         assert prom.value('cdcr_lag_up{job="cdcr-lag"}') == 1.0
@@ -239,14 +279,21 @@ def test_prometheus_scrapes_cdcr_and_lag_alerts_fire_and_resolve(
         # 2. The consumer stops; records arrive, 1.5 s apart: the alerts fire.
         consumer.close()
         insert(source_engine, pipeline.table, 1001, BATCH)
-        wait_for("first late batch in Kafka",
-                 lambda: count_records(services.kafka_bootstrap, topic) >= 20 + BATCH)
+        wait_for(
+            "first late batch in Kafka",
+            lambda: count_records(services.kafka_bootstrap, topic) >= 20 + BATCH,
+        )
         time.sleep(SECOND_AFTER_S)
         insert(source_engine, pipeline.table, 2001, BATCH)
-        wait_for("second late batch in Kafka",
-                 lambda: count_records(services.kafka_bootstrap, topic) >= 20 + 2 * BATCH)
-        wait_for("consumer-stopped and lag alerts firing",
-                 lambda: LAG_ALERTS <= prom.firing(), timeout=90)
+        wait_for(
+            "second late batch in Kafka",
+            lambda: count_records(services.kafka_bootstrap, topic) >= 20 + 2 * BATCH,
+        )
+        wait_for(
+            "consumer-stopped and lag alerts firing",
+            lambda: LAG_ALERTS <= prom.firing(),
+            timeout=90,
+        )
         alerts = prom.alerts()
         assert alerts["CdcrConsumerStopped"]["labels"]["partition"] == "0"
         assert alerts["CdcrConsumerStopped"]["labels"]["group"] == group
@@ -263,14 +310,15 @@ def test_prometheus_scrapes_cdcr_and_lag_alerts_fire_and_resolve(
         # 3. The consumer comes back and catches up: the alerts resolve. Its counters start
         # again at 0 in the new process: it applies exactly the late records.
         consumer = Consumer(pipeline)
-        wait_for("late records applied, seen by Prometheus",
-                 lambda: prom.value(applied) == float(2 * BATCH), timeout=120)
-        wait_for("lag alerts resolved", lambda: not (set(prom.alerts()) & LAG_ALERTS),
-                 timeout=60)
+        wait_for(
+            "late records applied, seen by Prometheus",
+            lambda: prom.value(applied) == float(2 * BATCH),
+            timeout=120,
+        )
+        wait_for("lag alerts resolved", lambda: not (set(prom.alerts()) & LAG_ALERTS), timeout=60)
         assert prom.value(f"cdcr_consumer_offset_lag{{{sel}}}") == 0.0
         assert prom.value(f'cdcr_consumer_status{{{sel},status="OK"}}') == 1.0
-        assert prom.value('ALERTS{alertname="CdcrConsumerStopped",alertstate="firing"}') \
-            is None
+        assert prom.value('ALERTS{alertname="CdcrConsumerStopped",alertstate="firing"}') is None
         assert exporter.poll() is None
     finally:
         consumer.close()
@@ -293,5 +341,6 @@ def test_rules_copy_only_shortens_timing() -> None:
                 expected = expected.replace(*lowered[pr["alert"]])
             assert tr["expr"] == expected
             assert {k: v for k, v in tr.items() if k not in ("for", "expr")} == {
-                k: v for k, v in pr.items() if k not in ("for", "expr")}
+                k: v for k, v in pr.items() if k not in ("for", "expr")
+            }
     assert re.search(r"for: \d+m", RULES.read_text(encoding="utf-8"))  # production untouched

@@ -8,6 +8,7 @@ Create Date: 2026-11-22
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+
 from alembic import op
 
 revision: str = "0001"
@@ -34,8 +35,9 @@ def upgrade() -> None:
         sa.Column("dead_lettered", sa.BigInteger, nullable=False, server_default="0"),
         # Tombstones, transaction markers and logical messages: consumed, nothing to apply.
         sa.Column("skipped_noop", sa.BigInteger, nullable=False, server_default="0"),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False,
-                  server_default=sa.func.now()),
+        sa.Column(
+            "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
         schema=S,
     )
     op.create_table(
@@ -56,8 +58,9 @@ def upgrade() -> None:
         sa.Column("value", sa.LargeBinary),
         sa.Column("error_kind", sa.Text, nullable=False),
         sa.Column("error", sa.Text, nullable=False),
-        sa.Column("first_seen", sa.DateTime(timezone=True), nullable=False,
-                  server_default=sa.func.now()),
+        sa.Column(
+            "first_seen", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
         sa.UniqueConstraint("topic", "partition", "offset", name="dead_letters_position"),
         schema=S,
     )

@@ -8,8 +8,9 @@ Create Date: 2026-11-22
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
 from sqlalchemy.dialects import postgresql as pg
+
+from alembic import op
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -27,8 +28,9 @@ def upgrade() -> None:
         # Advanced only by compare-and-swap (reconcile/watermarks.py).
         sa.Column("reconciled_through", sa.DateTime(timezone=True)),
         sa.Column("state", sa.Text, nullable=False, server_default="idle"),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False,
-                  server_default=sa.func.now()),
+        sa.Column(
+            "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
         schema=S,
     )
     op.create_table(
@@ -46,13 +48,21 @@ def upgrade() -> None:
         sa.Column("dry_run", sa.Boolean, nullable=False, server_default=sa.false()),
         schema=S,
     )
-    op.create_index("reconcile_runs_table_started", "reconcile_runs",
-                    ["table_name", sa.text("started DESC")], schema=S)
+    op.create_index(
+        "reconcile_runs_table_started",
+        "reconcile_runs",
+        ["table_name", sa.text("started DESC")],
+        schema=S,
+    )
     op.create_table(
         "discrepancies",
         sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
-        sa.Column("run_id", pg.UUID(as_uuid=True),
-                  sa.ForeignKey(f"{S}.reconcile_runs.run_id", ondelete="CASCADE"), nullable=False),
+        sa.Column(
+            "run_id",
+            pg.UUID(as_uuid=True),
+            sa.ForeignKey(f"{S}.reconcile_runs.run_id", ondelete="CASCADE"),
+            nullable=False,
+        ),
         sa.Column("table_name", sa.Text, nullable=False),
         sa.Column("key", sa.Text, nullable=False),  # canonical JSON of the key, as in tombstones
         sa.Column("kind", sa.Text, nullable=False),
@@ -62,25 +72,34 @@ def upgrade() -> None:
         # reported | replayed | upserted | deleted | stale | vanished
         sa.Column("action", sa.Text, nullable=False),
         sa.Column("review_state", sa.Text, nullable=False),  # open | resolved
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
-                  server_default=sa.func.now()),
-        sa.CheckConstraint("kind IN ('missing', 'extra', 'mismatched')",
-                           name="discrepancies_kind"),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
+        sa.CheckConstraint("kind IN ('missing', 'extra', 'mismatched')", name="discrepancies_kind"),
         schema=S,
     )
-    op.create_index("discrepancies_open", "discrepancies", ["table_name", "key"], schema=S,
-                    postgresql_where=sa.text("review_state = 'open'"))
+    op.create_index(
+        "discrepancies_open",
+        "discrepancies",
+        ["table_name", "key"],
+        schema=S,
+        postgresql_where=sa.text("review_state = 'open'"),
+    )
     op.create_index("discrepancies_run", "discrepancies", ["run_id"], schema=S)
     op.create_table(
         "extra_rows_archive",
         sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
-        sa.Column("run_id", pg.UUID(as_uuid=True),
-                  sa.ForeignKey(f"{S}.reconcile_runs.run_id", ondelete="SET NULL")),
+        sa.Column(
+            "run_id",
+            pg.UUID(as_uuid=True),
+            sa.ForeignKey(f"{S}.reconcile_runs.run_id", ondelete="SET NULL"),
+        ),
         sa.Column("table_name", sa.Text, nullable=False),
         sa.Column("key", sa.Text, nullable=False),
         sa.Column("row", pg.JSONB, nullable=False),  # the whole target row, _cdc_* included
-        sa.Column("archived_at", sa.DateTime(timezone=True), nullable=False,
-                  server_default=sa.func.now()),
+        sa.Column(
+            "archived_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
         schema=S,
     )
 

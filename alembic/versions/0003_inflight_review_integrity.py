@@ -37,16 +37,18 @@ def upgrade() -> None:
     # The review queue: who decided what, when, and why.
     op.add_column("discrepancies", sa.Column("resolution", sa.Text), schema=S)
     op.add_column("discrepancies", sa.Column("resolved_by", sa.Text), schema=S)
-    op.add_column("discrepancies", sa.Column("resolved_at", sa.DateTime(timezone=True)),
-                  schema=S)
+    op.add_column("discrepancies", sa.Column("resolved_at", sa.DateTime(timezone=True)), schema=S)
     op.add_column("discrepancies", sa.Column("note", sa.Text), schema=S)
     op.drop_constraint("discrepancies_kind", "discrepancies", schema=S)
     op.create_check_constraint(
-        "discrepancies_kind", "discrepancies",
-        "kind IN ('missing', 'extra', 'mismatched', 'orphan')", schema=S,
+        "discrepancies_kind",
+        "discrepancies",
+        "kind IN ('missing', 'extra', 'mismatched', 'orphan')",
+        schema=S,
     )
-    op.create_index("discrepancies_state", "discrepancies",
-                    ["review_state", "table_name", "kind"], schema=S)
+    op.create_index(
+        "discrepancies_state", "discrepancies", ["review_state", "table_name", "kind"], schema=S
+    )
 
 
 def downgrade() -> None:
@@ -54,7 +56,9 @@ def downgrade() -> None:
     op.execute(f"DELETE FROM {S}.discrepancies WHERE kind = 'orphan'")
     op.drop_constraint("discrepancies_kind", "discrepancies", schema=S)
     op.create_check_constraint(
-        "discrepancies_kind", "discrepancies", "kind IN ('missing', 'extra', 'mismatched')",
+        "discrepancies_kind",
+        "discrepancies",
+        "kind IN ('missing', 'extra', 'mismatched')",
         schema=S,
     )
     for col in ("note", "resolved_at", "resolved_by", "resolution"):

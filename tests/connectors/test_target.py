@@ -3,14 +3,18 @@ partial writes, versioned truncates, and COPY encoding of awkward values."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from cdc_reconciler.connectors.target import (
     RowWrite,
+    TargetTable,
+    WriteResult,
     copy_field,
     reflect_table,
     truncate_table,
@@ -23,44 +27,69 @@ T0 = 1_700_000_000_000_000  # µs
 
 
 @pytest.fixture()
-def table(target_engine, unique_name):
+def table(target_engine: sa.Engine, unique_name: Callable[[str], str]) -> Iterator[TargetTable]:
     name = unique_name("tgt")
     with target_engine.begin() as conn:
-        conn.execute(sa.text(
-            f"create table public.{name} (id int primary key, name text, amount numeric(12,2), "
-            "tags text[], doc jsonb, raw bytea, span interval, at timestamptz, d date, t time, "
-            "_cdc_pos numeric(40,0) not null, _cdc_ts timestamptz not null)"))
+        conn.execute(
+            sa.text(
+                f"create table public.{name} (id int primary key, name text, amount numeric(12,2), "
+                "tags text[], doc jsonb, raw bytea, span interval, at timestamptz, d date, t time, "
+                "_cdc_pos numeric(40,0) not null, _cdc_ts timestamptz not null)"
+            )
+        )
     tbl = reflect_table(target_engine, "public", name)
     assert tbl is not None
     yield tbl
     with target_engine.begin() as conn:
         conn.execute(sa.text(f"drop table public.{name}"))
-        conn.execute(sa.text("delete from cdcr.tombstones where table_name = :t"),
-                     {"t": tbl.qualified})
+        conn.execute(
+            sa.text("delete from cdcr.tombstones where table_name = :t"), {"t": tbl.qualified}
+        )
 
 
-def write(engine, table, *writes):
+def write(engine: sa.Engine, table: TargetTable, *writes: RowWrite) -> WriteResult:
     with engine.begin() as conn:
         return write_batch(conn, table, list(writes))
 
 
-def state(engine, table):
+def state(engine: sa.Engine, table: TargetTable) -> dict[int, tuple[str, int]]:
     with engine.connect() as conn:
-        return {r.id: (r.name, int(r._cdc_pos)) for r in conn.execute(
-            sa.text(f"select id, name, _cdc_pos from {table.qualified} order by id"))}
+        return {
+            r.id: (r.name, int(r._cdc_pos))
+            for r in conn.execute(
+                sa.text(f"select id, name, _cdc_pos from {table.qualified} order by id")
+            )
+        }
 
 
-def row(id_, name, pos, **more):
-    return RowWrite((id_,), {"id": id_, "name": name, "amount": None, "tags": None, "doc": None,
-                             "raw": None, "span": None, "at": None, "d": None, "t": None, **more},
-                    pos, T0 + pos)
+def row(id_: int, name: str, pos: int, **more: Any) -> RowWrite:
+    return RowWrite(
+        (id_,),
+        {
+            "id": id_,
+            "name": name,
+            "amount": None,
+            "tags": None,
+            "doc": None,
+            "raw": None,
+            "span": None,
+            "at": None,
+            "d": None,
+            "t": None,
+            **more,
+        },
+        pos,
+        T0 + pos,
+    )
 
 
-def delete(id_, pos):
+def delete(id_: int, pos: int) -> RowWrite:
     return RowWrite((id_,), None, pos, T0 + pos)
 
 
-def test_newer_writes_apply_and_older_ones_are_stale(target_engine, table):
+def test_newer_writes_apply_and_older_ones_are_stale(
+    target_engine: sa.Engine, table: TargetTable
+) -> None:
     assert write(target_engine, table, row(1, "a", 10), row(2, "b", 10)).applied == 2
     res = write(target_engine, table, row(1, "old", 5), row(2, "new", 20))
     assert (res.applied, res.stale) == (1, 1)
@@ -69,7 +98,9 @@ def test_newer_writes_apply_and_older_ones_are_stale(target_engine, table):
     assert write(target_engine, table, row(2, "new", 20)).stale == 1
 
 
-def test_delete_is_remembered_against_older_inserts(target_engine, table):
+def test_delete_is_remembered_against_older_inserts(
+    target_engine: sa.Engine, table: TargetTable
+) -> None:
     write(target_engine, table, row(1, "a", 10))
     assert write(target_engine, table, delete(1, 20)).applied == 1
     assert state(target_engine, table) == {}
@@ -81,18 +112,23 @@ def test_delete_is_remembered_against_older_inserts(target_engine, table):
     assert write(target_engine, table, row(1, "reborn", 30)).applied == 1
     assert state(target_engine, table) == {1: ("reborn", 30)}
     with target_engine.connect() as conn:
-        assert conn.execute(sa.text("select count(*) from cdcr.tombstones where table_name = :t"),
-                            {"t": table.qualified}).scalar() == 0
+        assert (
+            conn.execute(
+                sa.text("select count(*) from cdcr.tombstones where table_name = :t"),
+                {"t": table.qualified},
+            ).scalar()
+            == 0
+        )
 
 
-def test_older_delete_is_stale(target_engine, table):
+def test_older_delete_is_stale(target_engine: sa.Engine, table: TargetTable) -> None:
     write(target_engine, table, row(1, "a", 10))
     res = write(target_engine, table, delete(1, 5))
     assert (res.applied, res.stale) == (0, 1)
     assert state(target_engine, table) == {1: ("a", 10)}
 
 
-def test_partial_write_keeps_omitted_columns(target_engine, table):
+def test_partial_write_keeps_omitted_columns(target_engine: sa.Engine, table: TargetTable) -> None:
     write(target_engine, table, row(1, "a", 10, doc='{"big": "value"}'))
     partial = RowWrite((1,), {"id": 1, "name": "renamed"}, 20, T0 + 20)
     assert write(target_engine, table, partial).applied == 1
@@ -101,7 +137,7 @@ def test_partial_write_keeps_omitted_columns(target_engine, table):
     assert r.name == "renamed" and r.doc == {"big": "value"}
 
 
-def test_truncate_is_versioned(target_engine, table):
+def test_truncate_is_versioned(target_engine: sa.Engine, table: TargetTable) -> None:
     write(target_engine, table, row(1, "a", 10), row(2, "b", 30))
     with target_engine.begin() as conn:
         assert truncate_table(conn, table, 20, T0) == 1
@@ -111,12 +147,23 @@ def test_truncate_is_versioned(target_engine, table):
     assert write(target_engine, table, row(3, "new", 25)).applied == 1
 
 
-def test_awkward_values_round_trip_through_copy(target_engine, table):
+def test_awkward_values_round_trip_through_copy(
+    target_engine: sa.Engine, table: TargetTable
+) -> None:
     at = datetime(1930, 3, 1, 12, 0, tzinfo=UTC)
-    w = row(1, 'tab\there "quoted" back\\slash\nnewline', 10, amount=Decimal("-123.45"),
-            tags=["a,b", 'q"uote', None, "back\\slash"], doc='{"k": [1, 2]}',
-            raw=b"\x00\xff\\", span=timedelta(days=400, seconds=3661, microseconds=5),
-            at=at, d=date(1969, 12, 31), t=time(23, 59, 59, 999999))
+    w = row(
+        1,
+        'tab\there "quoted" back\\slash\nnewline',
+        10,
+        amount=Decimal("-123.45"),
+        tags=["a,b", 'q"uote', None, "back\\slash"],
+        doc='{"k": [1, 2]}',
+        raw=b"\x00\xff\\",
+        span=timedelta(days=400, seconds=3661, microseconds=5),
+        at=at,
+        d=date(1969, 12, 31),
+        t=time(23, 59, 59, 999999),
+    )
     assert write(target_engine, table, w).applied == 1
     with target_engine.connect() as conn:
         r = conn.execute(sa.text(f"select * from {table.qualified}")).one()
@@ -131,7 +178,7 @@ def test_awkward_values_round_trip_through_copy(target_engine, table):
     assert r._cdc_ts == datetime.fromtimestamp((T0 + 10) / 1e6, tz=UTC)
 
 
-def test_copy_field_escapes_and_nulls():
+def test_copy_field_escapes_and_nulls() -> None:
     assert copy_field(None) == "\\N"
     assert copy_field("a\tb\\c\nd\re") == "a\\tb\\\\c\\nd\\re"
     assert copy_field(True) == "t" and copy_field(False) == "f"

@@ -38,14 +38,21 @@ class Pipeline:
 def source_traffic(engine: sa.Engine, table: str) -> None:
     """Inserts, updates (one leaving the TOASTed column unchanged), deletes, a key change."""
     with engine.begin() as conn:
-        conn.execute(sa.text(
-            f"insert into public.{table} select g, 'new' || g, g * 2.25, now(), "
-            "jsonb_build_object('n', g, 'a', array[1,2]), repeat('y', 5000), true "
-            "from generate_series(21, 60) g"))
+        conn.execute(
+            sa.text(
+                f"insert into public.{table} select g, 'new' || g, g * 2.25, now(), "
+                "jsonb_build_object('n', g, 'a', array[1,2]), repeat('y', 5000), true "
+                "from generate_series(21, 60) g"
+            )
+        )
     for i in range(5):
         with engine.begin() as conn:
-            conn.execute(sa.text(f"update public.{table} set name = name || '-u{i}', "
-                                 f"amount = amount + 1 where id % 7 = {i}"))
+            conn.execute(
+                sa.text(
+                    f"update public.{table} set name = name || '-u{i}', "
+                    f"amount = amount + 1 where id % 7 = {i}"
+                )
+            )
     with engine.begin() as conn:
         conn.execute(sa.text(f"delete from public.{table} where id in (3, 4, 30)"))
         conn.execute(sa.text(f"update public.{table} set id = 1000 where id = 5"))
@@ -53,7 +60,9 @@ def source_traffic(engine: sa.Engine, table: str) -> None:
 
 
 def expected_records(p: Pipeline, services: Any, n: int) -> None:
-    wait_for(f"{n} records in {p.topic}", lambda: count_records(services.kafka_bootstrap, p.topic) >= n)
+    wait_for(
+        f"{n} records in {p.topic}", lambda: count_records(services.kafka_bootstrap, p.topic) >= n
+    )
 
 
 def target_matches_source(p: Pipeline, source: sa.Engine, target: sa.Engine) -> None:
@@ -62,11 +71,14 @@ def target_matches_source(p: Pipeline, source: sa.Engine, target: sa.Engine) -> 
 
 def applied_counts(target: sa.Engine, group: str) -> dict[str, int]:
     with target.connect() as conn:
-        r = conn.execute(sa.text(
-            "select sum(consumed) consumed, sum(applied) applied, sum(skipped_duplicate) dup, "
-            "sum(skipped_stale) stale, sum(dead_lettered) dlq, sum(skipped_noop) noop, "
-            "max(next_offset) next_offset from cdcr.applied_offsets where consumer_group = :g"),
-            {"g": group}).one()
+        r = conn.execute(
+            sa.text(
+                "select sum(consumed) consumed, sum(applied) applied, sum(skipped_duplicate) dup, "
+                "sum(skipped_stale) stale, sum(dead_lettered) dlq, sum(skipped_noop) noop, "
+                "max(next_offset) next_offset from cdcr.applied_offsets where consumer_group = :g"
+            ),
+            {"g": group},
+        ).one()
     return {k: int(v or 0) for k, v in r._mapping.items()}
 
 
@@ -78,5 +90,3 @@ TRAFFIC_RECORDS = 20 + 40 + 44 + 6 + 3 + 1
 
 def run_until_idle(settings: Settings, idle: float = 3.0) -> Any:
     return command.run(settings, stop_when_idle_s=idle, serve_metrics=False)
-
-

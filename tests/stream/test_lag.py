@@ -55,8 +55,9 @@ def _delete_groups(admin: KafkaAdmin, unique_name: Callable[[str], str]) -> Iter
 
 
 @pytest.fixture()
-def topic_factory(admin: KafkaAdmin, unique_name: Callable[[str], str]
-                  ) -> Iterator[Callable[..., str]]:
+def topic_factory(
+    admin: KafkaAdmin, unique_name: Callable[[str], str]
+) -> Iterator[Callable[..., str]]:
     made: list[str] = []
 
     def make(partitions: int = PARTITIONS) -> str:
@@ -83,24 +84,37 @@ def _wait_for_leaders(admin: KafkaAdmin, topic: str, partitions: int) -> None:
     pytest.fail(f"topic {topic} has no leaders after 15 s")
 
 
-def produce(services: Services, topic: str, *, per_partition: int, base: datetime,
-            partitions: int = PARTITIONS, start: int = 0) -> None:
+def produce(
+    services: Services,
+    topic: str,
+    *,
+    per_partition: int,
+    base: datetime,
+    partitions: int = PARTITIONS,
+    start: int = 0,
+) -> None:
     """Message i of every partition has the timestamp base + i seconds."""
     p = Producer({"bootstrap.servers": services.kafka_bootstrap, "linger.ms": 5})
     base_ms = int(base.timestamp() * 1000)
     for i in range(start, start + per_partition):
         for part in range(partitions):
-            p.produce(topic, value=f"{part}:{i}".encode(), partition=part,
-                      timestamp=base_ms + i * 1000)
+            p.produce(
+                topic, value=f"{part}:{i}".encode(), partition=part, timestamp=base_ms + i * 1000
+            )
     assert p.flush(15) == 0
 
 
-def consume_and_commit(services: Services, group: str, topic: str,
-                       upto: dict[int, int]) -> None:
+def consume_and_commit(services: Services, group: str, topic: str, upto: dict[int, int]) -> None:
     """Consume offsets [0, upto[p]) of each partition with ``group`` and commit upto[p]; then
     leave (the group ends with no members)."""
-    c = Consumer({"bootstrap.servers": services.kafka_bootstrap, "group.id": group,
-                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    c = Consumer(
+        {
+            "bootstrap.servers": services.kafka_bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
     try:
         c.assign([TopicPartition(topic, p, 0) for p in upto])
         seen = dict.fromkeys(upto, 0)
@@ -112,8 +126,7 @@ def consume_and_commit(services: Services, group: str, topic: str,
                 assert part is not None and off is not None
                 seen[part] = max(seen[part], off + 1)
         assert all(seen[p] >= upto[p] for p in upto), seen
-        c.commit(offsets=[TopicPartition(topic, p, o) for p, o in upto.items()],
-                 asynchronous=False)
+        c.commit(offsets=[TopicPartition(topic, p, o) for p, o in upto.items()], asynchronous=False)
     finally:
         c.close()
 
@@ -126,9 +139,12 @@ class FixedClock:
         return self.now
 
 
-def test_offset_and_time_lag_per_partition(services: Services, admin: KafkaAdmin,
-                                           topic_factory: Callable[..., str],
-                                           unique_name: Callable[[str], str]) -> None:
+def test_offset_and_time_lag_per_partition(
+    services: Services,
+    admin: KafkaAdmin,
+    topic_factory: Callable[..., str],
+    unique_name: Callable[[str], str],
+) -> None:
     topic = topic_factory()
     now = datetime.now(UTC).replace(microsecond=0)
     base = now - timedelta(seconds=AGE0_S)
@@ -146,8 +162,11 @@ def test_offset_and_time_lag_per_partition(services: Services, admin: KafkaAdmin
         p = got[part]
         assert (p.committed, p.log_end, p.offset_lag) == (m, N, N - m)
         if m == N:
-            assert (p.time_lag_s, p.time_lag_source, p.status) == (0.0, TimeLagSource.CAUGHT_UP,
-                                                                   Status.OK)
+            assert (p.time_lag_s, p.time_lag_source, p.status) == (
+                0.0,
+                TimeLagSource.CAUGHT_UP,
+                Status.OK,
+            )
         else:
             # The oldest unconsumed message is offset m, stamped base + m seconds; the newest is
             # N - 1: the group is N - 1 - m seconds of writes behind, and offset m has waited
@@ -159,9 +178,12 @@ def test_offset_and_time_lag_per_partition(services: Services, admin: KafkaAdmin
     assert g.total_offset_lag == (N - 2) + (N - 5)
 
 
-def test_stopped_group_while_messages_arrive_is_stop(services: Services, admin: KafkaAdmin,
-                                                     topic_factory: Callable[..., str],
-                                                     unique_name: Callable[[str], str]) -> None:
+def test_stopped_group_while_messages_arrive_is_stop(
+    services: Services,
+    admin: KafkaAdmin,
+    topic_factory: Callable[..., str],
+    unique_name: Callable[[str], str],
+) -> None:
     topic = topic_factory()
     produce(services, topic, per_partition=N, base=datetime.now(UTC) - timedelta(seconds=5))
     group = unique_name("g")
@@ -193,9 +215,12 @@ def test_stopped_group_while_messages_arrive_is_stop(services: Services, admin: 
     assert {p.status for p in g.partitions} == {Status.STOP}
 
 
-def test_caught_up_idle_group_is_ok(services: Services, admin: KafkaAdmin,
-                                    topic_factory: Callable[..., str],
-                                    unique_name: Callable[[str], str]) -> None:
+def test_caught_up_idle_group_is_ok(
+    services: Services,
+    admin: KafkaAdmin,
+    topic_factory: Callable[..., str],
+    unique_name: Callable[[str], str],
+) -> None:
     topic = topic_factory()
     produce(services, topic, per_partition=N, base=datetime.now(UTC) - timedelta(seconds=60))
     group = unique_name("g")
@@ -206,19 +231,34 @@ def test_caught_up_idle_group_is_ok(services: Services, admin: KafkaAdmin,
     (g,) = mon.report().groups
     assert g.status is Status.OK and g.total_offset_lag == 0 and g.max_time_lag_s == 0.0
     assert [(p.offset_lag, p.time_lag_s, p.status) for p in g.partitions] == [
-        (0, 0.0, Status.OK)] * PARTITIONS
+        (0, 0.0, Status.OK)
+    ] * PARTITIONS
 
 
-def test_member_that_does_not_commit_is_stall(services: Services, admin: KafkaAdmin,
-                                              topic_factory: Callable[..., str],
-                                              unique_name: Callable[[str], str]) -> None:
+def test_member_that_does_not_commit_is_stall(
+    services: Services,
+    admin: KafkaAdmin,
+    topic_factory: Callable[..., str],
+    unique_name: Callable[[str], str],
+) -> None:
     topic = topic_factory(partitions=1)
-    produce(services, topic, per_partition=N, partitions=1,
-            base=datetime.now(UTC) - timedelta(seconds=AGE0_S))
+    produce(
+        services,
+        topic,
+        per_partition=N,
+        partitions=1,
+        base=datetime.now(UTC) - timedelta(seconds=AGE0_S),
+    )
     group = unique_name("g")
     consume_and_commit(services, group, topic, {0: 3})
-    c = Consumer({"bootstrap.servers": services.kafka_bootstrap, "group.id": group,
-                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    c = Consumer(
+        {
+            "bootstrap.servers": services.kafka_bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
     try:
         c.subscribe([topic])
         deadline = time.monotonic() + 30
@@ -245,26 +285,53 @@ def test_unreachable_broker_keeps_the_kafka_error_code() -> None:
     dead = KafkaAdmin(client_config("127.0.0.1:1"), timeout_s=1)
     with pytest.raises(KafkaAdminError) as info:
         dead.describe_groups(["g"])
-    assert info.value.code in (KafkaError._TIMED_OUT, KafkaError._TRANSPORT,
-                               KafkaError._ALL_BROKERS_DOWN)
+    assert info.value.code in (
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+    )
     assert info.value.code_name and "broker reachable" in str(info.value)
 
 
-PARTITION_KEYS = {"topic", "partition", "committed", "reason", "position", "log_start",
-                  "log_end", "offset_lag", "time_lag_s", "time_lag_source", "time_lag_over_30m",
-                  "oldest_unconsumed_age_s", "status", "applied", "applied_event_time",
-                  "applied_updated_at"}
-GROUP_KEYS = {"group", "state", "members", "status", "total_offset_lag", "max_time_lag_s",
-              "partitions_without_commit", "partitions"}
-TOP_KEYS = {"schema_version", "generated_at", "samples", "interval_s", "applied_offsets",
-            "groups"}
+PARTITION_KEYS = {
+    "topic",
+    "partition",
+    "committed",
+    "reason",
+    "position",
+    "log_start",
+    "log_end",
+    "offset_lag",
+    "time_lag_s",
+    "time_lag_source",
+    "time_lag_over_30m",
+    "oldest_unconsumed_age_s",
+    "status",
+    "applied",
+    "applied_event_time",
+    "applied_updated_at",
+}
+GROUP_KEYS = {
+    "group",
+    "state",
+    "members",
+    "status",
+    "total_offset_lag",
+    "max_time_lag_s",
+    "partitions_without_commit",
+    "partitions",
+}
+TOP_KEYS = {"schema_version", "generated_at", "samples", "interval_s", "applied_offsets", "groups"}
 STATUSES = {"OK", "WARN", "REWIND", "STALL", "STOP"}
 
 
-def test_cli_json_schema_with_applied_offsets(services: Services, admin: KafkaAdmin,
-                                              target_engine: sa.Engine,
-                                              topic_factory: Callable[..., str],
-                                              unique_name: Callable[[str], str]) -> None:
+def test_cli_json_schema_with_applied_offsets(
+    services: Services,
+    admin: KafkaAdmin,
+    target_engine: sa.Engine,
+    topic_factory: Callable[..., str],
+    unique_name: Callable[[str], str],
+) -> None:
     topic = topic_factory()
     produce(services, topic, per_partition=N, base=datetime.now(UTC) - timedelta(seconds=AGE0_S))
     group = unique_name("g")
@@ -274,19 +341,26 @@ def test_cli_json_schema_with_applied_offsets(services: Services, admin: KafkaAd
             pytest.fail("cdcr.applied_offsets missing in the target: run `cdcr migrate`")
     applied_at = datetime(2026, 1, 1, tzinfo=UTC)
     with target_engine.begin() as conn:
-        conn.execute(sa.text(
-            "insert into cdcr.applied_offsets (consumer_group, topic, partition, next_offset, "
-            "last_event_time) values (:g, :t, 0, 6, :at)"), {"g": group, "t": topic,
-                                                              "at": applied_at})
+        conn.execute(
+            sa.text(
+                "insert into cdcr.applied_offsets (consumer_group, topic, partition, next_offset, "
+                "last_event_time) values (:g, :t, 0, 6, :at)"
+            ),
+            {"g": group, "t": topic, "at": applied_at},
+        )
     try:
         before = datetime.now(UTC)
-        result = CliRunner().invoke(app, ["lag", "--group", group, "--json", "--samples", "2",
-                                          "--interval", "0.1"], env=dict(os.environ))
+        result = CliRunner().invoke(
+            app,
+            ["lag", "--group", group, "--json", "--samples", "2", "--interval", "0.1"],
+            env=dict(os.environ),
+        )
         after = datetime.now(UTC)
     finally:
         with target_engine.begin() as conn:
-            conn.execute(sa.text("delete from cdcr.applied_offsets where consumer_group = :g"),
-                         {"g": group})
+            conn.execute(
+                sa.text("delete from cdcr.applied_offsets where consumer_group = :g"), {"g": group}
+            )
     assert result.exit_code == 0, result.output
     doc: dict[str, Any] = json.loads(result.stdout)
     assert set(doc) == TOP_KEYS and doc["schema_version"] == 1
@@ -301,13 +375,21 @@ def test_cli_json_schema_with_applied_offsets(services: Services, admin: KafkaAd
     for p in g["partitions"]:
         assert set(p) == PARTITION_KEYS and p["status"] in STATUSES
         assert (p["topic"], p["committed"], p["log_start"], p["log_end"], p["offset_lag"]) == (
-            topic, 4, 0, N, N - 4)
+            topic,
+            4,
+            0,
+            N,
+            N - 4,
+        )
         assert p["time_lag_source"] == "timestamp"
         assert p["time_lag_s"] == pytest.approx(N - 1 - 4, abs=0.01)  # message times, no clock
         assert p["reason"] is None and p["position"] == 4 and p["time_lag_over_30m"] is False
         expected = AGE0_S - 4
-        assert expected - 1 <= p["oldest_unconsumed_age_s"] <= expected + (
-            after - before).total_seconds() + TIME_TOLERANCE_CLI_S
+        assert (
+            expected - 1
+            <= p["oldest_unconsumed_age_s"]
+            <= expected + (after - before).total_seconds() + TIME_TOLERANCE_CLI_S
+        )
     assert g["partitions"][0]["applied"] == 6
     assert g["partitions"][0]["applied_event_time"] == "2026-01-01T00:00:00Z"
     assert g["partitions"][0]["applied_updated_at"] is not None  # when the engine advanced it
@@ -320,36 +402,58 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_serve_exports_parseable_gauges(services: Services, topic_factory: Callable[..., str],
-                                        unique_name: Callable[[str], str]) -> None:
+def test_serve_exports_parseable_gauges(
+    services: Services, topic_factory: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
     topic = topic_factory()
     produce(services, topic, per_partition=N, base=datetime.now(UTC) - timedelta(seconds=AGE0_S))
     group = unique_name("g")
     consume_and_commit(services, group, topic, {0: 1, 1: N, 2: 7})
     port = _free_port()
     # Through main() as the `cdcr` script does (runpy's -m would import cli.py twice).
-    cmd = [sys.executable, "-c", "from cdc_reconciler.cli import main; main()", "lag",
-           "--group", group, "--serve", str(port), "--refresh", "0.5", "--samples", "1"]
-    with subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE) as proc:
+    cmd = [
+        sys.executable,
+        "-c",
+        "from cdc_reconciler.cli import main; main()",
+        "lag",
+        "--group",
+        group,
+        "--serve",
+        str(port),
+        "--refresh",
+        "0.5",
+        "--samples",
+        "1",
+    ]
+    with subprocess.Popen(
+        cmd, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    ) as proc:
         try:
             body = _scrape(f"http://127.0.0.1:{port}/metrics", proc)
         finally:
             proc.terminate()
             proc.communicate(timeout=10)
     families = {f.name: f for f in text_string_to_metric_families(body)}
-    lag = {s.labels["partition"]: s.value for s in families["cdcr_consumer_offset_lag"].samples
-           if s.labels["group"] == group}
+    lag = {
+        s.labels["partition"]: s.value
+        for s in families["cdcr_consumer_offset_lag"].samples
+        if s.labels["group"] == group
+    }
     assert lag == {"0": N - 1.0, "1": 0.0, "2": N - 7.0}
-    secs = {s.labels["partition"]: s.value
-            for s in families["cdcr_consumer_time_lag_seconds"].samples}
+    secs = {
+        s.labels["partition"]: s.value for s in families["cdcr_consumer_time_lag_seconds"].samples
+    }
     assert secs["1"] == 0.0
     assert secs["0"] == pytest.approx(N - 1 - 1, abs=0.01)  # newest (N-1) minus oldest unread (1)
-    ages = {s.labels["partition"]: s.value
-            for s in families["cdcr_consumer_oldest_unconsumed_age_seconds"].samples}
+    ages = {
+        s.labels["partition"]: s.value
+        for s in families["cdcr_consumer_oldest_unconsumed_age_seconds"].samples
+    }
     assert ages["1"] == 0.0 and AGE0_S - 1 - 1 <= ages["0"] <= AGE0_S - 1 + 30
-    status = {(s.labels["partition"], s.labels["status"]): s.value
-              for s in families["cdcr_consumer_status"].samples}
+    status = {
+        (s.labels["partition"], s.labels["status"]): s.value
+        for s in families["cdcr_consumer_status"].samples
+    }
     assert status[("1", "OK")] == 1.0 and status[("0", "STOP")] == 1.0
     assert sum(v for (part, _), v in status.items() if part == "0") == 1.0
     assert {s.labels["topic"] for s in families["cdcr_consumer_status"].samples} == {topic}

@@ -57,25 +57,32 @@ def parts_of(doc: dict[str, Any], group: str) -> dict[tuple[str, int], dict[str,
 
 
 def group_of(doc: dict[str, Any], group: str) -> dict[str, Any]:
-    (g,) = [g for g in doc["groups"] if g["group"] == group]
+    found: list[dict[str, Any]] = [g for g in doc["groups"] if g["group"] == group]
+    (g,) = found
     return g
 
 
 def commit(services: Services, group: str, offsets: dict[tuple[str, int], int]) -> None:
     """Commit offsets for a group without consuming (as `kafka-consumer-groups --reset-offsets`
     does): the group has no member afterwards."""
-    c = Consumer({"bootstrap.servers": services.kafka_bootstrap, "group.id": group,
-                  "enable.auto.commit": False})
+    c = Consumer(
+        {
+            "bootstrap.servers": services.kafka_bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+        }
+    )
     try:
-        c.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                 asynchronous=False)
+        c.commit(
+            offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False
+        )
     finally:
         c.close()
 
 
-def test_four_partitions_250_250_100_0_exact(services: Services,
-                                             topic_factory: Callable[..., str],
-                                             unique_name: Callable[[str], str]) -> None:
+def test_four_partitions_250_250_100_0_exact(
+    services: Services, topic_factory: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
     """The issue's case: 1,000 records over 4 partitions, consumed 250/250/100/0 and committed;
     the partition never committed on is listed and counted."""
     topic = topic_factory(partitions=4)
@@ -88,10 +95,16 @@ def test_four_partitions_250_250_100_0_exact(services: Services,
     doc = lag_json("--group", group)
     g, parts = group_of(doc, group), parts_of(doc, group)
     assert sorted(parts) == [(topic, p) for p in range(4)]
-    got = [(p["committed"], p["position"], p["log_end"], p["offset_lag"], p["reason"])
-           for p in parts.values()]
-    assert got == [(250, 250, 250, 0, None), (250, 250, 250, 0, None),
-                   (100, 100, 250, 150, None), (None, 0, 250, 250, "no_commit")]
+    got = [
+        (p["committed"], p["position"], p["log_end"], p["offset_lag"], p["reason"])
+        for p in parts.values()
+    ]
+    assert got == [
+        (250, 250, 250, 0, None),
+        (250, 250, 250, 0, None),
+        (100, 100, 250, 150, None),
+        (None, 0, 250, 250, "no_commit"),
+    ]
     assert g["total_offset_lag"] == 400 and g["partitions_without_commit"] == 1
     p2, p3 = parts[(topic, 2)], parts[(topic, 3)]
     # Message i is stamped base + i s: behind the log end by 249 - position seconds.
@@ -107,18 +120,24 @@ def test_four_partitions_250_250_100_0_exact(services: Services,
     latest = parts_of(lag_json("--group", group, "--offset-reset", "latest"), group)
     p3 = latest[(topic, 3)]
     assert (p3["committed"], p3["position"], p3["offset_lag"], p3["reason"]) == (
-        None, 250, 0, "no_commit")
+        None,
+        250,
+        0,
+        "no_commit",
+    )
     assert sum(p["offset_lag"] for p in latest.values()) == 150
 
-    table = CliRunner().invoke(app, ["lag", "--group", group],
-                               env={**os.environ, "COLUMNS": "200"})
+    table = CliRunner().invoke(app, ["lag", "--group", group], env={**os.environ, "COLUMNS": "200"})
     assert table.exit_code == 0, table.output
     assert "no_commit" in table.output and "400" in table.output
 
 
 def test_uncommitted_partition_of_an_active_group_is_never_ok(
-        services: Services, admin: KafkaAdmin, topic_factory: Callable[..., str],
-        unique_name: Callable[[str], str]) -> None:
+    services: Services,
+    admin: KafkaAdmin,
+    topic_factory: Callable[..., str],
+    unique_name: Callable[[str], str],
+) -> None:
     topic = topic_factory(partitions=2)
     only_assigned = topic_factory(partitions=1)  # the group never commits here at all
     base = datetime.now(UTC) - timedelta(seconds=15)
@@ -126,8 +145,14 @@ def test_uncommitted_partition_of_an_active_group_is_never_ok(
     produce(services, only_assigned, per_partition=3, partitions=1, base=base)
     group = unique_name("g")
     consume_and_commit(services, group, topic, {0: 10})
-    c = Consumer({"bootstrap.servers": services.kafka_bootstrap, "group.id": group,
-                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    c = Consumer(
+        {
+            "bootstrap.servers": services.kafka_bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
     try:
         c.subscribe([topic, only_assigned])
         deadline = time.monotonic() + 30
@@ -144,16 +169,28 @@ def test_uncommitted_partition_of_an_active_group_is_never_ok(
     assert (p0.committed, p0.offset_lag, p0.status) == (10, 0, Status.OK)
     # Young records (15 s < the 60 s stall threshold) and a live member, but no commit: WARN.
     assert (p1.committed, p1.reason, p1.offset_lag, p1.status) == (
-        None, Reason.NO_COMMIT, 10, Status.WARN)
+        None,
+        Reason.NO_COMMIT,
+        10,
+        Status.WARN,
+    )
     # A topic the group is only assigned (no commit on it anywhere) is listed too.
     assert (a0.topic, a0.committed, a0.reason, a0.offset_lag, a0.status) == (
-        only_assigned, None, Reason.NO_COMMIT, 3, Status.WARN)
+        only_assigned,
+        None,
+        Reason.NO_COMMIT,
+        3,
+        Status.WARN,
+    )
     assert g.status is Status.WARN and g.total_offset_lag == 13
 
 
 def test_partition_added_after_the_group_started_and_own_group_pattern(
-        services: Services, admin: KafkaAdmin, topic_factory: Callable[..., str],
-        unique_name: Callable[[str], str]) -> None:
+    services: Services,
+    admin: KafkaAdmin,
+    topic_factory: Callable[..., str],
+    unique_name: Callable[[str], str],
+) -> None:
     topic_a = topic_factory(partitions=2)
     topic_b = topic_factory(partitions=1)
     base = datetime.now(UTC) - timedelta(seconds=30)
@@ -174,12 +211,15 @@ def test_partition_added_after_the_group_started_and_own_group_pattern(
     assert sorted(parts) == [(topic_a, 0), (topic_a, 1), (topic_a, 2)]
     new = parts[(topic_a, 2)]
     assert (new["committed"], new["reason"], new["log_end"], new["offset_lag"]) == (
-        None, "no_commit", 4, 4)
+        None,
+        "no_commit",
+        4,
+        4,
+    )
 
     # `cdcr run`'s own group (kafka.group_id): also every topic its pattern matches, even one it
     # never committed on or was assigned.
-    own = {"CDCR_KAFKA__GROUP_ID": group,
-           "CDCR_KAFKA__TOPIC_PATTERN": f"^({topic_a}|{topic_b})$"}
+    own = {"CDCR_KAFKA__GROUP_ID": group, "CDCR_KAFKA__TOPIC_PATTERN": f"^({topic_a}|{topic_b})$"}
     doc = lag_json(env=own)
     parts = parts_of(doc, group)
     assert sorted(parts) == [(topic_a, 0), (topic_a, 1), (topic_a, 2), (topic_b, 0)]
@@ -195,9 +235,9 @@ def test_partition_added_after_the_group_started_and_own_group_pattern(
     assert g["status"] == "STOP"
 
 
-def test_idle_group_has_zero_time_lag_never_nan(services: Services,
-                                                topic_factory: Callable[..., str],
-                                                unique_name: Callable[[str], str]) -> None:
+def test_idle_group_has_zero_time_lag_never_nan(
+    services: Services, topic_factory: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
     topic = topic_factory(partitions=3)
     p = Producer({"bootstrap.servers": services.kafka_bootstrap})
     for i in range(6):
@@ -210,16 +250,21 @@ def test_idle_group_has_zero_time_lag_never_nan(services: Services,
     doc = lag_json("--group", group)
     g, parts = group_of(doc, group), parts_of(doc, group)
     assert (g["status"], g["total_offset_lag"], g["max_time_lag_s"]) == ("OK", 0, 0.0)
-    assert [(p["offset_lag"], p["time_lag_s"], p["time_lag_source"], p["status"])
-            for p in parts.values()] == [(0, 0.0, "caught_up", "OK")] * 3
+    assert [
+        (p["offset_lag"], p["time_lag_s"], p["time_lag_source"], p["status"])
+        for p in parts.values()
+    ] == [(0, 0.0, "caught_up", "OK")] * 3
     # The empty partition was never committed on, but nothing waits there.
     assert parts[(topic, 2)]["reason"] == "no_commit"
     assert parts[(topic, 2)]["oldest_unconsumed_age_s"] == 0.0
 
 
-def test_group_reprocessing_from_the_beginning(services: Services, admin: KafkaAdmin,
-                                               topic_factory: Callable[..., str],
-                                               unique_name: Callable[[str], str]) -> None:
+def test_group_reprocessing_from_the_beginning(
+    services: Services,
+    admin: KafkaAdmin,
+    topic_factory: Callable[..., str],
+    unique_name: Callable[[str], str],
+) -> None:
     """Two-hour-old data: a group that rewound to the start is as far behind as the log spans
     (9 s), not two hours; where new data arrived since, it is two hours behind and says so."""
     topic = topic_factory(partitions=2)
@@ -251,9 +296,12 @@ def test_group_reprocessing_from_the_beginning(services: Services, admin: KafkaA
     assert p1["time_lag_over_30m"] is True
 
 
-def test_offset_below_log_start_after_delete_records(services: Services, admin: KafkaAdmin,
-                                                     topic_factory: Callable[..., str],
-                                                     unique_name: Callable[[str], str]) -> None:
+def test_offset_below_log_start_after_delete_records(
+    services: Services,
+    admin: KafkaAdmin,
+    topic_factory: Callable[..., str],
+    unique_name: Callable[[str], str],
+) -> None:
     topic = topic_factory(partitions=1)
     base = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=60)
     produce(services, topic, per_partition=10, partitions=1, base=base)
@@ -272,23 +320,33 @@ def test_offset_below_log_start_after_delete_records(services: Services, admin: 
 
 
 def test_one_shot_lag_reads_applied_offsets_without_sqlalchemy(
-        services: Services, migrated_target: str, topic_factory: Callable[..., str],
-        unique_name: Callable[[str], str]) -> None:
+    services: Services,
+    migrated_target: str,
+    topic_factory: Callable[..., str],
+    unique_name: Callable[[str], str],
+) -> None:
     """The one-shot path imports only what it needs: Kafka, and psycopg2 for the applied
     offsets (SQLAlchemy's import alone costs about 0.2 s of the 0.5 s budget)."""
     topic = topic_factory(partitions=1)
     produce(services, topic, per_partition=3, partitions=1, base=datetime.now(UTC))
     group = unique_name("g")
     consume_and_commit(services, group, topic, {0: 1})
-    code = ("import json, sys\n"
-            "from cdc_reconciler.cli import main\n"
-            f"sys.argv = ['cdcr', 'lag', '--json', '--group', {group!r}]\n"
-            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-            "heavy = ('sqlalchemy', 'duckdb', 'pandas', 'pyarrow')\n"
-            "print(json.dumps([m for m in heavy if m in sys.modules]), file=sys.stderr)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, env=dict(os.environ),
-                         cwd=Path(__file__).resolve().parents[1])
+    code = (
+        "import json, sys\n"
+        "from cdc_reconciler.cli import main\n"
+        f"sys.argv = ['cdcr', 'lag', '--json', '--group', {group!r}]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "heavy = ('sqlalchemy', 'duckdb', 'pandas', 'pyarrow')\n"
+        "print(json.dumps([m for m in heavy if m in sys.modules]), file=sys.stderr)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ),
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert out.returncode == 0, out.stderr
     assert out.stderr.strip().splitlines()[-1] == "[]", out.stderr
     doc = json.loads(out.stdout)

@@ -34,14 +34,21 @@ T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 def samples(*rows: tuple[int | None, int], start: int = 0, step_s: float = 1.0) -> list[Sample]:
     """Samples of (committed, log_end), one per ``step_s`` from T0."""
-    return [Sample(T0 + timedelta(seconds=i * step_s), c, start, e)
-            for i, (c, e) in enumerate(rows)]
+    return [
+        Sample(T0 + timedelta(seconds=i * step_s), c, start, e) for i, (c, e) in enumerate(rows)
+    ]
 
 
-def status(rows: list[Sample], *, active: bool = True, time_lag_s: float | None = 0.0,
-           thresholds: Thresholds | None = None) -> Status:
-    return partition_status(rows, group_active=active, age_s=time_lag_s,
-                            thresholds=thresholds or Thresholds())
+def status(
+    rows: list[Sample],
+    *,
+    active: bool = True,
+    time_lag_s: float | None = 0.0,
+    thresholds: Thresholds | None = None,
+) -> Status:
+    return partition_status(
+        rows, group_active=active, age_s=time_lag_s, thresholds=thresholds or Thresholds()
+    )
 
 
 class TestPartitionStatus:
@@ -115,7 +122,10 @@ class TestPartitionStatus:
     def test_commit_below_log_start_is_out_of_range_and_restarts_per_reset(self) -> None:
         early = Sample(T0, 5, 100, 150)
         assert (early.reason, early.position, early.offset_lag) == (
-            Reason.OFFSET_OUT_OF_RANGE, 100, 50)
+            Reason.OFFSET_OUT_OF_RANGE,
+            100,
+            50,
+        )
         assert status([early], time_lag_s=1.0) is Status.WARN
         late = Sample(T0, 5, 100, 150, reset="latest")
         assert (late.position, late.offset_lag) == (150, 0)
@@ -126,15 +136,21 @@ class TestPartitionStatus:
 
     def test_recent_applied_progress_is_not_stall_even_with_old_data(self) -> None:
         rows = samples((10, 20))  # one sample: a one-shot cannot see the offset move
-        assert partition_status(rows, group_active=True, age_s=7200.0,
-                                since_progress_s=2.0) is Status.OK
-        assert partition_status(rows, group_active=True, age_s=7200.0,
-                                since_progress_s=61.0) is Status.STALL
+        assert (
+            partition_status(rows, group_active=True, age_s=7200.0, since_progress_s=2.0)
+            is Status.OK
+        )
+        assert (
+            partition_status(rows, group_active=True, age_s=7200.0, since_progress_s=61.0)
+            is Status.STALL
+        )
 
     def test_burst_after_a_quiet_spell_is_not_stall(self) -> None:
         rows = samples((10, 20))  # applied long ago (quiet topic), the waiting records are young
-        assert partition_status(rows, group_active=True, age_s=0.5,
-                                since_progress_s=3600.0) is Status.OK
+        assert (
+            partition_status(rows, group_active=True, age_s=0.5, since_progress_s=3600.0)
+            is Status.OK
+        )
 
 
 class TestGroupStatus:
@@ -146,9 +162,16 @@ class TestGroupStatus:
     def test_no_partitions_is_ok(self) -> None:
         assert group_status([]) is Status.OK
 
-    @pytest.mark.parametrize(("state", "members", "active"), [
-        ("STABLE", 2, True), ("EMPTY", 0, False), ("DEAD", 0, False),
-        ("PREPARING_REBALANCING", 0, True), ("UNKNOWN", 0, False)])
+    @pytest.mark.parametrize(
+        ("state", "members", "active"),
+        [
+            ("STABLE", 2, True),
+            ("EMPTY", 0, False),
+            ("DEAD", 0, False),
+            ("PREPARING_REBALANCING", 0, True),
+            ("UNKNOWN", 0, False),
+        ],
+    )
     def test_group_activity(self, state: str, members: int, active: bool) -> None:
         assert group_is_active(state, members) is active
 
@@ -175,8 +198,7 @@ class TestTimeLag:
 
     def test_position_older_than_history_is_lower_bound(self) -> None:
         rows = samples((10, 20), (10, 25), step_s=5.0)
-        assert time_lag(T0 + timedelta(seconds=8), rows, None) == (8.0,
-                                                                   TimeLagSource.LOWER_BOUND)
+        assert time_lag(T0 + timedelta(seconds=8), rows, None) == (8.0, TimeLagSource.LOWER_BOUND)
 
     def test_interpolate_needs_a_bracket(self) -> None:
         assert interpolate_arrival(samples((0, 20), (0, 30)), 5) is None
@@ -199,8 +221,14 @@ class _W:
 class _FakeSource:
     """Scripted cluster answers, one per sample, for the monitor's bookkeeping."""
 
-    def __init__(self, committed: list[dict[TP, int | None]], ends: list[dict[TP, int]],
-                 state: str = "STABLE", members: int = 1, ts: datetime | None = None) -> None:
+    def __init__(
+        self,
+        committed: list[dict[TP, int | None]],
+        ends: list[dict[TP, int]],
+        state: str = "STABLE",
+        members: int = 1,
+        ts: datetime | None = None,
+    ) -> None:
         self.committed, self.ends, self.i = committed, ends, -1
         self.state, self.members, self.ts = state, members, ts
 
@@ -214,15 +242,17 @@ class _FakeSource:
     def committed_offsets(self, groups: Iterable[str]) -> Mapping[str, Mapping[TP, int | None]]:
         return {g: (self.committed[self.i] if g == "g" else {}) for g in groups}
 
-    def topic_partitions(self, pattern: str | None = None, *,
-                         skip_errors: bool = False) -> Mapping[str, int]:
+    def topic_partitions(
+        self, pattern: str | None = None, *, skip_errors: bool = False
+    ) -> Mapping[str, int]:
         return {"t": 2, "other": 1}
 
     def watermarks(self, partitions: Iterable[TP]) -> Mapping[TP, _W]:
         return {tp: _W(0, self.ends[self.i].get(tp, 0)) for tp in partitions}
 
-    def message_timestamps(self, wanted: Iterable[tuple[str, int, int]], *,
-                           timeout_s: float = 1.0) -> Mapping[tuple[str, int, int], datetime]:
+    def message_timestamps(
+        self, wanted: Iterable[tuple[str, int, int]], *, timeout_s: float = 1.0
+    ) -> Mapping[tuple[str, int, int], datetime]:
         # Message at offset o is stamped ts + o seconds.
         return {w: self.ts + timedelta(seconds=w[2]) for w in wanted} if self.ts else {}
 
@@ -237,9 +267,13 @@ class _Clock:
 
 class TestMonitor:
     def test_report_from_history_with_fake_clock(self) -> None:
-        src = _FakeSource(committed=[{("t", 0): 5, ("t", 1): 7}, {("t", 0): 5, ("t", 1): 7}],
-                          ends=[{("t", 0): 10, ("t", 1): 7}, {("t", 0): 12, ("t", 1): 7}],
-                          state="EMPTY", members=0, ts=T0 - timedelta(seconds=30))
+        src = _FakeSource(
+            committed=[{("t", 0): 5, ("t", 1): 7}, {("t", 0): 5, ("t", 1): 7}],
+            ends=[{("t", 0): 10, ("t", 1): 7}, {("t", 0): 12, ("t", 1): 7}],
+            state="EMPTY",
+            members=0,
+            ts=T0 - timedelta(seconds=30),
+        )
         clock = _Clock()
         mon = LagMonitor(src, ["g"], now_getter=clock)
         mon.sample()
@@ -263,19 +297,25 @@ class TestMonitor:
         mon = LagMonitor(src, ["g"], topic_pattern="^t$", now_getter=_Clock())
         mon.sample()
         parts = mon.report().groups[0].partitions
-        assert [(p.partition, p.committed, p.offset_lag) for p in parts] == [(0, 5, 0),
-                                                                            (1, None, 3)]
+        assert [(p.partition, p.committed, p.offset_lag) for p in parts] == [
+            (0, 5, 0),
+            (1, None, 3),
+        ]
 
     def test_every_partition_of_a_committed_topic_and_the_group_pattern(self) -> None:
-        src = _FakeSource(committed=[{("t", 0): 5}], ends=[{("t", 0): 5, ("t", 1): 3,
-                                                            ("other", 0): 4}])
+        src = _FakeSource(
+            committed=[{("t", 0): 5}], ends=[{("t", 0): 5, ("t", 1): 3, ("other", 0): 4}]
+        )
         mon = LagMonitor(src, ["g"], group_patterns={"g": "^other$"}, now_getter=_Clock())
         mon.sample()
         (g,) = mon.report().groups
-        assert [(p.topic, p.partition, p.committed, p.offset_lag, p.reason)
-                for p in g.partitions] == [("other", 0, None, 4, Reason.NO_COMMIT),
-                                           ("t", 0, 5, 0, None),
-                                           ("t", 1, None, 3, Reason.NO_COMMIT)]
+        assert [
+            (p.topic, p.partition, p.committed, p.offset_lag, p.reason) for p in g.partitions
+        ] == [
+            ("other", 0, None, 4, Reason.NO_COMMIT),
+            ("t", 0, 5, 0, None),
+            ("t", 1, None, 3, Reason.NO_COMMIT),
+        ]
         assert g.total_offset_lag == 7
         assert report_as_json(mon.report())["groups"][0]["partitions_without_commit"] == 2
 
@@ -286,9 +326,9 @@ class TestMonitor:
             def watermarks(self, partitions: Iterable[TP]) -> Mapping[TP, _W]:
                 return {tp: _W(0, 10, T0) for tp in partitions}
 
-            def message_timestamps(self, wanted: Iterable[tuple[str, int, int]], *,
-                                   timeout_s: float = 1.0
-                                   ) -> Mapping[tuple[str, int, int], datetime]:
+            def message_timestamps(
+                self, wanted: Iterable[tuple[str, int, int]], *, timeout_s: float = 1.0
+            ) -> Mapping[tuple[str, int, int], datetime]:
                 asked.extend(wanted)
                 return {w: T0 - timedelta(seconds=40) for w in asked}
 
@@ -300,20 +340,26 @@ class TestMonitor:
 
     def test_group_pattern_skips_excluded_and_underscore_topics(self) -> None:
         class Src(_FakeSource):
-            def topic_partitions(self, pattern: str | None = None, *,
-                         skip_errors: bool = False) -> Mapping[str, int]:
+            def topic_partitions(
+                self, pattern: str | None = None, *, skip_errors: bool = False
+            ) -> Mapping[str, int]:
                 return {"cdc.s.t": 1, "cdc.cdcr.dlq": 1, "_cdc.x.y": 1}
 
-        mon = LagMonitor(Src([{}], [{}]), ["g"], group_patterns={"g": r"^_?cdc\.[^.]+\.[^.]+$"},
-                         group_excludes={"g": {"cdc.cdcr.dlq"}}, now_getter=_Clock())
+        mon = LagMonitor(
+            Src([{}], [{}]),
+            ["g"],
+            group_patterns={"g": r"^_?cdc\.[^.]+\.[^.]+$"},
+            group_excludes={"g": {"cdc.cdcr.dlq"}},
+            now_getter=_Clock(),
+        )
         mon.sample()
         assert [p.topic for p in mon.report().groups[0].partitions] == ["cdc.s.t"]
 
-    def test_topic_with_a_metadata_error_keeps_its_known_partitions_deleted_one_goes(
-            self) -> None:
+    def test_topic_with_a_metadata_error_keeps_its_known_partitions_deleted_one_goes(self) -> None:
         class Src(_FakeSource):
-            def topic_partitions(self, pattern: str | None = None, *,
-                                 skip_errors: bool = False) -> Mapping[str, int]:
+            def topic_partitions(
+                self, pattern: str | None = None, *, skip_errors: bool = False
+            ) -> Mapping[str, int]:
                 assert skip_errors  # an unrelated topic's error must not fail the report
                 return {"t": 2, "busy": 0}  # "gone" was deleted
 
@@ -325,8 +371,7 @@ class TestMonitor:
 
     def test_group_with_a_pattern_is_never_unknown(self) -> None:
         src = _FakeSource([{}], [{("other", 0): 4}])
-        mon = LagMonitor(src, ["fresh"], group_patterns={"fresh": "^other$"},
-                         now_getter=_Clock())
+        mon = LagMonitor(src, ["fresh"], group_patterns={"fresh": "^other$"}, now_getter=_Clock())
         mon.sample()
         (g,) = mon.report().groups
         assert (g.state, g.total_offset_lag, g.status) == ("DEAD", 4, Status.STOP)
@@ -348,11 +393,19 @@ HEAVY_AT_STARTUP = ("sqlalchemy", "duckdb", "confluent_kafka", "pandas", "pyarro
 
 
 def test_cdcr_startup_imports_no_heavy_module() -> None:
-    code = ("import sys; from cdc_reconciler.cli import main; "
-            f"print([m for m in {HEAVY_AT_STARTUP!r} if m in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, cwd=Path(__file__).resolve().parents[2] / "tests")
+    code = (
+        "import sys; from cdc_reconciler.cli import main; "
+        f"print([m for m in {HEAVY_AT_STARTUP!r} if m in sys.modules])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2] / "tests",
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", (
         f"importing cdc_reconciler.cli loads {out.stdout.strip()}: import them inside the "
-        "command that needs them")
+        "command that needs them"
+    )

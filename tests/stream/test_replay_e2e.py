@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import redis
@@ -13,10 +14,12 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from cdc_reconciler.cli import app
+from tests.conftest import Services
 from tests.helpers import committed, rows
 from tests.stream.pipeline import (
     COLUMNS,
     TRAFFIC_RECORDS,
+    Pipeline,
     expected_records,
     run_until_idle,
     source_traffic,
@@ -26,15 +29,16 @@ from tests.stream.pipeline import (
 pytestmark = pytest.mark.services
 
 
-def replay_json(*args: str) -> dict:
+def replay_json(*args: str) -> dict[str, Any]:
     result = CliRunner().invoke(app, ["replay", *args, "--json"])
     assert result.exit_code == 0, result.output
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    doc: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return doc
 
 
 def test_replaying_a_past_window_keeps_newer_data_and_dry_run_writes_nothing(
-    pipeline, services, source_engine, target_engine
-):
+    pipeline: Pipeline, services: Services, source_engine: sa.Engine, target_engine: sa.Engine
+) -> None:
     t0 = datetime.now(UTC) - timedelta(minutes=5)
     source_traffic(source_engine, pipeline.table)
     expected_records(pipeline, services, TRAFFIC_RECORDS)
@@ -61,8 +65,15 @@ def test_replaying_a_past_window_keeps_newer_data_and_dry_run_writes_nothing(
     # A row lost in the target comes back from the replay; --dry-run only reports it.
     with target_engine.begin() as conn:
         conn.execute(sa.text(f"delete from {pipeline.qualified} where id = 40"))
-    dry = replay_json("--from", t0.isoformat(), "--to", t_mid.isoformat(), "--dry-run",
-                      "--table", f"public.{pipeline.table}")
+    dry = replay_json(
+        "--from",
+        t0.isoformat(),
+        "--to",
+        t_mid.isoformat(),
+        "--dry-run",
+        "--table",
+        f"public.{pipeline.table}",
+    )
     assert dry["dry_run"] is True and dry["applied"] == 1
     assert rows(target_engine, pipeline.qualified, "count(*)", "1") == [(len(before) - 1,)]
     real = replay_json("--from", t0.isoformat(), "--to", t_mid.isoformat())
@@ -70,8 +81,9 @@ def test_replaying_a_past_window_keeps_newer_data_and_dry_run_writes_nothing(
     target_matches_source(pipeline, source_engine, target_engine)
 
 
-def test_replay_rejects_an_empty_range(pipeline):
-    result = CliRunner().invoke(app, ["replay", "--from", "2026-01-02T00:00Z", "--to",
-                                      "2026-01-01T00:00Z"])
+def test_replay_rejects_an_empty_range(pipeline: Pipeline) -> None:
+    result = CliRunner().invoke(
+        app, ["replay", "--from", "2026-01-02T00:00Z", "--to", "2026-01-01T00:00Z"]
+    )
     assert result.exit_code == 1
     assert "must be after" in result.output

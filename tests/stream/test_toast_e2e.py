@@ -5,7 +5,7 @@ unchanged TOASTed columns are placeholders; the engine re-reads them from the so
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from cdc_reconciler.stream import command
 from cdc_reconciler.stream.engine import ApplyEngine
+from tests.conftest import Connector, Services
 from tests.helpers import count_records, read_topic, rows, settings_for, value_json, wait_for
 from tests.stream.pipeline import free_port, run_until_idle
 
@@ -31,16 +32,31 @@ def _arr() -> list[str]:
 
 
 @pytest.fixture()
-def toasty(services, source_engine, target_engine, debezium, unique_name,
-           monkeypatch) -> Iterator[dict[str, Any]]:
+def toasty(
+    services: Services,
+    source_engine: sa.Engine,
+    target_engine: sa.Engine,
+    debezium: Callable[..., Connector],
+    unique_name: Callable[[str], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[dict[str, Any]]:
     table = unique_name("toast")
     with source_engine.begin() as conn:
-        conn.execute(sa.text(f"create table public.{table} (id int primary key, name text, "
-                             "big text, arr text[])"))  # REPLICA IDENTITY DEFAULT
-        conn.execute(sa.text(f"alter table public.{table} alter big set storage external, "
-                             "alter arr set storage external"))
-        conn.execute(sa.text(f"insert into public.{table} values (:i, :n, :b, :a)"),
-                     [{"i": i, "n": f"n{i}", "b": _big(), "a": _arr()} for i in range(1, N + 1)])
+        conn.execute(
+            sa.text(
+                f"create table public.{table} (id int primary key, name text, big text, arr text[])"
+            )
+        )  # REPLICA IDENTITY DEFAULT
+        conn.execute(
+            sa.text(
+                f"alter table public.{table} alter big set storage external, "
+                "alter arr set storage external"
+            )
+        )
+        conn.execute(
+            sa.text(f"insert into public.{table} values (:i, :n, :b, :a)"),
+            [{"i": i, "n": f"n{i}", "b": _big(), "a": _arr()} for i in range(1, N + 1)],
+        )
     connector = debezium([f"public.{table}"])
     env = {
         "KAFKA__TOPIC_PATTERN": rf"^{connector.topic_prefix}\.public\.{table}$",
@@ -54,58 +70,80 @@ def toasty(services, source_engine, target_engine, debezium, unique_name,
     command.sync_tables(settings, [f"public.{table}"])
     engines: list[ApplyEngine] = []
 
-    class Recorded(ApplyEngine):
-        def __init__(self, **kw: Any) -> None:
-            super().__init__(**kw)
-            engines.append(self)
+    def recorded(**kw: Any) -> ApplyEngine:
+        engine = ApplyEngine(**kw)
+        engines.append(engine)
+        return engine
 
-    monkeypatch.setattr(command, "ApplyEngine", Recorded)
-    yield {"table": table, "topic": connector.topic(f"public.{table}"), "env": env,
-           "settings": settings, "engines": engines}
+    monkeypatch.setattr(command, "ApplyEngine", recorded)
+    yield {
+        "table": table,
+        "topic": connector.topic(f"public.{table}"),
+        "env": env,
+        "settings": settings,
+        "engines": engines,
+    }
     with source_engine.begin() as conn:
         conn.execute(sa.text(f"drop table if exists public.{table}"))
     with target_engine.begin() as conn:
         conn.execute(sa.text(f"drop table if exists public.{table}"))
         for t in ("tombstones",):
-            conn.execute(sa.text(f"delete from cdcr.{t} where table_name = :t"),
-                         {"t": f"public.{table}"})
-        conn.execute(sa.text("delete from cdcr.reconcile_runs where table_name = :t"),
-                     {"t": f"public.{table}"})
-        conn.execute(sa.text("delete from cdcr.applied_offsets where consumer_group = :g"),
-                     {"g": f"g_{table}"})
+            conn.execute(
+                sa.text(f"delete from cdcr.{t} where table_name = :t"), {"t": f"public.{table}"}
+            )
+        conn.execute(
+            sa.text("delete from cdcr.reconcile_runs where table_name = :t"),
+            {"t": f"public.{table}"},
+        )
+        conn.execute(
+            sa.text("delete from cdcr.applied_offsets where consumer_group = :g"),
+            {"g": f"g_{table}"},
+        )
 
 
 def _equal(source: sa.Engine, target: sa.Engine, table: str) -> None:
     src = rows(source, f"public.{table}", COLS)
     assert rows(target, f"public.{table}", COLS) == src
     with target.connect() as conn:
-        nulls = conn.execute(sa.text(
-            f"select count(*) from public.{table} where big is null or arr is null")).scalar()
+        nulls = conn.execute(
+            sa.text(f"select count(*) from public.{table} where big is null or arr is null")
+        ).scalar()
     assert nulls == 0
 
 
 def test_key_changes_and_first_sight_refetch_toasted_values_from_the_source(
-    toasty, services, source_engine, target_engine, monkeypatch
-):
+    toasty: dict[str, Any],
+    services: Services,
+    source_engine: sa.Engine,
+    target_engine: sa.Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     t, topic = toasty["table"], toasty["topic"]
     with source_engine.begin() as conn:
         conn.execute(sa.text(f"update public.{t} set id = id + 1000 where id <= 40"))
     with source_engine.begin() as conn:  # rows exist in the target: their values are kept
-        conn.execute(sa.text(f"update public.{t} set name = name || '-u' where id between 41 and 44"))
+        conn.execute(
+            sa.text(f"update public.{t} set name = name || '-u' where id between 41 and 44")
+        )
     n = N + 40 * 3 + 4  # snapshot, (delete + tombstone + create) per key change, updates
     wait_for(f"{n} records", lambda: count_records(services.kafka_bootstrap, topic) >= n)
     # The key changes' creates do carry the placeholders (else this test proves nothing).
-    creates = [v["payload"]["after"] for v in map(value_json, read_topic(services.kafka_bootstrap,
-                                                                          topic))
-               if v is not None and v["payload"]["op"] == "c"]
+    creates = [
+        v["payload"]["after"]
+        for v in map(value_json, read_topic(services.kafka_bootstrap, topic))
+        if v is not None and v["payload"]["op"] == "c"
+    ]
     assert len(creates) == 40
-    assert all(a["big"] == "__debezium_unavailable_value"
-               and a["arr"] == ["__debezium_unavailable_value"] for a in creates)
+    assert all(
+        a["big"] == "__debezium_unavailable_value" and a["arr"] == ["__debezium_unavailable_value"]
+        for a in creates
+    )
 
     first = run_until_idle(toasty["settings"]).totals
     assert first.consumed == n and first.dead_lettered == 0
-    assert first.consumed == (first.applied + first.skipped_duplicate + first.skipped_stale
-                              + first.skipped_noop)
+    assert first.consumed == (
+        first.applied + first.skipped_duplicate + first.skipped_stale + first.skipped_noop
+    )
     _equal(source_engine, target_engine, t)
     engine = toasty["engines"][-1]
     assert engine.toast_refetched == 40 and engine.toast_missing == 0
@@ -124,8 +162,12 @@ def test_key_changes_and_first_sight_refetch_toasted_values_from_the_source(
 
 
 def test_a_toasted_event_whose_source_row_is_gone_becomes_an_open_discrepancy(
-    toasty, services, source_engine, target_engine, monkeypatch
-):
+    toasty: dict[str, Any],
+    services: Services,
+    source_engine: sa.Engine,
+    target_engine: sa.Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     t, topic = toasty["table"], toasty["topic"]
     wait_for("the snapshot", lambda: count_records(services.kafka_bootstrap, topic) >= N)
     run_until_idle(toasty["settings"])
@@ -135,8 +177,9 @@ def test_a_toasted_event_whose_source_row_is_gone_becomes_an_open_discrepancy(
         conn.execute(sa.text(f"update public.{t} set name = 'gone-soon' where id = 46"))
     with source_engine.begin() as conn:
         conn.execute(sa.text(f"delete from public.{t} where id = 46"))
-    wait_for("update, delete, tombstone",
-             lambda: count_records(services.kafka_bootstrap, topic) >= N + 3)
+    wait_for(
+        "update, delete, tombstone", lambda: count_records(services.kafka_bootstrap, topic) >= N + 3
+    )
     # One record per batch, so the update is applied before the delete arrives.
     settings = settings_for(monkeypatch, KAFKA__BATCH_SIZE="1")
     totals = run_until_idle(settings).totals
@@ -146,8 +189,13 @@ def test_a_toasted_event_whose_source_row_is_gone_becomes_an_open_discrepancy(
     assert engine.toast_missing == 1 and engine.toast_refetched == 0
     _equal(source_engine, target_engine, t)
     with target_engine.connect() as conn:
-        d = conn.execute(sa.text(
-            "select d.key, d.kind, d.columns, d.action, d.review_state from cdcr.discrepancies d "
-            "where d.table_name = :t"), {"t": f"public.{t}"}).all()
-    assert [tuple(r) for r in d] == [("[46]", "missing", ["big", "arr"], "toast_source_missing",
-                                      "open")]
+        d = conn.execute(
+            sa.text(
+                "select d.key, d.kind, d.columns, d.action, d.review_state from cdcr.discrepancies d "
+                "where d.table_name = :t"
+            ),
+            {"t": f"public.{t}"},
+        ).all()
+    assert [tuple(r) for r in d] == [
+        ("[46]", "missing", ["big", "arr"], "toast_source_missing", "open")
+    ]
