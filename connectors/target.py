@@ -264,7 +264,7 @@ class _Statements:
             [*data_cols, quote_ident(POS), '"_cdc_ts_us"', '"_cdc_op"', '"_cdc_key"']
         )
         self.create = (
-            f"CREATE TEMP TABLE IF NOT EXISTS {stg} ON COMMIT DELETE ROWS AS "
+            f"CREATE TEMP TABLE IF NOT EXISTS {stg} ON COMMIT DROP AS "
             f'SELECT {", ".join([*data_cols, quote_ident(POS)])}, 0::bigint AS "_cdc_ts_us", '
             f"''::text AS \"_cdc_op\", ''::text AS \"_cdc_key\" FROM {tgt} WITH NO DATA"
         )
@@ -399,7 +399,7 @@ def _write_group(cur: Any, table: TargetTable, st: _Statements, writes: list[Row
         cur.execute(st.delete, params)
         cur.execute(st.tombstone, params)
         applied += cur.rowcount
-    # ON COMMIT DELETE ROWS empties staging at commit; empty it now too, since one transaction
+    # ON COMMIT DROP removes staging at commit; empty it now too, since one transaction
     # may write the same table twice (a retry, or a second group).
     cur.execute(f"TRUNCATE {quote_ident(st.staging)}")
     return int(applied)
@@ -433,7 +433,7 @@ class _KeylessStatements:
         cols = [quote_ident(c) for c in table.columns]
         pos = quote_ident(POS)
         self.create = (
-            f"CREATE TEMP TABLE IF NOT EXISTS {stg} ON COMMIT DELETE ROWS AS "
+            f"CREATE TEMP TABLE IF NOT EXISTS {stg} ON COMMIT DROP AS "
             f'SELECT {", ".join([*cols, pos])}, 0::bigint AS "_cdc_ts_us", '
             f"''::text AS \"_cdc_op\" FROM {tgt} WITH NO DATA"
         )

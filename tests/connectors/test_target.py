@@ -183,3 +183,34 @@ def test_copy_field_escapes_and_nulls() -> None:
     assert copy_field("a\tb\\c\nd\re") == "a\\tb\\\\c\\nd\\re"
     assert copy_field(True) == "t" and copy_field(False) == "f"
     assert copy_field(7) == "7" and copy_field(Decimal("1.50")) == "1.50"
+
+
+def test_a_target_column_altered_while_running_takes_the_new_type(
+    target_engine: sa.Engine, table: TargetTable
+) -> None:
+    """Staging lives for one transaction, so a column widened on the target (on the same pooled
+    connection, with the table description cached) is written with its new type: nothing is
+    rounded or cut to the old one."""
+    engine = sa.create_engine(target_engine.url, pool_size=1, max_overflow=0)
+    try:
+        write(engine, table, row(1, "a", 10, amount=Decimal("1.2345")))
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(f"alter table {table.qualified} alter column amount type numeric(14,4)")
+            )
+            conn.execute(
+                sa.text(f"alter table {table.qualified} alter column name type varchar(3)")
+            )
+        write(engine, table, row(1, "b", 20, amount=Decimal("1.2345")))
+        with engine.connect() as conn:
+            got = conn.execute(sa.text(f"select amount::text from {table.qualified}")).scalar()
+        assert got == "1.2345"
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(f"alter table {table.qualified} alter column name type varchar(20)")
+            )
+        # A value the old (narrower) type would have rejected now fits.
+        write(engine, table, row(1, "widened", 30, amount=Decimal("2")))
+        assert state(engine, table) == {1: ("widened", 30)}
+    finally:
+        engine.dispose()
