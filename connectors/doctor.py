@@ -36,6 +36,8 @@ DEFAULTS = {
     "hstore.handling.mode": "json",
     "binary.handling.mode": "bytes",
     "include.unknown.datatypes": "false",
+    # Debezium drops TRUNCATE events unless told otherwise.
+    "skipped.operations": "t",
 }
 # What docs/fidelity.md recommends: every value Debezium can carry arrives exactly.
 RECOMMENDED = {
@@ -45,6 +47,7 @@ RECOMMENDED = {
     "hstore.handling.mode": "json",
     "binary.handling.mode": "bytes",
     "include.unknown.datatypes": "true",
+    "skipped.operations": "none",
 }
 # Types Debezium 3.6.1 has no schema for: left out of the event unless include.unknown.datatypes
 # is true (then they arrive as the bytes of their text, which cdcr writes back exactly).
@@ -229,6 +232,22 @@ def column_findings(col: Column, s: dict[str, str]) -> list[Finding]:
     return out
 
 
+def connector_findings(s: dict[str, str]) -> list[Finding]:
+    """What the settings ``s`` lose for every captured table at once (not per column)."""
+    skipped = {op.strip() for op in s["skipped.operations"].split(",")}
+    if "t" in skipped:
+        return [
+            Finding(
+                "(every table)",
+                "-",
+                "TRUNCATE",
+                "source TRUNCATEs never reach Kafka: the target keeps the truncated rows",
+                "skipped.operations=none",
+            )
+        ]
+    return []
+
+
 def diagnose(settings: Settings, only: list[str] | None = None) -> Report:
     """Check every Debezium PostgreSQL connector Kafka Connect runs (or the ``only`` named ones).
     Raises CdcrError."""
@@ -262,6 +281,7 @@ def diagnose(settings: Settings, only: list[str] | None = None) -> Report:
             continue
         tables = {c.table for c in columns if captured(cfg, c.table)}
         rep.tables = len(tables)
+        rep.findings.extend(connector_findings(effective))
         for col in columns:
             if col.table in tables:
                 rep.findings.extend(column_findings(col, effective))

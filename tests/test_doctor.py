@@ -13,7 +13,14 @@ import sys
 import pytest
 import sqlalchemy as sa
 
-from cdc_reconciler.connectors.doctor import RECOMMENDED, Column, captured, column_findings
+from cdc_reconciler.connectors.doctor import (
+    DEFAULTS,
+    RECOMMENDED,
+    Column,
+    captured,
+    column_findings,
+    connector_findings,
+)
 from tests.stream.test_types_e2e import LOSSLESS
 
 
@@ -64,6 +71,13 @@ def test_default_settings_are_reported_with_their_fix(debezium, lossy_table):
     assert got["ln"][1] == "include.unknown.datatypes=true"
     assert got["a2"][1] is None
     assert "ok" not in got and "id" not in got and "ts" not in got
+    # Debezium's default drops TRUNCATE events: said once for the connector, with the fix.
+    assert _findings(report, "(every table)") == {
+        "-": (
+            "source TRUNCATEs never reach Kafka: the target keeps the truncated rows",
+            "skipped.operations=none",
+        )
+    }
 
 
 @pytest.mark.services
@@ -158,3 +172,10 @@ def test_rules_for_each_setting():
     )
     assert column_findings(col("public.hstore", "hstore", builtin=False), ok) == []
     assert column_findings(col("public.citext", "citext", builtin=False), ok) == []
+
+
+def test_truncates_dropped_by_the_connector_are_a_finding():
+    assert [f.fix for f in connector_findings(dict(DEFAULTS))] == ["skipped.operations=none"]
+    assert connector_findings({**DEFAULTS, "skipped.operations": "none"}) == []
+    assert connector_findings({**DEFAULTS, "skipped.operations": "u, t"})
+    assert connector_findings({**DEFAULTS, "skipped.operations": "u"}) == []

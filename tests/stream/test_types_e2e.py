@@ -27,6 +27,7 @@ LOSSLESS = {
     "time.precision.mode": "adaptive_time_microseconds",
     "hstore.handling.mode": "json",
     "include.unknown.datatypes": "true",
+    "skipped.operations": "none",
 }
 
 # Compared as an instant, not as text: the event carries timetz in UTC (no setting keeps the
