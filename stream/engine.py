@@ -141,6 +141,7 @@ class ApplyEngine:
         self._stop = stop or threading.Event()
         self._sleep = sleep
         self.db_retries = 0
+        self._keyless_skipped: set[str] = set()
         # Dry run: every transaction is rolled back, nothing goes to Redis or the DLQ topic; the
         # outcome still says exactly what would have applied.
         self.dry_run = dry_run
@@ -164,12 +165,16 @@ class ApplyEngine:
                 counts.skipped_noop += 1
                 continue
             try:
-                candidates.append(self._pending(r, decoded))
+                pending = self._pending(r, decoded)
             except ApplyError as exc:
                 self._dead_letter(plan, r, exc.kind, exc.message)
                 continue
             if counts.last_event_us is None or decoded.ts_us > counts.last_event_us:
                 counts.last_event_us = decoded.ts_us
+            if pending.keyless and self._ids is None and pending.route.mapping.mode != "append":
+                self._skip_keyless(plan, pending)
+                continue
+            candidates.append(pending)
 
         seen = (
             self._ids.seen([(p.event.change_id, p.event.ts_us) for p in candidates])
@@ -204,6 +209,22 @@ class ApplyEngine:
             else:
                 entry[1].append(p)
         return plan
+
+    def _skip_keyless(self, plan: _Plan, p: Pending) -> None:
+        """Without processed-change IDs (replay), a change to a keyless REPLICA IDENTITY FULL
+        table cannot be told from one already applied (an insert whose row was updated since
+        would come back as a second row), so it is skipped as stale, with its reason logged
+        once per table; `cdcr reconcile` verifies such tables."""
+        table = p.route.table.qualified
+        if table not in self._keyless_skipped:
+            self._keyless_skipped.add(table)
+            log.warning(
+                "%s has no key: without processed-change IDs (replay) its changes cannot be told "
+                "from ones already applied, so they are skipped as stale; verify it with "
+                "cdcr reconcile (docs/apply.md)",
+                table,
+            )
+        self._count(plan, p, "skipped_stale")
 
     def _pending(self, r: Record, event: ChangeEvent) -> Pending:
         route = self._resolver.route(r.topic, event)
