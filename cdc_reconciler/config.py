@@ -101,7 +101,7 @@ def engine_url(url: str) -> str:
             f"database URL driver {scheme!r} is not supported: write postgresql://… "
             f"(cdcr uses {PG_DRIVER})"
         )
-    _require_driver()
+    require_driver()
     u = u.set(drivername=f"postgresql+{PG_DRIVER}")
     if "connect_timeout" not in u.query:
         u = u.update_query_dict({"connect_timeout": str(PG_CONNECT_TIMEOUT_S)})
@@ -125,7 +125,7 @@ def connection_failure(exc: BaseException) -> str | None:
     return None
 
 
-def _require_driver() -> None:
+def require_driver() -> None:
     try:
         import psycopg2  # noqa: F401
     except ImportError as exc:

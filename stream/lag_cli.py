@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cdc_reconciler.cli import ConfigOpt
-from cdc_reconciler.config import Settings
+from cdc_reconciler.config import Settings, require_driver
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.stream.lag import (
     LONG_LAG_S,
@@ -233,7 +233,10 @@ class _Session:
         )
         # The raw URL: normalising it (engine_url) imports SQLAlchemy, which the one-shot path
         # avoids; the psycopg2 path needs only the libpq form of it.
-        self.applied = AppliedOffsetsReader(settings.target.url.get_secret_value())
+        target_url = settings.target.url.get_secret_value()
+        if target_url:
+            require_driver()  # a missing psycopg2 is a FAILED line, as for every command
+        self.applied = AppliedOffsetsReader(target_url)
 
     def __enter__(self) -> _Session:
         return self
