@@ -4,6 +4,7 @@ status; every command's work lives in a library function it calls."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -146,7 +147,14 @@ file_cli.register(app)
 review_cli.register(app)
 
 
+# Width of tables when the output is not a terminal (a pipe, a file, a CI log): Rich would
+# otherwise cut every column to fit 80, so topic and table names became "t1c…".
+PIPED_WIDTH = 240
+
+
 def main() -> None:
+    if "COLUMNS" not in os.environ and not sys.stdout.isatty():
+        os.environ["COLUMNS"] = str(PIPED_WIDTH)
     try:
         app()
     except KeyboardInterrupt:
