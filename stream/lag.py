@@ -565,6 +565,10 @@ class LagMonitor:
     def _check_known(
         self, described: Mapping[str, GroupState], committed: Mapping[str, Mapping[TP, int | None]]
     ) -> None:
+        if self._rx is not None:
+            # With --topic every matching partition is listed for every group given, including a
+            # group that has not started yet (its partitions show no_commit), as docs/lag.md says.
+            return
         unknown = [
             g
             for g in self._groups

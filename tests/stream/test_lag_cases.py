@@ -352,3 +352,22 @@ def test_one_shot_lag_reads_applied_offsets_without_sqlalchemy(
     doc = json.loads(out.stdout)
     assert doc["applied_offsets"] == {"available": True, "note": None}
     assert group_of(doc, group)["total_offset_lag"] == 2
+
+
+def test_a_group_not_started_yet_is_listed_with_a_topic_pattern(
+    services: Services, topic_factory: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """With --topic, a group that has never committed (not started yet) shows every matching
+    partition as no_commit, lag counted from the log start, instead of 'unknown group'."""
+    topic = topic_factory(partitions=2)
+    p = Producer({"bootstrap.servers": services.kafka_bootstrap})
+    for i in range(5):
+        p.produce(topic, value=b"x", partition=i % 2)
+    assert p.flush(15) == 0
+    group = unique_name("g_new")
+
+    doc = lag_json("--group", group, "--topic", f"^{topic}$")
+    g, parts = group_of(doc, group), parts_of(doc, group)
+    assert g["total_offset_lag"] == 5 and g["status"] != "OK"
+    assert sorted(parts) == [(topic, 0), (topic, 1)]
+    assert all(q["committed"] is None and q["reason"] == "no_commit" for q in parts.values())
