@@ -5,6 +5,7 @@ Rows are normalized so that equal values hash equally across source and target:
 - the ``_cdc_*`` columns of the target are never compared;
 - ``numeric`` loses trailing zeros of its scale (``trim_scale``), so ``1.50`` == ``1.5``;
 - ``json`` is read as ``jsonb`` (key order and whitespace do not matter);
+- ``timetz`` is compared as an instant (at UTC): Debezium cannot carry its offset;
 - every query runs with ``TimeZone=UTC`` and fixed output styles, so ``timestamptz``, dates,
   intervals, floats and ``bytea`` have one text form;
 - TOAST is invisible at this level (values are read whole inside the database).
@@ -200,6 +201,14 @@ def _norm(side: Side, col: str) -> str:
         return f"trim_scale({q})"
     if typ == "json":
         return f"{q}::jsonb"
+    if (
+        typ.startswith("time")
+        and typ.endswith("with time zone")
+        and not typ.startswith("timestamp")
+    ):
+        # Debezium carries timetz converted to UTC (the offset is lost in every mode), so both
+        # sides compare the instant: 18:34:31+03:30 == 15:04:31+00.
+        return f"({q} AT TIME ZONE 'UTC')"
     return q
 
 
