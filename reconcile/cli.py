@@ -434,6 +434,7 @@ def _print_reports(reports: "list[TableReport]", dry_run: bool) -> None:
                 f"{r.found_in_history} difference(s) found in history; watermark stays at "
                 f"{_t(r.reconciled_through)}",
                 highlight=False,
+                soft_wrap=True,
             )
         else:
             _out.print(f"{r.table}: reconciled through {_t(r.reconciled_through)}", highlight=False)

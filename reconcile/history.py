@@ -80,6 +80,17 @@ def last_verified(
     oldest window first. At most ``MAX_HISTORY`` windows: ``lo`` moves up to ``hi`` minus that
     many windows."""
     lo = max(lo, hi - MAX_HISTORY * size)
+    # The table's first verified window ends one grid window after its first change (or is the
+    # whole table): nothing before that window's grid start is history worth listing.
+    first_end = conn.execute(
+        sa.text(
+            "SELECT min(window_end) FROM cdcr.reconcile_runs WHERE table_name = :t "
+            "AND window_start IS NULL AND status = ANY(:ok) AND NOT dry_run"
+        ),
+        {"t": table, "ok": list(VERIFIED)},
+    ).scalar()
+    if isinstance(first_end, datetime):
+        lo = max(lo, floor_to_grid(first_end - size, size))
     if lo >= hi:
         return []
     runs = conn.execute(

@@ -103,6 +103,12 @@ def test_reverify_finds_damage_after_verification_without_moving_the_watermark(
     assert bounded.windows and bounded.found_in_history == 0
     assert min(w.window.start for w in bounded.windows) == T0 + 20 * M  # type: ignore[type-var]
     assert table_rows(target_engine, case.table) == damaged
+    # status: the windows before 00:20 were verified last by the first pass, at 01:00.
+    st = command.status(s, now_getter=lambda: later, log_ends=idle)
+    [v] = [x for x in st["verification"] if x["table"] == case.table]
+    assert v["oldest_verified_at"] == (T0 + 60 * M).isoformat()
+    assert v["oldest_verified_age_s"] == 3600 and v["window"]["start"] == T0.isoformat()
+    assert v["windows"] == 11  # 00:00 .. 00:55, nothing before the first change
 
     # The real pass: found in history, repaired through the same path, watermark untouched.
     m = ReconcileMetrics()
@@ -132,12 +138,11 @@ def test_reverify_finds_damage_after_verification_without_moving_the_watermark(
     assert got[("cdcr_reconcile_discrepancies_found_total", kind("missing"))] == 0
     assert got[("cdcr_reconcile_discrepancies_found_total", kind("mismatched"))] == 0
 
-    # status: the oldest verification is the first pass (01:00), now that the damaged windows
-    # were verified again at 02:00; every window is due a day after.
+    # status: every window of history (00:00 .. 00:55) was verified again at 02:00.
     st = command.status(s, now_getter=lambda: later, log_ends=idle)
     [v] = [x for x in st["verification"] if x["table"] == case.table]
-    assert v["oldest_verified_at"] is not None
-    assert v["oldest_verified_age_s"] == pytest.approx(3600, abs=120)
+    assert v["oldest_verified_at"] == later.isoformat() and v["oldest_verified_age_s"] == 0
+    assert v["windows"] == 11 and v["due"] == 0
 
 
 def test_sample_reverifies_n_random_windows(
@@ -278,3 +283,24 @@ def test_durations_and_window_choice() -> None:
     assert history.priority("unresolved", 3600, 100) > history.priority("unverified", 3600, 100)
     assert history.priority("unverified", 7200, 10) > history.priority("unverified", 3600, 10)
     assert history.priority("unverified", 3600, 1000) > history.priority("unverified", 3600, 10)
+
+
+def test_reverify_defers_a_change_in_flight_instead_of_reporting_it(
+    target_engine: sa.Engine, source_engine: sa.Engine, case: Case,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    s = verified_once(target_engine, case, monkeypatch)
+    monkeypatch.setenv("CDCR_RECONCILE__CONFIRM_WAIT_S", "0")
+    s = settings_of(case)
+    # A source change the consumer has not applied yet (its partition is behind its log end),
+    # inside a verified window (the change-time column kept, as a created_at column would be).
+    run(source_engine, f"UPDATE {case.table} SET v = 'new' WHERE id = 130")
+    target_before = table_rows(target_engine, case.table)
+    [rep] = command.reconcile(s, tables=[case.table], now_getter=lambda: T0 + 2 * 60 * M,
+                              log_ends=lambda tps: {tp: 99 for tp in tps}, reverify=True)
+    assert rep.found_in_history == 0
+    assert [(k, why) for w in rep.windows for k, why in w.deferred] == [((130,), "not_caught_up")]
+    assert table_rows(target_engine, case.table) == target_before
+    with target_engine.connect() as c:
+        assert c.execute(sa.text("SELECT count(*) FROM cdcr.discrepancies WHERE table_name = :t"),
+                         {"t": case.table}).scalar() == 0
