@@ -587,6 +587,7 @@ def _priorities(
     check_failed or failed, not verified since), highest priority first
     (history.priority: status, age since the window closed, target rows changed in it), each
     with the command that would verify it next."""
+    r_ = settings.reconcile
     items: list[dict[str, Any]] = []
     bad = [(f["table_name"], Window(f["window_start"], f["window_end"])) for f in failed]
 
@@ -636,7 +637,9 @@ def _priorities(
         mapping = settings.tables.get(table)
         ct = mapping.change_time_column if mapping else None
         target = (mapping.target if mapping else None) or table
-        n = history.rows_changed(c, target, ct, [it["window"] for it in its])
+        n = history.rows_changed(
+            c, target, ct, [it["window"] for it in its], timedelta(seconds=r_.window_s)
+        )
         for it, rows in zip(its, n, strict=True):
             it["rows_changed"] = rows
     out = []

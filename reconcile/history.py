@@ -225,14 +225,22 @@ def failed_windows(conn: sa.Connection) -> list[dict[str, Any]]:
     return list(latest.values())
 
 
+# `cdcr status` counts rows changed per window for at most this long per table; past it the
+# priorities leave rows out (an unindexed change-time column on a huge table must not hang it).
+ROWS_CHANGED_TIMEOUT_MS = 5000
+
+
 def rows_changed(
     conn: sa.Connection,
     qualified_target: str,
     change_time_column: str | None,
     windows: Sequence[Window],
+    size: timedelta,
 ) -> list[int | None]:
-    """Target rows whose change time falls in each window (None when the table has no change
-    time column, or the count fails: the priority then leaves rows out). One query for all."""
+    """Target rows whose change time falls in each window, counted per grid window of ``size``
+    in one scan over the windows' whole range (a window off the grid counts the grid windows it
+    touches whole). None for every window when the table has no change-time column, or the count
+    fails or takes longer than ``ROWS_CHANGED_TIMEOUT_MS``: the priority then leaves rows out."""
     if change_time_column is None or not windows:
         return [None] * len(windows)
     from cdc_reconciler.reconcile.checksum import quote_ident, split_name
@@ -240,31 +248,36 @@ def rows_changed(
     schema, name = split_name(qualified_target)
     ct = quote_ident(change_time_column)
     rel = f"{quote_ident(schema)}.{quote_ident(name)}"
+    starts = [w.start for w in windows]
+    lo = None if any(x is None for x in starts) else min(x for x in starts if x is not None)
+    hi = max(w.end for w in windows)
+    step = size.total_seconds()
     sql = (
-        "SELECT w.i, (SELECT count(*) FROM "
-        + rel
-        + " t WHERE (w.s IS NULL OR t."
-        + ct
-        + " >= w.s) AND t."
-        + ct
-        + " < w.e) FROM unnest(CAST(:i AS int[]), "
-        "CAST(:s AS timestamptz[]), CAST(:e AS timestamptz[])) AS w(i, s, e)"
+        f"SELECT floor(extract(epoch FROM {ct}) / :step)::bigint, count(*) FROM {rel} "
+        f"WHERE {ct} < :hi" + ("" if lo is None else f" AND {ct} >= :lo") + " GROUP BY 1"
     )
     try:
         with conn.begin_nested():
-            got: dict[int, int] = dict(
-                conn.execute(
-                    sa.text(sql),
-                    {
-                        "i": list(range(len(windows))),
-                        "s": [w.start for w in windows],
-                        "e": [w.end for w in windows],
-                    },
-                ).all()
-            )
+            conn.execute(sa.text(f"SET LOCAL statement_timeout = {ROWS_CHANGED_TIMEOUT_MS}"))
+            buckets = {
+                int(b): int(n)
+                for b, n in conn.execute(sa.text(sql), {"step": step, "hi": hi, "lo": lo}).all()
+                if b is not None
+            }
     except sa.exc.DBAPIError:
         return [None] * len(windows)
-    return [int(got[i]) if got.get(i) is not None else None for i in range(len(windows))]
+
+    def bucket(t: datetime) -> int:
+        return math.floor(t.timestamp() / step)
+
+    out: list[int | None] = []
+    for w in windows:
+        first = None if w.start is None else bucket(w.start)
+        last = bucket(w.end - timedelta(microseconds=1))
+        out.append(
+            sum(n for b, n in buckets.items() if (first is None or b >= first) and b <= last)
+        )
+    return out
 
 
 def next_command(table: str, w: Window, status: str, *, behind_watermark: bool) -> str:

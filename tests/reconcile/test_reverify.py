@@ -304,3 +304,23 @@ def test_reverify_defers_a_change_in_flight_instead_of_reporting_it(
     with target_engine.connect() as c:
         assert c.execute(sa.text("SELECT count(*) FROM cdcr.discrepancies WHERE table_name = :t"),
                          {"t": case.table}).scalar() == 0
+
+
+def test_reverify_a_table_without_change_time_compares_it_whole(
+    source_engine: sa.Engine, target_engine: sa.Engine, case: Case,
+) -> None:
+    # The same table, configured without its change-time column: one window, the whole table.
+    case.config.write_text(yaml.safe_dump({"tables": {case.table: {}}}))
+    applied(target_engine, case, T0 + 30 * M)
+    s = settings_of(case)
+    [rep] = command.reconcile(s, tables=[case.table], now_getter=lambda: T0 + 60 * M,
+                              log_ends=idle)
+    assert rep.reconciled_through == T0 + 55 * M
+    mark = mark_row(target_engine, case.table)
+    run(target_engine, f"DELETE FROM {case.table} WHERE id = 599")
+    [rep] = command.reconcile(s, tables=[case.table], now_getter=lambda: T0 + 2 * 60 * M,
+                              log_ends=idle, reverify=True, since=timedelta(minutes=5))
+    assert [(w.window.start, w.window.end) for w in rep.windows] == [(None, T0 + 55 * M)]
+    assert rep.found_in_history == 1 and rep.windows[0].status == "repaired"
+    assert table_rows(target_engine, case.table) == table_rows(source_engine, case.table)
+    assert mark_row(target_engine, case.table) == mark
