@@ -514,9 +514,10 @@ def _print_summary(data: dict[str, Any]) -> None:
                 markup=False,
             )
     prio = data.get("priorities", [])
+    total = data.get("priorities_total", len(prio))
     if prio:
         p(
-            f"[bold]to verify next[/] ({data.get('priorities_total', len(prio))} windows, "
+            f"[bold]to verify next[/] ({total} window{'s' if total != 1 else ''}, "
             "highest priority first)",
             highlight=False,
         )
@@ -599,6 +600,20 @@ def _print_status(data: dict[str, Any]) -> None:
                 newest,
             )
         _out.print(g)
+    if data.get("priorities"):
+        pr = Table(title="to verify next (highest priority first)")
+        for col in ("priority", "table", "window", "status", "rows", "next"):
+            pr.add_column(col)
+        for x in data["priorities"]:
+            pr.add_row(
+                f"{x['priority']:g}",
+                x["table"],
+                f"[{x['window_start'] or '-inf'}, {x['window_end']})",
+                x["status"],
+                "?" if x["rows_changed"] is None else str(x["rows_changed"]),
+                x["next"],
+            )
+        _out.print(pr)
     if data["kafka"]["log_ends"] == "unavailable":
         _err.print(
             "note: Kafka did not answer for log-end offsets, so idle partitions could "

@@ -123,6 +123,8 @@ def reconcile(
         raise CdcrError("--sample needs a positive number of windows")
     if (since is not None or sample_windows is not None) and not reverify:
         raise CdcrError("--since and a window sample apply to --reverify only")
+    if since is not None and start is not None:
+        raise CdcrError("--since and --from are alternatives: pick one")
     if reverify and not once:
         raise CdcrError(
             "--reverify is one pass (use --once); continuous mode re-verifies history on its "

@@ -13,6 +13,9 @@ Statuses of a window:
   (reconcile/checks.py) failed; like ``unresolved``, the watermark stays;
 - ``superseded``: another reconciler moved the watermark first (compare-and-swap lost); this
   reconciler re-reads the watermark and goes on from there;
+- with ``Request.reverify`` (``reverify_table``, ``cdcr reconcile --reverify``) the same statuses
+  for windows behind the watermark, which is never written; confirmed differences are also
+  counted ``found_in_history``;
 - ``differences`` / ``clean`` / ``check_failed`` under ``--dry-run``, which reads only and writes nothing at all
   (no run rows, no discrepancies, not even the watermark row).
 """

@@ -249,7 +249,9 @@ def test_cli_reverify_and_status_for_a_user(
 
     for args, said in ((("--since", "7d"), "--since and --full apply to --reverify only"),
                        (("--reverify", "--full", "--sample", "2"), "alternatives"),
-                       (("--reverify", "--since", "soon"), "not a duration")):
+                       (("--reverify", "--since", "soon"), "not a duration"),
+                       (("--reverify", "--since", "1d", "--from", "2026-01-01T00:00:00Z"),
+                        "alternatives")):
         code, out = cli("reconcile", "--table", case.table, *args, *cfg)
         assert code == 1 and "FAILED: " in out and said in out, out
         assert "Traceback" not in out
@@ -261,9 +263,25 @@ def test_cli_reverify_and_status_for_a_user(
     at = lines.index(case.table)
     assert lines[at + 1].startswith("  verified through 2026-01-01 00:55:00Z")
     assert lines[at + 2].startswith("  oldest verification ") and " ago (window from " in out
+    # A window of history that stayed unresolved (started after every verification of it).
+    with target_engine.begin() as c:
+        c.execute(sa.text(
+            "INSERT INTO cdcr.reconcile_runs (run_id, table_name, window_start, window_end, "
+            "started, finished, status, counts) VALUES (gen_random_uuid(), :t, :s, :e, "
+            "clock_timestamp(), clock_timestamp(), 'unresolved', '{\"missing\": 1}')"),
+            {"t": case.table, "s": T0 + 5 * M, "e": T0 + 10 * M})
     code, out = cli("status", "--json", *cfg)
     st = json.loads(out)
     assert {"verification", "priorities", "priorities_total"} <= st.keys()
+    [p] = [x for x in st["priorities"] if x["table"] == case.table]
+    assert p["status"] == "unresolved" and p["differences"] == 1 and p["rows_changed"] == 100
+    assert p["next"] == (f"cdcr review list --table {case.table}; then cdcr reconcile --table "
+                         f"{case.table} --reverify --from {(T0 + 5 * M).isoformat()} "
+                         f"--to {(T0 + 10 * M).isoformat()}")
+    code, out = cli("status", "--wide", *cfg)
+    assert code == 0 and "to verify next" in out, out
+    code, out = cli("status", *cfg)
+    assert code == 0 and "to verify next (1 window," in out and "unresolved" in out, out
 
 
 def test_durations_and_window_choice() -> None:
