@@ -673,6 +673,8 @@ def reverify_table(
         windows = history.choose(
             past, due_before=due_before, budget=budget, sample=sample, seed=seed
         )
+    if not windows:
+        return report  # nothing due
     m = _mapping(env.settings, table)
     drift = integrity.schema_drift(
         env.source,
