@@ -151,6 +151,14 @@ class ReconcileSettings(_Frozen):
     confirm_wait_s: float = Field(default=30.0, ge=0)
     # A key deferred as "in flight" for longer than this becomes a real discrepancy.
     deferred_bound_s: int = Field(default=600, ge=0)
+    # Re-verifying history (docs/reconcile.md "Re-verifying history"): in continuous mode, each
+    # window of the last ``reverify_horizon_s`` behind the watermark is checked again once its
+    # last verification is older than ``reverify_every_s`` (oldest-verified first), at most
+    # ``reverify_windows_per_pass`` windows per pass so live windows are never starved.
+    # ``reverify_every_s = 0`` turns the background re-verification off.
+    reverify_horizon_s: int = Field(default=7 * 86400, ge=0)
+    reverify_every_s: int = Field(default=86400, ge=0)
+    reverify_windows_per_pass: int = Field(default=12, ge=1)
 
 
 class MetricsSettings(_Frozen):

@@ -110,6 +110,33 @@ def register(app: typer.Typer) -> None:
                 "reported), to repeat a sample.",
             ),
         ] = None,
+        reverify: Annotated[
+            bool,
+            typer.Option(
+                "--reverify",
+                help="Walk already-verified windows again (behind the watermark), oldest-"
+                "verified first, without moving the watermark: differences go through the same "
+                "confirmation, repair and review path and are counted as found_in_history. One "
+                "pass (implies --once). Range: --since (default reconcile.reverify_horizon_s, "
+                "7d) or --from/--to; --sample N re-verifies N random windows of it instead of all "
+                "(--full, the default).",
+            ),
+        ] = False,
+        since: Annotated[
+            str | None,
+            typer.Option(
+                "--since",
+                metavar="DURATION",
+                help="With --reverify: only windows changed in the last DURATION "
+                "(90s, 30m, 12h, 7d, 2w, 1d12h).",
+            ),
+        ] = None,
+        full: Annotated[
+            bool,
+            typer.Option(
+                "--full", help="With --reverify: every window of the range (the default)."
+            ),
+        ] = False,
         metrics_port: Annotated[
             int | None,
             typer.Option(
@@ -144,7 +171,13 @@ def register(app: typer.Typer) -> None:
         from cdc_reconciler.reconcile import command
 
         settings = settings_or_fail(config)
-        if sample is not None:
+        if not reverify and (since is not None or full):
+            fail(CdcrError("--since and --full apply to --reverify only"))
+        if reverify:
+            if full and sample is not None:
+                fail(CdcrError("--full and --sample N are alternatives: pick one"))
+            once = True
+        if sample is not None and not reverify:
             if delete_extra:
                 fail(CdcrError("--sample reads only: --delete-extra does not apply"))
             _sample(settings, sample, table or (), from_, to, seed, dry_run, as_json)
@@ -169,6 +202,8 @@ def register(app: typer.Typer) -> None:
                 f"metrics on http://{settings.metrics.host}:{server.server_port}/metrics",
                 highlight=False,
             )
+        from cdc_reconciler.reconcile.history import parse_duration
+
         try:
             start, end = _when(from_, "--from"), _when(to, "--to")
             # JSON output for scripts: no progress display on the terminal.
@@ -195,6 +230,10 @@ def register(app: typer.Typer) -> None:
                     delete_extra=delete_extra,
                     on_window=on_window,
                     metrics=metrics,
+                    reverify=reverify,
+                    since=None if since is None else parse_duration(since),
+                    sample_windows=sample if reverify else None,
+                    seed=seed,
                 )
         except CdcrError as exc:
             fail(exc)
@@ -205,7 +244,12 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(
                 json.dumps(
-                    {"dry_run": dry_run, "tables": [r.as_json() for r in reports]},
+                    {
+                        "dry_run": dry_run,
+                        "reverify": reverify,
+                        "found_in_history": sum(r.found_in_history for r in reports),
+                        "tables": [r.as_json() for r in reports],
+                    },
                     indent=2,
                     default=str,
                 )
@@ -342,12 +386,19 @@ def _t(t: datetime | None) -> str:
 
 
 def _print_reports(reports: "list[TableReport]", dry_run: bool) -> None:
-    tbl = Table(title="reconcile (dry run: nothing written)" if dry_run else "reconcile")
+    title = "reconcile --reverify" if any(r.reverify for r in reports) else "reconcile"
+    tbl = Table(title=f"{title} (dry run: nothing written)" if dry_run else title)
     for col in ("table", "window", "status", "missing", "extra", "mismatched", "deferred", "rows"):
         tbl.add_column(col)
     for r in reports:
         if not r.windows:
-            why = "not verified" if r.unverified else "no new closed window"
+            why = (
+                "not verified"
+                if r.unverified
+                else "nothing to re-verify"
+                if r.reverify
+                else "no new closed window"
+            )
             tbl.add_row(r.table, "", why, "", "", "", "", "")
         for w in r.windows:
             c = w.counts
@@ -377,6 +428,14 @@ def _print_reports(reports: "list[TableReport]", dry_run: bool) -> None:
                 )
         if r.unverified:
             _out.print(f"{r.table}: {r.unverified}", highlight=False, soft_wrap=True)
+        elif r.reverify:
+            _out.print(
+                f"{r.table}: re-verified {len(r.windows)} window(s) of history, "
+                f"{r.found_in_history} difference(s) found in history; watermark stays at "
+                f"{_t(r.reconciled_through)}",
+                highlight=False,
+                soft_wrap=True,
+            )
         else:
             _out.print(f"{r.table}: reconciled through {_t(r.reconciled_through)}", highlight=False)
 
@@ -406,6 +465,7 @@ def _print_summary(data: dict[str, Any]) -> None:
     marks = {m["table"]: m for m in data["watermarks"]}
     gaps = {g["table"]: g for g in data["gaps"]}
     integ = {x["table"]: x for x in data.get("integrity", [])}
+    ver = {x["table"]: x for x in data.get("verification", [])}
     queue: dict[str, dict[str, int]] = {}
     for q in data.get("review", {}).get("open", []):
         queue.setdefault(q["table"], {})[q["kind"]] = q["open"]
@@ -442,6 +502,36 @@ def _print_summary(data: dict[str, Any]) -> None:
             if x["orphans"]:
                 parts.append(f"{x['orphans']} orphan rows")
             p("  " + "; ".join(parts), highlight=False, markup=False)
+        v = ver.get(name)  # after the drift line, which scripts expect second
+        if v is not None and v["windows"]:
+            age = v["oldest_verified_age_s"]
+            p(
+                "  oldest verification "
+                + ("never recorded" if age is None else f"{_ago(age)} ago")
+                + f" (window from {_short(v['window']['start'] or v['window']['end'])}; "
+                f"{v['due']} due)",
+                highlight=False,
+                markup=False,
+            )
+    prio = data.get("priorities", [])
+    total = data.get("priorities_total", len(prio))
+    if prio:
+        p(
+            f"[bold]to verify next[/] ({total} window{'s' if total != 1 else ''}, "
+            "highest priority first)",
+            highlight=False,
+        )
+    for x in prio[:5]:
+        # Wrapped at the terminal's width (names included); --json has each command whole.
+        n_rows = "?" if x["rows_changed"] is None else str(x["rows_changed"])
+        start = "-inf" if x["window_start"] is None else _short(x["window_start"])
+        p(
+            f"  {x['priority']:g} {x['status']} {x['table']} [{start}, "
+            f"{_short(x['window_end'])}) {n_rows} rows, closed {_ago(x['age_s'])} ago",
+            highlight=False,
+            markup=False,
+        )
+        p(f"    {x['next']}", highlight=False, markup=False)
     groups: dict[str, list[dict[str, Any]]] = {}
     for o in data["applied_offsets"]:
         groups.setdefault(o["consumer_group"], []).append(o)
@@ -510,6 +600,20 @@ def _print_status(data: dict[str, Any]) -> None:
                 newest,
             )
         _out.print(g)
+    if data.get("priorities"):
+        pr = Table(title="to verify next (highest priority first)")
+        for col in ("priority", "table", "window", "status", "rows", "next"):
+            pr.add_column(col)
+        for x in data["priorities"]:
+            pr.add_row(
+                f"{x['priority']:g}",
+                x["table"],
+                f"[{x['window_start'] or '-inf'}, {x['window_end']})",
+                x["status"],
+                "?" if x["rows_changed"] is None else str(x["rows_changed"]),
+                x["next"],
+            )
+        _out.print(pr)
     if data["kafka"]["log_ends"] == "unavailable":
         _err.print(
             "note: Kafka did not answer for log-end offsets, so idle partitions could "

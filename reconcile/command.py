@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cdc_reconciler.config import Settings
 from cdc_reconciler.errors import CdcrError
+from cdc_reconciler.reconcile import history
 from cdc_reconciler.reconcile import repair as rp
 from cdc_reconciler.reconcile import watermarks as wm
 from cdc_reconciler.reconcile.diff import DiffOptions
@@ -28,6 +30,7 @@ from cdc_reconciler.reconcile.run import (
     closed_time,
     describe,
     reconcile_table,
+    reverify_table,
     table_checks,
 )
 from cdc_reconciler.reconcile.sample import SampleReport, record_sample, sample_table
@@ -95,15 +98,38 @@ def reconcile(
     on_window: Callable[[str, Window], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     metrics: ReconcileMetrics | None = None,
+    reverify: bool = False,
+    since: timedelta | None = None,
+    sample_windows: int | None = None,
+    seed: int | None = None,
 ) -> list[TableReport]:
     """Reconcile the closed windows of ``tables`` (default: every configured table).
 
     ``once``: one pass over what is closed now, then return the reports. Otherwise keep going
     (sleeping between passes) until ``should_stop()`` or KeyboardInterrupt, returning the last
-    pass's reports. With ``metrics``, every pass updates them (reconcile/metrics.py). Raises
-    CdcrError on configuration or database failures."""
+    pass's reports; each pass then also re-verifies history within the background budget
+    (``reconcile.reverify_*`` settings: windows of the last ``reverify_horizon_s`` last verified
+    more than ``reverify_every_s`` ago, oldest-verified first, at most
+    ``reverify_windows_per_pass`` per table), whose reports are returned too.
+
+    ``reverify``: instead of new windows, one pass re-verifying already-verified windows from
+    ``start`` or ``now - since`` (default: ``reverify_horizon_s``) to the watermark (or ``end``),
+    all of them or a random ``sample_windows`` of them (``seed``); the watermark never moves
+    (run.reverify_table). With ``metrics``, every pass updates them (reconcile/metrics.py).
+    Raises CdcrError on configuration or database failures."""
     if start is not None and end is not None and start >= end:
         raise CdcrError("--from must be before --to")
+    if sample_windows is not None and sample_windows < 1:
+        raise CdcrError("--sample needs a positive number of windows")
+    if (since is not None or sample_windows is not None) and not reverify:
+        raise CdcrError("--since and a window sample apply to --reverify only")
+    if since is not None and start is not None:
+        raise CdcrError("--since and --from are alternatives: pick one")
+    if reverify and not once:
+        raise CdcrError(
+            "--reverify is one pass (use --once); continuous mode re-verifies history on its "
+            "own within the reconcile.reverify_* budget"
+        )
     source, target = _engines(settings)
     try:
         applied = _applied(settings, target)
@@ -129,6 +155,7 @@ def reconcile(
         dry_run,
         delete_extra,
         diff_options or DiffOptions(),
+        reverify=reverify,
     )
     env = Env(
         settings,
@@ -149,14 +176,34 @@ def reconcile(
             env = replace(env, applied=now_applied)
             if not tables:  # zero configuration: tables the group started applying join in
                 names = tuple(sorted({*names, *now_applied.tables()}))
-            reports = [_reconcile_or_say(env, req, t) for t in names]
+            if reverify:
+                horizon = since or timedelta(seconds=settings.reconcile.reverify_horizon_s)
+                reports = [
+                    _or_say(
+                        t,
+                        partial(
+                            reverify_table,
+                            env,
+                            req,
+                            t,
+                            since=horizon,
+                            sample=sample_windows,
+                            seed=seed,
+                        ),
+                    )
+                    for t in names
+                ]
+            else:
+                reports = [_reconcile_or_say(env, req, t) for t in names]
+            if not once and not dry_run and settings.reconcile.reverify_every_s > 0:
+                reports += _background_reverify(env, req, names)
             if metrics is not None:
                 for r in reports:
                     metrics.observe(r)
                 metrics.refresh_open(target, names)
             if once or should_stop():
                 return reports
-            if not any(r.windows for r in reports):
+            if not any(r.windows for r in reports if not r.reverify):
                 time.sleep(settings.reconcile.window_s * POLL_FRACTION)
     except SQLAlchemyError as exc:
         raise CdcrError(f"reconcile failed: {exc.__class__.__name__}: {exc}") from exc
@@ -180,14 +227,43 @@ def _reconcile_or_say(env: Env, req: Request, table: str) -> TableReport:
     """reconcile_table, except that a table that cannot even be described (missing on a side,
     no key, bad mapping) is reported as not verified, in one line, instead of stopping the
     other tables."""
+    return _or_say(table, lambda: reconcile_table(env, req, table))
+
+
+def _or_say(table: str, work: Callable[[], TableReport]) -> TableReport:
     try:
-        return reconcile_table(env, req, table)
+        return work()
     except wm.WatermarkConflict:
         raise
     except CdcrError as exc:
         return TableReport(
             table, None, None, windows_behind=None, unverified=f"not verified: {exc}"
         )
+
+
+def _background_reverify(env: Env, req: Request, names: Sequence[str]) -> list[TableReport]:
+    """One pass of the background budget: per table, the windows of the horizon last verified
+    more than ``reverify_every_s`` ago, oldest-verified first, at most
+    ``reverify_windows_per_pass``. Tables with nothing due are left out of the result."""
+    r = env.settings.reconcile
+    now = checked_now(env.now_getter)
+    out = []
+    for t in names:
+        rep = _or_say(
+            t,
+            partial(
+                reverify_table,
+                env,
+                replace(req, start=None, end=None),
+                t,
+                since=timedelta(seconds=r.reverify_horizon_s),
+                due_before=now - timedelta(seconds=r.reverify_every_s),
+                budget=r.reverify_windows_per_pass,
+            ),
+        )
+        if rep.windows:
+            out.append(rep)
+    return out
 
 
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
@@ -370,13 +446,13 @@ def status(
                 .mappings()
                 .all()
             )
+            failed = history.failed_windows(c)
     except SQLAlchemyError as exc:
+        engine.dispose()
         raise CdcrError(
             f"status failed (is the target migrated? run `cdcr migrate`): "
             f"{exc.__class__.__name__}: {exc}"
         ) from exc
-    finally:
-        engine.dispose()
 
     kafka: dict[str, Any] = {"log_ends": "not_needed", "error": None}
     real = log_ends or _kafka_log_ends(settings, STATUS_KAFKA_TIMEOUT_S)
@@ -424,8 +500,16 @@ def status(
                 "windows": [{"start": _iso(w.start), "end": _iso(w.end)} for w in windows],
             }
         )
-    # Priority: the most recent gaps first (they hold the freshest data back).
+    # Listed most recent first (they hold the freshest data back); `priorities` ranks them.
     gaps.sort(key=lambda g: (g["closed_through"] or "", g["table"]), reverse=True)
+    try:
+        with engine.connect() as c:
+            verification = _verification(c, settings, marks, now)
+            priorities = _priorities(c, settings, gaps, failed, reconciled, now)
+    except SQLAlchemyError as exc:
+        raise CdcrError(f"status failed: {exc.__class__.__name__}: {exc}") from exc
+    finally:
+        engine.dispose()
     return {
         "now": now.isoformat(),
         "kafka": kafka,
@@ -439,6 +523,9 @@ def status(
             for m in marks
         ],
         "gaps": gaps,
+        "verification": verification,
+        "priorities": priorities[:MAX_PRIORITIES],
+        "priorities_total": len(priorities),
         "applied_offsets": [{k: _plain(v) for k, v in o.items()} for o in offsets],
         "recent_runs": [{k: _plain(v) for k, v in r.items()} for r in recent],
         "integrity": _integrity(latest_checks),
@@ -452,6 +539,133 @@ def status(
             "latest": [{k: _plain(v) for k, v in r.items()} for r in open_rows],
         },
     }
+
+
+MAX_PRIORITIES = 100  # windows listed in `priorities` (priorities_total counts them all)
+
+
+def _verification(
+    c: sa.Connection, settings: Settings, marks: Sequence[wm.Watermark], now: datetime
+) -> list[dict[str, Any]]:
+    """Per table with a watermark: the window of the re-verification horizon (the last
+    ``reverify_horizon_s`` up to the watermark) verified longest ago, and how long ago
+    (reconcile/history.py)."""
+    r = settings.reconcile
+    size = timedelta(seconds=r.window_s)
+    horizon = timedelta(seconds=r.reverify_horizon_s)
+    out = []
+    for m in marks:
+        if m.reconciled_through is None:
+            continue
+        lo = floor_to_grid(now - horizon, size)
+        past = (
+            history.last_verified(c, m.table, lo, m.reconciled_through, size)
+            if lo < m.reconciled_through
+            else []
+        )
+        due = now - timedelta(seconds=r.reverify_every_s)
+        out.append(
+            {
+                "table": m.table,
+                "horizon_s": r.reverify_horizon_s,
+                **history.oldest_verification(past, now),
+                "due": sum(1 for v in past if v.last_verified is None or v.last_verified < due)
+                if r.reverify_every_s
+                else 0,
+            }
+        )
+    return out
+
+
+def _priorities(
+    c: sa.Connection,
+    settings: Settings,
+    gaps: Sequence[dict[str, Any]],
+    failed: Sequence[dict[str, Any]],
+    reconciled: dict[str, datetime | None],
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """Unverified windows (the gaps) and failed windows (their latest run unresolved,
+    check_failed or failed, not verified since), highest priority first
+    (history.priority: status, age since the window closed, target rows changed in it), each
+    with the command that would verify it next."""
+    r_ = settings.reconcile
+    items: list[dict[str, Any]] = []
+    bad = [(f["table_name"], Window(f["window_start"], f["window_end"])) for f in failed]
+
+    def overlaps(table: str, x: Window) -> bool:
+        # A window that failed is listed once, as failed, not again as unverified.
+        return any(
+            t == table
+            and (x.start is None or y.end > x.start)
+            and (y.start is None or x.end > y.start)
+            for t, y in bad
+        )
+
+    for g in gaps:
+        for gw in g["windows"]:
+            x = Window(
+                None if gw["start"] is None else datetime.fromisoformat(gw["start"]),
+                datetime.fromisoformat(gw["end"]),
+            )
+            if overlaps(g["table"], x):
+                continue
+            items.append(
+                {
+                    "table": g["table"],
+                    "window": x,
+                    "status": "unverified",
+                    "run_id": None,
+                    "found": None,
+                }
+            )
+    for f in failed:
+        counts = f["counts"] or {}
+        items.append(
+            {
+                "table": f["table_name"],
+                "window": Window(f["window_start"], f["window_end"]),
+                "status": f["status"],
+                "run_id": str(f["run_id"]),
+                "found": sum(
+                    int(counts.get(k, 0) or 0) for k in ("missing", "extra", "mismatched")
+                ),
+            }
+        )
+    by_table: dict[str, list[dict[str, Any]]] = {}
+    for it in items:
+        by_table.setdefault(it["table"], []).append(it)
+    for table, its in by_table.items():
+        mapping = settings.tables.get(table)
+        ct = mapping.change_time_column if mapping else None
+        target = (mapping.target if mapping else None) or table
+        n = history.rows_changed(
+            c, target, ct, [it["window"] for it in its], timedelta(seconds=r_.window_s)
+        )
+        for it, rows in zip(its, n, strict=True):
+            it["rows_changed"] = rows
+    out = []
+    for it in items:
+        w: Window = it["window"]
+        age = (now - w.end).total_seconds()
+        mark = reconciled.get(it["table"])
+        behind = mark is not None and w.end <= mark
+        out.append(
+            {
+                "table": it["table"],
+                "window_start": _iso(w.start),
+                "window_end": _iso(w.end),
+                "status": it["status"],
+                "age_s": age,
+                "rows_changed": it["rows_changed"],
+                "differences": it["found"],
+                "run_id": it["run_id"],
+                "priority": history.priority(it["status"], age, it["rows_changed"]),
+                "next": history.next_command(it["table"], w, it["status"], behind_watermark=behind),
+            }
+        )
+    out.sort(key=lambda x: (-x["priority"], x["window_end"] or "", x["table"]))
+    return out
 
 
 def _integrity(rows: Sequence[Any]) -> list[dict[str, Any]]:

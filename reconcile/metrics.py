@@ -9,6 +9,9 @@ referenced by deploy/prometheus/alerts.yml and the Grafana dashboard; keep them.
 - ``cdcr_reconcile_last_verified_timestamp_seconds{table}``: the watermark
   (``reconciled_through``) as a Unix time: everything changed before it is verified;
 - ``cdcr_reconcile_discrepancies_found_total{table,kind}``: differences found by window diffs;
+- ``cdcr_reconcile_found_in_history_total{table,kind}``: differences found by re-verifying
+  already-verified windows (``cdcr reconcile --reverify`` and the background budget), counted
+  here instead of in ``discrepancies_found``;
 - ``cdcr_reconcile_repaired_total{table}``: keys repaired (replayed from Kafka, re-read from the
   source, or extra rows deleted with ``--delete-extra``);
 - ``cdcr_reconcile_deferred_total{table}``: candidates dropped as in flight (reconcile/inflight.py);
@@ -74,6 +77,13 @@ class ReconcileMetrics:
             ["table", "kind"],
             registry=r,
         )
+        self.found_in_history = Counter(
+            "cdcr_reconcile_found_in_history",
+            "Differences found by re-verifying already-verified windows (not in "
+            "discrepancies_found)",
+            ["table", "kind"],
+            registry=r,
+        )
         self.repaired = Counter(
             "cdcr_reconcile_repaired",
             "Keys repaired (replayed, re-read from the source, or extra rows deleted)",
@@ -88,15 +98,20 @@ class ReconcileMetrics:
             self.found.labels(t, kind.value)  # every series exists from the first pass
         self.repaired.labels(t)
         self.deferred.labels(t)
+        for kind in Kind:
+            self.found_in_history.labels(t, kind.value)
         for w in report.windows:
+            found = self.found_in_history if w.counts.get("reverify") else self.found
             for kind in Kind:
                 n = int(w.counts.get(kind.value, 0) or 0)
                 if n:
-                    self.found.labels(t, kind.value).inc(n)
+                    found.labels(t, kind.value).inc(n)
             if w.counts.get("deferred"):
                 self.deferred.labels(t).inc(int(w.counts["deferred"]))
             if w.counts.get("repaired"):
                 self.repaired.labels(t).inc(int(w.counts["repaired"]))
+        if report.reverify:
+            return  # a re-verification pass says nothing about the watermark or windows behind
         if report.windows_behind is not None:
             self.windows_behind.labels(t).set(report.windows_behind)
         if report.reconciled_through is not None:

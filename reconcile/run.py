@@ -13,6 +13,9 @@ Statuses of a window:
   (reconcile/checks.py) failed; like ``unresolved``, the watermark stays;
 - ``superseded``: another reconciler moved the watermark first (compare-and-swap lost); this
   reconciler re-reads the watermark and goes on from there;
+- with ``Request.reverify`` (``reverify_table``, ``cdcr reconcile --reverify``) the same statuses
+  for windows behind the watermark, which is never written; confirmed differences are also
+  counted ``found_in_history``;
 - ``differences`` / ``clean`` / ``check_failed`` under ``--dry-run``, which reads only and writes nothing at all
   (no run rows, no discrepancies, not even the watermark row).
 """
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -63,6 +66,10 @@ class Request:
     dry_run: bool = False
     delete_extra: bool = False
     diff: DiffOptions = DiffOptions()
+    # Re-verify already-verified windows (reconcile/history.py): same diff, confirmation, repair
+    # and review path, but the watermark row is never touched and differences are counted as
+    # ``found_in_history``.
+    reverify: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +131,12 @@ class TableReport:
     # Why nothing of the table could be verified (one line); None when it was verified.
     unverified: str | None = None
     drift: list[dict[str, Any]] = field(default_factory=list)  # integrity.schema_drift
+    reverify: bool = False  # the windows are re-verifications of history
+
+    @property
+    def found_in_history(self) -> int:
+        """Confirmed differences found by re-verifying already-verified windows."""
+        return sum(int(w.counts.get("found_in_history", 0) or 0) for w in self.windows)
 
     def as_json(self) -> dict[str, Any]:
         def iso(t: datetime | None) -> str | None:
@@ -131,6 +144,8 @@ class TableReport:
 
         return {
             "table": self.table,
+            "reverify": self.reverify,
+            "found_in_history": self.found_in_history,
             "closed_through": iso(self.closed_through),
             "reconciled_through": iso(self.reconciled_through),
             "windows_behind": self.windows_behind,
@@ -372,6 +387,9 @@ def reconcile_window(
         **conf.counts(),
     }
     counts["deferred"] = raw.stats.deferred + len(conf.deferred)
+    if req.reverify:
+        counts["reverify"] = True
+        counts["found_in_history"] = len(before.differences)
     deferred = tuple(sorted(conf.deferred.items(), key=lambda x: repr(x[0])))
     checks: list[dict[str, Any]] = [
         {"check": "recheck_deferred", "keys": len(pending)}
@@ -407,7 +425,8 @@ def reconcile_window(
             ),
             {"r": run_id, "t": pair.name, "ws": w.start, "we": w.end, "st": started},
         )
-        wm.set_state(c, pair.name, "reconciling")
+        if not req.reverify:
+            wm.set_state(c, pair.name, "reconciling")
     try:
         status, remaining = "clean", ()
         if not before.clean:
@@ -450,14 +469,17 @@ def reconcile_window(
             if not before.clean:
                 rp.resolve_discrepancies(c, run_id, remaining)
             _record_orphans(c, run_id, pair.name, orphans)
-            if status in ADVANCING and w.start == expected:
+            if status in ADVANCING and w.start == expected and not req.reverify:
                 try:
                     with c.begin_nested():
                         wm.advance(c, pair.name, expected, w.end)
                 except wm.WatermarkConflict:
                     status = "superseded"
             _finish(c, run_id, status, counts, checks, env.now_getter)
-            wm.set_state(c, pair.name, "idle" if status in (*ADVANCING, "superseded") else status)
+            if not req.reverify:
+                wm.set_state(
+                    c, pair.name, "idle" if status in (*ADVANCING, "superseded") else status
+                )
     except Exception:
         with env.target.begin() as c:
             _finish(c, run_id, "failed", counts, checks, env.now_getter)
@@ -602,3 +624,68 @@ def _finish(
             "r": run_id,
         },
     )
+
+
+def reverify_table(
+    env: Env,
+    req: Request,
+    table: str,
+    *,
+    since: timedelta | None,
+    due_before: datetime | None = None,
+    budget: int | None = None,
+    sample: int | None = None,
+    seed: int | None = None,
+) -> TableReport:
+    """Re-verify ``table``'s already-verified windows (reconcile/history.py): grid windows from
+    ``now - since`` (or ``req.start``; never before the first change) to the watermark (or
+    ``req.end`` when earlier), oldest-verified first, optionally only those last verified before
+    ``due_before``, at most ``budget``, or a random ``sample``. Each goes through the same diff,
+    in-flight confirmation, repair and review path as a new window; the watermark is read, never
+    written. A table with nothing verified yet is reported as not verified."""
+    from cdc_reconciler.reconcile import history
+
+    req = replace(req, reverify=True)
+    pair, ttable = describe(env, table)
+    now = checked_now(env.now_getter)
+    with env.target.connect() as c:
+        mark = wm.read(c, table)
+    through = mark.reconciled_through if mark else None
+    report = TableReport(table, None, through, reverify=True)
+    if through is None:
+        report.unverified = "not verified: nothing of the table is verified yet (no watermark)"
+        return report
+    size = timedelta(seconds=env.settings.reconcile.window_s)
+    hi = through if req.end is None else min(through, req.end)
+    if not pair.windowed:
+        # No change time: history is the whole table, compared by key range in one window.
+        windows = [Window(None, hi)]
+    else:
+        first = _first_change(env, pair)
+        lo = req.start if req.start is not None else (None if since is None else now - since)
+        floor = None if first is None else floor_to_grid(first, size)
+        if lo is None or (floor is not None and lo < floor):
+            lo = floor
+        if lo is None or lo >= hi:
+            return report  # nothing changed in the range: nothing to re-verify
+        with env.target.connect() as c:
+            past = history.last_verified(c, table, lo, hi, size)
+        windows = history.choose(
+            past, due_before=due_before, budget=budget, sample=sample, seed=seed
+        )
+    if not windows:
+        return report  # nothing due
+    m = _mapping(env.settings, table)
+    drift = integrity.schema_drift(
+        env.source,
+        env.target,
+        table,
+        ttable.qualified,
+        include_columns=m.include_columns,
+        exclude_columns=m.exclude_columns,
+        key_columns=pair.key_columns,
+    )
+    report.drift = drift
+    for w in windows:
+        report.windows.append(reconcile_window(env, req, pair, ttable, w, None, (), drift))
+    return report
