@@ -50,6 +50,9 @@ from cdc_reconciler.reconcile.windows import (
     windows_behind,
 )
 
+# Continuous mode waits out a target outage, retrying the pass after this long (doubling).
+OUTAGE_RETRY_S = 2.0
+OUTAGE_RETRY_MAX_S = 60.0
 # How long continuous mode sleeps when no window is closed: a tenth of a window, so a window is
 # picked up soon after it closes without polling the databases constantly.
 POLL_FRACTION = 0.1
@@ -170,9 +173,26 @@ def reconcile(
         on_window,
         applied,
     )
+    outage_delay = OUTAGE_RETRY_S
     try:
         while True:
-            now_applied = _applied(settings, target)
+            try:
+                now_applied = _applied(settings, target)
+            except CdcrError as exc:
+                if once:
+                    raise
+                # Continuous mode is always on: an unreachable target is waited out (the
+                # per-table passes already say a table cannot be verified while Kafka or the
+                # source is down, and go on).
+                logging.getLogger(__name__).error(
+                    "reconcile: %s; retrying in %.0fs", exc, outage_delay
+                )
+                if should_stop():
+                    return []
+                time.sleep(outage_delay)
+                outage_delay = min(outage_delay * 2, OUTAGE_RETRY_MAX_S)
+                continue
+            outage_delay = OUTAGE_RETRY_S
             env = replace(env, applied=now_applied)
             if not tables:  # zero configuration: tables the group started applying join in
                 names = tuple(sorted({*names, *now_applied.tables()}))
