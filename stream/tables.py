@@ -293,7 +293,7 @@ def mirror_ddl(
             what = "not a column of the source table" if typ is None else f"of type {typ}"
             raise ApplyError(
                 "target_ddl_failed",
-                f"tables[{src[0]}.{src[1]}]: the partition column {part!r} is {what}; it must "
+                f"table {src[0]}.{src[1]}: the partition column {part!r} is {what}; it must "
                 "be a timestamp, timestamptz or date column",
             )
         # PostgreSQL (and TimescaleDB) require every unique key to include the partitioning

@@ -104,6 +104,25 @@ def test_hypertable_without_timescaledb_fails_naming_the_extension(
             conn.execute(sa.text(f"drop table if exists public.{t}"))
 
 
+@pytest.mark.services
+def test_a_partition_column_that_is_not_a_time_fails_clearly(
+    services, source_engine, target_engine, unique_name, monkeypatch
+):
+    t = unique_name("pb")
+    with source_engine.begin() as conn:
+        conn.execute(sa.text(f"create table public.{t} (id int primary key, v text)"))
+    try:
+        for col, what in (("v", "of type text"), ("nope", "not a column of the source table")):
+            monkeypatch.setenv("CDCR_TABLES", json.dumps(
+                {f"public.{t}": {"partition_by": {"column": col, "interval": "1 day"}}}))
+            with pytest.raises(CdcrError, match=f"partition column '{col}' is {what}"):
+                command.sync_tables(settings_for(monkeypatch), [f"public.{t}"])
+            assert reflect_table(target_engine, "public", t) is None
+    finally:
+        with source_engine.begin() as conn:
+            conn.execute(sa.text(f"drop table if exists public.{t}"))
+
+
 def _big() -> str:
     return secrets.token_urlsafe(9600)  # incompressible: stored out of line, TOASTed
 
