@@ -350,6 +350,8 @@ class _Statements:
         pos = quote_ident(POS)
         self.move = ""
         self.bucket = ""
+        self.others = ""
+        self.others_create = self.others_fill = self.upsert_moving = ""
         if not part:
             self.upsert = (
                 f"INSERT INTO {tgt} AS t ({all_cols}) "
@@ -359,15 +361,39 @@ class _Statements:
             )
         else:
             # Partitioned: the unique key is (key, partition column), so a row with the same
-            # source key may sit in another partition (the partition column changed). The
-            # insert skips writes older than such a row, takes the columns this write leaves out
-            # (unchanged TOASTed values) from the older one, and ``move`` then removes the older
-            # one: under the same position guard, nothing is duplicated.
+            # source key may sit in another partition (the partition column changed). Finding
+            # such rows costs an index probe per partition per staged row, so it is done once,
+            # into ``others`` (a temp table, usually left empty). Then: when it is empty, the
+            # plain guarded upsert; else the insert also skips writes older than such a row,
+            # takes the columns this write leaves out (unchanged TOASTed values) from the older
+            # one, and ``move`` removes the older one. Under the same position guard, in one
+            # transaction: nothing is duplicated.
             pq = quote_ident(part)
 
             def same_key(a: str, b: str) -> str:
                 return " AND ".join(f"{a}.{k} = {b}.{k}" for k in keys)
 
+            odigest = hashlib.blake2b(
+                f"{table.qualified}|{','.join(table.columns)}|others".encode(), digest_size=6
+            ).hexdigest()
+            self.others = f"cdcr_oth_{odigest}"
+            oth = quote_ident(self.others)
+            self.others_create = (
+                f"CREATE TEMP TABLE IF NOT EXISTS {oth} ON COMMIT DELETE ROWS AS "
+                f"SELECT o.*, ''::text AS \"_cdc_key\" FROM {tgt} o WITH NO DATA"
+            )
+            # LATERAL keeps this a per-row index probe (never a scan of every partition).
+            self.others_fill = (
+                f"INSERT INTO {oth} SELECT o.*, s._cdc_key FROM {stg} s CROSS JOIN LATERAL "
+                f"(SELECT * FROM {tgt} o WHERE {same_key('o', 's')} "
+                f"AND o.{pq} IS DISTINCT FROM s.{pq}) o WHERE s._cdc_op = 'u'"
+            )
+            conflict = f"ON CONFLICT ({', '.join([*keys, pq])}) DO UPDATE SET {sets} "
+            self.upsert = (
+                f"INSERT INTO {tgt} AS t ({all_cols}) "
+                f"SELECT {select_cols} FROM {stg} s WHERE s._cdc_op = 'u' AND {tomb_guard} "
+                f"{conflict}WHERE t.{pos} < EXCLUDED.{pos}"
+            )
             omitted = [quote_ident(c) for c in table.columns if c not in columns]
             ins_cols = ", ".join([*data_cols, *omitted, *engine_cols])
             ins_select = ", ".join(
@@ -378,21 +404,20 @@ class _Statements:
                     ts_expr,
                 ]
             )
-            self.upsert = (
+            self.upsert_moving = (
                 f"INSERT INTO {tgt} AS t ({ins_cols}) "
-                f"SELECT {ins_select} FROM {stg} s LEFT JOIN LATERAL (SELECT * FROM {tgt} o "
-                f"WHERE {same_key('o', 's')} AND o.{pq} IS DISTINCT FROM s.{pq} "
-                f"AND o.{pos} < s.{pos} ORDER BY o.{pos} DESC LIMIT 1) o ON true "
+                f"SELECT {ins_select} FROM {stg} s LEFT JOIN (SELECT DISTINCT ON (x._cdc_key) * "
+                f"FROM {oth} x ORDER BY x._cdc_key, x.{pos} DESC) o "
+                f"ON o._cdc_key = s._cdc_key AND o.{pos} < s.{pos} "
                 f"WHERE s._cdc_op = 'u' AND {tomb_guard} "
-                f"AND NOT EXISTS (SELECT 1 FROM {tgt} n WHERE {same_key('n', 's')} "
-                f"AND n.{pq} IS DISTINCT FROM s.{pq} AND n.{pos} >= s.{pos}) "
-                f"ON CONFLICT ({', '.join([*keys, pq])}) DO UPDATE SET {sets} "
-                f"WHERE t.{pos} < EXCLUDED.{pos}"
+                f"AND NOT EXISTS (SELECT 1 FROM {oth} n WHERE n._cdc_key = s._cdc_key "
+                f"AND n.{pos} >= s.{pos}) "
+                f"{conflict}WHERE t.{pos} < EXCLUDED.{pos}"
             )
             self.move = (
-                f"DELETE FROM {tgt} t USING {stg} s WHERE s._cdc_op = 'u' "
-                f"AND {same_key('t', 's')} AND t.{pq} IS DISTINCT FROM s.{pq} "
-                f"AND t.{pos} < s.{pos}"
+                f"DELETE FROM {tgt} t USING {oth} x, {stg} s WHERE s._cdc_op = 'u' "
+                f"AND x._cdc_key = s._cdc_key AND x.{pos} < s.{pos} AND t.{pq} = x.{pq} "
+                f"AND {same_key('t', 'x')} AND t.{pos} = x.{pos}"
             )
             if table.partition_interval:
                 self.bucket = (
@@ -516,10 +541,16 @@ def _write_group(cur: Any, table: TargetTable, st: _Statements, writes: list[Row
         if st.bucket:
             cur.execute(st.bucket, {"iv": table.partition_interval})
             ensure_partitions(cur, table, [r[0] for r in cur.fetchall()])
-        cur.execute(st.upsert, params)
+        moving = False
+        if st.others:
+            cur.execute(st.others_create)
+            cur.execute(st.others_fill)
+            moving = cur.rowcount > 0
+        cur.execute(st.upsert_moving if moving else st.upsert, params)
         applied += cur.rowcount
-        if st.move:
+        if moving:
             cur.execute(st.move, params)
+            cur.execute(f"TRUNCATE {quote_ident(st.others)}")
         cur.execute(st.clear_tombstones, params)
     if has_delete:
         cur.execute(st.delete, params)
