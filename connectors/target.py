@@ -622,9 +622,10 @@ def partition_ddl(table: TargetTable, start: datetime) -> str:
 
 
 # SQLSTATEs that mean "the partition is there already": duplicate_table (another consumer made
-# it a moment ago) and invalid_object_definition (a partition made by someone else, under
-# another name, overlaps the range: rows are routed there).
-_PARTITION_EXISTS = ("42P07", "42P17")
+# it a moment ago), unique_violation (the same race caught in the catalog's own unique index)
+# and invalid_object_definition (a partition made by someone else, under another name, overlaps
+# the range: rows are routed there). Only ever matched on the CREATE statement itself.
+_PARTITION_EXISTS = ("42P07", "23505", "42P17")
 
 
 def ensure_partitions(cur: Any, table: TargetTable, starts: Iterable[datetime]) -> list[str]:

@@ -323,6 +323,9 @@ def test_partitioned_writes_are_guarded_by_position_across_partitions(
             "_cdc_pos numeric(40,0) not null, _cdc_ts timestamptz not null, "
             "primary key (id, created_at)) partition by range (created_at)"))
         conn.execute(sa.text(f"comment on table {q} is 'cdcr:partition_interval=1 day'"))
+        # A partition someone made under another name (covering May 3 to 4): used, not fought.
+        conn.execute(sa.text(f"create table public.{t}_mine partition of {q} "
+                             "for values from ('2024-05-03 00:00+00') to ('2024-05-05 00:00+00')"))
     try:
         table = reflect_table(target_engine, "public", t)
         assert table is not None and table.key_columns == ("id",)
@@ -345,6 +348,14 @@ def test_partitioned_writes_are_guarded_by_position_across_partitions(
         assert write(up(1, 12, 1, big="old")) == (0, 1)  # older, back into May 1: stale
         assert write(up(2, 40, 5)) == (1, 0)  # moves, "big" left out (unchanged TOAST)
         assert state() == [(1, day[2], "b1", 20, "02"), (2, day[5], "b2", 40, "05")]
+        assert write(up(3, 10, 4, big="b3")) == (1, 0)  # into the partition made by hand
+        with target_engine.connect() as conn:
+            where = conn.execute(sa.text(
+                f"select tableoid::regclass::text from {q} where id = 3")).scalar()
+        assert where == f"{t}_mine"
+        assert not any(x.endswith("_p20240504") for x in _partitions(target_engine, q))
+        with target_engine.begin() as conn:
+            conn.execute(sa.text(f"delete from {q} where id = 3"))
         assert write(RowWrite((1,), None, 30, 30)) == (1, 0)  # delete: tombstone at 30
         assert write(up(1, 25, 6, big="zombie")) == (0, 1)  # replayed insert stays out
         assert write(up(1, 50, 7, big="reborn")) == (1, 0)  # a newer insert does come back
