@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cdc_reconciler.errors import ConfigError
@@ -181,6 +189,60 @@ class HealthSettings(_Frozen):
     kafka_down_unhealthy_s: float = Field(default=600.0, ge=0)
 
 
+_INTERVAL_UNITS = {
+    "second": 1,
+    "minute": 60,
+    "hour": 3600,
+    "day": 86400,
+    "week": 7 * 86400,
+}
+
+
+def interval_seconds(text: str) -> int:
+    """``'1 day'``, ``'6 hours'``, ``'2 weeks'``: a fixed-length interval in seconds. Months and
+    years are refused (their length varies, and partitions are cut by ``date_bin``, which only
+    takes fixed-length strides). Raises ValueError."""
+    parts = text.strip().lower().split()
+    if len(parts) != 2 or not parts[0].isdigit() or int(parts[0]) < 1:
+        raise ValueError(f"interval {text!r}: write it as '<count> <unit>', e.g. '1 day'")
+    unit = parts[1].rstrip("s")
+    if unit not in _INTERVAL_UNITS:
+        raise ValueError(
+            f"interval {text!r}: the unit must be one of {', '.join(_INTERVAL_UNITS)} "
+            "(months and years vary in length and are not supported)"
+        )
+    return int(parts[0]) * _INTERVAL_UNITS[unit]
+
+
+class PartitionBy(_Frozen):
+    """Create the target as a table partitioned by RANGE on ``column`` (docs/partitioning.md):
+    one partition per ``interval``, ``ahead`` of them made around now at creation, the others on
+    demand when a row needs one."""
+
+    column: str
+    interval: str = "1 day"
+    ahead: int = Field(default=3, ge=0, le=366)
+
+    @field_validator("interval")
+    @classmethod
+    def _fixed_interval(cls, v: str) -> str:
+        interval_seconds(v)
+        return v
+
+
+class Hypertable(_Frozen):
+    """Create the target as a TimescaleDB hypertable on ``time_column`` (docs/partitioning.md)."""
+
+    time_column: str
+    chunk_interval: str = "7 days"
+
+    @field_validator("chunk_interval")
+    @classmethod
+    def _fixed_interval(cls, v: str) -> str:
+        interval_seconds(v)
+        return v
+
+
 class TableMapping(_Frozen):
     """How one source table maps to the target. Keys are ``<schema>.<table>`` of the source."""
 
@@ -195,6 +257,23 @@ class TableMapping(_Frozen):
     # Per-window checks of the reconciler (validated by cdc_reconciler.reconcile.checks):
     # {name, kind: sum, column, tolerance} or {name, kind: sql, source_sql, target_sql, expected}.
     checks: list[dict[str, Any]] = []
+    # A time-partitioned target (docs/partitioning.md); at most one of the two.
+    partition_by: PartitionBy | None = None
+    hypertable: Hypertable | None = None
+
+    @model_validator(mode="after")
+    def _one_partitioning(self) -> TableMapping:
+        if self.partition_by is not None and self.hypertable is not None:
+            raise ValueError("partition_by and hypertable exclude each other: choose one")
+        return self
+
+    @property
+    def partition_column(self) -> str | None:
+        if self.partition_by is not None:
+            return self.partition_by.column
+        if self.hypertable is not None:
+            return self.hypertable.time_column
+        return None
 
 
 class Settings(BaseSettings):

@@ -52,6 +52,13 @@ class TargetTable:
     # Parallel to ``columns``: "<typtype><typcategory>:<typname>" of the column's type (a domain
     # resolved to its base type), e.g. "bN:numeric", "bU:hstore", "cC:pair", "bA:_int4".
     column_kinds: tuple[str, ...] = ()
+    # A time-partitioned target (declarative RANGE partitioning or a TimescaleDB hypertable,
+    # docs/partitioning.md): the partitioning column, which every unique key includes, so the
+    # physical key is ``key_columns + (partition_column,)`` and a row can move between
+    # partitions. ``partition_interval`` (e.g. "1 day") is set when cdcr makes the partitions
+    # itself (native partitioning created by ``cdcr tables sync``); empty otherwise.
+    partition_column: str = ""
+    partition_interval: str = ""
 
     @property
     def qualified(self) -> str:
@@ -120,14 +127,76 @@ def reflect_table(
         )
     types = [c["type"] for c in cols if c["name"] not in ENGINE_COLUMNS]
     kinds = [c["kind"] for c in cols if c["name"] not in ENGINE_COLUMNS]
+    part_col, part_interval = partitioning(bind, schema, name)
     if key_columns is None:
         pk = insp.get_pk_constraint(name, schema=schema)
         key_columns = pk.get("constrained_columns") or []
+        if part_col and part_col in key_columns and len(key_columns) > 1:
+            # The partition column is in the key only because PostgreSQL requires it; the
+            # row's identity (the source key) is the rest.
+            key_columns = [k for k in key_columns if k != part_col]
     if not key_columns and not allow_keyless:
         from cdc_reconciler.errors import CdcrError
 
         raise CdcrError(f"target table {schema}.{name} has no primary key and none is configured")
-    return TargetTable(schema, name, tuple(key_columns), tuple(names), tuple(types), tuple(kinds))
+    return TargetTable(
+        schema,
+        name,
+        tuple(key_columns),
+        tuple(names),
+        tuple(types),
+        tuple(kinds),
+        part_col or "",
+        part_interval or "",
+    )
+
+
+# The parent table's comment records the interval cdcr cuts partitions by (the catalog keeps
+# only each partition's bounds).
+INTERVAL_COMMENT = "cdcr:partition_interval="
+
+_NATIVE_PARTITIONING = sa.text(
+    "SELECT a.attname AS col, p.partstrat AS strategy, "
+    "obj_description(p.partrelid, 'pg_class') AS comment "
+    "FROM pg_partitioned_table p JOIN pg_attribute a ON a.attrelid = p.partrelid "
+    "AND a.attnum = p.partattrs[0] "
+    "WHERE p.partrelid = to_regclass(quote_ident(:schema) || '.' || quote_ident(:name)) "
+    "AND p.partnatts = 1"
+)
+_HYPERTABLE = sa.text(
+    "SELECT d.column_name FROM _timescaledb_catalog.dimension d "
+    "JOIN _timescaledb_catalog.hypertable h ON h.id = d.hypertable_id "
+    "WHERE h.schema_name = :schema AND h.table_name = :name ORDER BY d.id LIMIT 1"
+)
+
+
+def partitioning(
+    bind: sa.Engine | sa.Connection, schema: str, name: str
+) -> tuple[str | None, str | None]:
+    """``(column, interval)`` of a time-partitioned table: a RANGE-partitioned table on one
+    column (interval from the comment cdcr wrote, else None), or a TimescaleDB hypertable (its
+    first dimension; chunks are TimescaleDB's business, interval None). ``(None, None)`` for a
+    plain table."""
+
+    def read(conn: sa.Connection) -> tuple[str | None, str | None]:
+        params = {"schema": schema, "name": name}
+        row = conn.execute(_NATIVE_PARTITIONING, params).first()
+        if row is not None and row.strategy == "r":
+            comment = str(row.comment or "")
+            interval = (
+                comment[len(INTERVAL_COMMENT) :] if comment.startswith(INTERVAL_COMMENT) else None
+            )
+            return str(row.col), interval
+        if conn.execute(sa.text("SELECT to_regclass('_timescaledb_catalog.dimension')")).scalar():
+            col = conn.execute(_HYPERTABLE, params).scalar()
+            if col is not None:
+                return str(col), None
+        return None, None
+
+    if isinstance(bind, sa.Connection):
+        return read(bind)
+    with bind.connect() as conn:
+        return read(conn)
 
 
 _CATALOG_COLUMNS = sa.text(
@@ -256,7 +325,8 @@ class _Statements:
         stg = quote_ident(self.staging)
         data_cols = [quote_ident(c) for c in columns]
         keys = [quote_ident(k) for k in table.key_columns]
-        non_key = [quote_ident(c) for c in columns if c not in table.key_columns]
+        part = table.partition_column
+        non_key = [quote_ident(c) for c in columns if c not in table.key_columns and c != part]
         engine_cols = [quote_ident(POS), quote_ident(TS)]
         # Staging carries the event time as integer microseconds (cheap to format); SQL turns it
         # into timestamptz exactly.
@@ -273,14 +343,89 @@ class _Statements:
         select_cols = ", ".join([*(f"s.{c}" for c in data_cols), f"s.{quote_ident(POS)}", ts_expr])
         sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in [*non_key, *engine_cols])
         tomb = f"{SERVICE_SCHEMA}.tombstones"
-        self.upsert = (
-            f"INSERT INTO {tgt} AS t ({all_cols}) "
-            f"SELECT {select_cols} FROM {stg} s WHERE s._cdc_op = 'u' "
-            f"AND NOT EXISTS (SELECT 1 FROM {tomb} tb WHERE tb.table_name = %(tn)s "
-            f"AND tb.key IN (s._cdc_key, '*') AND tb.position >= s.{quote_ident(POS)}) "
-            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sets} "
-            f"WHERE t.{quote_ident(POS)} < EXCLUDED.{quote_ident(POS)}"
+        tomb_guard = (
+            f"NOT EXISTS (SELECT 1 FROM {tomb} tb WHERE tb.table_name = %(tn)s "
+            f"AND tb.key IN (s._cdc_key, '*') AND tb.position >= s.{quote_ident(POS)})"
         )
+        pos = quote_ident(POS)
+        self.move = ""
+        self.bucket = ""
+        self.others = ""
+        self.others_create = self.others_fill = self.upsert_moving = ""
+        if not part:
+            self.upsert = (
+                f"INSERT INTO {tgt} AS t ({all_cols}) "
+                f"SELECT {select_cols} FROM {stg} s WHERE s._cdc_op = 'u' AND {tomb_guard} "
+                f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sets} "
+                f"WHERE t.{pos} < EXCLUDED.{pos}"
+            )
+        else:
+            # Partitioned: the unique key is (key, partition column), so a row with the same
+            # source key may sit in another partition (the partition column changed). Finding
+            # such rows costs an index probe per partition per staged row, so it is done once,
+            # into ``others`` (a temp table, usually left empty). Then: when it is empty, the
+            # plain guarded upsert; else the insert also skips writes older than such a row,
+            # takes the columns this write leaves out (unchanged TOASTed values) from the older
+            # one, and ``move`` removes the older one. Under the same position guard, in one
+            # transaction: nothing is duplicated.
+            pq = quote_ident(part)
+
+            def same_key(a: str, b: str) -> str:
+                return " AND ".join(f"{a}.{k} = {b}.{k}" for k in keys)
+
+            odigest = hashlib.blake2b(
+                f"{table.qualified}|{','.join(table.columns)}|others".encode(), digest_size=6
+            ).hexdigest()
+            self.others = f"cdcr_oth_{odigest}"
+            oth = quote_ident(self.others)
+            self.others_create = (
+                f"CREATE TEMP TABLE IF NOT EXISTS {oth} ON COMMIT DELETE ROWS AS "
+                f"SELECT o.*, ''::text AS \"_cdc_key\" FROM {tgt} o WITH NO DATA"
+            )
+            # LATERAL keeps this a per-row index probe (never a scan of every partition).
+            self.others_fill = (
+                f"INSERT INTO {oth} SELECT o.*, s._cdc_key FROM {stg} s CROSS JOIN LATERAL "
+                f"(SELECT * FROM {tgt} o WHERE {same_key('o', 's')} "
+                f"AND o.{pq} IS DISTINCT FROM s.{pq}) o WHERE s._cdc_op = 'u'"
+            )
+            conflict = f"ON CONFLICT ({', '.join([*keys, pq])}) DO UPDATE SET {sets} "
+            self.upsert = (
+                f"INSERT INTO {tgt} AS t ({all_cols}) "
+                f"SELECT {select_cols} FROM {stg} s WHERE s._cdc_op = 'u' AND {tomb_guard} "
+                f"{conflict}WHERE t.{pos} < EXCLUDED.{pos}"
+            )
+            omitted = [quote_ident(c) for c in table.columns if c not in columns]
+            ins_cols = ", ".join([*data_cols, *omitted, *engine_cols])
+            ins_select = ", ".join(
+                [
+                    *(f"s.{c}" for c in data_cols),
+                    *(f"o.{c}" for c in omitted),
+                    f"s.{pos}",
+                    ts_expr,
+                ]
+            )
+            self.upsert_moving = (
+                f"INSERT INTO {tgt} AS t ({ins_cols}) "
+                f"SELECT {ins_select} FROM {stg} s LEFT JOIN (SELECT DISTINCT ON (x._cdc_key) * "
+                f"FROM {oth} x ORDER BY x._cdc_key, x.{pos} DESC) o "
+                f"ON o._cdc_key = s._cdc_key AND o.{pos} < s.{pos} "
+                f"WHERE s._cdc_op = 'u' AND {tomb_guard} "
+                f"AND NOT EXISTS (SELECT 1 FROM {oth} n WHERE n._cdc_key = s._cdc_key "
+                f"AND n.{pos} >= s.{pos}) "
+                f"{conflict}WHERE t.{pos} < EXCLUDED.{pos}"
+            )
+            self.move = (
+                f"DELETE FROM {tgt} t USING {oth} x, {stg} s WHERE s._cdc_op = 'u' "
+                f"AND x._cdc_key = s._cdc_key AND x.{pos} < s.{pos} AND t.{pq} = x.{pq} "
+                f"AND {same_key('t', 'x')} AND t.{pos} = x.{pos}"
+            )
+            if table.partition_interval:
+                self.bucket = (
+                    f"SELECT DISTINCT date_bin(%(iv)s::interval, "
+                    f"{_as_utc_timestamp('s.' + pq, table.type_of(part))}, "
+                    f"timestamp '{PARTITION_ORIGIN.strftime('%Y-%m-%d')}') "
+                    f"FROM {stg} s WHERE s._cdc_op = 'u' AND s.{pq} IS NOT NULL"
+                )
         # A newer write supersedes the key's tombstone; drop it so the table stays small.
         self.clear_tombstones = (
             f"DELETE FROM {tomb} tb USING {stg} s WHERE s._cdc_op = 'u' "
@@ -324,11 +469,12 @@ def write_batch(conn: sa.Connection, table: TargetTable, writes: Sequence[RowWri
         return WriteResult(0, 0)
     groups: dict[tuple[str, ...], list[RowWrite]] = {}
     full = table.columns
+    part = table.partition_column
     for w in writes:
         if w.values is None or len(w.values) == len(full):
             cols = full
         else:
-            cols = tuple(c for c in full if c in w.values or c in table.key_columns)
+            cols = tuple(c for c in full if c in w.values or c in table.key_columns or c == part)
         groups.setdefault(cols, []).append(w)
     applied = 0
     raw: Any = conn.connection.dbapi_connection  # psycopg2: COPY needs the raw cursor
@@ -392,8 +538,19 @@ def _write_group(cur: Any, table: TargetTable, st: _Statements, writes: list[Row
     params = {"tn": table.qualified}
     applied = 0
     if has_upsert:
-        cur.execute(st.upsert, params)
+        if st.bucket:
+            cur.execute(st.bucket, {"iv": table.partition_interval})
+            ensure_partitions(cur, table, [r[0] for r in cur.fetchall()])
+        moving = False
+        if st.others:
+            cur.execute(st.others_create)
+            cur.execute(st.others_fill)
+            moving = cur.rowcount > 0
+        cur.execute(st.upsert_moving if moving else st.upsert, params)
         applied += cur.rowcount
+        if moving:
+            cur.execute(st.move, params)
+            cur.execute(f"TRUNCATE {quote_ident(st.others)}")
         cur.execute(st.clear_tombstones, params)
     if has_delete:
         cur.execute(st.delete, params)
@@ -403,6 +560,122 @@ def _write_group(cur: Any, table: TargetTable, st: _Statements, writes: list[Row
     # may write the same table twice (a retry, or a second group).
     cur.execute(f"TRUNCATE {quote_ident(st.staging)}")
     return int(applied)
+
+
+# --------------------------------------------------------------------------- partitions
+
+# Partitions are cut at multiples of the interval counted from this instant (as date_bin does).
+PARTITION_ORIGIN = datetime(2000, 1, 1)  # noqa: DTZ001 - a UTC wall time, compared as such
+
+
+def _as_utc_timestamp(expr: str, typ: str) -> str:
+    """SQL turning a partition column value into a timestamp without zone, in UTC."""
+    if "with time zone" in typ:
+        return f"({expr} AT TIME ZONE 'UTC')"
+    if typ == "date":
+        return f"({expr})::timestamp"
+    return str(expr)
+
+
+def bucket_start(value: datetime, interval: str) -> datetime:
+    """The start (UTC wall time, no zone) of the partition holding ``value``."""
+    from cdc_reconciler.config import interval_seconds
+
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    step = interval_seconds(interval)
+    n = int((value - PARTITION_ORIGIN).total_seconds() // step)
+    return PARTITION_ORIGIN + timedelta(seconds=n * step)
+
+
+def partition_name(table: TargetTable, start: datetime) -> str:
+    """``<table>_p<start>``; shortened with a digest to PostgreSQL's 63 bytes when needed."""
+    suffix = start.strftime("_p%Y%m%d") + (
+        start.strftime("%H%M%S") if (start.hour, start.minute, start.second) != (0, 0, 0) else ""
+    )
+    name = table.name + suffix
+    if len(name.encode()) > 63:
+        digest = hashlib.blake2b(table.name.encode(), digest_size=3).hexdigest()
+        name = table.name[: 63 - len(suffix) - 7] + "_" + digest + suffix
+    return name
+
+
+def partition_ddl(table: TargetTable, start: datetime) -> str:
+    """CREATE TABLE for the partition of ``table`` starting at ``start`` (bounds are formatted
+    from a datetime, never from event text)."""
+    from cdc_reconciler.config import interval_seconds
+
+    end = start + timedelta(seconds=interval_seconds(table.partition_interval))
+    typ = table.type_of(table.partition_column)
+
+    def bound(t: datetime) -> str:
+        if typ == "date":
+            return f"'{t:%Y-%m-%d}'"
+        zone = "+00" if "with time zone" in typ else ""
+        return f"'{t:%Y-%m-%d %H:%M:%S}{zone}'"
+
+    return (
+        f"CREATE TABLE IF NOT EXISTS {qualified_ident(table.schema, partition_name(table, start))} "
+        f"PARTITION OF {qualified_ident(table.schema, table.name)} "
+        f"FOR VALUES FROM ({bound(start)}) TO ({bound(end)})"
+    )
+
+
+# SQLSTATEs that mean "the partition is there already": duplicate_table (another consumer made
+# it a moment ago), unique_violation (the same race caught in the catalog's own unique index)
+# and invalid_object_definition (a partition made by someone else, under another name, overlaps
+# the range: rows are routed there). Only ever matched on the CREATE statement itself.
+_PARTITION_EXISTS = ("42P07", "23505", "42P17")
+
+
+def ensure_partitions(cur: Any, table: TargetTable, starts: Iterable[datetime]) -> list[str]:
+    """Create the partitions starting at ``starts`` that do not exist yet, each in a savepoint
+    of the caller's transaction; one that exists (or overlaps one) is fine. Returns the names
+    created. Other errors propagate (the caller's transaction is then aborted)."""
+    made = []
+    for start in starts:
+        name = partition_name(table, start)
+        cur.execute(
+            "SELECT to_regclass(quote_ident(%(s)s) || '.' || quote_ident(%(n)s))",
+            {"s": table.schema, "n": name},
+        )
+        if cur.fetchone()[0] is not None:
+            continue
+        cur.execute("SAVEPOINT cdcr_partition")
+        try:
+            cur.execute(partition_ddl(table, start))
+        except Exception as exc:
+            if getattr(exc, "pgcode", None) not in _PARTITION_EXISTS:
+                raise
+            cur.execute("ROLLBACK TO SAVEPOINT cdcr_partition")
+            continue
+        cur.execute("RELEASE SAVEPOINT cdcr_partition")
+        made.append(name)
+    return made
+
+
+# TimescaleDB writes into compressed chunks (INSERT, UPDATE, DELETE, ON CONFLICT) from 2.11 on,
+# decompressing only the segments a write touches; before that such a write fails.
+COMPRESSED_DML_SINCE = (2, 11)
+
+
+def compressed_chunk_action(timescaledb_version: str) -> tuple[str, str]:
+    """What a write into a compressed hypertable chunk does, given the target's TimescaleDB
+    version (``SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'``):
+    ``("write", "")`` where TimescaleDB decompresses the touched segments itself (2.11+), else
+    ``("dead_letter", reason)``: the event is dead-lettered ``compressed_chunk`` rather than
+    retried forever; decompress the chunk (``decompress_chunk``) and replay it. An unreadable
+    version is treated as old. docs/partitioning.md, compressed chunks."""
+    try:
+        major, minor = (int(x) for x in timescaledb_version.split(".")[:2])
+    except ValueError:
+        major, minor = 0, 0
+    if (major, minor) >= COMPRESSED_DML_SINCE:
+        return "write", ""
+    return "dead_letter", (
+        f"compressed_chunk: TimescaleDB {timescaledb_version} rejects writes into compressed "
+        "chunks (2.11+ accepts them); run decompress_chunk on the chunk and replay the event"
+    )
 
 
 # --------------------------------------------------------------------------- tables without a key

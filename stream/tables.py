@@ -16,16 +16,21 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
-from cdc_reconciler.config import TableMapping
+from cdc_reconciler.config import TableMapping, interval_seconds
 from cdc_reconciler.connectors.debezium import ChangeEvent
 from cdc_reconciler.connectors.target import (
     ENGINE_COLUMNS,
+    INTERVAL_COMMENT,
     TargetTable,
+    bucket_start,
+    catalog_columns,
     engine_column_ddl,
+    partition_ddl,
     qualified_ident,
     quote_ident,
     reflect_table,
@@ -148,11 +153,15 @@ class TableResolver:
                 "no_target_table", "cannot create target tables: CDCR_SOURCE__URL unset"
             )
         ddl = mirror_ddl(self._source, source, target, mapping)
+        if mapping.hypertable is not None:
+            require_timescaledb(self._target, target)
         mirror_types(self._source, self._target, source)
         try:
             with self._target.begin() as conn:
                 conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(target[0])}"))
                 conn.execute(sa.text(ddl))
+                for stmt in partition_setup(conn, target, mapping):
+                    conn.execute(sa.text(stmt))
         except sa.exc.DBAPIError as exc:
             if _transient(exc):
                 raise
@@ -276,10 +285,96 @@ def mirror_ddl(
             continue
         typ = c["type"]
         parts.append(f"{quote_ident(n)} {typ}{' NOT NULL' if n in keys else ''}")
+    part = mapping.partition_column
+    if part is not None:
+        types = {c["name"]: c["type"] for c in cols}
+        typ = types.get(part)
+        if typ is None or (typ != "date" and not typ.startswith("timestamp")):
+            what = "not a column of the source table" if typ is None else f"of type {typ}"
+            raise ApplyError(
+                "target_ddl_failed",
+                f"table {src[0]}.{src[1]}: the partition column {part!r} is {what}; it must "
+                "be a timestamp, timestamptz or date column",
+            )
+        # PostgreSQL (and TimescaleDB) require every unique key to include the partitioning
+        # column: the target's key is the source key plus it (docs/partitioning.md).
+        parts = [p + " NOT NULL" if p == f"{quote_ident(part)} {typ}" else p for p in parts]
+        if keys and part not in keys:
+            keys = [*keys, part]
     parts.extend(engine_column_ddl())
     if keys:
         parts.append(f"PRIMARY KEY ({', '.join(quote_ident(k) for k in keys)})")
-    return f"CREATE TABLE IF NOT EXISTS {qualified_ident(*tgt)} ({', '.join(parts)})"
+    ddl = f"CREATE TABLE IF NOT EXISTS {qualified_ident(*tgt)} ({', '.join(parts)})"
+    if mapping.partition_by is not None:
+        ddl += f" PARTITION BY RANGE ({quote_ident(mapping.partition_by.column)})"
+    return ddl
+
+
+def partition_setup(
+    conn: sa.Connection, tgt: tuple[str, str], mapping: TableMapping, now: datetime | None = None
+) -> list[str]:
+    """What follows the CREATE TABLE of a time-partitioned target: for ``partition_by``, the
+    comment recording the interval and the partitions from ``ahead`` intervals before now to
+    ``ahead`` after it (others are made on demand by the writer); for ``hypertable``,
+    ``create_hypertable``. Values in the statements are formatted from validated settings
+    (intervals) or literals quoted by the server, never from event text."""
+    rel = qualified_ident(*tgt)
+    if mapping.hypertable is not None:
+        h = mapping.hypertable
+        col = conn.execute(sa.text("SELECT quote_literal(:c)"), {"c": h.time_column}).scalar()
+        rel_lit = conn.execute(sa.text("SELECT quote_literal(:r)"), {"r": rel}).scalar()
+        iv = conn.execute(sa.text("SELECT quote_literal(:i)"), {"i": h.chunk_interval}).scalar()
+        return [
+            f"SELECT create_hypertable({rel_lit}::regclass, {col}::name, "
+            f"chunk_time_interval => {iv}::interval, if_not_exists => true)"
+        ]
+    if mapping.partition_by is None:
+        return []
+    p = mapping.partition_by
+    comment = conn.execute(
+        sa.text("SELECT quote_literal(:c)"), {"c": INTERVAL_COMMENT + p.interval}
+    ).scalar()
+    out = [f"COMMENT ON TABLE {rel} IS {comment}"]
+    typ = {c["name"]: c["type"] for c in catalog_columns(conn, *tgt)}[p.column]
+    table = TargetTable(
+        tgt[0],
+        tgt[1],
+        (),
+        (p.column,),
+        (typ,),
+        partition_column=p.column,
+        partition_interval=p.interval,
+    )
+    first = bucket_start(now or datetime.now(UTC), p.interval)
+    step = timedelta(seconds=interval_seconds(p.interval))
+    out.extend(partition_ddl(table, first + k * step) for k in range(-p.ahead, p.ahead + 1))
+    return out
+
+
+def require_timescaledb(target: sa.Engine, tgt: tuple[str, str]) -> None:
+    """Raise ApplyError(target_ddl_failed) naming the extension unless the target database has
+    TimescaleDB installed (``CREATE EXTENSION timescaledb``); never installs it (it needs
+    ``shared_preload_libraries`` and a server restart, an operator's decision)."""
+    with target.connect() as conn:
+        if conn.execute(
+            sa.text("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")
+        ).first():
+            return
+        available = conn.execute(
+            sa.text("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
+        ).first()
+    how = (
+        "it is available on the server: run CREATE EXTENSION timescaledb in the target database "
+        "(with timescaledb in shared_preload_libraries)"
+        if available
+        else "the target database server does not have it: install TimescaleDB there (e.g. the "
+        "timescale/timescaledb image, see docker-compose.yml) or use partition_by instead"
+    )
+    raise ApplyError(
+        "target_ddl_failed",
+        f"target table {tgt[0]}.{tgt[1]} is configured as a hypertable, which needs the "
+        f"extension timescaledb; {how}",
+    )
 
 
 # --------------------------------------------------------------------------- source types
