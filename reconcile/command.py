@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -177,15 +177,28 @@ def reconcile(
     try:
         while True:
             try:
-                now_applied = _applied(settings, target)
-            except CdcrError as exc:
-                if once:
+                reports = _one_pass(
+                    env,
+                    req,
+                    names,
+                    tables,
+                    once,
+                    dry_run,
+                    metrics,
+                    target,
+                    reverify=reverify,
+                    since=since,
+                    sample_windows=sample_windows,
+                    seed=seed,
+                )
+            except (CdcrError, SQLAlchemyError) as exc:
+                if once or isinstance(exc, wm.WatermarkConflict):
                     raise
-                # Continuous mode is always on: an unreachable target is waited out (the
-                # per-table passes already say a table cannot be verified while Kafka or the
-                # source is down, and go on).
+                # Continuous mode is always on: a target (or source, or Kafka) outage in the
+                # middle of a pass is logged and the pass retried with backoff, never the end of
+                # the process. Watermarks move only by compare-and-swap, so a retried pass is safe.
                 logging.getLogger(__name__).error(
-                    "reconcile: %s; retrying in %.0fs", exc, outage_delay
+                    "reconcile pass failed (%s); retrying in %.0fs", exc, outage_delay
                 )
                 if should_stop():
                     return []
@@ -193,43 +206,67 @@ def reconcile(
                 outage_delay = min(outage_delay * 2, OUTAGE_RETRY_MAX_S)
                 continue
             outage_delay = OUTAGE_RETRY_S
-            env = replace(env, applied=now_applied)
-            if not tables:  # zero configuration: tables the group started applying join in
-                names = tuple(sorted({*names, *now_applied.tables()}))
-            if reverify:
-                horizon = since or timedelta(seconds=settings.reconcile.reverify_horizon_s)
-                reports = [
-                    _or_say(
-                        t,
-                        partial(
-                            reverify_table,
-                            env,
-                            req,
-                            t,
-                            since=horizon,
-                            sample=sample_windows,
-                            seed=seed,
-                        ),
-                    )
-                    for t in names
-                ]
-            else:
-                reports = [_reconcile_or_say(env, req, t) for t in names]
-            if not once and not dry_run and settings.reconcile.reverify_every_s > 0:
-                reports += _background_reverify(env, req, names)
-            if metrics is not None:
-                for r in reports:
-                    metrics.observe(r)
-                metrics.refresh_open(target, names)
+            env, names = reports.env, reports.names
             if once or should_stop():
-                return reports
-            if not any(r.windows for r in reports if not r.reverify):
+                return reports.reports
+            if not any(r.windows for r in reports.reports if not r.reverify):
                 time.sleep(settings.reconcile.window_s * POLL_FRACTION)
     except SQLAlchemyError as exc:
         raise CdcrError(f"reconcile failed: {exc.__class__.__name__}: {exc}") from exc
     finally:
         source.dispose()
         target.dispose()
+
+
+@dataclass(frozen=True)
+class _Pass:
+    env: Env
+    names: tuple[str, ...]
+    reports: list[TableReport]
+
+
+def _one_pass(
+    env: Env,
+    req: Request,
+    names: tuple[str, ...],
+    tables: Sequence[str],
+    once: bool,
+    dry_run: bool,
+    metrics: ReconcileMetrics | None,
+    target: sa.Engine,
+    *,
+    reverify: bool = False,
+    since: timedelta | None = None,
+    sample_windows: int | None = None,
+    seed: int | None = None,
+) -> _Pass:
+    """One pass over ``names`` (zero configuration: plus the tables the group started applying).
+    Raises CdcrError or SQLAlchemyError when the target cannot be read at all."""
+    settings = env.settings
+    now_applied = _applied(settings, target)
+    env = replace(env, applied=now_applied)
+    if not tables:
+        names = tuple(sorted({*names, *now_applied.tables()}))
+    if reverify:
+        horizon = since or timedelta(seconds=settings.reconcile.reverify_horizon_s)
+        reports = [
+            _or_say(
+                t,
+                partial(
+                    reverify_table, env, req, t, since=horizon, sample=sample_windows, seed=seed
+                ),
+            )
+            for t in names
+        ]
+    else:
+        reports = [_reconcile_or_say(env, req, t) for t in names]
+    if not once and not dry_run and settings.reconcile.reverify_every_s > 0:
+        reports += _background_reverify(env, req, names)
+    if metrics is not None:
+        for r in reports:
+            metrics.observe(r)
+        metrics.refresh_open(target, names)
+    return _Pass(env, names, reports)
 
 
 def _applied(settings: Settings, target: sa.Engine) -> AppliedTables:
