@@ -83,7 +83,7 @@ class Writer:
         self.started = time.monotonic()
         nxt = self.started
         while not self.stop.is_set():
-            keys = []
+            keys: list[int] = []
             while len(keys) < per_tx:
                 k = rnd.randint(1, self.rows)
                 if k % 7 != 1:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -18,10 +19,12 @@ import sqlalchemy as sa
 from confluent_kafka import Producer
 
 from cdc_reconciler.stream import command
+from tests.conftest import Connector, Services
 from tests.helpers import count_records, read_topic, rows, settings_for, wait_for
 from tests.stream.pipeline import (
     COLUMNS,
     TRAFFIC_RECORDS,
+    Pipeline,
     applied_counts,
     expected_records,
     free_port,
@@ -34,8 +37,8 @@ pytestmark = pytest.mark.services
 
 
 def test_stream_applies_every_change_and_counts_add_up(
-    pipeline, services, source_engine, target_engine
-):
+    pipeline: Pipeline, services: Services, source_engine: sa.Engine, target_engine: sa.Engine
+) -> None:
     source_traffic(source_engine, pipeline.table)
     expected_records(pipeline, services, TRAFFIC_RECORDS)
 
@@ -61,8 +64,8 @@ def test_stream_applies_every_change_and_counts_add_up(
 
 
 def test_redelivered_and_reordered_events_leave_the_target_unchanged(
-    pipeline, services, source_engine, target_engine
-):
+    pipeline: Pipeline, services: Services, source_engine: sa.Engine, target_engine: sa.Engine
+) -> None:
     source_traffic(source_engine, pipeline.table)
     expected_records(pipeline, services, TRAFFIC_RECORDS)
     run_until_idle(pipeline.settings)
@@ -90,8 +93,8 @@ def test_redelivered_and_reordered_events_leave_the_target_unchanged(
 
 
 def test_poison_message_is_dead_lettered_and_the_rest_applied(
-    pipeline, services, source_engine, target_engine
-):
+    pipeline: Pipeline, services: Services, source_engine: sa.Engine, target_engine: sa.Engine
+) -> None:
     expected_records(pipeline, services, 20)
     producer = Producer({"bootstrap.servers": services.kafka_bootstrap})
     producer.produce(pipeline.topic, key=b'{"id":999}', value=b'{"not debezium": true')
@@ -119,8 +122,12 @@ def test_poison_message_is_dead_lettered_and_the_rest_applied(
 
 
 def test_without_redis_the_pipeline_stays_correct(
-    pipeline, services, source_engine, target_engine, monkeypatch
-):
+    pipeline: Pipeline,
+    services: Services,
+    source_engine: sa.Engine,
+    target_engine: sa.Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # Nothing listens on this port: every Redis call fails fast.
     settings = settings_for(monkeypatch, REDIS__URL=f"redis://127.0.0.1:{free_port()}/0")
     source_traffic(source_engine, pipeline.table)
@@ -130,7 +137,9 @@ def test_without_redis_the_pipeline_stays_correct(
     assert summary.totals.consumed > 0 and summary.totals.dead_lettered == 0
 
 
-def test_kill_9_mid_stream_then_restart_converges(pipeline, services, source_engine, target_engine):
+def test_kill_9_mid_stream_then_restart_converges(
+    pipeline: Pipeline, services: Services, source_engine: sa.Engine, target_engine: sa.Engine
+) -> None:
     with source_engine.begin() as conn:
         conn.execute(
             sa.text(
@@ -175,7 +184,9 @@ def test_kill_9_mid_stream_then_restart_converges(pipeline, services, source_eng
     assert c["consumed"] == c["applied"] + c["dup"] + c["stale"] + c["dlq"] + c["noop"]
 
 
-def test_sigterm_stops_cleanly_and_commits_only_what_was_applied(pipeline, services, target_engine):
+def test_sigterm_stops_cleanly_and_commits_only_what_was_applied(
+    pipeline: Pipeline, services: Services, target_engine: sa.Engine
+) -> None:
     expected_records(pipeline, services, 20)
     stop = threading.Event()
     result: dict[str, Any] = {}
@@ -196,7 +207,9 @@ def test_sigterm_stops_cleanly_and_commits_only_what_was_applied(pipeline, servi
     assert rows(target_engine, pipeline.qualified, "count(*)") == [(20,)]
 
 
-def test_new_source_column_is_added_to_the_target(pipeline, services, source_engine, target_engine):
+def test_new_source_column_is_added_to_the_target(
+    pipeline: Pipeline, services: Services, source_engine: sa.Engine, target_engine: sa.Engine
+) -> None:
     with source_engine.begin() as conn:
         conn.execute(sa.text(f"alter table public.{pipeline.table} add column region text"))
         conn.execute(
@@ -212,8 +225,13 @@ def test_new_source_column_is_added_to_the_target(pipeline, services, source_eng
 
 
 def test_source_truncate_empties_the_target(
-    services, source_engine, target_engine, debezium, unique_name, monkeypatch
-):
+    services: Services,
+    source_engine: sa.Engine,
+    target_engine: sa.Engine,
+    debezium: Callable[..., Connector],
+    unique_name: Callable[[str], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     table = unique_name("tr")
     with source_engine.begin() as conn:
         conn.execute(sa.text(f"create table public.{table} (id int primary key, v text)"))

@@ -26,9 +26,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Message
+from pydantic import SecretStr
 
 from cdc_reconciler.stream import command
+from tests.conftest import Services
 from tests.helpers import settings_for, wait_for
 from tests.stream.faults import (
     OwnBroker,
@@ -161,7 +163,13 @@ def converged(case: Case, target: sa.Engine) -> None:
 
 
 # ---------------------------------------------------------------- the broker
-def test_broker_stopped_and_killed_is_waited_out(case, broker, target_engine, monkeypatch, caplog):
+def test_broker_stopped_and_killed_is_waited_out(
+    case: Case,
+    broker: OwnBroker,
+    target_engine: sa.Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     settings = case.settings(monkeypatch, HEALTH__KAFKA_DOWN_UNREADY_S="3")
     run = Running(settings)
     try:
@@ -212,7 +220,9 @@ def test_broker_stopped_and_killed_is_waited_out(case, broker, target_engine, mo
 
 
 # ---------------------------------------------------------------- poison and oversized records
-def test_poison_and_oversized_records_are_dead_lettered(case, broker, target_engine, monkeypatch):
+def test_poison_and_oversized_records_are_dead_lettered(
+    case: Case, broker: OwnBroker, target_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = case.settings(monkeypatch)
     big = b"x" * (5 * 1024 * 1024)
     big_note = "n" * (5 * 1024 * 1024)
@@ -270,7 +280,7 @@ def test_poison_and_oversized_records_are_dead_lettered(case, broker, target_eng
     assert headers["cdcr.value.trimmed"] == "record_too_large"
     assert headers["cdcr.value.size"] == str(len(big))
     assert headers["cdcr.source.partition"] == "0"
-    assert 0 < len(value) < 1_000_000 and big.startswith(value)
+    assert value is not None and 0 < len(value) < 1_000_000 and big.startswith(value)
 
 
 def _producer_one_partition(bootstrap: str) -> Any:
@@ -279,7 +289,18 @@ def _producer_one_partition(bootstrap: str) -> Any:
     return Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 16 * 1024 * 1024})
 
 
-def _read_all(bootstrap: str, topic: str) -> list[tuple[dict[str, str], bytes]]:
+def _headers(m: Message) -> dict[str, str]:
+    """A consumed record's headers by name; librdkafka gives them as (name, bytes) pairs."""
+    pairs = m.headers() or []
+    assert isinstance(pairs, list), pairs
+    out: dict[str, str] = {}
+    for k, v in pairs:
+        assert isinstance(v, bytes), (k, v)
+        out[k] = v.decode()
+    return out
+
+
+def _read_all(bootstrap: str, topic: str) -> list[tuple[dict[str, str], bytes | None]]:
     c = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -289,12 +310,12 @@ def _read_all(bootstrap: str, topic: str) -> list[tuple[dict[str, str], bytes]]:
         }
     )
     c.subscribe([topic])
-    out: list[tuple[dict[str, str], bytes]] = []
+    out: list[tuple[dict[str, str], bytes | None]] = []
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         for m in c.consume(100, timeout=1):
             if m.error() is None:
-                out.append(({k: v.decode() for k, v in m.headers() or []}, m.value()))
+                out.append((_headers(m), m.value()))
         if out and len(out) >= 3:
             break
     c.close()
@@ -303,8 +324,12 @@ def _read_all(bootstrap: str, topic: str) -> list[tuple[dict[str, str], bytes]]:
 
 # ---------------------------------------------------------------- the target cut
 def test_target_cut_with_resets_and_silently_recovers(
-    case, target_engine, services, monkeypatch, caplog
-):
+    case: Case,
+    target_engine: sa.Engine,
+    services: Services,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     url = sa.engine.make_url(services.target_url)
     proxy = Proxy((url.host or "127.0.0.1", url.port or 5432))
     proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
@@ -383,7 +408,9 @@ def test_target_cut_with_resets_and_silently_recovers(
 
 
 # ---------------------------------------------------------------- Redis
-def test_redis_down_and_flushed(case, target_engine, monkeypatch, tmp_path):
+def test_redis_down_and_flushed(
+    case: Case, target_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     redis = OwnRedis(tmp_path)
     redis.start()
     settings = case.settings(monkeypatch, REDIS__URL=redis.url)
@@ -422,7 +449,9 @@ def test_redis_down_and_flushed(case, target_engine, monkeypatch, tmp_path):
 
 
 # ---------------------------------------------------------------- kill -9
-def test_kill_9_at_random_points(case, target_engine, monkeypatch):
+def test_kill_9_at_random_points(
+    case: Case, target_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     env = {**os.environ, **{f"CDCR_{k}": v for k, v in case.env.items()}}
     rng = random.Random(16)
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"{case.table}.log"
@@ -477,7 +506,7 @@ def test_kill_9_at_random_points(case, target_engine, monkeypatch):
 
 
 # ---------------------------------------------------------------- failover
-def test_dead_members_partitions_move_within_seconds(case, target_engine):
+def test_dead_members_partitions_move_within_seconds(case: Case, target_engine: sa.Engine) -> None:
     """Two members share the group with the default session timeout; one is killed -9 and the
     survivor applies its partition's new records within seconds (45 s before issue 16)."""
     env = {**os.environ, **{f"CDCR_{k}": v for k, v in case.env.items()}}
@@ -536,7 +565,7 @@ def test_dead_members_partitions_move_within_seconds(case, target_engine):
 
 
 # ---------------------------------------------------------------- the target cluster restarted
-def test_target_cluster_crash_and_restart(case, monkeypatch):
+def test_target_cluster_crash_and_restart(case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
     """The whole target cluster of the test's own crashed (immediate stop, as a power cut) and
     stopped cleanly, each while changes keep arriving; the consumer waits and converges."""
     from cdc_reconciler import migrations
@@ -550,7 +579,8 @@ def test_target_cluster_crash_and_restart(case, monkeypatch):
             conn.execute(sa.text("create database target"))
         admin.dispose()
         migrations.upgrade(
-            Settings.model_construct(target=DatabaseSettings(url=pg.url("target"))), "head"
+            Settings.model_construct(target=DatabaseSettings(url=SecretStr(pg.url("target")))),
+            "head",
         )
         target = sa.create_engine(pg.url("target"), pool_pre_ping=True)
         with target.begin() as conn:
@@ -606,7 +636,9 @@ def test_target_cluster_crash_and_restart(case, monkeypatch):
 
 
 # ---------------------------------------------------------------- dead letters in an outage
-def test_dead_letters_wait_for_the_broker(broker, monkeypatch, unique_name):
+def test_dead_letters_wait_for_the_broker(
+    broker: OwnBroker, monkeypatch: pytest.MonkeyPatch, unique_name: Callable[[str], str]
+) -> None:
     """Producing a dead letter while the broker is down waits (Kafka reported down) and
     delivers once it is back; a value too large for the producer goes trimmed."""
     from cdc_reconciler.connectors.kafka import Record, make_producer
@@ -649,13 +681,14 @@ def test_dead_letters_wait_for_the_broker(broker, monkeypatch, unique_name):
         }
     )
     c.subscribe([topic])
-    got = []
+    got: list[Message] = []
     deadline = time.monotonic() + 30
     while not got and time.monotonic() < deadline:
         got = [m for m in c.consume(10, timeout=1) if m.error() is None]
     c.close()
     assert len(got) == 1
-    headers = {k: v.decode() for k, v in got[0].headers()}
+    headers = _headers(got[0])
     assert headers["cdcr.value.trimmed"] == "record_too_large"
     assert headers["cdcr.source.offset"] == "77" and headers["cdcr.source.partition"] == "1"
-    assert big.startswith(got[0].value()) and len(got[0].value()) < 1_000_000
+    value = got[0].value()
+    assert value is not None and big.startswith(value) and len(value) < 1_000_000

@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from confluent_kafka import KafkaError
+from pydantic import SecretStr
 
 from cdc_reconciler.config import DatabaseSettings, Settings
 from cdc_reconciler.connectors.kafka import PRODUCER_MAX_BYTES, Record, is_fatal
 from cdc_reconciler.stream import command
 from cdc_reconciler.stream.dead_letters import TRIMMED, DeadLetter, _message
 from cdc_reconciler.stream.metrics import Bounds, Dependency, Health
+from tests.conftest import Services
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,7 +51,9 @@ def test_transport_errors_are_transient_and_auth_errors_fatal() -> None:
     assert is_fatal(KafkaError(KafkaError._TRANSPORT, fatal=True))
 
 
-def test_dependency_logs_once_per_change_with_the_duration(caplog) -> None:
+def test_dependency_logs_once_per_change_with_the_duration(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     clock = Clock()
     dep = Dependency("kafka", clock=clock, wall=lambda: 1.7e9 + clock.t)
     caplog.set_level(logging.INFO)
@@ -180,9 +184,11 @@ def test_oversized_dead_letter_is_trimmed_with_full_coordinates() -> None:
 
 
 @pytest.mark.services
-def test_target_connections_carry_keepalives_and_a_statement_timeout(services, migrated_target):
+def test_target_connections_carry_keepalives_and_a_statement_timeout(
+    services: Services, migrated_target: str
+) -> None:
     db = DatabaseSettings(
-        url=services.target_url,
+        url=SecretStr(services.target_url),
         keepalives_idle_s=11,
         keepalives_interval_s=4,
         keepalives_count=2,
@@ -267,15 +273,15 @@ def test_alert_rules_cover_stalls_and_outages(tmp_path: Path) -> None:
 
 @pytest.mark.services
 def test_connection_watch_follows_the_target_and_drops_a_stuck_connection(
-    services, migrated_target
-):
+    services: Services, migrated_target: str
+) -> None:
     import threading
     import time
 
     from cdc_reconciler.stream.metrics import Dependency
 
     def engine_for(**db: object) -> tuple[sa.Engine, Dependency, command.ConnectionWatch]:
-        settings = DatabaseSettings(url=services.target_url, **db)  # type: ignore[arg-type]
+        settings = DatabaseSettings.model_validate({"url": services.target_url, **db})
         engine = command.target_engine(Settings.model_construct(target=settings))
         state = Dependency("target")
         watch = command.ConnectionWatch(state)
@@ -296,7 +302,7 @@ def test_connection_watch_follows_the_target_and_drops_a_stuck_connection(
     state = Dependency("target")
     refused = command.target_engine(
         Settings.model_construct(
-            target=DatabaseSettings(url=url.render_as_string(hide_password=False))
+            target=DatabaseSettings(url=SecretStr(url.render_as_string(hide_password=False)))
         )
     )
     watch = command.ConnectionWatch(state)

@@ -6,11 +6,13 @@ import threading
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from cdc_reconciler.stream import command
+from tests.conftest import Services
 from tests.helpers import wait_for
-from tests.stream.pipeline import applied_counts, expected_records
+from tests.stream.pipeline import Pipeline, applied_counts, expected_records
 
 pytestmark = pytest.mark.services
 
@@ -24,7 +26,9 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def test_run_exports_event_counts_batch_latency_and_health(pipeline, services, target_engine):
+def test_run_exports_event_counts_batch_latency_and_health(
+    pipeline: Pipeline, services: Services, target_engine: sa.Engine
+) -> None:
     expected_records(pipeline, services, 20)
     port = pipeline.settings.metrics.port
     stop = threading.Event()

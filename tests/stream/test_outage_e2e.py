@@ -13,9 +13,13 @@ import pytest
 import sqlalchemy as sa
 
 from cdc_reconciler.stream import command
+from cdc_reconciler.stream.engine import Prepared
+from cdc_reconciler.stream.runner import RunSummary
+from tests.conftest import Services
 from tests.helpers import committed, settings_for, wait_for
 from tests.stream.pipeline import (
     TRAFFIC_RECORDS,
+    Pipeline,
     expected_records,
     source_traffic,
     target_matches_source,
@@ -84,15 +88,20 @@ class Proxy:
 
 
 def test_target_outage_is_retried_and_nothing_is_lost(
-    pipeline, services, source_engine, target_engine, monkeypatch, caplog
-):
+    pipeline: Pipeline,
+    services: Services,
+    source_engine: sa.Engine,
+    target_engine: sa.Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     url = sa.engine.make_url(services.target_url)
     proxy = Proxy((url.host or "127.0.0.1", url.port or 5432))
     proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
     settings = settings_for(monkeypatch, TARGET__URL=proxied)
     group = f"g_{pipeline.table}"
     stop = threading.Event()
-    result: dict = {}
+    result: dict[str, RunSummary] = {}
     runner = threading.Thread(
         target=lambda: result.update(s=command.run(settings, serve_metrics=False, stop=stop))
     )
@@ -135,8 +144,11 @@ def test_target_outage_is_retried_and_nothing_is_lost(
 
 
 def test_target_outage_while_resolving_a_new_table_is_waited_out(
-    pipeline, services, monkeypatch, caplog
-):
+    pipeline: Pipeline,
+    services: Services,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """The first events of a table make the engine read the target's catalog (prepare, before any
     write): an outage there is retried with backoff like one during the write, never raised."""
     from cdc_reconciler.connectors.kafka import Record
@@ -152,7 +164,7 @@ def test_target_outage_while_resolving_a_new_table_is_waited_out(
     parts = command.build_engine(
         settings, create_missing=False, group=f"g_{pipeline.table}", stop=stop, use_redis=False
     )
-    result: dict = {}
+    result: dict[str, Prepared] = {}
     try:
         proxy.cut()
         parts.target.dispose()  # no pooled connection survives the cut
