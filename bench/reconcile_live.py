@@ -37,15 +37,23 @@ PLANTED = 100
 
 
 def _fill(engine: sa.Engine, table: str, rows: int, cdc: bool) -> None:
-    extra = ", _cdc_pos numeric(40,0) NOT NULL DEFAULT 0, _cdc_ts timestamptz NOT NULL DEFAULT now()"
+    extra = (
+        ", _cdc_pos numeric(40,0) NOT NULL DEFAULT 0, _cdc_ts timestamptz NOT NULL DEFAULT now()"
+    )
     with engine.begin() as c:
         c.execute(sa.text(f"DROP TABLE IF EXISTS public.{table}"))
-        c.execute(sa.text(
-            f"CREATE TABLE public.{table} (id bigint PRIMARY KEY, a int NOT NULL, b text, "
-            f"c numeric(12,2){extra if cdc else ''})"))
-        c.execute(sa.text(
-            f"INSERT INTO public.{table} (id, a, b, c) SELECT g, g % 1000, md5(g::text), "
-            f"(g % 100000) / 100.0 FROM generate_series(1, {rows}) g"))
+        c.execute(
+            sa.text(
+                f"CREATE TABLE public.{table} (id bigint PRIMARY KEY, a int NOT NULL, b text, "
+                f"c numeric(12,2){extra if cdc else ''})"
+            )
+        )
+        c.execute(
+            sa.text(
+                f"INSERT INTO public.{table} (id, a, b, c) SELECT g, g % 1000, md5(g::text), "
+                f"(g % 100000) / 100.0 FROM generate_series(1, {rows}) g"
+            )
+        )
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
         c.execute(sa.text(f"VACUUM ANALYZE public.{table}"))
 
@@ -75,20 +83,32 @@ class Writer:
         self.started = time.monotonic()
         nxt = self.started
         while not self.stop.is_set():
-            keys = []
+            keys: list[int] = []
             while len(keys) < per_tx:
                 k = rnd.randint(1, self.rows)
                 if k % 7 != 1:
                     keys.append(k)
             with self.engine.begin() as c:
-                c.execute(sa.text(f"UPDATE public.{self.table} SET a = a + 1, b = md5(random()::text) "
-                                  "WHERE id = ANY(:k)"), {"k": keys})
+                c.execute(
+                    sa.text(
+                        f"UPDATE public.{self.table} SET a = a + 1, b = md5(random()::text) "
+                        "WHERE id = ANY(:k)"
+                    ),
+                    {"k": keys},
+                )
                 if self.hold:  # inserts of new keys and deletes of earlier new keys, held open
-                    c.execute(sa.text(f"INSERT INTO public.{self.table} (id, a, b, c) "
-                                      "VALUES (:k, 0, 'new', 1)"), {"k": self.next_new})
+                    c.execute(
+                        sa.text(
+                            f"INSERT INTO public.{self.table} (id, a, b, c) "
+                            "VALUES (:k, 0, 'new', 1)"
+                        ),
+                        {"k": self.next_new},
+                    )
                     if self.next_new % 2 == 0:
-                        c.execute(sa.text(f"DELETE FROM public.{self.table} WHERE id = :k"),
-                                  {"k": self.next_new - 1})
+                        c.execute(
+                            sa.text(f"DELETE FROM public.{self.table} WHERE id = :k"),
+                            {"k": self.next_new - 1},
+                        )
                     self.next_new += 1
                     time.sleep(self.hold)
             self.changed += per_tx
@@ -123,9 +143,13 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=20, help="traffic before the reconcile")
-    ap.add_argument("--hold", type=float, default=0.0,
-                    help="a second writer variant: hold each transaction open this long, with an "
-                    "insert of a new key and a delete of an earlier new key in it")
+    ap.add_argument(
+        "--hold",
+        type=float,
+        default=0.0,
+        help="a second writer variant: hold each transaction open this long, with an "
+        "insert of a new key and a delete of an earlier new key in it",
+    )
     args = ap.parse_args()
     ep = Endpoints.from_env()
     tag = uuid.uuid4().hex[:6]
@@ -135,15 +159,17 @@ def main() -> None:
     source = sa.create_engine(ep.sa_url("source"))
     recreate_database(ep, DB)
     target = sa.create_engine(ep.sa_url(DB))
-    os.environ.update({
-        "CDCR_SOURCE__URL": ep.sa_url("source"),
-        "CDCR_TARGET__URL": ep.sa_url(DB),
-        "CDCR_KAFKA__TOPIC_PATTERN": rf"^{prefix}\.public\.{table}$",
-        "CDCR_KAFKA__GROUP_ID": f"g_{name}",
-        "CDCR_KAFKA__BATCH_TIMEOUT_S": "0.2",
-        "CDCR_RECONCILE__GRACE_S": "0",
-        "CDCR_RECONCILE__CONFIRM_WAIT_S": "60",
-    })
+    os.environ.update(
+        {
+            "CDCR_SOURCE__URL": ep.sa_url("source"),
+            "CDCR_TARGET__URL": ep.sa_url(DB),
+            "CDCR_KAFKA__TOPIC_PATTERN": rf"^{prefix}\.public\.{table}$",
+            "CDCR_KAFKA__GROUP_ID": f"g_{name}",
+            "CDCR_KAFKA__BATCH_TIMEOUT_S": "0.2",
+            "CDCR_RECONCILE__GRACE_S": "0",
+            "CDCR_RECONCILE__CONFIRM_WAIT_S": "60",
+        }
+    )
     os.environ.pop("CDCR_KAFKA__TOPIC_PREFIX", None)
     from cdc_reconciler import migrations
     from cdc_reconciler.config import Settings
@@ -155,31 +181,51 @@ def main() -> None:
     stop = threading.Event()
     consumer: threading.Thread | None = None
     writer: Writer | None = None
-    result: dict[str, Any] = {"rows": args.rows, "target_rate": args.rate, "hold_s": args.hold,
-                              "machine": "shared with other engineers' work (busy): indicative only"}
+    result: dict[str, Any] = {
+        "rows": args.rows,
+        "target_rate": args.rate,
+        "hold_s": args.hold,
+        "machine": "shared with other engineers' work (busy): indicative only",
+    }
     try:
         log(f"filling {args.rows} rows on both sides")
         _fill(source, table, args.rows, cdc=False)
         _fill(target, table, args.rows, cdc=True)
         planted = _planted_keys(args.rows)
         with target.begin() as c:
-            c.execute(sa.text(f"UPDATE public.{table} SET b = 'planted' WHERE id = ANY(:k)"),
-                      {"k": planted})
-        code, body = http("PUT", f"{ep.connect}/connectors/{name}/config", {
-            "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
-            "plugin.name": "pgoutput", "database.hostname": src.host or "127.0.0.1",
-            "database.port": str(src.port or 5432), "database.user": src.username or "postgres",
-            "database.password": src.password or "", "database.dbname": "source",
-            "topic.prefix": prefix, "table.include.list": f"public.{table}",
-            "slot.name": name, "publication.name": f"{name}_pub",
-            "publication.autocreate.mode": "filtered", "snapshot.mode": "no_data",
-            "key.converter": "org.apache.kafka.connect.json.JsonConverter",
-            "value.converter": "org.apache.kafka.connect.json.JsonConverter",
-            "poll.interval.ms": "100",
-        })
+            c.execute(
+                sa.text(f"UPDATE public.{table} SET b = 'planted' WHERE id = ANY(:k)"),
+                {"k": planted},
+            )
+        code, body = http(
+            "PUT",
+            f"{ep.connect}/connectors/{name}/config",
+            {
+                "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
+                "plugin.name": "pgoutput",
+                "database.hostname": src.host or "127.0.0.1",
+                "database.port": str(src.port or 5432),
+                "database.user": src.username or "postgres",
+                "database.password": src.password or "",
+                "database.dbname": "source",
+                "topic.prefix": prefix,
+                "table.include.list": f"public.{table}",
+                "slot.name": name,
+                "publication.name": f"{name}_pub",
+                "publication.autocreate.mode": "filtered",
+                "snapshot.mode": "no_data",
+                "key.converter": "org.apache.kafka.connect.json.JsonConverter",
+                "value.converter": "org.apache.kafka.connect.json.JsonConverter",
+                "poll.interval.ms": "100",
+            },
+        )
         assert code in (200, 201), body
-        consumer = threading.Thread(target=stream.run, args=(settings,),
-                                    kwargs={"serve_metrics": False, "stop": stop}, daemon=True)
+        consumer = threading.Thread(
+            target=stream.run,
+            args=(settings,),
+            kwargs={"serve_metrics": False, "stop": stop},
+            daemon=True,
+        )
         consumer.start()
         time.sleep(5)
         # One change so that the group has applied offsets (closure), then rest.
@@ -189,24 +235,32 @@ def main() -> None:
                 c.execute(sa.text(f"UPDATE public.{table} SET a = a + 1 WHERE id = 2"))
             time.sleep(2)
             with target.connect() as c:
-                if c.execute(sa.text("SELECT count(*) FROM cdcr.applied_offsets "
-                                     "WHERE consumer_group = :g"),
-                             {"g": settings.kafka.group_id}).scalar():
+                if c.execute(
+                    sa.text("SELECT count(*) FROM cdcr.applied_offsets WHERE consumer_group = :g"),
+                    {"g": settings.kafka.group_id},
+                ).scalar():
                     break
         time.sleep(3)
         expected = set(planted)
         took, found, counts = _reconcile(settings, f"public.{table}")
-        result["at_rest"] = {"seconds": round(took, 2), "false_positives": len(found - expected),
-                             "missed": len(expected - found), **counts}
+        result["at_rest"] = {
+            "seconds": round(took, 2),
+            "false_positives": len(found - expected),
+            "missed": len(expected - found),
+            **counts,
+        }
         log(f"at rest: {result['at_rest']}")
         writer = Writer(source, table, args.rows, args.rate, args.hold)
         writer.thread.start()
         time.sleep(args.seconds)
         took, found, counts = _reconcile(settings, f"public.{table}")
         result["under_traffic"] = {
-            "seconds": round(took, 2), "false_positives": len(found - expected),
-            "missed": len(expected - found), "writer_rows_per_s": round(writer.rate_measured()),
-            **counts}
+            "seconds": round(took, 2),
+            "false_positives": len(found - expected),
+            "missed": len(expected - found),
+            "writer_rows_per_s": round(writer.rate_measured()),
+            **counts,
+        }
         log(f"under traffic: {result['under_traffic']}")
     finally:
         if writer is not None:
@@ -222,8 +276,10 @@ def main() -> None:
             c.execute(sa.text(f'DROP PUBLICATION IF EXISTS "{name}_pub"'))
         for _ in range(20):
             with source.begin() as c:
-                row = c.execute(sa.text("SELECT active FROM pg_replication_slots "
-                                        "WHERE slot_name = :s"), {"s": name}).first()
+                row = c.execute(
+                    sa.text("SELECT active FROM pg_replication_slots WHERE slot_name = :s"),
+                    {"s": name},
+                ).first()
                 if row is None:
                     break
                 if not row.active:

@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from cdc_reconciler.config import DatabaseSettings, Settings
+from cdc_reconciler.config import DatabaseSettings, Settings, TableMapping
 from cdc_reconciler.connectors.kafka import check_reachable, make_consumer, make_producer
 from cdc_reconciler.connectors.redis_ids import ProcessedIds, namespace_for
 from cdc_reconciler.errors import CdcrError, ConfigError
@@ -298,29 +298,46 @@ def run(
             parts.source.dispose()
 
 
+def _schema_table(name: str, what: str) -> tuple[str, str]:
+    schema, dot, table = name.partition(".")
+    if not dot or not schema or not table:
+        raise CdcrError(f"{what} {name!r}: write it as schema.table")
+    return schema, table
+
+
+def table_names(name: str, mapping: TableMapping) -> tuple[tuple[str, str], tuple[str, str]]:
+    """The (schema, table) of a source table named "schema.table" and of its target: the
+    mapping's ``target``, itself "schema.table", or else the same name. Raises CdcrError when
+    either is not written schema.table (a bare name would otherwise be read as a schema)."""
+    src = _schema_table(name, "table")
+    if not mapping.target:  # unset or empty: the same name, as the apply engine reads it
+        return src, src
+    return src, _schema_table(mapping.target, f"table {name!r}: target")
+
+
 def sync_tables(settings: Settings, tables: list[str], *, dry_run: bool = False) -> list[str]:
     """Create missing target tables mirroring the named source tables ("schema.table").
     Returns the DDL executed (or that would be, with dry_run). Raises CdcrError."""
-    from cdc_reconciler.config import TableMapping
     from cdc_reconciler.connectors.target import reflect_table
     from cdc_reconciler.stream.tables import mirror_ddl
 
+    # Every name and mapping is checked before anything is read or created.
+    plan: list[tuple[tuple[str, str], tuple[str, str], TableMapping]] = []
+    for name in tables or list(settings.tables):
+        mapping = settings.tables.get(name, TableMapping())
+        plan.append((*table_names(name, mapping), mapping))
     target = target_engine(settings)
     source = source_engine(settings)
     if source is None:
         raise ConfigError("CDCR_SOURCE__URL is not set: tables are mirrored from the source")
     done: list[str] = []
     try:
-        for name in tables or list(settings.tables):
-            if "." not in name:
-                raise CdcrError(f"table {name!r}: write it as schema.table")
-            schema, table = name.split(".", 1)
-            mapping = settings.tables.get(name, TableMapping())
-            tgt = tuple(mapping.target.split(".", 1)) if mapping.target else (schema, table)
-            if reflect_table(target, *tgt, mapping.key_columns, allow_keyless=True) is not None:
+        for src, tgt, mapping in plan:
+            found = reflect_table(target, *tgt, mapping.key_columns, allow_keyless=True)
+            if found is not None:
                 continue
             try:
-                ddl = mirror_ddl(source, (schema, table), (tgt[0], tgt[1]), mapping)
+                ddl = mirror_ddl(source, src, tgt, mapping)
             except ApplyError as exc:
                 raise CdcrError(exc.message) from exc
             done.append(ddl)
@@ -328,7 +345,7 @@ def sync_tables(settings: Settings, tables: list[str], *, dry_run: bool = False)
                 resolver = TableResolver(
                     target, settings.tables, source=source, create_missing=True
                 )
-                resolver.create_table((schema, table), (tgt[0], tgt[1]), mapping)
+                resolver.create_table(src, tgt, mapping)
     finally:
         target.dispose()
         source.dispose()

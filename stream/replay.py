@@ -192,7 +192,10 @@ def _read(
         msgs = consumer.consume(num_messages=5000, timeout=1.0)
         batch: list[Record] = []
         for m in msgs:
-            key: tuple[str, int] = (m.topic(), m.partition())  # type: ignore[assignment]
+            topic, partition = m.topic(), m.partition()
+            if topic is None or partition is None:
+                continue  # a client-wide event, not of a partition being replayed
+            key = (topic, partition)
             plan = open_parts.get(key)
             if plan is None:
                 continue
@@ -201,13 +204,15 @@ def _read(
                 if err.code() == KafkaError._PARTITION_EOF:
                     _close(consumer, open_parts, key)
                 continue
-            offset: int = m.offset()  # type: ignore[assignment]
+            offset = m.offset()
+            if offset is None:  # librdkafka gives every message without an error an offset
+                raise CdcrError(f"replay: a message of {topic}[{partition}] has no offset")
             ts_type, ts = m.timestamp()
             if offset >= plan.end or (ts_type != 0 and ts >= end_ms):
                 result.read_past_end += 1
                 _close(consumer, open_parts, key)
                 continue
-            batch.append(Record(m.topic(), m.partition(), offset, m.key(), m.value()))
+            batch.append(Record(topic, partition, offset, m.key(), m.value()))
             if offset + 1 >= plan.end:
                 _close(consumer, open_parts, key)
         if batch:

@@ -9,11 +9,15 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from pydantic import SecretStr
 
-from cdc_reconciler.config import ConfigError, DatabaseSettings, engine_url
+from cdc_reconciler.config import DatabaseSettings, engine_url
+from cdc_reconciler.errors import ConfigError
+from tests.conftest import Services
 
 # -------------------------------------------------------------------------- URL normalisation
 
@@ -35,7 +39,7 @@ from cdc_reconciler.config import ConfigError, DatabaseSettings, engine_url
 )
 def test_plain_postgres_urls_get_the_psycopg2_driver(given: str, expected: str) -> None:
     assert engine_url(given) == expected
-    assert DatabaseSettings(url=given).url_str() == expected
+    assert DatabaseSettings(url=SecretStr(given)).url_str() == expected
 
 
 @pytest.mark.parametrize("driver", ["psycopg", "asyncpg", "pg8000"])
@@ -77,15 +81,20 @@ def _cdcr(args: list[str], env: dict[str, str], timeout: float = 60) -> tuple[in
     return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start
 
 
-def _url(services, **parts: object) -> str:
-    u = sa.engine.make_url(services.target_url).set(drivername="postgresql", **parts)
+def _url(services: Services, *, port: int | None = None, password: str | None = None) -> str:
+    """The target's URL in its plain form, with the port or password replaced when given."""
+    u = sa.engine.make_url(services.target_url).set(
+        drivername="postgresql", port=port, password=password
+    )
     return u.render_as_string(hide_password=False)
 
 
 @pytest.mark.services
 @pytest.mark.parametrize("args", [a for a in COMMANDS if a[0] != "lag"], ids=lambda a: a[0])
 @pytest.mark.parametrize("case", ["refused", "wrong_password"])
-def test_unreachable_database_is_one_failed_line(services, args: list[str], case: str) -> None:
+def test_unreachable_database_is_one_failed_line(
+    services: Services, args: list[str], case: str
+) -> None:
     url = _url(services, port=1) if case == "refused" else _url(services, password="wrong-pw")
     rc, out, took = _cdcr(args, {"CDCR_TARGET__URL": url, "CDCR_SOURCE__URL": url})
     failed = [ln for ln in out.splitlines() if ln.startswith("FAILED:")]
@@ -100,7 +109,9 @@ def test_unreachable_database_is_one_failed_line(services, args: list[str], case
 
 @pytest.mark.services
 @pytest.mark.parametrize("args", COMMANDS, ids=lambda a: a[0])
-def test_missing_driver_is_one_failed_line(services, args: list[str], tmp_path) -> None:
+def test_missing_driver_is_one_failed_line(
+    services: Services, args: list[str], tmp_path: Path
+) -> None:
     (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['psycopg2'] = None\n")
     url = _url(services)
     rc, out, took = _cdcr(
@@ -113,7 +124,7 @@ def test_missing_driver_is_one_failed_line(services, args: list[str], tmp_path) 
 
 
 @pytest.mark.services
-def test_lag_reports_an_unreachable_target_without_a_traceback(services) -> None:
+def test_lag_reports_an_unreachable_target_without_a_traceback(services: Services) -> None:
     # `cdcr lag` reads Kafka; the target only adds applied offsets, so it says why they are absent.
     url = _url(services, port=1)
     rc, out, took = _cdcr(
@@ -142,7 +153,7 @@ def fresh_target(target_engine: sa.Engine) -> Iterator[str]:
 @pytest.mark.services
 @pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
 def test_plain_urls_work_for_migrate_status_and_tables_sync(
-    services, source_engine: sa.Engine, fresh_target: str, scheme: str
+    services: Services, source_engine: sa.Engine, fresh_target: str, scheme: str
 ) -> None:
     target = fresh_target.replace("postgresql://", f"{scheme}://", 1)
     source = sa.engine.make_url(services.source_url).set(drivername=scheme)

@@ -9,6 +9,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -21,10 +23,11 @@ from cdc_reconciler.connectors.doctor import (
     column_findings,
     connector_findings,
 )
+from tests.conftest import Connector
 from tests.stream.test_types_e2e import LOSSLESS
 
 
-def _doctor(connector: str) -> tuple[int, dict]:
+def _doctor(connector: str) -> tuple[int, dict[str, Any]]:
     proc = subprocess.run(
         [sys.executable, "-m", "cdc_reconciler", "doctor", "--json", "--connector", connector],
         env=dict(os.environ),
@@ -36,13 +39,13 @@ def _doctor(connector: str) -> tuple[int, dict]:
     return proc.returncode, json.loads(proc.stdout)
 
 
-def _findings(report: dict, table: str) -> dict[str, tuple[str, str | None]]:
+def _findings(report: dict[str, Any], table: str) -> dict[str, tuple[str, str | None]]:
     (conn,) = report["connectors"]
     return {f["column"]: (f["problem"], f["fix"]) for f in conn["findings"] if f["table"] == table}
 
 
 @pytest.fixture()
-def lossy_table(source_engine, unique_name):
+def lossy_table(source_engine: sa.Engine, unique_name: Callable[[str], str]) -> Iterator[str]:
     name = unique_name("doc")
     with source_engine.begin() as conn:
         conn.execute(
@@ -57,7 +60,9 @@ def lossy_table(source_engine, unique_name):
 
 
 @pytest.mark.services
-def test_default_settings_are_reported_with_their_fix(debezium, lossy_table):
+def test_default_settings_are_reported_with_their_fix(
+    debezium: Callable[..., Connector], lossy_table: str
+) -> None:
     connector = debezium([lossy_table])  # Debezium's defaults
     rc, report = _doctor(connector.name)
     assert rc == 1
@@ -81,7 +86,9 @@ def test_default_settings_are_reported_with_their_fix(debezium, lossy_table):
 
 
 @pytest.mark.services
-def test_recommended_settings_leave_only_what_debezium_cannot_carry(debezium, lossy_table):
+def test_recommended_settings_leave_only_what_debezium_cannot_carry(
+    debezium: Callable[..., Connector], lossy_table: str
+) -> None:
     connector = debezium([lossy_table], extra=LOSSLESS)
     rc, report = _doctor(connector.name)
     assert rc == 1
@@ -91,7 +98,9 @@ def test_recommended_settings_leave_only_what_debezium_cannot_carry(debezium, lo
 
 
 @pytest.mark.services
-def test_exact_table_is_clean_and_exits_0(debezium, source_engine, unique_name):
+def test_exact_table_is_clean_and_exits_0(
+    debezium: Callable[..., Connector], source_engine: sa.Engine, unique_name: Callable[[str], str]
+) -> None:
     name = unique_name("clean")
     with source_engine.begin() as conn:
         conn.execute(
@@ -112,7 +121,7 @@ def test_exact_table_is_clean_and_exits_0(debezium, source_engine, unique_name):
 
 
 @pytest.mark.services
-def test_unknown_connector_is_a_failed_line():
+def test_unknown_connector_is_a_failed_line() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "cdc_reconciler", "doctor", "--connector", "no-such-connector"],
         env=dict(os.environ),
@@ -137,22 +146,33 @@ def test_unknown_connector_is_a_failed_line():
         ({"table.exclude.list": "s\\..*"}, "s.t", False),
     ],
 )
-def test_include_and_exclude_lists_match_whole_names(config, table, want):
+def test_include_and_exclude_lists_match_whole_names(
+    config: dict[str, str], table: str, want: bool
+) -> None:
     assert captured(config, table) is want
 
 
-def test_rules_for_each_setting():
-    def col(type_: str, base: str, typtype: str = "b", **kw) -> Column:
+def test_rules_for_each_setting() -> None:
+    def col(
+        type_: str,
+        base: str,
+        typtype: str = "b",
+        *,
+        is_array: bool = False,
+        dims: int = 0,
+        typmod: int = -1,
+        builtin: bool = True,
+    ) -> Column:
         return Column(
             table="s.t",
             name="c",
             type=type_,
             base=base,
             typtype=typtype,
-            is_array=kw.get("is_array", False),
-            dims=kw.get("dims", 0),
-            typmod=kw.get("typmod", -1),
-            builtin=kw.get("builtin", True),
+            is_array=is_array,
+            dims=dims,
+            typmod=typmod,
+            builtin=builtin,
         )
 
     ok = dict(RECOMMENDED)

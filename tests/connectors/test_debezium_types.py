@@ -128,18 +128,34 @@ ROW_FIELDS = [
     field("days", "array", items={"type": "int32", "name": "io.debezium.time.Date"}),
     field("note", "string"),
 ]
-VALUE_SCHEMA = {"type": "struct", "name": "srv.public.t.Value", "optional": True,
-                "fields": ROW_FIELDS}
-SOURCE_SCHEMA = {"type": "struct", "name": "io.debezium.connector.postgresql.Source",
-                 "field": "source", "fields": [field("lsn", "int64")]}
+VALUE_SCHEMA = {
+    "type": "struct",
+    "name": "srv.public.t.Value",
+    "optional": True,
+    "fields": ROW_FIELDS,
+}
+SOURCE_SCHEMA = {
+    "type": "struct",
+    "name": "io.debezium.connector.postgresql.Source",
+    "field": "source",
+    "fields": [field("lsn", "int64")],
+}
 ENVELOPE = {
     "type": "struct",
     "name": "srv.public.t.Envelope",
-    "fields": [dict(VALUE_SCHEMA, field="before"), dict(VALUE_SCHEMA, field="after"),
-               SOURCE_SCHEMA, field("op", "string"), field("ts_ms", "int64")],
+    "fields": [
+        dict(VALUE_SCHEMA, field="before"),
+        dict(VALUE_SCHEMA, field="after"),
+        SOURCE_SCHEMA,
+        field("op", "string"),
+        field("ts_ms", "int64"),
+    ],
 }
-KEY_SCHEMA = {"type": "struct", "name": "srv.public.t.Key",
-              "fields": [field("id", "int32", default=0)]}
+KEY_SCHEMA = {
+    "type": "struct",
+    "name": "srv.public.t.Key",
+    "fields": [field("id", "int32", default=0)],
+}
 
 
 def row(i: int = 1, **over: Any) -> dict[str, Any]:
@@ -159,16 +175,36 @@ def row(i: int = 1, **over: Any) -> dict[str, Any]:
     return r
 
 
-def payload(op: str = "u", lsn: int = 34415840, commit: int | None = 34400000,
-            after: dict[str, Any] | None = None, before: dict[str, Any] | None = None,
-            **src: Any) -> dict[str, Any]:
+def payload(
+    op: str = "u",
+    lsn: int = 34415840,
+    commit: int | None = 34400000,
+    after: dict[str, Any] | None = None,
+    before: dict[str, Any] | None = None,
+    **src: Any,
+) -> dict[str, Any]:
     sequence = orjson.dumps([None if commit is None else str(commit), str(lsn)]).decode()
-    source = {"version": "2.7.2.Final", "connector": "postgresql", "name": "srv",
-              "ts_ms": 1746440315942, "snapshot": "false", "db": "postgres",
-              "sequence": sequence, "schema": "public", "table": "t", "txId": 777, "lsn": lsn}
+    source = {
+        "version": "2.7.2.Final",
+        "connector": "postgresql",
+        "name": "srv",
+        "ts_ms": 1746440315942,
+        "snapshot": "false",
+        "db": "postgres",
+        "sequence": sequence,
+        "schema": "public",
+        "table": "t",
+        "txId": 777,
+        "lsn": lsn,
+    }
     source.update(src)
-    return {"before": before, "after": row() if after is None and op != "d" else after,
-            "source": source, "op": op, "ts_ms": 1746440316214}
+    return {
+        "before": before,
+        "after": row() if after is None and op != "d" else after,
+        "source": source,
+        "op": op,
+        "ts_ms": 1746440316214,
+    }
 
 
 def with_schema(p: dict[str, Any], schema: dict[str, Any] = ENVELOPE) -> bytes:
@@ -209,9 +245,11 @@ def test_schema_envelope_converts_every_column() -> None:
 
 
 def test_toast_placeholders_are_removed_and_reported() -> None:
-    after = row(note="__debezium_unavailable_value",
-                tags=["__debezium_unavailable_value"],
-                blob="X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ==")
+    after = row(
+        note="__debezium_unavailable_value",
+        tags=["__debezium_unavailable_value"],
+        blob="X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ==",
+    )
     for raw in (with_schema(payload(after=after)), orjson.dumps(payload(after=dict(after)))):
         ev = decode(raw, key_bytes())
         assert ev.unavailable == frozenset({"note", "tags", "blob"})
@@ -227,8 +265,10 @@ def test_schemaless_values_are_kept_as_sent() -> None:
 
 
 def test_pre_1970_negative_values_in_keys_and_rows() -> None:
-    key_schema = {"type": "struct", "fields": [
-        field("id", "int32"), field("at", "int64", "io.debezium.time.Timestamp")]}
+    key_schema = {
+        "type": "struct",
+        "fields": [field("id", "int32"), field("at", "int64", "io.debezium.time.Timestamp")],
+    }
     key = orjson.dumps({"schema": key_schema, "payload": {"id": 1, "at": -1257206400000}})
     assert DebeziumDecoder().decode_key(key) == {"id": 1, "at": datetime(1930, 3, 1)}  # noqa: DTZ001
 
@@ -280,19 +320,40 @@ def test_invalid_positions(src: dict[str, Any]) -> None:
 
 
 def test_snapshot_flag() -> None:
-    for snap, want in [("false", False), (False, False), (None, False), ("true", True),
-                       (True, True), ("first", True), ("last_in_data_collection", True),
-                       ("incremental", True)]:
+    for snap, want in [
+        ("false", False),
+        (False, False),
+        (None, False),
+        ("true", True),
+        (True, True),
+        ("first", True),
+        ("last_in_data_collection", True),
+        ("incremental", True),
+    ]:
         assert decode(orjson.dumps(payload(snapshot=snap)), b'{"id":1}').snapshot is want
     assert decode(orjson.dumps(payload(op="r", snapshot="false")), b'{"id":1}').snapshot
 
 
 def test_unwrapped_delete_rewrite() -> None:
-    raw = orjson.dumps({"id": 7, "name": "x", "__op": "d", "__deleted": "true",
-                        "__lsn": 500, "__table": "t", "__source_ts_ms": 1000})
+    raw = orjson.dumps(
+        {
+            "id": 7,
+            "name": "x",
+            "__op": "d",
+            "__deleted": "true",
+            "__lsn": 500,
+            "__table": "t",
+            "__source_ts_ms": 1000,
+        }
+    )
     ev = decode(raw, b'{"id": 7}')
     assert (ev.op, ev.before, ev.after, ev.position, ev.ts_us) == (
-        "d", {"id": 7, "name": "x"}, None, 500, 1_000_000)
+        "d",
+        {"id": 7, "name": "x"},
+        None,
+        500,
+        1_000_000,
+    )
     kept = orjson.dumps({"id": 7, "__deleted": "false", "__lsn": 501, "__source_ts_ms": 1000})
     ev2 = decode(kept, b'{"id": 7}')
     assert (ev2.op, ev2.after) == ("u", {"id": 7})
@@ -346,7 +407,9 @@ def test_fast_path_sees_schema_changes_and_column_named_payload() -> None:
 def test_cache_is_bounded() -> None:
     dec = DebeziumDecoder(cache_size=4)
     for scale in range(10):
-        s = orjson.loads(orjson.dumps(ENVELOPE).replace(b'"scale":"2"', f'"scale":"{scale}"'.encode()))
+        s = orjson.loads(
+            orjson.dumps(ENVELOPE).replace(b'"scale":"2"', f'"scale":"{scale}"'.encode())
+        )
         dec.decode(b'{"id":1}', with_schema(payload(), s))
     assert len(dec._lru) <= 4
     assert sum(len(v) for v in dec._by_len.values()) == len(dec._lru)
@@ -367,19 +430,31 @@ def test_cache_is_bounded() -> None:
         (b"42", "not_an_envelope"),
         (b'{"op":"x","source":{}}', "unknown_op"),
         (b'{"op":"c","after":{"id":1}}', "not_an_envelope"),  # no source block
-        (b'{"op":"c","after":[1],"source":{"connector":"postgresql","lsn":1,"ts_ms":1}}',
-         "bad_row"),
-        (b'{"op":"c","after":null,"source":{"connector":"postgresql","lsn":1,"ts_ms":1}}',
-         "bad_row"),
-        (b'{"op":"c","after":{"id":1},"source":{"connector":"sqlserver","ts_ms":1}}',
-         "unsupported_connector"),
-        (b'{"op":"c","after":{"id":1},"source":{"connector":"postgresql","lsn":1}}',
-         "missing_timestamp"),
-        (b'{"op":"c","after":{"id":1},"source":{"connector":"postgresql","ts_ms":1}}',
-         "missing_position"),
+        (
+            b'{"op":"c","after":[1],"source":{"connector":"postgresql","lsn":1,"ts_ms":1}}',
+            "bad_row",
+        ),
+        (
+            b'{"op":"c","after":null,"source":{"connector":"postgresql","lsn":1,"ts_ms":1}}',
+            "bad_row",
+        ),
+        (
+            b'{"op":"c","after":{"id":1},"source":{"connector":"sqlserver","ts_ms":1}}',
+            "unsupported_connector",
+        ),
+        (
+            b'{"op":"c","after":{"id":1},"source":{"connector":"postgresql","lsn":1}}',
+            "missing_timestamp",
+        ),
+        (
+            b'{"op":"c","after":{"id":1},"source":{"connector":"postgresql","ts_ms":1}}',
+            "missing_position",
+        ),
         (b'{"status":"MAYBE","id":"1"}', "not_an_envelope"),
-        (b'{"databaseName":"db","ddl":"CREATE TABLE x (id int)","source":{}}',
-         "schema_change_event"),
+        (
+            b'{"databaseName":"db","ddl":"CREATE TABLE x (id int)","source":{}}',
+            "schema_change_event",
+        ),
     ],
 )
 def test_garbage_is_a_decode_error_with_a_kind(value: bytes, kind: str) -> None:
@@ -486,10 +561,18 @@ def _envelope_with(field: dict[str, Any], value: Any) -> bytes:
     schema = {
         "type": "struct",
         "fields": [
-            {"type": "struct", "field": "before", "optional": True,
-             "fields": [{"type": "int32", "field": "id"}, field]},
-            {"type": "struct", "field": "after", "optional": True,
-             "fields": [{"type": "int32", "field": "id"}, field]},
+            {
+                "type": "struct",
+                "field": "before",
+                "optional": True,
+                "fields": [{"type": "int32", "field": "id"}, field],
+            },
+            {
+                "type": "struct",
+                "field": "after",
+                "optional": True,
+                "fields": [{"type": "int32", "field": "id"}, field],
+            },
             {"type": "struct", "field": "source", "fields": []},
             {"type": "string", "field": "op"},
             {"type": "int64", "field": "ts_ms", "optional": True},
@@ -498,8 +581,7 @@ def _envelope_with(field: dict[str, Any], value: Any) -> bytes:
     payload = {
         "before": None,
         "after": {"id": 1, field["field"]: value},
-        "source": {"connector": "postgresql", "schema": "s", "table": "t", "lsn": 10,
-                   "ts_ms": 1},
+        "source": {"connector": "postgresql", "schema": "s", "table": "t", "lsn": 10, "ts_ms": 1},
         "op": "c",
         "ts_ms": 1,
     }
@@ -510,25 +592,52 @@ def _envelope_with(field: dict[str, Any], value: Any) -> bytes:
     ("field", "value", "want"),
     [
         # interval.handling.mode=string: ISO 8601, which PostgreSQL's interval input reads exactly
-        ({"type": "string", "field": "v", "name": "io.debezium.time.Interval"},
-         "P0Y-1M2DT-3H0M-0.000001S", "P0Y-1M2DT-3H0M-0.000001S"),
+        (
+            {"type": "string", "field": "v", "name": "io.debezium.time.Interval"},
+            "P0Y-1M2DT-3H0M-0.000001S",
+            "P0Y-1M2DT-3H0M-0.000001S",
+        ),
         # decimal.handling.mode=string: plain text, trailing zeros kept
         ({"type": "string", "field": "v"}, "1.50", "1.50"),
         # decimal.handling.mode=precise, unconstrained numeric (Debezium strips trailing zeros)
-        ({"type": "struct", "field": "v", "name": "io.debezium.data.VariableScaleDecimal",
-          "fields": [{"type": "int32", "field": "scale"}, {"type": "bytes", "field": "value"}]},
-         {"scale": 1, "value": "Dw=="}, Decimal("1.5")),
+        (
+            {
+                "type": "struct",
+                "field": "v",
+                "name": "io.debezium.data.VariableScaleDecimal",
+                "fields": [
+                    {"type": "int32", "field": "scale"},
+                    {"type": "bytes", "field": "value"},
+                ],
+            },
+            {"scale": 1, "value": "Dw=="},
+            Decimal("1.5"),
+        ),
         # time.precision.mode=adaptive_time_microseconds: time(3) as MicroTime
-        ({"type": "int64", "field": "v", "name": "io.debezium.time.MicroTime"},
-         43200123000, time(12, 0, 0, 123000)),
+        (
+            {"type": "int64", "field": "v", "name": "io.debezium.time.MicroTime"},
+            43200123000,
+            time(12, 0, 0, 123000),
+        ),
         # float NaN/±Infinity arrive as JSON strings that PostgreSQL reads back
         ({"type": "double", "field": "v"}, "-Infinity", "-Infinity"),
         # hstore.handling.mode=json: a JSON object as text (turned into hstore at the target)
-        ({"type": "string", "field": "v", "name": "io.debezium.data.Json"},
-         '{"a":"1","b c":null}', '{"a":"1","b c":null}'),
+        (
+            {"type": "string", "field": "v", "name": "io.debezium.data.Json"},
+            '{"a":"1","b c":null}',
+            '{"a":"1","b c":null}',
+        ),
         # hstore.handling.mode=map
-        ({"type": "map", "field": "v", "keys": {"type": "string"},
-          "values": {"type": "string", "optional": True}}, {"a": "1"}, {"a": "1"}),
+        (
+            {
+                "type": "map",
+                "field": "v",
+                "keys": {"type": "string"},
+                "values": {"type": "string", "optional": True},
+            },
+            {"a": "1"},
+            {"a": "1"},
+        ),
     ],
 )
 def test_lossless_modes_decode_to_values_that_copy_exactly(
@@ -564,7 +673,7 @@ def _adapted(kind: str, typ: str, value: Any) -> Any:
         ("bN:numeric", "numeric", "1.50", "1.50"),
         ("bN:numeric", "numeric", Decimal("1.5"), Decimal("1.5")),
         ("bU:hstore", "public.hstore", '{"a":"1","b c":null}', '"a"=>"1", "b c"=>NULL'),
-        ("bU:hstore", "public.hstore", {"q\"uote": "back\\slash"}, '"q\\"uote"=>"back\\\\slash"'),
+        ("bU:hstore", "public.hstore", {'q"uote': "back\\slash"}, '"q\\"uote"=>"back\\\\slash"'),
         ("bU:hstore", "public.hstore", "{}", ""),
         ("bV:bit", "bit(4)", b"\x0a", "1010"),
         ("bV:bit", "bit(4)", b"", "0000"),
@@ -598,7 +707,10 @@ def test_tables_without_special_types_get_no_adapters() -> None:
     from cdc_reconciler.stream.tables import value_adapters
 
     table = TargetTable(
-        "s", "t", ("id",), ("id", "n", "ts", "j"),
+        "s",
+        "t",
+        ("id",),
+        ("id", "n", "ts", "j"),
         ("integer", "text", "timestamp with time zone", "jsonb"),
         ("bN:int4", "bS:text", "bD:timestamptz", "bU:jsonb"),
     )

@@ -21,7 +21,8 @@ import httpx
 import orjson
 import sqlalchemy as sa
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,8 +36,11 @@ def _free_port() -> int:
 
 def _jars_dir() -> Path:
     """The stack's Kafka jars: this checkout's, else the main checkout's (worktrees share it)."""
-    for root in (REPO, Path(os.environ.get("CDCR_STACK_DIR", "/nonexistent")).parent,
-                 Path("/work/main")):
+    for root in (
+        REPO,
+        Path(os.environ.get("CDCR_STACK_DIR", "/nonexistent")).parent,
+        Path("/work/main"),
+    ):
         d = root / ".stack" / "jars" / "kafka"
         if d.is_dir() and any(d.glob("kafka_*.jar")):
             return d
@@ -56,39 +60,59 @@ class OwnBroker:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.conf = self.dir / "server.properties"
         self.conf.write_text(
-            "\n".join([
-                "process.roles=broker,controller",
-                "node.id=1",
-                f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-                f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
-                f"CONTROLLER://127.0.0.1:{self.controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
-                "controller.listener.names=CONTROLLER",
-                "inter.broker.listener.name=PLAINTEXT",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-                f"log.dirs={self.dir / 'data'}",
-                "num.partitions=1",
-                "offsets.topic.replication.factor=1",
-                "offsets.topic.num.partitions=2",
-                "transaction.state.log.replication.factor=1",
-                "transaction.state.log.min.isr=1",
-                "share.coordinator.state.topic.replication.factor=1",
-                "share.coordinator.state.topic.min.isr=1",
-                "group.initial.rebalance.delay.ms=0",
-                "auto.create.topics.enable=true",
-                "message.max.bytes=16777216",
-                "",
-            ])
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
+                    f"CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    f"log.dirs={self.dir / 'data'}",
+                    "num.partitions=1",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=2",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "auto.create.topics.enable=true",
+                    "message.max.bytes=16777216",
+                    "",
+                ]
+            )
         )
-        self._java = ["java", "-Xms128m", "-Xmx384m", "-XX:+UseSerialGC",
-                      "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true",
-                      f"-Dlog4j2.configurationFile={REPO / 'scripts/stack.d/log4j2.xml'}",
-                      f"-Dkafka.logs.dir={self.dir}", "-cp", f"{self.jars}/*"]
+        self._java = [
+            "java",
+            "-Xms128m",
+            "-Xmx384m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={REPO / 'scripts/stack.d/log4j2.xml'}",
+            f"-Dkafka.logs.dir={self.dir}",
+            "-cp",
+            f"{self.jars}/*",
+        ]
         cluster = uuid.uuid4().hex[:22]
         subprocess.run(
-            [*self._java, f"-Dcdcr.log.file={self.dir / 'format.log'}",
-             "kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(self.conf)],
-            check=True, capture_output=True, timeout=120,
+            [
+                *self._java,
+                f"-Dcdcr.log.file={self.dir / 'format.log'}",
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster,
+                "-c",
+                str(self.conf),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
         )
 
     @property
@@ -100,7 +124,8 @@ class OwnBroker:
         log.write_text("")
         self.proc = subprocess.Popen(
             [*self._java, f"-Dcdcr.log.file={log}", "kafka.Kafka", str(self.conf)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -144,8 +169,14 @@ class Traffic:
         self.rng = random.Random(seed)
         self.produced: list[tuple[bytes, bytes | None]] = []
 
-    def envelope(self, op: str, key: int, name: str | None = None, n: int | None = None,
-                 note: str | None = None) -> tuple[bytes, bytes]:
+    def envelope(
+        self,
+        op: str,
+        key: int,
+        name: str | None = None,
+        n: int | None = None,
+        note: str | None = None,
+    ) -> tuple[bytes, bytes]:
         self.lsn += 8
         after = None if op == "d" else {"id": key, "name": name, "n": n, "note": note}
         before = {"id": key, "name": "", "n": None, "note": None} if op == "d" else None
@@ -154,9 +185,16 @@ class Traffic:
             "before": before,
             "after": after,
             "source": {
-                "version": "3.6.1.Final", "connector": "postgresql", "name": "faults",
-                "ts_ms": ts, "snapshot": "false", "db": "source", "schema": "public",
-                "table": self.table, "txId": self.lsn // 8, "lsn": self.lsn,
+                "version": "3.6.1.Final",
+                "connector": "postgresql",
+                "name": "faults",
+                "ts_ms": ts,
+                "snapshot": "false",
+                "db": "source",
+                "schema": "public",
+                "table": self.table,
+                "txId": self.lsn // 8,
+                "lsn": self.lsn,
                 "sequence": orjson.dumps([str(self.lsn - 8), str(self.lsn)]).decode(),
             },
             "op": op,
@@ -185,8 +223,9 @@ class Traffic:
 
 
 def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes | None]]) -> None:
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
-                  "message.max.bytes": 16 * 1024 * 1024})
+    p = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 5, "message.max.bytes": 16 * 1024 * 1024}
+    )
     for k, v in records:
         p.produce(topic, key=k, value=v)
         p.poll(0)
@@ -249,7 +288,9 @@ class Proxy:
         with self.lock:
             for s in self.conns:
                 with suppress(OSError):
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    s.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                    )
                 with suppress(OSError):
                     s.close()
             self.conns.clear()
@@ -283,9 +324,21 @@ class OwnRedis:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -303,8 +356,11 @@ class OwnRedis:
 # ---------------------------------------------------------------- checks
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
 
 
 def metric(port: int, name: str) -> float | None:
@@ -320,18 +376,24 @@ def log_end(bootstrap: str, topic: str) -> dict[int, int]:
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"end-{uuid.uuid4().hex}"})
     try:
         meta = c.list_topics(topic, timeout=10)
-        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                for p in meta.topics[topic].partitions}
+        return {
+            p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in meta.topics[topic].partitions
+        }
     finally:
         c.close()
 
 
 def accounts(target: sa.Engine, group: str, topic: str) -> dict[int, dict[str, int]]:
     with target.connect() as conn:
-        rows = conn.execute(sa.text(
-            "select partition, consumed, applied, skipped_duplicate, skipped_stale, "
-            "dead_lettered, skipped_noop, next_offset from cdcr.applied_offsets "
-            "where consumer_group = :g and topic = :t"), {"g": group, "t": topic}).all()
+        rows = conn.execute(
+            sa.text(
+                "select partition, consumed, applied, skipped_duplicate, skipped_stale, "
+                "dead_lettered, skipped_noop, next_offset from cdcr.applied_offsets "
+                "where consumer_group = :g and topic = :t"
+            ),
+            {"g": group, "t": topic},
+        ).all()
     return {r.partition: dict(r._mapping) for r in rows}
 
 
@@ -350,8 +412,13 @@ def check_accounting(target: sa.Engine, bootstrap: str, group: str, topic: str) 
         if not end:
             continue
         a = got[p]
-        outcomes = (a["applied"] + a["skipped_duplicate"] + a["skipped_stale"]
-                    + a["dead_lettered"] + a["skipped_noop"])
+        outcomes = (
+            a["applied"]
+            + a["skipped_duplicate"]
+            + a["skipped_stale"]
+            + a["dead_lettered"]
+            + a["skipped_noop"]
+        )
         assert a["consumed"] == outcomes, a
         assert a["consumed"] >= end, (a, end)  # redeliveries count again, never fewer
         assert a["next_offset"] == end, (a, end)
@@ -359,10 +426,10 @@ def check_accounting(target: sa.Engine, bootstrap: str, group: str, topic: str) 
 
 def target_rows(target: sa.Engine, table: str) -> dict[int, tuple[int, str, int | None]]:
     with target.connect() as conn:
-        return {r[0]: (r[0], r[1], r[2]) for r in conn.execute(
-            sa.text(f'select id, name, n from public."{table}" order by id'))}
-
-
+        return {
+            r[0]: (r[0], r[1], r[2])
+            for r in conn.execute(sa.text(f'select id, name, n from public."{table}" order by id'))
+        }
 
 
 class OwnPostgres:
@@ -389,20 +456,40 @@ class OwnPostgres:
             self._as = ["runuser", "-u", "postgres", "--"]
             pw = pwd.getpwnam("postgres")
             os.chown(workdir, pw.pw_uid, pw.pw_gid)
-        subprocess.run([*self._as, str(self.bin / "initdb"), "-D", str(self.data), "-U",
-                        "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"],
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                *self._as,
+                str(self.bin / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         with (self.data / "postgresql.conf").open("a") as f:
-            f.write(f"listen_addresses = '127.0.0.1'\nport = {self.port}\n"
-                    f"unix_socket_directories = '{workdir}'\nshared_buffers = 32MB\n"
-                    "max_connections = 30\nfsync = off\n")
+            f.write(
+                f"listen_addresses = '127.0.0.1'\nport = {self.port}\n"
+                f"unix_socket_directories = '{workdir}'\nshared_buffers = 32MB\n"
+                "max_connections = 30\nfsync = off\n"
+            )
 
     def url(self, db: str = "postgres") -> str:
         return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{db}"
 
     def _ctl(self, *args: str) -> None:
-        subprocess.run([*self._as, str(self.bin / "pg_ctl"), "-D", str(self.data), *args],
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [*self._as, str(self.bin / "pg_ctl"), "-D", str(self.data), *args],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
 
     def start(self) -> None:
         self._ctl("-l", str(self.dir / "pg.log"), "-w", "start")

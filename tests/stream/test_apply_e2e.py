@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -18,10 +19,12 @@ import sqlalchemy as sa
 from confluent_kafka import Producer
 
 from cdc_reconciler.stream import command
+from tests.conftest import Connector, Services
 from tests.helpers import count_records, read_topic, rows, settings_for, wait_for
 from tests.stream.pipeline import (
     COLUMNS,
     TRAFFIC_RECORDS,
+    Pipeline,
     applied_counts,
     expected_records,
     free_port,
@@ -33,8 +36,9 @@ from tests.stream.pipeline import (
 pytestmark = pytest.mark.services
 
 
-def test_stream_applies_every_change_and_counts_add_up(pipeline, services, source_engine,
-                                                       target_engine):
+def test_stream_applies_every_change_and_counts_add_up(
+    pipeline: Pipeline, services: Services, source_engine: sa.Engine, target_engine: sa.Engine
+) -> None:
     source_traffic(source_engine, pipeline.table)
     expected_records(pipeline, services, TRAFFIC_RECORDS)
 
@@ -43,8 +47,9 @@ def test_stream_applies_every_change_and_counts_add_up(pipeline, services, sourc
     target_matches_source(pipeline, source_engine, target_engine)
     t = summary.totals
     assert t.consumed == count_records(services.kafka_bootstrap, pipeline.topic)
-    assert t.consumed == (t.applied + t.skipped_duplicate + t.skipped_stale + t.dead_lettered
-                          + t.skipped_noop)
+    assert t.consumed == (
+        t.applied + t.skipped_duplicate + t.skipped_stale + t.dead_lettered + t.skipped_noop
+    )
     assert t.dead_lettered == 0
     assert t.skipped_noop == 4  # the tombstones after the 3 deletes and the key change
     db = applied_counts(target_engine, f"g_{pipeline.table}")
@@ -59,8 +64,8 @@ def test_stream_applies_every_change_and_counts_add_up(pipeline, services, sourc
 
 
 def test_redelivered_and_reordered_events_leave_the_target_unchanged(
-    pipeline, services, source_engine, target_engine
-):
+    pipeline: Pipeline, services: Services, source_engine: sa.Engine, target_engine: sa.Engine
+) -> None:
     source_traffic(source_engine, pipeline.table)
     expected_records(pipeline, services, TRAFFIC_RECORDS)
     run_until_idle(pipeline.settings)
@@ -87,14 +92,17 @@ def test_redelivered_and_reordered_events_leave_the_target_unchanged(
     assert rows(target_engine, pipeline.qualified, COLUMNS + ", _cdc_pos") == before
 
 
-def test_poison_message_is_dead_lettered_and_the_rest_applied(pipeline, services, source_engine,
-                                                              target_engine):
+def test_poison_message_is_dead_lettered_and_the_rest_applied(
+    pipeline: Pipeline, services: Services, source_engine: sa.Engine, target_engine: sa.Engine
+) -> None:
     expected_records(pipeline, services, 20)
     producer = Producer({"bootstrap.servers": services.kafka_bootstrap})
     producer.produce(pipeline.topic, key=b'{"id":999}', value=b'{"not debezium": true')
     producer.flush(30)
     with source_engine.begin() as conn:
-        conn.execute(sa.text(f"insert into public.{pipeline.table} (id, name) values (500, 'after')"))
+        conn.execute(
+            sa.text(f"insert into public.{pipeline.table} (id, name) values (500, 'after')")
+        )
     expected_records(pipeline, services, 22)
 
     summary = run_until_idle(pipeline.settings)
@@ -102,9 +110,10 @@ def test_poison_message_is_dead_lettered_and_the_rest_applied(pipeline, services
     assert summary.totals.dead_lettered == 1
     target_matches_source(pipeline, source_engine, target_engine)
     with target_engine.connect() as conn:
-        dl = conn.execute(sa.text(
-            "select error_kind, error, value from cdcr.dead_letters where topic = :t"),
-            {"t": pipeline.topic}).all()
+        dl = conn.execute(
+            sa.text("select error_kind, error, value from cdcr.dead_letters where topic = :t"),
+            {"t": pipeline.topic},
+        ).all()
     assert len(dl) == 1 and dl[0].error_kind == "decode:not_json"
     assert bytes(dl[0].value) == b'{"not debezium": true'
     dlq = read_topic(services.kafka_bootstrap, f"{pipeline.prefix}.cdcr.dlq")
@@ -112,8 +121,13 @@ def test_poison_message_is_dead_lettered_and_the_rest_applied(pipeline, services
     assert dict(dlq[0].headers())["cdcr.error.kind"] == b"decode:not_json"
 
 
-def test_without_redis_the_pipeline_stays_correct(pipeline, services, source_engine,
-                                                  target_engine, monkeypatch):
+def test_without_redis_the_pipeline_stays_correct(
+    pipeline: Pipeline,
+    services: Services,
+    source_engine: sa.Engine,
+    target_engine: sa.Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # Nothing listens on this port: every Redis call fails fast.
     settings = settings_for(monkeypatch, REDIS__URL=f"redis://127.0.0.1:{free_port()}/0")
     source_traffic(source_engine, pipeline.table)
@@ -123,22 +137,38 @@ def test_without_redis_the_pipeline_stays_correct(pipeline, services, source_eng
     assert summary.totals.consumed > 0 and summary.totals.dead_lettered == 0
 
 
-def test_kill_9_mid_stream_then_restart_converges(pipeline, services, source_engine,
-                                                  target_engine):
+def test_kill_9_mid_stream_then_restart_converges(
+    pipeline: Pipeline, services: Services, source_engine: sa.Engine, target_engine: sa.Engine
+) -> None:
     with source_engine.begin() as conn:
-        conn.execute(sa.text(
-            f"insert into public.{pipeline.table} select g, 'bulk' || g, g, now(), '{{}}', 'b', "
-            "false from generate_series(100, 20099) g"))
+        conn.execute(
+            sa.text(
+                f"insert into public.{pipeline.table} select g, 'bulk' || g, g, now(), '{{}}', 'b', "
+                "false from generate_series(100, 20099) g"
+            )
+        )
     expected_records(pipeline, services, 20020)
-    env = {**os.environ, **{f"CDCR_{k}": v for k, v in pipeline.env.items()},
-           "CDCR_KAFKA__BATCH_SIZE": "500"}
-    proc = subprocess.Popen([sys.executable, "-m", "cdc_reconciler", "run", "--no-metrics"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        **{f"CDCR_{k}": v for k, v in pipeline.env.items()},
+        "CDCR_KAFKA__BATCH_SIZE": "500",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cdc_reconciler", "run", "--no-metrics"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     group = f"g_{pipeline.table}"
     try:
-        wait_for("some batches applied",
-                 lambda: proc.poll() is not None or applied_counts(target_engine, group)[
-                     "consumed"] > 2000, timeout=120, every=0.05)
+        wait_for(
+            "some batches applied",
+            lambda: (
+                proc.poll() is not None or applied_counts(target_engine, group)["consumed"] > 2000
+            ),
+            timeout=120,
+            every=0.05,
+        )
         assert proc.poll() is None, f"cdcr run exited early with {proc.returncode}"
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -154,16 +184,22 @@ def test_kill_9_mid_stream_then_restart_converges(pipeline, services, source_eng
     assert c["consumed"] == c["applied"] + c["dup"] + c["stale"] + c["dlq"] + c["noop"]
 
 
-def test_sigterm_stops_cleanly_and_commits_only_what_was_applied(pipeline, services,
-                                                                  target_engine):
+def test_sigterm_stops_cleanly_and_commits_only_what_was_applied(
+    pipeline: Pipeline, services: Services, target_engine: sa.Engine
+) -> None:
     expected_records(pipeline, services, 20)
     stop = threading.Event()
     result: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: result.update(s=command.run(
-        pipeline.settings, serve_metrics=False, stop=stop)))
+    t = threading.Thread(
+        target=lambda: result.update(
+            s=command.run(pipeline.settings, serve_metrics=False, stop=stop)
+        )
+    )
     t.start()
-    wait_for("snapshot applied", lambda: applied_counts(target_engine, f"g_{pipeline.table}")[
-        "consumed"] >= 20)
+    wait_for(
+        "snapshot applied",
+        lambda: applied_counts(target_engine, f"g_{pipeline.table}")["consumed"] >= 20,
+    )
     stop.set()
     t.join(30)
     assert not t.is_alive()
@@ -171,12 +207,16 @@ def test_sigterm_stops_cleanly_and_commits_only_what_was_applied(pipeline, servi
     assert rows(target_engine, pipeline.qualified, "count(*)") == [(20,)]
 
 
-def test_new_source_column_is_added_to_the_target(pipeline, services, source_engine,
-                                                  target_engine):
+def test_new_source_column_is_added_to_the_target(
+    pipeline: Pipeline, services: Services, source_engine: sa.Engine, target_engine: sa.Engine
+) -> None:
     with source_engine.begin() as conn:
         conn.execute(sa.text(f"alter table public.{pipeline.table} add column region text"))
-        conn.execute(sa.text(
-            f"insert into public.{pipeline.table} (id, name, region) values (700, 'r', 'emea')"))
+        conn.execute(
+            sa.text(
+                f"insert into public.{pipeline.table} (id, name, region) values (700, 'r', 'emea')"
+            )
+        )
     expected_records(pipeline, services, 21)
     summary = run_until_idle(pipeline.settings)
     assert summary.totals.dead_lettered == 0
@@ -184,18 +224,29 @@ def test_new_source_column_is_added_to_the_target(pipeline, services, source_eng
     target_matches_source(pipeline, source_engine, target_engine)
 
 
-def test_source_truncate_empties_the_target(services, source_engine, target_engine, debezium,
-                                            unique_name, monkeypatch):
+def test_source_truncate_empties_the_target(
+    services: Services,
+    source_engine: sa.Engine,
+    target_engine: sa.Engine,
+    debezium: Callable[..., Connector],
+    unique_name: Callable[[str], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     table = unique_name("tr")
     with source_engine.begin() as conn:
         conn.execute(sa.text(f"create table public.{table} (id int primary key, v text)"))
-        conn.execute(sa.text(f"insert into public.{table} select g, 'v' from generate_series(1, 5) g"))
+        conn.execute(
+            sa.text(f"insert into public.{table} select g, 'v' from generate_series(1, 5) g")
+        )
     # Debezium skips truncates unless told otherwise.
     connector = debezium([f"public.{table}"], extra={"skipped.operations": "none"})
     settings = settings_for(
-        monkeypatch, KAFKA__TOPIC_PATTERN=rf"^{connector.topic_prefix}\.public\.{table}$",
-        KAFKA__TOPIC_PREFIX=connector.topic_prefix, KAFKA__GROUP_ID=f"g_{table}",
-        KAFKA__BATCH_TIMEOUT_S="0.2")
+        monkeypatch,
+        KAFKA__TOPIC_PATTERN=rf"^{connector.topic_prefix}\.public\.{table}$",
+        KAFKA__TOPIC_PREFIX=connector.topic_prefix,
+        KAFKA__GROUP_ID=f"g_{table}",
+        KAFKA__BATCH_TIMEOUT_S="0.2",
+    )
     command.sync_tables(settings, [f"public.{table}"])
     topic = connector.topic(f"public.{table}")
     wait_for("snapshot", lambda: count_records(services.kafka_bootstrap, topic) >= 5)
@@ -210,7 +261,9 @@ def test_source_truncate_empties_the_target(services, source_engine, target_engi
     finally:
         with target_engine.begin() as conn:
             conn.execute(sa.text(f"drop table if exists public.{table}"))
-            conn.execute(sa.text("delete from cdcr.tombstones where table_name = :t"),
-                         {"t": f"public.{table}"})
+            conn.execute(
+                sa.text("delete from cdcr.tombstones where table_name = :t"),
+                {"t": f"public.{table}"},
+            )
         with source_engine.begin() as conn:
             conn.execute(sa.text(f"drop table if exists public.{table}"))

@@ -26,9 +26,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Message
+from pydantic import SecretStr
 
 from cdc_reconciler.stream import command
+from tests.conftest import Services
 from tests.helpers import settings_for, wait_for
 from tests.stream.faults import (
     OwnBroker,
@@ -77,14 +79,21 @@ class Case:
 
 
 @pytest.fixture()
-def case(broker: OwnBroker, target_engine: sa.Engine, unique_name: Callable[[str], str],
-         monkeypatch: pytest.MonkeyPatch) -> Iterator[Case]:
+def case(
+    broker: OwnBroker,
+    target_engine: sa.Engine,
+    unique_name: Callable[[str], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Case]:
     table = unique_name("f")
     prefix = f"p{table[-6:]}"
     with target_engine.begin() as conn:
-        conn.execute(sa.text(
-            f'create table public."{table}" (id int primary key, name text, n int, note text, '
-            "_cdc_pos numeric(40,0) not null, _cdc_ts timestamptz not null)"))
+        conn.execute(
+            sa.text(
+                f'create table public."{table}" (id int primary key, name text, n int, note text, '
+                "_cdc_pos numeric(40,0) not null, _cdc_ts timestamptz not null)"
+            )
+        )
     traffic = Traffic(table, prefix, seed=hash(table) & 0xFFFF)
     broker.create_topic(traffic.topic, partitions=2)
     env = {
@@ -101,11 +110,16 @@ def case(broker: OwnBroker, target_engine: sa.Engine, unique_name: Callable[[str
     yield Case(table, prefix, f"g_{table}", traffic, broker, env)
     with target_engine.begin() as conn:
         conn.execute(sa.text(f'drop table if exists public."{table}"'))
-        conn.execute(sa.text("delete from cdcr.tombstones where table_name = :t"),
-                     {"t": f"public.{table}"})
-        conn.execute(sa.text("delete from cdcr.dead_letters where topic = :t"), {"t": traffic.topic})
-        conn.execute(sa.text("delete from cdcr.applied_offsets where consumer_group = :g"),
-                     {"g": f"g_{table}"})
+        conn.execute(
+            sa.text("delete from cdcr.tombstones where table_name = :t"), {"t": f"public.{table}"}
+        )
+        conn.execute(
+            sa.text("delete from cdcr.dead_letters where topic = :t"), {"t": traffic.topic}
+        )
+        conn.execute(
+            sa.text("delete from cdcr.applied_offsets where consumer_group = :g"),
+            {"g": f"g_{table}"},
+        )
 
 
 class Running:
@@ -139,37 +153,57 @@ class Running:
 
 
 def converged(case: Case, target: sa.Engine) -> None:
-    wait_for("the target caught up", lambda: caught_up(
-        target, case.broker.bootstrap, case.group, case.topic), timeout=120)
+    wait_for(
+        "the target caught up",
+        lambda: caught_up(target, case.broker.bootstrap, case.group, case.topic),
+        timeout=120,
+    )
     assert target_rows(target, case.table) == case.traffic.expected
     check_accounting(target, case.broker.bootstrap, case.group, case.topic)
 
 
 # ---------------------------------------------------------------- the broker
-def test_broker_stopped_and_killed_is_waited_out(case, broker, target_engine, monkeypatch, caplog):
+def test_broker_stopped_and_killed_is_waited_out(
+    case: Case,
+    broker: OwnBroker,
+    target_engine: sa.Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     settings = case.settings(monkeypatch, HEALTH__KAFKA_DOWN_UNREADY_S="3")
     run = Running(settings)
     try:
         case.send(case.traffic.changes(300))
-        wait_for("first changes applied", lambda: caught_up(
-            target_engine, broker.bootstrap, case.group, case.topic))
+        wait_for(
+            "first changes applied",
+            lambda: caught_up(target_engine, broker.bootstrap, case.group, case.topic),
+        )
         assert metric(run.port, "cdcr_kafka_up") == 1
         for how, down_s in (("SIGTERM", 2.0), ("SIGKILL", 16.0)):
             # Mid-stream: batches are being applied and committed when the broker goes.
             case.send(case.traffic.changes(2000))
             broker.stop(signal.SIGTERM if how == "SIGTERM" else signal.SIGKILL)
-            wait_for(f"cdcr_kafka_up 0 after {how}",
-                     lambda: metric(run.port, "cdcr_kafka_up") == 0, timeout=30)
-            status, body = wait_for("/readyz to say Kafka", lambda: (
-                r := probe(run.port, "/readyz"))[0] == 503 and r, timeout=30)
+            wait_for(
+                f"cdcr_kafka_up 0 after {how}",
+                lambda: metric(run.port, "cdcr_kafka_up") == 0,
+                timeout=30,
+            )
+            status, body = wait_for(
+                "/readyz to say Kafka",
+                lambda: (r := probe(run.port, "/readyz"))[0] == 503 and r,
+                timeout=30,
+            )
             assert [p["check"] for p in body["problems"]] == ["kafka"], body
             assert body["kafka"]["up"] is False and body["kafka"]["since"]
             time.sleep(down_s)  # longer than the topic refresh and its metadata timeout
             assert run.alive(), f"cdcr run ended during the outage: {run.error!r}"
             broker.start()
             case.send(case.traffic.changes(300))
-            wait_for(f"changes applied after the {how} outage", lambda: caught_up(
-                target_engine, broker.bootstrap, case.group, case.topic), timeout=120)
+            wait_for(
+                f"changes applied after the {how} outage",
+                lambda: caught_up(target_engine, broker.bootstrap, case.group, case.topic),
+                timeout=120,
+            )
             assert metric(run.port, "cdcr_kafka_up") == 1
             assert probe(run.port, "/readyz")[0] == 200
         assert run.alive()
@@ -186,7 +220,9 @@ def test_broker_stopped_and_killed_is_waited_out(case, broker, target_engine, mo
 
 
 # ---------------------------------------------------------------- poison and oversized records
-def test_poison_and_oversized_records_are_dead_lettered(case, broker, target_engine, monkeypatch):
+def test_poison_and_oversized_records_are_dead_lettered(
+    case: Case, broker: OwnBroker, target_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = case.settings(monkeypatch)
     big = b"x" * (5 * 1024 * 1024)
     big_note = "n" * (5 * 1024 * 1024)
@@ -194,38 +230,57 @@ def test_poison_and_oversized_records_are_dead_lettered(case, broker, target_eng
     # All on one partition, in this order (one flush each), so the good records after the
     # poison ones are of the same partition.
     p = _producer_one_partition(broker.bootstrap)
-    for chunk in (t.changes(50), [(b'{"id":1}', b"not json at all")],
-                  [(b'{"id":2}', b'{"just": "json"}')], [(b'{"id":3}', big)],
-                  [t.envelope("c", 5000, "big", 1, note=big_note)], t.changes(50)):
+    for chunk in (
+        t.changes(50),
+        [(b'{"id":1}', b"not json at all")],
+        [(b'{"id":2}', b'{"just": "json"}')],
+        [(b'{"id":3}', big)],
+        [t.envelope("c", 5000, "big", 1, note=big_note)],
+        t.changes(50),
+    ):
         for k, v in chunk:
             p.produce(case.topic, key=k, value=v, partition=0)
         assert p.flush(60) == 0
     run = Running(settings)
     try:
-        wait_for("all applied", lambda: caught_up(
-            target_engine, broker.bootstrap, case.group, case.topic), timeout=120)
+        wait_for(
+            "all applied",
+            lambda: caught_up(target_engine, broker.bootstrap, case.group, case.topic),
+            timeout=120,
+        )
         assert run.alive()
     finally:
         run.close()
     converged(case, target_engine)
     with target_engine.connect() as conn:
-        note_len = conn.execute(sa.text(
-            f'select length(note) from public."{case.table}" where id = 5000')).scalar()
-        dead = conn.execute(sa.text(
-            'select "offset", error_kind, length(value) from cdcr.dead_letters '
-            'where topic = :t order by "offset"'), {"t": case.topic}).all()
+        note_len = conn.execute(
+            sa.text(f'select length(note) from public."{case.table}" where id = 5000')
+        ).scalar()
+        dead = conn.execute(
+            sa.text(
+                'select "offset", error_kind, length(value) from cdcr.dead_letters '
+                'where topic = :t order by "offset"'
+            ),
+            {"t": case.topic},
+        ).all()
     assert note_len == len(big_note)  # a 5 MB value that fits the target is applied
     assert [(d.error_kind, d.length) for d in dead] == [
-        ("decode:not_json", 15), ("decode:not_an_envelope", 16), ("decode:not_json", len(big))]
+        ("decode:not_json", 15),
+        ("decode:not_an_envelope", 16),
+        ("decode:not_json", len(big)),
+    ]
     letters = _read_all(broker.bootstrap, f"{case.prefix}.cdcr.dlq")
-    by_offset = {int(h["cdcr.source.offset"]): (h, v) for h, v in letters
-                 if h["cdcr.source.topic"] == case.topic}
+    by_offset = {
+        int(h["cdcr.source.offset"]): (h, v)
+        for h, v in letters
+        if h["cdcr.source.topic"] == case.topic
+    }
     assert sorted(by_offset) == [d.offset for d in dead]
     headers, value = by_offset[dead[2].offset]
     assert headers["cdcr.value.trimmed"] == "record_too_large"
     assert headers["cdcr.value.size"] == str(len(big))
     assert headers["cdcr.source.partition"] == "0"
-    assert 0 < len(value) < 1_000_000 and big.startswith(value)
+    assert value is not None and 0 < len(value) < 1_000_000 and big.startswith(value)
 
 
 def _producer_one_partition(bootstrap: str) -> Any:
@@ -234,16 +289,33 @@ def _producer_one_partition(bootstrap: str) -> Any:
     return Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 16 * 1024 * 1024})
 
 
-def _read_all(bootstrap: str, topic: str) -> list[tuple[dict[str, str], bytes]]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"dlq-{os.getpid()}-{time.time()}",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+def _headers(m: Message) -> dict[str, str]:
+    """A consumed record's headers by name; librdkafka gives them as (name, bytes) pairs."""
+    pairs = m.headers() or []
+    assert isinstance(pairs, list), pairs
+    out: dict[str, str] = {}
+    for k, v in pairs:
+        assert isinstance(v, bytes), (k, v)
+        out[k] = v.decode()
+    return out
+
+
+def _read_all(bootstrap: str, topic: str) -> list[tuple[dict[str, str], bytes | None]]:
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"dlq-{os.getpid()}-{time.time()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     c.subscribe([topic])
-    out: list[tuple[dict[str, str], bytes]] = []
+    out: list[tuple[dict[str, str], bytes | None]] = []
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         for m in c.consume(100, timeout=1):
             if m.error() is None:
-                out.append(({k: v.decode() for k, v in m.headers() or []}, m.value()))
+                out.append((_headers(m), m.value()))
         if out and len(out) >= 3:
             break
     c.close()
@@ -251,46 +323,72 @@ def _read_all(bootstrap: str, topic: str) -> list[tuple[dict[str, str], bytes]]:
 
 
 # ---------------------------------------------------------------- the target cut
-def test_target_cut_with_resets_and_silently_recovers(case, target_engine, services, monkeypatch,
-                                                      caplog):
+def test_target_cut_with_resets_and_silently_recovers(
+    case: Case,
+    target_engine: sa.Engine,
+    services: Services,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     url = sa.engine.make_url(services.target_url)
     proxy = Proxy((url.host or "127.0.0.1", url.port or 5432))
     proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
     settings = case.settings(
-        monkeypatch, TARGET__URL=proxied, TARGET__CONNECT_TIMEOUT_S="2",
-        HEALTH__STALL_S="4", HEALTH__TARGET_DOWN_UNREADY_S="2")
+        monkeypatch,
+        TARGET__URL=proxied,
+        TARGET__CONNECT_TIMEOUT_S="2",
+        HEALTH__STALL_S="4",
+        HEALTH__TARGET_DOWN_UNREADY_S="2",
+    )
     run = Running(settings)
     try:
         case.send(case.traffic.changes(200))
-        wait_for("first changes applied", lambda: caught_up(
-            target_engine, case.broker.bootstrap, case.group, case.topic))
+        wait_for(
+            "first changes applied",
+            lambda: caught_up(target_engine, case.broker.bootstrap, case.group, case.topic),
+        )
 
         # 1. Reset: connections cut, new ones refused.
         proxy.reset()
         case.send(case.traffic.changes(200))
         wait_for("cdcr_target_up 0", lambda: metric(run.port, "cdcr_target_up") == 0, timeout=30)
-        status, body = wait_for("/readyz to say target", lambda: (
-            r := probe(run.port, "/readyz"))[0] == 503 and r, timeout=30)
+        status, body = wait_for(
+            "/readyz to say target",
+            lambda: (r := probe(run.port, "/readyz"))[0] == 503 and r,
+            timeout=30,
+        )
         assert "target" in [p["check"] for p in body["problems"]], body
         assert not caught_up(target_engine, case.broker.bootstrap, case.group, case.topic)
         proxy.restore()
-        wait_for("applied after the reset", lambda: caught_up(
-            target_engine, case.broker.bootstrap, case.group, case.topic), timeout=60)
+        wait_for(
+            "applied after the reset",
+            lambda: caught_up(target_engine, case.broker.bootstrap, case.group, case.topic),
+            timeout=60,
+        )
         assert metric(run.port, "cdcr_target_up") == 1
 
         # 2. Silence: the proxy holds every connection open and forwards nothing (no reset).
         proxy.blackhole()
         stalls = metric(run.port, "cdcr_stalls_total") or 0
         case.send(case.traffic.changes(200))
-        wait_for("the watchdog to see the stall", lambda: (
-            metric(run.port, "cdcr_stalls_total") or 0) > stalls, timeout=30)
-        status, body = wait_for("/readyz unhealthy while silent", lambda: (
-            r := probe(run.port, "/readyz"))[0] == 503 and r, timeout=30)
+        wait_for(
+            "the watchdog to see the stall",
+            lambda: (metric(run.port, "cdcr_stalls_total") or 0) > stalls,
+            timeout=30,
+        )
+        status, body = wait_for(
+            "/readyz unhealthy while silent",
+            lambda: (r := probe(run.port, "/readyz"))[0] == 503 and r,
+            timeout=30,
+        )
         assert {p["check"] for p in body["problems"]} & {"stalled", "target"}, body
         time.sleep(3)
         proxy.restore()
-        wait_for("applied after the silent cut", lambda: caught_up(
-            target_engine, case.broker.bootstrap, case.group, case.topic), timeout=90)
+        wait_for(
+            "applied after the silent cut",
+            lambda: caught_up(target_engine, case.broker.bootstrap, case.group, case.topic),
+            timeout=90,
+        )
         assert probe(run.port, "/healthz")[0] == 200
         assert run.alive()
     finally:
@@ -300,12 +398,19 @@ def test_target_cut_with_resets_and_silently_recovers(case, target_engine, servi
     converged(case, target_engine)
     assert any(r.getMessage().startswith("stalled: records waiting") for r in caplog.records)
     with target_engine.connect() as conn:
-        assert conn.execute(sa.text("select count(*) from cdcr.dead_letters where topic = :t"),
-                            {"t": case.topic}).scalar() == 0
+        assert (
+            conn.execute(
+                sa.text("select count(*) from cdcr.dead_letters where topic = :t"),
+                {"t": case.topic},
+            ).scalar()
+            == 0
+        )
 
 
 # ---------------------------------------------------------------- Redis
-def test_redis_down_and_flushed(case, target_engine, monkeypatch, tmp_path):
+def test_redis_down_and_flushed(
+    case: Case, target_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     redis = OwnRedis(tmp_path)
     redis.start()
     settings = case.settings(monkeypatch, REDIS__URL=redis.url)
@@ -313,20 +418,26 @@ def test_redis_down_and_flushed(case, target_engine, monkeypatch, tmp_path):
     try:
         first = case.traffic.changes(200)
         case.send(first)
-        wait_for("first changes applied", lambda: caught_up(
-            target_engine, case.broker.bootstrap, case.group, case.topic))
+        wait_for(
+            "first changes applied",
+            lambda: caught_up(target_engine, case.broker.bootstrap, case.group, case.topic),
+        )
         assert metric(run.port, "cdcr_redis_up") == 1
         redis.stop()
         case.send(case.traffic.changes(200))
-        wait_for("applied without Redis", lambda: caught_up(
-            target_engine, case.broker.bootstrap, case.group, case.topic))
+        wait_for(
+            "applied without Redis",
+            lambda: caught_up(target_engine, case.broker.bootstrap, case.group, case.topic),
+        )
         assert metric(run.port, "cdcr_redis_up") == 0
         assert probe(run.port, "/readyz")[0] == 200  # Redis is a fast path, not a dependency
         redis.start()  # no persistence: it comes back empty, as after FLUSHALL
         # Redeliver the first changes: with Redis flushed they meet the position guard.
         case.send([*first, *case.traffic.changes(200)])
-        wait_for("applied after Redis returned empty", lambda: caught_up(
-            target_engine, case.broker.bootstrap, case.group, case.topic))
+        wait_for(
+            "applied after Redis returned empty",
+            lambda: caught_up(target_engine, case.broker.bootstrap, case.group, case.topic),
+        )
         wait_for("cdcr_redis_up 1", lambda: metric(run.port, "cdcr_redis_up") == 1, timeout=30)
         assert run.alive()
     finally:
@@ -338,15 +449,21 @@ def test_redis_down_and_flushed(case, target_engine, monkeypatch, tmp_path):
 
 
 # ---------------------------------------------------------------- kill -9
-def test_kill_9_at_random_points(case, target_engine, monkeypatch):
+def test_kill_9_at_random_points(
+    case: Case, target_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     env = {**os.environ, **{f"CDCR_{k}": v for k, v in case.env.items()}}
     rng = random.Random(16)
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"{case.table}.log"
 
     def start() -> subprocess.Popen[bytes]:
         with log.open("ab") as out:
-            return subprocess.Popen([sys.executable, "-m", "cdc_reconciler", "run"],
-                                    env=env, stdout=out, stderr=subprocess.STDOUT)
+            return subprocess.Popen(
+                [sys.executable, "-m", "cdc_reconciler", "run"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
     done = threading.Event()
 
@@ -370,8 +487,11 @@ def test_kill_9_at_random_points(case, target_engine, monkeypatch):
             if kills >= 8:
                 break
         producer.join(120)
-        wait_for("caught up after the kills", lambda: caught_up(
-            target_engine, case.broker.bootstrap, case.group, case.topic), timeout=120)
+        wait_for(
+            "caught up after the kills",
+            lambda: caught_up(target_engine, case.broker.bootstrap, case.group, case.topic),
+            timeout=120,
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -386,7 +506,7 @@ def test_kill_9_at_random_points(case, target_engine, monkeypatch):
 
 
 # ---------------------------------------------------------------- failover
-def test_dead_members_partitions_move_within_seconds(case, target_engine):
+def test_dead_members_partitions_move_within_seconds(case: Case, target_engine: sa.Engine) -> None:
     """Two members share the group with the default session timeout; one is killed -9 and the
     survivor applies its partition's new records within seconds (45 s before issue 16)."""
     env = {**os.environ, **{f"CDCR_{k}": v for k, v in case.env.items()}}
@@ -403,23 +523,31 @@ def test_dead_members_partitions_move_within_seconds(case, target_engine):
 
     try:
         for port in ports:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "cdc_reconciler", "run"],
-                env={**env, "CDCR_METRICS__PORT": str(port)},
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "cdc_reconciler", "run"],
+                    env={**env, "CDCR_METRICS__PORT": str(port)},
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
             time.sleep(1)
-        wait_for("one partition each", lambda: [partitions(p) for p in ports] == [1, 1],
-                 timeout=60)
+        wait_for("one partition each", lambda: [partitions(p) for p in ports] == [1, 1], timeout=60)
         case.send(case.traffic.changes(200))
-        wait_for("applied by both", lambda: caught_up(
-            target_engine, case.broker.bootstrap, case.group, case.topic))
+        wait_for(
+            "applied by both",
+            lambda: caught_up(target_engine, case.broker.bootstrap, case.group, case.topic),
+        )
         procs[0].send_signal(signal.SIGKILL)
         procs[0].wait(30)
         killed = time.monotonic()
         case.send(case.traffic.changes(200))
-        wait_for("the survivor took the partition over", lambda: caught_up(
-            target_engine, case.broker.bootstrap, case.group, case.topic), timeout=60,
-            every=0.2)
+        wait_for(
+            "the survivor took the partition over",
+            lambda: caught_up(target_engine, case.broker.bootstrap, case.group, case.topic),
+            timeout=60,
+            every=0.2,
+        )
         moved_s = time.monotonic() - killed
         assert partitions(ports[1]) == 2
     finally:
@@ -437,7 +565,7 @@ def test_dead_members_partitions_move_within_seconds(case, target_engine):
 
 
 # ---------------------------------------------------------------- the target cluster restarted
-def test_target_cluster_crash_and_restart(case, monkeypatch):
+def test_target_cluster_crash_and_restart(case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
     """The whole target cluster of the test's own crashed (immediate stop, as a power cut) and
     stopped cleanly, each while changes keep arriving; the consumer waits and converges."""
     from cdc_reconciler import migrations
@@ -450,36 +578,55 @@ def test_target_cluster_crash_and_restart(case, monkeypatch):
         with admin.connect() as conn:
             conn.execute(sa.text("create database target"))
         admin.dispose()
-        migrations.upgrade(Settings.model_construct(target=DatabaseSettings(url=pg.url("target"))),
-                           "head")
+        migrations.upgrade(
+            Settings.model_construct(target=DatabaseSettings(url=SecretStr(pg.url("target")))),
+            "head",
+        )
         target = sa.create_engine(pg.url("target"), pool_pre_ping=True)
         with target.begin() as conn:
-            conn.execute(sa.text(
-                f'create table public."{case.table}" (id int primary key, name text, n int, '
-                "note text, _cdc_pos numeric(40,0) not null, _cdc_ts timestamptz not null)"))
-        settings = case.settings(monkeypatch, TARGET__URL=pg.url("target"),
-                                 TARGET__CONNECT_TIMEOUT_S="2", HEALTH__TARGET_DOWN_UNREADY_S="2")
+            conn.execute(
+                sa.text(
+                    f'create table public."{case.table}" (id int primary key, name text, n int, '
+                    "note text, _cdc_pos numeric(40,0) not null, _cdc_ts timestamptz not null)"
+                )
+            )
+        settings = case.settings(
+            monkeypatch,
+            TARGET__URL=pg.url("target"),
+            TARGET__CONNECT_TIMEOUT_S="2",
+            HEALTH__TARGET_DOWN_UNREADY_S="2",
+        )
         run = Running(settings)
         try:
             case.send(case.traffic.changes(200))
-            wait_for("first changes applied", lambda: caught_up(
-                target, case.broker.bootstrap, case.group, case.topic))
+            wait_for(
+                "first changes applied",
+                lambda: caught_up(target, case.broker.bootstrap, case.group, case.topic),
+            )
             for mode in ("immediate", "fast"):
                 pg.stop(mode)
                 case.send(case.traffic.changes(200))
-                wait_for(f"cdcr_target_up 0 ({mode})",
-                         lambda: metric(run.port, "cdcr_target_up") == 0, timeout=30)
+                wait_for(
+                    f"cdcr_target_up 0 ({mode})",
+                    lambda: metric(run.port, "cdcr_target_up") == 0,
+                    timeout=30,
+                )
                 time.sleep(3)
                 assert run.alive(), f"cdcr run ended during the outage: {run.error!r}"
                 pg.start()
-                wait_for(f"applied after the {mode} restart", lambda: caught_up(
-                    target, case.broker.bootstrap, case.group, case.topic), timeout=90)
+                wait_for(
+                    f"applied after the {mode} restart",
+                    lambda: caught_up(target, case.broker.bootstrap, case.group, case.topic),
+                    timeout=90,
+                )
                 assert metric(run.port, "cdcr_target_up") == 1
         finally:
             run.close()
         assert run.error is None
-        wait_for("the target caught up", lambda: caught_up(
-            target, case.broker.bootstrap, case.group, case.topic))
+        wait_for(
+            "the target caught up",
+            lambda: caught_up(target, case.broker.bootstrap, case.group, case.topic),
+        )
         assert target_rows(target, case.table) == case.traffic.expected
         check_accounting(target, case.broker.bootstrap, case.group, case.topic)
         target.dispose()
@@ -489,7 +636,9 @@ def test_target_cluster_crash_and_restart(case, monkeypatch):
 
 
 # ---------------------------------------------------------------- dead letters in an outage
-def test_dead_letters_wait_for_the_broker(broker, monkeypatch, unique_name):
+def test_dead_letters_wait_for_the_broker(
+    broker: OwnBroker, monkeypatch: pytest.MonkeyPatch, unique_name: Callable[[str], str]
+) -> None:
     """Producing a dead letter while the broker is down waits (Kafka reported down) and
     delivers once it is back; a value too large for the producer goes trimmed."""
     from cdc_reconciler.connectors.kafka import Record, make_producer
@@ -524,16 +673,22 @@ def test_dead_letters_wait_for_the_broker(broker, monkeypatch, unique_name):
     t.join(90)
     assert result == {"ok": True}
     assert kafka.up
-    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": unique_name("read"),
-                  "auto.offset.reset": "earliest"})
+    c = Consumer(
+        {
+            "bootstrap.servers": broker.bootstrap,
+            "group.id": unique_name("read"),
+            "auto.offset.reset": "earliest",
+        }
+    )
     c.subscribe([topic])
-    got = []
+    got: list[Message] = []
     deadline = time.monotonic() + 30
     while not got and time.monotonic() < deadline:
         got = [m for m in c.consume(10, timeout=1) if m.error() is None]
     c.close()
     assert len(got) == 1
-    headers = {k: v.decode() for k, v in got[0].headers()}
+    headers = _headers(got[0])
     assert headers["cdcr.value.trimmed"] == "record_too_large"
     assert headers["cdcr.source.offset"] == "77" and headers["cdcr.source.partition"] == "1"
-    assert big.startswith(got[0].value()) and len(got[0].value()) < 1_000_000
+    value = got[0].value()
+    assert value is not None and big.startswith(value) and len(value) < 1_000_000

@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from confluent_kafka import KafkaError
+from pydantic import SecretStr
 
 from cdc_reconciler.config import DatabaseSettings, Settings
 from cdc_reconciler.connectors.kafka import PRODUCER_MAX_BYTES, Record, is_fatal
 from cdc_reconciler.stream import command
 from cdc_reconciler.stream.dead_letters import TRIMMED, DeadLetter, _message
 from cdc_reconciler.stream.metrics import Bounds, Dependency, Health
+from tests.conftest import Services
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,16 +33,27 @@ class Clock:
 
 
 def test_transport_errors_are_transient_and_auth_errors_fatal() -> None:
-    for code in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
-                 KafkaError._MSG_TIMED_OUT, KafkaError.NOT_COORDINATOR):
+    for code in (
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TIMED_OUT,
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError.NOT_COORDINATOR,
+    ):
         assert not is_fatal(KafkaError(code)), code
-    for code in (KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError.TOPIC_AUTHORIZATION_FAILED,
-                 KafkaError.GROUP_AUTHORIZATION_FAILED, KafkaError._AUTHENTICATION):
+    for code in (
+        KafkaError.SASL_AUTHENTICATION_FAILED,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError._AUTHENTICATION,
+    ):
         assert is_fatal(KafkaError(code)), code
     assert is_fatal(KafkaError(KafkaError._TRANSPORT, fatal=True))
 
 
-def test_dependency_logs_once_per_change_with_the_duration(caplog) -> None:
+def test_dependency_logs_once_per_change_with_the_duration(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     clock = Clock()
     dep = Dependency("kafka", clock=clock, wall=lambda: 1.7e9 + clock.t)
     caplog.set_level(logging.INFO)
@@ -78,10 +91,26 @@ def _health(clock: Clock) -> tuple[Health, FakeLoop, Dependency, Dependency]:
     loop = FakeLoop(clock)
     kafka = Dependency("kafka", clock=clock)
     target = Dependency("target", clock=clock)
-    bounds = Bounds(stall_s=60, target_unready_s=15, target_unhealthy_s=600,
-                    kafka_unready_s=15, kafka_unhealthy_s=600)
-    return Health(progress=loop, kafka=kafka, target=target, redis_up=lambda: True,
-                  bounds=bounds, clock=clock), loop, kafka, target
+    bounds = Bounds(
+        stall_s=60,
+        target_unready_s=15,
+        target_unhealthy_s=600,
+        kafka_unready_s=15,
+        kafka_unhealthy_s=600,
+    )
+    return (
+        Health(
+            progress=loop,
+            kafka=kafka,
+            target=target,
+            redis_up=lambda: True,
+            bounds=bounds,
+            clock=clock,
+        ),
+        loop,
+        kafka,
+        target,
+    )
 
 
 def test_health_says_which_check_fails_and_since_when() -> None:
@@ -133,24 +162,38 @@ def test_health_says_which_check_fails_and_since_when() -> None:
 
 def test_oversized_dead_letter_is_trimmed_with_full_coordinates() -> None:
     big = b"v" * (5 * 1024 * 1024)
-    m = _message(DeadLetter(Record("cdc.public.t", 3, 123456, b'{"id":1}', big), "decode:not_json",
-                            "not JSON"), PRODUCER_MAX_BYTES)
+    m = _message(
+        DeadLetter(
+            Record("cdc.public.t", 3, 123456, b'{"id":1}', big), "decode:not_json", "not JSON"
+        ),
+        PRODUCER_MAX_BYTES,
+    )
     headers = dict(m["headers"])
     assert len(m["key"]) + len(m["value"]) < PRODUCER_MAX_BYTES
     assert big.startswith(m["value"]) and m["key"] == b'{"id":1}'
     assert headers["cdcr.value.trimmed"] == TRIMMED.encode() == b"record_too_large"
     assert headers["cdcr.value.size"] == str(len(big)).encode()
-    assert (headers["cdcr.source.topic"], headers["cdcr.source.partition"],
-            headers["cdcr.source.offset"]) == (b"cdc.public.t", b"3", b"123456")
+    assert (
+        headers["cdcr.source.topic"],
+        headers["cdcr.source.partition"],
+        headers["cdcr.source.offset"],
+    ) == (b"cdc.public.t", b"3", b"123456")
     assert headers["cdcr.error.kind"] == b"decode:not_json"
     small = _message(DeadLetter(Record("t", 0, 1, None, b"x"), "k", "e"), PRODUCER_MAX_BYTES)
     assert small["value"] == b"x" and "cdcr.value.trimmed" not in dict(small["headers"])
 
 
 @pytest.mark.services
-def test_target_connections_carry_keepalives_and_a_statement_timeout(services, migrated_target):
-    db = DatabaseSettings(url=services.target_url, keepalives_idle_s=11, keepalives_interval_s=4,
-                          keepalives_count=2, statement_timeout_s=7.5)
+def test_target_connections_carry_keepalives_and_a_statement_timeout(
+    services: Services, migrated_target: str
+) -> None:
+    db = DatabaseSettings(
+        url=SecretStr(services.target_url),
+        keepalives_idle_s=11,
+        keepalives_interval_s=4,
+        keepalives_count=2,
+        statement_timeout_s=7.5,
+    )
     engine = command.target_engine(Settings.model_construct(target=db))
     try:
         with engine.connect() as conn:
@@ -160,8 +203,12 @@ def test_target_connections_carry_keepalives_and_a_statement_timeout(services, m
                 conn.execute(sa.text("select pg_sleep(8)"))
     finally:
         engine.dispose()
-    assert (params["keepalives"], params["keepalives_idle"], params["keepalives_interval"],
-            params["keepalives_count"]) == ("1", "11", "4", "2")
+    assert (
+        params["keepalives"],
+        params["keepalives_idle"],
+        params["keepalives_interval"],
+        params["keepalives_count"],
+    ) == ("1", "11", "4", "2")
     assert params["connect_timeout"] == "4" and params["tcp_user_timeout"] == "30000"
     assert timeout == "7500ms"
     assert err.value.orig.pgcode == "57014"  # type: ignore[union-attr]  # query_canceled
@@ -218,21 +265,23 @@ def test_alert_rules_cover_stalls_and_outages(tmp_path: Path) -> None:
         pytest.fail("promtool not found: apt-get install -y prometheus")
     spec = tmp_path / "always_on_test.yml"
     spec.write_text(ALERT_TESTS.format(rules=REPO / "deploy/prometheus/alerts.yml"))
-    result = subprocess.run([promtool, "test", "rules", str(spec)], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [promtool, "test", "rules", str(spec)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.services
-def test_connection_watch_follows_the_target_and_drops_a_stuck_connection(services,
-                                                                          migrated_target):
+def test_connection_watch_follows_the_target_and_drops_a_stuck_connection(
+    services: Services, migrated_target: str
+) -> None:
     import threading
     import time
 
     from cdc_reconciler.stream.metrics import Dependency
 
     def engine_for(**db: object) -> tuple[sa.Engine, Dependency, command.ConnectionWatch]:
-        settings = DatabaseSettings(url=services.target_url, **db)  # type: ignore[arg-type]
+        settings = DatabaseSettings.model_validate({"url": services.target_url, **db})
         engine = command.target_engine(Settings.model_construct(target=settings))
         state = Dependency("target")
         watch = command.ConnectionWatch(state)
@@ -251,8 +300,11 @@ def test_connection_watch_follows_the_target_and_drops_a_stuck_connection(servic
     # A refused connection is.
     url = sa.engine.make_url(services.target_url).set(port=1)
     state = Dependency("target")
-    refused = command.target_engine(Settings.model_construct(
-        target=DatabaseSettings(url=url.render_as_string(hide_password=False))))
+    refused = command.target_engine(
+        Settings.model_construct(
+            target=DatabaseSettings(url=SecretStr(url.render_as_string(hide_password=False)))
+        )
+    )
     watch = command.ConnectionWatch(state)
     watch.attach(refused)
     with pytest.raises(sa.exc.OperationalError):

@@ -13,9 +13,13 @@ import pytest
 import sqlalchemy as sa
 
 from cdc_reconciler.stream import command
+from cdc_reconciler.stream.engine import Prepared
+from cdc_reconciler.stream.runner import RunSummary
+from tests.conftest import Services
 from tests.helpers import committed, settings_for, wait_for
 from tests.stream.pipeline import (
     TRAFFIC_RECORDS,
+    Pipeline,
     expected_records,
     source_traffic,
     target_matches_source,
@@ -83,17 +87,24 @@ class Proxy:
         self.listener.close()
 
 
-def test_target_outage_is_retried_and_nothing_is_lost(pipeline, services, source_engine,
-                                                      target_engine, monkeypatch, caplog):
+def test_target_outage_is_retried_and_nothing_is_lost(
+    pipeline: Pipeline,
+    services: Services,
+    source_engine: sa.Engine,
+    target_engine: sa.Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     url = sa.engine.make_url(services.target_url)
     proxy = Proxy((url.host or "127.0.0.1", url.port or 5432))
     proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
     settings = settings_for(monkeypatch, TARGET__URL=proxied)
     group = f"g_{pipeline.table}"
     stop = threading.Event()
-    result: dict = {}
-    runner = threading.Thread(target=lambda: result.update(s=command.run(
-        settings, serve_metrics=False, stop=stop)))
+    result: dict[str, RunSummary] = {}
+    runner = threading.Thread(
+        target=lambda: result.update(s=command.run(settings, serve_metrics=False, stop=stop))
+    )
     try:
         runner.start()
         expected_records(pipeline, services, 20)
@@ -102,31 +113,42 @@ def test_target_outage_is_retried_and_nothing_is_lost(pipeline, services, source
         proxy.cut()
         source_traffic(source_engine, pipeline.table)
         expected_records(pipeline, services, TRAFFIC_RECORDS)
-        wait_for("the engine to hit the outage and retry", lambda: any(
-            "target database unavailable" in r.getMessage() for r in caplog.records), timeout=30)
+        wait_for(
+            "the engine to hit the outage and retry",
+            lambda: any("target database unavailable" in r.getMessage() for r in caplog.records),
+            timeout=30,
+        )
         time.sleep(2)
         # Offsets never move past what the target has not committed.
         assert committed(services, group, pipeline.topic) == 20
         assert runner.is_alive()
 
         proxy.restore()
-        wait_for("caught up after the outage",
-                 lambda: committed(services, group, pipeline.topic) == TRAFFIC_RECORDS,
-                 timeout=60)
+        wait_for(
+            "caught up after the outage",
+            lambda: committed(services, group, pipeline.topic) == TRAFFIC_RECORDS,
+            timeout=60,
+        )
     finally:
         stop.set()
         runner.join(60)
         proxy.close()
     target_matches_source(pipeline, source_engine, target_engine)
     with target_engine.connect() as conn:
-        dead = conn.execute(sa.text("select count(*) from cdcr.dead_letters where topic = :t"),
-                            {"t": pipeline.topic}).scalar()
+        dead = conn.execute(
+            sa.text("select count(*) from cdcr.dead_letters where topic = :t"),
+            {"t": pipeline.topic},
+        ).scalar()
     assert dead == 0
     assert result["s"].totals.dead_lettered == 0
 
 
-def test_target_outage_while_resolving_a_new_table_is_waited_out(pipeline, services, monkeypatch,
-                                                                 caplog):
+def test_target_outage_while_resolving_a_new_table_is_waited_out(
+    pipeline: Pipeline,
+    services: Services,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """The first events of a table make the engine read the target's catalog (prepare, before any
     write): an outage there is retried with backoff like one during the write, never raised."""
     from cdc_reconciler.connectors.kafka import Record
@@ -139,16 +161,20 @@ def test_target_outage_while_resolving_a_new_table_is_waited_out(pipeline, servi
     expected_records(pipeline, services, 20)
     records = [Record.from_message(m) for m in read_topic(services.kafka_bootstrap, pipeline.topic)]
     stop = threading.Event()
-    parts = command.build_engine(settings, create_missing=False, group=f"g_{pipeline.table}",
-                                 stop=stop, use_redis=False)
-    result: dict = {}
+    parts = command.build_engine(
+        settings, create_missing=False, group=f"g_{pipeline.table}", stop=stop, use_redis=False
+    )
+    result: dict[str, Prepared] = {}
     try:
         proxy.cut()
         parts.target.dispose()  # no pooled connection survives the cut
         worker = threading.Thread(target=lambda: result.update(p=parts.engine.prepare(records)))
         worker.start()
-        wait_for("the engine to retry the catalog read", lambda: any(
-            "target database unavailable" in r.getMessage() for r in caplog.records), timeout=30)
+        wait_for(
+            "the engine to retry the catalog read",
+            lambda: any("target database unavailable" in r.getMessage() for r in caplog.records),
+            timeout=30,
+        )
         assert worker.is_alive() and "p" not in result
         proxy.restore()
         worker.join(60)

@@ -5,6 +5,8 @@ available, else a clear error naming the extension)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import pytest
 import sqlalchemy as sa
 
@@ -32,7 +34,9 @@ def _types(engine: sa.Engine, table: str) -> list[tuple[str, str]]:
 
 
 @pytest.fixture()
-def schema(source_engine, target_engine, unique_name):
+def schema(
+    source_engine: sa.Engine, target_engine: sa.Engine, unique_name: Callable[[str], str]
+) -> Iterator[str]:
     name = unique_name("s")
     with source_engine.begin() as conn:
         conn.execute(sa.text(f"create schema {name}"))
@@ -43,8 +47,8 @@ def schema(source_engine, target_engine, unique_name):
 
 
 def test_tables_sync_mirrors_enums_domains_composites_and_extensions(
-    source_engine, target_engine, schema, monkeypatch
-):
+    source_engine: sa.Engine, target_engine: sa.Engine, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     s = schema
     with source_engine.begin() as conn:
         conn.execute(sa.text("create extension if not exists citext schema public"))
@@ -92,8 +96,8 @@ def test_tables_sync_mirrors_enums_domains_composites_and_extensions(
 
 
 def test_extension_missing_in_the_target_is_named(
-    source_engine, target_engine, schema, monkeypatch
-):
+    source_engine: sa.Engine, target_engine: sa.Engine, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     s = schema
     with source_engine.begin() as conn:
         conn.execute(sa.text("create extension if not exists seg schema public"))
@@ -122,8 +126,8 @@ def test_extension_missing_in_the_target_is_named(
 
 
 def test_a_new_source_column_of_a_new_user_type_is_added_with_its_type(
-    source_engine, target_engine, schema, monkeypatch
-):
+    source_engine: sa.Engine, target_engine: sa.Engine, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     s = schema
     with source_engine.begin() as conn:
         conn.execute(sa.text(f"create table {s}.t (id int primary key)"))

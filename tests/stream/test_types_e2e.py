@@ -8,12 +8,14 @@ exactly where Debezium cannot carry the value."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from cdc_reconciler.stream import command
+from tests.conftest import Connector, Services
 from tests.fidelity_schema import COLUMNS, EXTENSIONS, ROWS, USER_TYPES_SQL
 from tests.helpers import count_records, settings_for, wait_for
 from tests.stream.pipeline import free_port
@@ -95,15 +97,15 @@ def _create_source(source: sa.Engine, schema: str) -> str:
     ids=["recommended", "precise-map-microseconds"],
 )
 def test_every_type_arrives_exactly_or_is_a_documented_exception(
-    services,
-    source_engine,
-    target_engine,
-    debezium,
-    unique_name,
-    monkeypatch,
-    connector_settings,
-    expected_lossy,
-):
+    services: Services,
+    source_engine: sa.Engine,
+    target_engine: sa.Engine,
+    debezium: Callable[..., Connector],
+    unique_name: Callable[[str], str],
+    monkeypatch: pytest.MonkeyPatch,
+    connector_settings: dict[str, str],
+    expected_lossy: dict[str, dict[int, str | None]],
+) -> None:
     schema = unique_name("s")
     table = _create_source(source_engine, schema)
     try:
@@ -162,8 +164,13 @@ def test_every_type_arrives_exactly_or_is_a_documented_exception(
 
 
 def test_a_table_that_cannot_be_created_is_dead_lettered_and_others_flow(
-    services, source_engine, target_engine, debezium, unique_name, monkeypatch
-):
+    services: Services,
+    source_engine: sa.Engine,
+    target_engine: sa.Engine,
+    debezium: Callable[..., Connector],
+    unique_name: Callable[[str], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     schema = unique_name("s")
     with source_engine.begin() as conn:
         conn.execute(sa.text(f"create schema {schema}"))
@@ -179,9 +186,11 @@ def test_a_table_that_cannot_be_created_is_dead_lettered_and_others_flow(
             conn.execute(sa.text(f"insert into {schema}.good values (1, 'b'), (2, 'a')"))
         for t in ("bad", "good"):
             topic = connector.topic(f"{schema}.{t}")
-            wait_for(
-                f"{t} in Kafka", lambda tp=topic: count_records(services.kafka_bootstrap, tp) >= 2
-            )
+
+            def arrived(tp: str = topic) -> bool:
+                return count_records(services.kafka_bootstrap, tp) >= 2
+
+            wait_for(f"{t} in Kafka", arrived)
         settings = settings_for(
             monkeypatch,
             KAFKA__TOPIC_PATTERN=rf"^{connector.topic_prefix}\.{schema}\.(bad|good)$",
