@@ -399,6 +399,24 @@ def fetch_raw_by_keys(
     return out
 
 
+def fetch_text_by_keys(
+    conn: sa.Connection, side: Side, keys: Iterable[Key]
+) -> dict[Key, dict[str, Any]]:
+    """Rows by key for repair writes: key -> {column: the value's text, or None}. Text, read with
+    the fixed output styles (UTC, ISO dates, postgres intervals, shortest exact floats, hex bytea),
+    is what COPY reads back into the same type exactly; Python values would not round-trip (an
+    interval's months became 30 days, an hstore a dict COPY cannot read). The map's keys are the
+    key columns' Python values, as the diff reports them."""
+    stable_output(conn)
+    n = len(side.key_columns)
+    keys_sel = ", ".join(quote_ident(k) for k in side.key_columns)
+    text_sel = ", ".join(f"({quote_ident(c)})::text" for c in side.columns)
+    out: dict[Key, dict[str, Any]] = {}
+    for r in _rows_by_keys(conn, side, keys, f"{keys_sel}, {text_sel}"):
+        out[tuple(r[:n])] = dict(zip(side.columns, r[n:], strict=True))
+    return out
+
+
 def fetch_json_by_keys(
     conn: sa.Connection,
     side: Side,

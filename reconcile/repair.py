@@ -187,7 +187,7 @@ def repair(
         sconn = sconn.execution_options(isolation_level="REPEATABLE READ")
         with sconn.begin():
             out.source_wal_lsn = str(sconn.execute(sa.text("SELECT pg_current_wal_lsn()")).scalar())
-            rows = ck.fetch_raw_by_keys(sconn, pair.source, wanted) if wanted else {}
+            rows = ck.fetch_text_by_keys(sconn, pair.source, wanted) if wanted else {}
 
     ts = _ts_us(now)
     writes: list[RowWrite] = []

@@ -241,7 +241,7 @@ def _write(env: Env, c: sa.Connection, item: Any, decision: str) -> tuple[str, s
     row: dict[str, Any] | None = None
     if decision == "apply_source":
         with env.source.connect() as s:
-            row = ck.fetch_raw_by_keys(s, pair.source, [key]).get(key)
+            row = ck.fetch_text_by_keys(s, pair.source, [key]).get(key)
     position = rp.repair_position(c, ttable)
     ts = int(checked_now(env.now_getter).timestamp() * 1_000_000)
     if row is None:
