@@ -296,6 +296,17 @@ def _or_say(table: str, work: Callable[[], TableReport]) -> TableReport:
         return TableReport(
             table, None, None, windows_behind=None, unverified=f"not verified: {exc}"
         )
+    except SQLAlchemyError as exc:
+        # One table's database error (a value its repair cannot write, a lock timeout) says so
+        # for that table and leaves the others to be verified in the same pass.
+        first = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0]
+        return TableReport(
+            table,
+            None,
+            None,
+            windows_behind=None,
+            unverified=f"not verified: {exc.__class__.__name__}: {first}",
+        )
 
 
 def _background_reverify(env: Env, req: Request, names: Sequence[str]) -> list[TableReport]:
