@@ -426,6 +426,20 @@ def _print_reports(reports: "list[TableReport]", dry_run: bool) -> None:
                     f"  {r.table} … {len(w.deferred) - len(shown)} more deferred keys (--json)",
                     highlight=False,
                 )
+            if c.get("orphan"):
+                _out.print(
+                    f"  {r.table} {c['orphan']} orphan row(s): foreign-key parent missing in the "
+                    "target (cdcr review list --kind orphan)",
+                    highlight=False,
+                )
+        for d in r.drift:
+            detail = ", ".join(f"{k}={v}" for k, v in d.items() if k not in ("column", "problem"))
+            _out.print(
+                f"  {r.table} schema drift: column {d.get('column')} {d.get('problem')}"
+                + (f" ({detail})" if detail else ""),
+                highlight=False,
+                soft_wrap=True,
+            )
         if r.unverified:
             _out.print(f"{r.table}: {r.unverified}", highlight=False, soft_wrap=True)
         elif r.reverify:

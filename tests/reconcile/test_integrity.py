@@ -71,6 +71,11 @@ def test_orphan_and_dropped_column_are_reported(family: dict[str, str],
     run(target_engine, f"ALTER TABLE {child} DROP COLUMN qty")
     orphans = {(k,) for k in range(6, 201, 20)}
 
+    # The human output names both too, not only --json (found by a new-user trial).
+    code, out = cli("reconcile", "--once", "--dry-run", "--table", child)
+    assert "schema drift: column qty missing" in out, out
+    assert f"{len(orphans)} orphan row(s)" in out, out
+
     # Configured to fail: the window fails its checks and the watermark stays where it was
     # (nothing reconciled).
     code, out = cli("reconcile", "--once", "--json", "--table", child,
