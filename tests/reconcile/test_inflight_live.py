@@ -122,7 +122,9 @@ def delete_in_flight(lv: Live, services: Any, table: str, key: int) -> dict[str,
 
     t = threading.Thread(target=reconcile)
     t.start()
-    time.sleep(4)  # the diff has seen the row in the target only; the group catches up now
+    # The diff sees the row in the target only within seconds, then the confirmation waits (up
+    # to reconcile.confirm_wait_s, 30 s) for the group; 8 s leaves room on a loaded machine.
+    time.sleep(8)
     lv.start_consumer()
     t.join(180)
     code, data = result["r"]
