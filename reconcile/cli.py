@@ -546,6 +546,20 @@ def _print_summary(data: dict[str, Any]) -> None:
             markup=False,
         )
         p(f"    {x['next']}", highlight=False, markup=False)
+    blocked = data.get("blocked", [])
+    if blocked:
+        p(
+            "[bold red]blocked tables[/] (every event dead-lettered; see docs/apply.md)",
+            highlight=False,
+        )
+    for b in blocked:
+        p(f"  {b['topic']}", highlight=False, markup=False, soft_wrap=True)
+        p(
+            f"    {b['kind']}: {b['dead_lettered']} dead letters, last {_short(b['last_seen'])}",
+            highlight=False,
+            markup=False,
+        )
+        p(f"    {(b['last_error'] or '')[:200]}", highlight=False, markup=False, soft_wrap=True)
     groups: dict[str, list[dict[str, Any]]] = {}
     for o in data["applied_offsets"]:
         groups.setdefault(o["consumer_group"], []).append(o)

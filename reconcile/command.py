@@ -515,6 +515,18 @@ def status(
                 .all()
             )
             failed = history.failed_windows(c)
+            dead = (
+                c.execute(
+                    sa.text(
+                        "SELECT topic, error_kind AS kind, count(*) AS n, max(first_seen) AS "
+                        "last_seen, (array_agg(error ORDER BY id DESC))[1] AS last_error "
+                        "FROM cdcr.dead_letters WHERE first_seen > now() - interval '1 day' "
+                        "GROUP BY 1, 2 ORDER BY 4 DESC"
+                    )
+                )
+                .mappings()
+                .all()
+            )
     except SQLAlchemyError as exc:
         engine.dispose()
         raise CdcrError(
@@ -597,6 +609,8 @@ def status(
         "applied_offsets": [{k: _plain(v) for k, v in o.items()} for o in offsets],
         "recent_runs": [{k: _plain(v) for k, v in r.items()} for r in recent],
         "integrity": _integrity(latest_checks),
+        "dead_letters": [{k: _plain(v) for k, v in d.items()} for d in dead],
+        "blocked": _blocked(dead, now),
         "review": {
             "open": queue,
             "open_total": sum(q["open"] for q in queue),
@@ -607,6 +621,29 @@ def status(
             "latest": [{k: _plain(v) for k, v in r.items()} for r in open_rows],
         },
     }
+
+
+# Dead-letter kinds that stop a whole table, not one record: every event of its topic goes to
+# the dead letters until someone acts (docs/fidelity.md, docs/apply.md).
+TABLE_LEVEL_KINDS = frozenset({"target_ddl_failed", "no_target_table", "no_key"})
+BLOCKED_WITHIN = timedelta(hours=1)
+
+
+def _blocked(dead: Sequence[Any], now: datetime) -> list[dict[str, Any]]:
+    """Topics whose table is blocked: a table-level dead letter within the last hour."""
+    out = []
+    for d in dead:
+        if d["kind"] in TABLE_LEVEL_KINDS and d["last_seen"] >= now - BLOCKED_WITHIN:
+            out.append(
+                {
+                    "topic": d["topic"],
+                    "kind": d["kind"],
+                    "dead_lettered": d["n"],
+                    "last_seen": _iso(d["last_seen"]),
+                    "last_error": d["last_error"],
+                }
+            )
+    return out
 
 
 MAX_PRIORITIES = 100  # windows listed in `priorities` (priorities_total counts them all)

@@ -212,6 +212,20 @@ def test_a_table_that_cannot_be_created_is_dead_lettered_and_others_flow(
         assert len(dead) == 2
         assert {k for k, _ in dead} == {"target_ddl_failed"}
         assert all(f"{schema}.fr" in e and "range" in e for _, e in dead), dead
+        # `cdcr status` shows the table as blocked (JSON and the 80-column summary), the good one
+        # not.
+        from cdc_reconciler.reconcile.command import status
+
+        blocked = status(settings)["blocked"]
+        assert [(b["topic"], b["kind"], b["dead_lettered"]) for b in blocked] == [
+            (connector.topic(f"{schema}.bad"), "target_ddl_failed", 2)
+        ]
+        from typer.testing import CliRunner
+
+        from cdc_reconciler.cli import app
+
+        out = CliRunner().invoke(app, ["status"], env={"COLUMNS": "80"}).output
+        assert "blocked tables" in out and connector.topic(f"{schema}.bad") in out, out
     finally:
         with source_engine.begin() as conn:
             conn.execute(sa.text(f"drop schema if exists {schema} cascade"))
