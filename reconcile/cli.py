@@ -432,10 +432,12 @@ def _print_reports(reports: "list[TableReport]", dry_run: bool) -> None:
                     "target (cdcr review list --kind orphan)",
                     highlight=False,
                 )
-        for d in r.drift:
-            detail = ", ".join(f"{k}={v}" for k, v in d.items() if k not in ("column", "problem"))
+        for drift in r.drift:
+            detail = ", ".join(
+                f"{k}={v}" for k, v in drift.items() if k not in ("column", "problem")
+            )
             _out.print(
-                f"  {r.table} schema drift: column {d.get('column')} {d.get('problem')}"
+                f"  {r.table} schema drift: column {drift.get('column')} {drift.get('problem')}"
                 + (f" ({detail})" if detail else ""),
                 highlight=False,
                 soft_wrap=True,

@@ -428,7 +428,8 @@ def reconcile_window(
         if not req.reverify:
             wm.set_state(c, pair.name, "reconciling")
     try:
-        status, remaining = "clean", ()
+        status = "clean"
+        remaining: tuple[Difference, ...] = ()
         if not before.clean:
             outcome = rp.repair(
                 env.source,

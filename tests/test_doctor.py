@@ -194,7 +194,7 @@ def test_rules_for_each_setting() -> None:
     assert column_findings(col("public.citext", "citext", builtin=False), ok) == []
 
 
-def test_truncates_dropped_by_the_connector_are_a_finding():
+def test_truncates_dropped_by_the_connector_are_a_finding() -> None:
     assert [f.fix for f in connector_findings(dict(DEFAULTS))] == ["skipped.operations=none"]
     assert connector_findings({**DEFAULTS, "skipped.operations": "none"}) == []
     assert connector_findings({**DEFAULTS, "skipped.operations": "u, t"})

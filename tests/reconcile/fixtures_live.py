@@ -48,8 +48,11 @@ class Live:
     def start_consumer(self) -> None:
         self.stop_consumer = threading.Event()
         self.consumer = threading.Thread(
-            target=command.run, args=(self.settings,),
-            kwargs={"serve_metrics": False, "stop": self.stop_consumer}, daemon=True)
+            target=command.run,
+            args=(self.settings,),
+            kwargs={"serve_metrics": False, "stop": self.stop_consumer},
+            daemon=True,
+        )
         self.consumer.start()
 
     def stop_consuming(self) -> None:
@@ -76,14 +79,24 @@ class Live:
             with self.source.begin() as c:
                 for t in (self.windowed, self.whole):
                     k = rnd.choice(HOT[:100])
-                    c.execute(sa.text(f"UPDATE {t} SET v = md5(random()::text), n = n + 1"
-                                      + (", updated_at = clock_timestamp()" if t == self.windowed
-                                         else "") + " WHERE id = :k"), {"k": k})
+                    c.execute(
+                        sa.text(
+                            f"UPDATE {t} SET v = md5(random()::text), n = n + 1"
+                            + (", updated_at = clock_timestamp()" if t == self.windowed else "")
+                            + " WHERE id = :k"
+                        ),
+                        {"k": k},
+                    )
                     if rnd.random() < 0.2:  # a delete and a re-insert in the hot range
                         d = rnd.choice(HOT[100:])
                         c.execute(sa.text(f"DELETE FROM {t} WHERE id = :k"), {"k": d})
-                        c.execute(sa.text(f"INSERT INTO {t} (id, v, n) VALUES (:k, 'again', 0) "
-                                          "ON CONFLICT (id) DO NOTHING"), {"k": d})
+                        c.execute(
+                            sa.text(
+                                f"INSERT INTO {t} (id, v, n) VALUES (:k, 'again', 0) "
+                                "ON CONFLICT (id) DO NOTHING"
+                            ),
+                            {"k": d},
+                        )
             self.writes += 1
             time.sleep(0.01)
 
@@ -107,15 +120,24 @@ def _create(source: sa.Engine, name: str, change_time: bool) -> str:
     ct = ", updated_at timestamptz NOT NULL DEFAULT clock_timestamp()" if change_time else ""
     with source.begin() as c:
         c.execute(sa.text(f"CREATE TABLE {t} (id int PRIMARY KEY, v text, n int NOT NULL{ct})"))
-        c.execute(sa.text(f"INSERT INTO {t} (id, v, n) SELECT g, 'v' || g, 0 "
-                          f"FROM generate_series(1, {ROWS}) g"))
+        c.execute(
+            sa.text(
+                f"INSERT INTO {t} (id, v, n) SELECT g, 'v' || g, 0 "
+                f"FROM generate_series(1, {ROWS}) g"
+            )
+        )
     return t
 
 
 @pytest.fixture()
-def live(services: Any, source_engine: sa.Engine, target_engine: sa.Engine,
-         debezium: Callable[..., Any], unique_name: Callable[[str], str],
-         monkeypatch: pytest.MonkeyPatch) -> Iterator[Live]:
+def live(
+    services: Any,
+    source_engine: sa.Engine,
+    target_engine: sa.Engine,
+    debezium: Callable[..., Any],
+    unique_name: Callable[[str], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Live]:
     windowed = _create(source_engine, unique_name("w"), True)
     whole = _create(source_engine, unique_name("p"), False)
     connector = debezium([windowed, whole])
@@ -135,8 +157,9 @@ def live(services: Any, source_engine: sa.Engine, target_engine: sa.Engine,
         monkeypatch.setenv(k, v)
     settings = Settings()
     command.sync_tables(settings, [windowed, whole])
-    lv = Live(windowed, whole, group, connector.topic_prefix, settings, source_engine,
-              target_engine)
+    lv = Live(
+        windowed, whole, group, connector.topic_prefix, settings, source_engine, target_engine
+    )
     lv.start_consumer()
     try:
         lv.caught_up()
@@ -150,12 +173,15 @@ def live(services: Any, source_engine: sa.Engine, target_engine: sa.Engine,
         with target_engine.begin() as c:
             for t in (windowed, whole):
                 c.execute(sa.text(f"DROP TABLE IF EXISTS {t}"))
-                for stmt in ("DELETE FROM cdcr.discrepancies WHERE table_name = :t",
-                             "DELETE FROM cdcr.extra_rows_archive WHERE table_name = :t",
-                             "DELETE FROM cdcr.reconcile_runs WHERE table_name = :t",
-                             "DELETE FROM cdcr.watermarks WHERE table_name = :t",
-                             "DELETE FROM cdcr.deferred_keys WHERE table_name = :t",
-                             "DELETE FROM cdcr.tombstones WHERE table_name = :t"):
+                for stmt in (
+                    "DELETE FROM cdcr.discrepancies WHERE table_name = :t",
+                    "DELETE FROM cdcr.extra_rows_archive WHERE table_name = :t",
+                    "DELETE FROM cdcr.reconcile_runs WHERE table_name = :t",
+                    "DELETE FROM cdcr.watermarks WHERE table_name = :t",
+                    "DELETE FROM cdcr.deferred_keys WHERE table_name = :t",
+                    "DELETE FROM cdcr.tombstones WHERE table_name = :t",
+                ):
                     c.execute(sa.text(stmt), {"t": t})
-            c.execute(sa.text("DELETE FROM cdcr.applied_offsets WHERE consumer_group = :g"),
-                      {"g": group})
+            c.execute(
+                sa.text("DELETE FROM cdcr.applied_offsets WHERE consumer_group = :g"), {"g": group}
+            )

@@ -15,15 +15,23 @@ from cdc_reconciler.cli import app
 CDC_DDL = ", _cdc_pos numeric(40,0) NOT NULL DEFAULT 0, _cdc_ts timestamptz NOT NULL DEFAULT now()"
 
 
-def create_pair(source: sa.Engine, target: sa.Engine, name: str, source_cols: str,
-                target_cols: str | None = None, *, schema: str = "public") -> str:
+def create_pair(
+    source: sa.Engine,
+    target: sa.Engine,
+    name: str,
+    source_cols: str,
+    target_cols: str | None = None,
+    *,
+    schema: str = "public",
+) -> str:
     """Create ``schema.name`` on both sides (target_cols default: source_cols) and return the
     qualified name."""
     with source.begin() as c:
         c.execute(sa.text(f'CREATE TABLE "{schema}"."{name}" ({source_cols})'))
     with target.begin() as c:
-        c.execute(sa.text(f'CREATE TABLE "{schema}"."{name}" ({target_cols or source_cols}'
-                          f'{CDC_DDL})'))
+        c.execute(
+            sa.text(f'CREATE TABLE "{schema}"."{name}" ({target_cols or source_cols}{CDC_DDL})')
+        )
     return f"{schema}.{name}"
 
 
@@ -58,12 +66,14 @@ class Case:
 
 def applied(target: sa.Engine, c: Case, last_event_time: datetime, next_offset: int = 10) -> None:
     with target.begin() as conn:
-        conn.execute(sa.text(
-            "INSERT INTO cdcr.applied_offsets (consumer_group, topic, partition, next_offset, "
-            "last_event_time) VALUES (:g, :t, 0, :o, :l) ON CONFLICT (consumer_group, topic, "
-            "partition) DO UPDATE SET next_offset = :o, last_event_time = :l"),
-            {"g": c.group, "t": c.topic, "o": next_offset, "l": last_event_time})
-
+        conn.execute(
+            sa.text(
+                "INSERT INTO cdcr.applied_offsets (consumer_group, topic, partition, next_offset, "
+                "last_event_time) VALUES (:g, :t, 0, :o, :l) ON CONFLICT (consumer_group, topic, "
+                "partition) DO UPDATE SET next_offset = :o, last_event_time = :l"
+            ),
+            {"g": c.group, "t": c.topic, "o": next_offset, "l": last_event_time},
+        )
 
 
 def cli(*args: str) -> tuple[int, str]:

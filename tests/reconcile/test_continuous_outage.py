@@ -41,13 +41,17 @@ def test_continuous_reconcile_waits_out_a_target_outage(
     passes: list[int] = []
     errors: list[BaseException] = []
 
+    def should_stop() -> bool:
+        passes.append(1)
+        return stop.is_set()
+
     def run() -> None:
         try:
             reconcile(
                 settings,
                 tables=[q],
                 once=False,
-                should_stop=lambda: passes.append(1) is not None or stop.is_set(),
+                should_stop=should_stop,
             )
         except BaseException as exc:  # noqa: BLE001 - the test asserts none escapes
             errors.append(exc)

@@ -32,23 +32,34 @@ def plant(lv: Live) -> dict[str, set[tuple[str, int]]]:
             c.execute(sa.text(f"UPDATE {t} SET v = 'corrupt' WHERE id = 1200"))
             c.execute(sa.text(f"UPDATE {t} SET n = 99 WHERE id = 1900"))
             extra_ct = ", updated_at" if t == lv.windowed else ""
-            c.execute(sa.text(f"INSERT INTO {t} (id, v, n{extra_ct}, _cdc_pos, _cdc_ts) "
-                              f"SELECT 5000, 'ghost', 1{extra_ct}, _cdc_pos, _cdc_ts FROM {t} "
-                              "WHERE id = 1300"))
-            out[t] = {("missing", 1100), ("missing", 1500), ("mismatched", 1200),
-                      ("mismatched", 1900), ("extra", 5000)}
+            c.execute(
+                sa.text(
+                    f"INSERT INTO {t} (id, v, n{extra_ct}, _cdc_pos, _cdc_ts) "
+                    f"SELECT 5000, 'ghost', 1{extra_ct}, _cdc_pos, _cdc_ts FROM {t} "
+                    "WHERE id = 1300"
+                )
+            )
+            out[t] = {
+                ("missing", 1100),
+                ("missing", 1500),
+                ("mismatched", 1200),
+                ("mismatched", 1900),
+                ("extra", 5000),
+            }
     return out
 
 
 def reconcile_json(*args: str) -> tuple[int, dict[str, Any]]:
     code, out = cli("reconcile", "--once", "--json", *args)
     start = out.index("{")
-    return code, json.loads(out[start:out.rindex("}") + 1])
+    return code, json.loads(out[start : out.rindex("}") + 1])
 
 
 def found(data: dict[str, Any]) -> dict[str, set[tuple[str, int]]]:
-    return {t["table"]: {(d["kind"], d["key"][0]) for w in t["windows"]
-                         for d in w["differences"]} for t in data["tables"]}
+    return {
+        t["table"]: {(d["kind"], d["key"][0]) for w in t["windows"] for d in w["differences"]}
+        for t in data["tables"]
+    }
 
 
 def deferred(data: dict[str, Any]) -> int:
@@ -75,14 +86,26 @@ def test_planted_damage_is_reported_exactly_while_a_writer_runs(live: Live) -> N
     assert found(rep) == expected
     writes = lv.writes
     with lv.target.connect() as c:
-        audit = {(r.table_name, r.kind, json.loads(r.key)[0], r.action) for r in c.execute(sa.text(
-            "SELECT table_name, kind, key, action FROM cdcr.discrepancies "
-            "WHERE table_name IN (:a, :b)"), {"a": lv.windowed, "b": lv.whole})}
-        repaired = c.execute(sa.text(
-            "SELECT coalesce(sum((counts->>'repaired')::int), 0) FROM cdcr.reconcile_runs "
-            "WHERE table_name IN (:a, :b)"), {"a": lv.windowed, "b": lv.whole}).scalar()
+        audit = {
+            (r.table_name, r.kind, json.loads(r.key)[0], r.action)
+            for r in c.execute(
+                sa.text(
+                    "SELECT table_name, kind, key, action FROM cdcr.discrepancies "
+                    "WHERE table_name IN (:a, :b)"
+                ),
+                {"a": lv.windowed, "b": lv.whole},
+            )
+        }
+        repaired = c.execute(
+            sa.text(
+                "SELECT coalesce(sum((counts->>'repaired')::int), 0) FROM cdcr.reconcile_runs "
+                "WHERE table_name IN (:a, :b)"
+            ),
+            {"a": lv.windowed, "b": lv.whole},
+        ).scalar()
     assert {(t, k, key) for t, k, key, _ in audit} == {
-        (t, k, key) for t, s in expected.items() for k, key in s}
+        (t, k, key) for t, s in expected.items() for k, key in s
+    }
     assert {a for _, k, _, a in audit if k != "extra"} <= {"replayed", "upserted"}
     assert {a for _, k, _, a in audit if k == "extra"} == {"reported"}
     assert repaired == 8  # 4 keys per table; the extra rows wait for review
@@ -113,8 +136,9 @@ def delete_in_flight(lv: Live, services: Any, table: str, key: int) -> dict[str,
     with lv.source.begin() as c:
         c.execute(sa.text(f"DELETE FROM {table} WHERE id = :k"), {"k": key})
     # The delete (and its tombstone) is in Kafka, not applied: the target still has the row.
-    wait_for("the delete in Kafka",
-             lambda: count_records(services.kafka_bootstrap, topic) >= before + 2)
+    wait_for(
+        "the delete in Kafka", lambda: count_records(services.kafka_bootstrap, topic) >= before + 2
+    )
     result: dict[str, Any] = {}
 
     def reconcile() -> None:
@@ -129,7 +153,8 @@ def delete_in_flight(lv: Live, services: Any, table: str, key: int) -> dict[str,
     t.join(180)
     code, data = result["r"]
     assert code == 0, data
-    return data
+    doc: dict[str, Any] = data
+    return doc
 
 
 def _n(engine: sa.Engine, table: str, key: int) -> Any:
@@ -138,8 +163,12 @@ def _n(engine: sa.Engine, table: str, key: int) -> Any:
 
 
 @pytest.mark.parametrize("which", ["windowed", "whole"])
-def test_a_delete_in_flight_is_not_reported(live: Live, services: Any,  # noqa: F811
-                                            which: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_delete_in_flight_is_not_reported(
+    live: Live,  # noqa: F811 - the fixture imported above
+    services: Any,
+    which: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("CDCR_RECONCILE__WINDOW_S", "1")
     table = getattr(live, which)
     data = delete_in_flight(live, services, table, 1700)

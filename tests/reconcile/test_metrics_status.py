@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
@@ -22,15 +23,18 @@ from .helpers import T0, Case, applied, cli, run
 
 def samples(metrics: ReconcileMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     text = generate_latest(metrics.registry).decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
 
 
 def settings_of(c: Case) -> Settings:
     return Settings.model_validate(yaml.safe_load(c.config.read_text()))
 
 
-def lagging_then_idle():
+def lagging_then_idle() -> Callable[[list[tuple[str, int]]], dict[tuple[str, int], int]]:
     """Log ends for a group that is behind when closure is computed (the first lookup: end 99,
     the group at 10) and has reached its log end by the time candidates are confirmed (end 10):
     the differences found are then confirmed, not deferred as in flight."""
@@ -47,19 +51,28 @@ def plant(source: sa.Engine, target: sa.Engine, c: Case) -> None:
     t = c.table
     run(target, f"DELETE FROM {t} WHERE id IN (5, 250)")
     run(target, f"UPDATE {t} SET v = 'corrupt' WHERE id = 120")
-    run(target, f"INSERT INTO {t} (id, v, amount, updated_at) VALUES "
-                "(9001, 'ghost', 1, '2026-01-01 00:12Z')")
+    run(
+        target,
+        f"INSERT INTO {t} (id, v, amount, updated_at) VALUES "
+        "(9001, 'ghost', 1, '2026-01-01 00:12Z')",
+    )
 
 
-def test_metrics_after_one_pass(source_engine: sa.Engine, target_engine: sa.Engine,
-                                case: Case) -> None:
+def test_metrics_after_one_pass(
+    source_engine: sa.Engine, target_engine: sa.Engine, case: Case
+) -> None:
     # Events applied up to 00:22 and more to come: closed through 00:21:30, grid 00:20.
     applied(target_engine, case, T0 + timedelta(minutes=22))
     plant(source_engine, target_engine, case)
     m = ReconcileMetrics()
     now = T0 + timedelta(hours=1)
-    [report] = command.reconcile(settings_of(case), tables=[case.table], now_getter=lambda: now,
-                                 log_ends=lagging_then_idle(), metrics=m)
+    [report] = command.reconcile(
+        settings_of(case),
+        tables=[case.table],
+        now_getter=lambda: now,
+        log_ends=lagging_then_idle(),
+        metrics=m,
+    )
     assert report.reconciled_through == T0 + timedelta(minutes=20)
     got = samples(m)
     t = (("table", case.table),)
@@ -77,22 +90,32 @@ def test_metrics_after_one_pass(source_engine: sa.Engine, target_engine: sa.Engi
     assert got[("cdcr_reconcile_review_oldest_age_seconds", t)] >= 0
     assert got[("cdcr_reconcile_deferred_total", t)] == 0  # nothing was in flight
     assert got[("cdcr_reconcile_windows_behind", t)] == 0
-    assert got[("cdcr_reconcile_last_verified_timestamp_seconds", t)] == (
-        T0 + timedelta(minutes=20)).timestamp()
+    assert (
+        got[("cdcr_reconcile_last_verified_timestamp_seconds", t)]
+        == (T0 + timedelta(minutes=20)).timestamp()
+    )
 
     # Later the consumer moves on to 00:47: five more windows are closed and behind.
     applied(target_engine, case, T0 + timedelta(minutes=47))
-    status = command.status(settings_of(case), now_getter=lambda: now,
-                            log_ends=lambda tps: {tp: 99 for tp in tps})
+    status = command.status(
+        settings_of(case), now_getter=lambda: now, log_ends=lambda tps: {tp: 99 for tp in tps}
+    )
     [gap] = [g for g in status["gaps"] if g["table"] == case.table]
     assert gap["windows_behind"] == 5 and status["kafka"] == {"log_ends": "ok", "error": None}
     assert [w["end"] for w in gap["windows"]] == [
-        (T0 + timedelta(minutes=m)).isoformat() for m in (45, 40, 35, 30, 25)]
+        (T0 + timedelta(minutes=m)).isoformat() for m in (45, 40, 35, 30, 25)
+    ]
 
     # A dry pass counts what it finds but repairs nothing; the gauges follow the watermark.
     run(target_engine, f"UPDATE {case.table} SET v = 'again' WHERE id = 530")  # window 00:25
-    command.reconcile(settings_of(case), tables=[case.table], now_getter=lambda: now,
-                      log_ends=lagging_then_idle(), metrics=m, dry_run=True)
+    command.reconcile(
+        settings_of(case),
+        tables=[case.table],
+        now_getter=lambda: now,
+        log_ends=lagging_then_idle(),
+        metrics=m,
+        dry_run=True,
+    )
     got = samples(m)
     assert got[("cdcr_reconcile_discrepancies_found_total", kind("mismatched"))] == 2
     assert got[("cdcr_reconcile_repaired_total", t)] == 3
@@ -118,12 +141,15 @@ def test_metrics_endpoint(case: Case) -> None:
         server.server_close()
 
 
-def test_status_gaps_newest_first_and_kafka_unavailable(target_engine: sa.Engine,
-                                                        case: Case) -> None:
+def test_status_gaps_newest_first_and_kafka_unavailable(
+    target_engine: sa.Engine, case: Case
+) -> None:
     applied(target_engine, case, T0 + timedelta(minutes=17), next_offset=10)
     with target_engine.begin() as conn:
-        conn.execute(sa.text("INSERT INTO cdcr.watermarks (table_name, reconciled_through) "
-                             "VALUES (:t, :w)"), {"t": case.table, "w": T0 + timedelta(minutes=5)})
+        conn.execute(
+            sa.text("INSERT INTO cdcr.watermarks (table_name, reconciled_through) VALUES (:t, :w)"),
+            {"t": case.table, "w": T0 + timedelta(minutes=5)},
+        )
     now = T0 + timedelta(hours=1)
     asked: list[list[tuple[str, int]]] = []
 
@@ -138,14 +164,20 @@ def test_status_gaps_newest_first_and_kafka_unavailable(target_engine: sa.Engine
     assert gap["closed_through"] == (T0 + timedelta(minutes=15)).isoformat()
     assert gap["windows_behind"] == 2 and gap["behind_s"] == 600
     assert gap["windows"] == [
-        {"start": (T0 + timedelta(minutes=10)).isoformat(),
-         "end": (T0 + timedelta(minutes=15)).isoformat()},
-        {"start": (T0 + timedelta(minutes=5)).isoformat(),
-         "end": (T0 + timedelta(minutes=10)).isoformat()}]
+        {
+            "start": (T0 + timedelta(minutes=10)).isoformat(),
+            "end": (T0 + timedelta(minutes=15)).isoformat(),
+        },
+        {
+            "start": (T0 + timedelta(minutes=5)).isoformat(),
+            "end": (T0 + timedelta(minutes=10)).isoformat(),
+        },
+    ]
 
     # Idle at its log end: closure follows the clock.
-    st = command.status(settings_of(case), now_getter=lambda: now,
-                        log_ends=lambda tps: {tp: 10 for tp in tps})
+    st = command.status(
+        settings_of(case), now_getter=lambda: now, log_ends=lambda tps: {tp: 10 for tp in tps}
+    )
     [gap] = [g for g in st["gaps"] if g["table"] == case.table]
     assert gap["windows_behind"] == 10  # 00:05 .. 00:55
 

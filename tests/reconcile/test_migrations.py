@@ -13,8 +13,13 @@ from alembic.script import ScriptDirectory
 from cdc_reconciler import migrations
 from cdc_reconciler.config import Settings
 
-RECONCILE_TABLES = {"watermarks", "reconcile_runs", "discrepancies", "extra_rows_archive",
-                    "deferred_keys"}
+RECONCILE_TABLES = {
+    "watermarks",
+    "reconcile_runs",
+    "discrepancies",
+    "extra_rows_archive",
+    "deferred_keys",
+}
 
 
 @pytest.fixture()
@@ -36,9 +41,11 @@ def _tables(url: str) -> set[str]:
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(sa.text(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'cdcr'"
-            ))
+            rows = conn.execute(
+                sa.text(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = 'cdcr'"
+                )
+            )
             return {r[0] for r in rows}
     finally:
         engine.dispose()

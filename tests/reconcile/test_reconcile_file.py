@@ -635,25 +635,46 @@ def test_backfill_with_a_composite_text_key_and_missing_columns(
         "FROM generate_series(0, 59) g, unnest(ARRAY['acme', 'beta']) t",
     )
     run(target_engine, f"DELETE FROM {table} WHERE tenant = 'beta' AND day = '2026-01-05'")
-    rows = [{"tenant": t, "day": f"2026-01-{d:02d}", "note": "x"}
-            for t in ("acme", "beta") for d in range(1, 31)]
+    rows = [
+        {"tenant": t, "day": f"2026-01-{d:02d}", "note": "x"}
+        for t in ("acme", "beta")
+        for d in range(1, 31)
+    ]
     path = write_csv(tmp_path / "k.csv", rows)
-    code, data = run_json(str(path), "--table", table, "--key", "tenant,day", "--backfill-db",
-                          "--db-where", "day < '2026-01-31'")
+    code, data = run_json(
+        str(path),
+        "--table",
+        table,
+        "--key",
+        "tenant,day",
+        "--backfill-db",
+        "--db-where",
+        "day < '2026-01-31'",
+    )
     assert code == 1, data
     assert data["columns"]["not_compared_table_columns"] == ["n"]
     assert kinds(data)["missing_in_table"] == [["beta", "2026-01-05"]]
     assert data["counts"]["missing_in_file"] == 0 and data["counts"]["mismatched"] == 0
     assert data["backfill"]["inserted"] == 1
     with target_engine.connect() as c:
-        row = c.execute(sa.text(
-            f"SELECT n, note, _cdc_pos FROM {table} WHERE tenant = 'beta' AND day = '2026-01-05'"
-        )).one()
+        row = c.execute(
+            sa.text(
+                f"SELECT n, note, _cdc_pos FROM {table} WHERE tenant = 'beta' AND day = '2026-01-05'"
+            )
+        ).one()
     assert tuple(row) == (42, "x", 0)  # n, not in the file, took the table's default
     backed = Path(data["backfill"]["backup"]).read_text().splitlines()
     assert backed[0].startswith("tenant,day,n,note,_cdc_pos")
-    code, again = run_json(str(path), "--table", table, "--key", "tenant,day", "--dry-run",
-                           "--db-where", "day < '2026-01-31'")
+    code, again = run_json(
+        str(path),
+        "--table",
+        table,
+        "--key",
+        "tenant,day",
+        "--dry-run",
+        "--db-where",
+        "day < '2026-01-31'",
+    )
     assert code == 0 and again["status"] == "clean"
 
 
@@ -662,28 +683,44 @@ def test_a_database_error_fails_and_marks_the_audit_row_failed(
 ) -> None:
     table = make_table(fill=STD_FILL)
     path = write_csv(tmp_path / "x.csv", list(std_rows().values()))
-    code, out = cli("reconcile-file", str(path), "--table", table, "--key", "id",
-                    "--db-where", "no_such_column > 1")
+    code, out = cli(
+        "reconcile-file",
+        str(path),
+        "--table",
+        table,
+        "--key",
+        "id",
+        "--db-where",
+        "no_such_column > 1",
+    )
     assert code == 2 and "FAILED: database error" in out and "no_such_column" in out
     assert "Traceback" not in out
     with target_engine.connect() as c:
-        status, counts = c.execute(sa.text(
-            "SELECT status, counts FROM cdcr.reconcile_runs WHERE table_name = :t"),
-            {"t": table}).one()
+        status, counts = c.execute(
+            sa.text("SELECT status, counts FROM cdcr.reconcile_runs WHERE table_name = :t"),
+            {"t": table},
+        ).one()
     assert status == "failed" and "no_such_column" in counts["error"]
 
 
-def test_parquet_where_uses_the_files_types(
-    make_table: Callable[..., str], tmp_path: Path
-) -> None:
+def test_parquet_where_uses_the_files_types(make_table: Callable[..., str], tmp_path: Path) -> None:
     table = make_table(fill=STD_FILL)
     rows = std_rows()
     rows[7]["name"] = "changed"
     rows[250]["name"] = "changed"
     path = write_parquet(tmp_path / "w.parquet", list(rows.values()))
-    code, data = run_json(str(path), "--table", table, "--key", "id", "--dry-run",
-                          "--where", "id <= 100 AND amount > 5", "--db-where",
-                          "id <= 100 AND amount > 5")
+    code, data = run_json(
+        str(path),
+        "--table",
+        table,
+        "--key",
+        "id",
+        "--dry-run",
+        "--where",
+        "id <= 100 AND amount > 5",
+        "--db-where",
+        "id <= 100 AND amount > 5",
+    )
     assert code == 1
     assert data["file"]["rows"] == 96 and data["table"]["rows"] == 96
     assert [(d["kind"], d["key"]) for d in data["differences"]] == [("mismatched", {"id": "7"})]
@@ -702,8 +739,10 @@ def test_a_key_that_is_not_unique_in_the_table_is_reported_not_guessed(
     code, data = run_json(str(path), "--table", table, "--key", "code", "--dry-run")
     assert code == 1
     dups = [d for d in data["differences"] if d["kind"] == "duplicate_in_table"]
-    assert len(dups) == 19 and {"key": {"code": "c1"}, "kind": "duplicate_in_table",
-                                "occurrences": 2} in dups
+    assert (
+        len(dups) == 19
+        and {"key": {"code": "c1"}, "kind": "duplicate_in_table", "occurrences": 2} in dups
+    )
     assert data["counts"]["mismatched"] == 1 and data["counts"]["missing_in_table"] == 0
     assert [d["key"] for d in data["differences"] if d["kind"] != "duplicate_in_table"] == [
         {"code": "c0"}

@@ -22,7 +22,9 @@ def canon(pg_type: str, value: str | None) -> str | None:
     try:
         con.execute("SET TimeZone = 'UTC'")
         expr = duck_canonical(ColumnType("c", pg_type), "v")
-        row = con.execute(f"SELECT {expr} FROM (SELECT CAST(? AS VARCHAR) AS v)", [value]).fetchone()
+        row = con.execute(
+            f"SELECT {expr} FROM (SELECT CAST(? AS VARCHAR) AS v)", [value]
+        ).fetchone()
         return None if row is None else row[0]
     finally:
         con.close()
@@ -100,8 +102,9 @@ def test_joined_text_keeps_rows_apart_and_hashes_equally_in_both_dialects() -> N
         assert row("a,b", "c") != row("a", "b,c")
         assert row(None, "x") != row("~", "x") != row("", "x")
         assert row('a"', "b") == '"a""","b"'
-        [(h,)] = con.execute(f"SELECT {hash60(joined([('?', n)], duck=True), duck=True)}",
-                             ["7"]).fetchall()
+        [(h,)] = con.execute(
+            f"SELECT {hash60(joined([('?', n)], duck=True), duck=True)}", ["7"]
+        ).fetchall()
     finally:
         con.close()
     # md5('7') = 8f14e45fceea167a5a36dedd4bea2543; its first 15 hex digits as an integer, which

@@ -37,22 +37,39 @@ def idle(tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
 
 def table_rows(engine: sa.Engine, table: str) -> list[tuple[Any, ...]]:
     with engine.connect() as c:
-        return [tuple(r) for r in c.execute(sa.text(f"SELECT id, v, amount, updated_at FROM "
-                                                    f"{table} ORDER BY id"))]
+        return [
+            tuple(r)
+            for r in c.execute(
+                sa.text(f"SELECT id, v, amount, updated_at FROM {table} ORDER BY id")
+            )
+        ]
 
 
 def mark_row(engine: sa.Engine, table: str) -> tuple[Any, ...]:
     with engine.connect() as c:
-        return tuple(c.execute(sa.text(
-            "SELECT reconciled_through, state, updated_at FROM cdcr.watermarks "
-            "WHERE table_name = :t"), {"t": table}).one())
+        return tuple(
+            c.execute(
+                sa.text(
+                    "SELECT reconciled_through, state, updated_at FROM cdcr.watermarks "
+                    "WHERE table_name = :t"
+                ),
+                {"t": table},
+            ).one()
+        )
 
 
 def runs(engine: sa.Engine, table: str) -> list[dict[str, Any]]:
     with engine.connect() as c:
-        return [dict(r) for r in c.execute(sa.text(
-            "SELECT window_start, window_end, status, counts FROM cdcr.reconcile_runs "
-            "WHERE table_name = :t ORDER BY started"), {"t": table}).mappings()]
+        return [
+            dict(r)
+            for r in c.execute(
+                sa.text(
+                    "SELECT window_start, window_end, status, counts FROM cdcr.reconcile_runs "
+                    "WHERE table_name = :t ORDER BY started"
+                ),
+                {"t": table},
+            ).mappings()
+        ]
 
 
 def verified_once(target: sa.Engine, c: Case, monkeypatch: pytest.MonkeyPatch) -> Settings:
@@ -72,12 +89,17 @@ def damage(target: sa.Engine, c: Case) -> None:
 
 def samples(m: ReconcileMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     text = generate_latest(m.registry).decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
 
 
 def test_reverify_finds_damage_after_verification_without_moving_the_watermark(
-    source_engine: sa.Engine, target_engine: sa.Engine, case: Case,
+    source_engine: sa.Engine,
+    target_engine: sa.Engine,
+    case: Case,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     s = verified_once(target_engine, case, monkeypatch)
@@ -88,18 +110,27 @@ def test_reverify_finds_damage_after_verification_without_moving_the_watermark(
     later = T0 + 2 * 60 * M
 
     # --dry-run: found and reported, nothing written at all.
-    [dry] = command.reconcile(s, tables=[case.table], now_getter=lambda: later, log_ends=idle,
-                              reverify=True, dry_run=True)
+    [dry] = command.reconcile(
+        s, tables=[case.table], now_getter=lambda: later, log_ends=idle, reverify=True, dry_run=True
+    )
     assert dry.reverify and dry.found_in_history == 2
     assert {(d.kind.value, d.key) for w in dry.windows for d in w.differences} == {
-        ("mismatched", (120,)), ("missing", (250,))}
+        ("mismatched", (120,)),
+        ("missing", (250,)),
+    }
     assert table_rows(target_engine, case.table) == damaged
     assert runs(target_engine, case.table) == before_runs
     assert mark_row(target_engine, case.table) == mark
 
     # --since bounds the walk: the last 100 minutes of 02:00 start at 00:20, after the damage.
-    [bounded] = command.reconcile(s, tables=[case.table], now_getter=lambda: later,
-                                  log_ends=idle, reverify=True, since=timedelta(minutes=100))
+    [bounded] = command.reconcile(
+        s,
+        tables=[case.table],
+        now_getter=lambda: later,
+        log_ends=idle,
+        reverify=True,
+        since=timedelta(minutes=100),
+    )
     assert bounded.windows and bounded.found_in_history == 0
     assert min(w.window.start for w in bounded.windows) == T0 + 20 * M  # type: ignore[type-var]
     assert table_rows(target_engine, case.table) == damaged
@@ -112,20 +143,24 @@ def test_reverify_finds_damage_after_verification_without_moving_the_watermark(
 
     # The real pass: found in history, repaired through the same path, watermark untouched.
     m = ReconcileMetrics()
-    [rep] = command.reconcile(s, tables=[case.table], now_getter=lambda: later, log_ends=idle,
-                              reverify=True, metrics=m)
+    [rep] = command.reconcile(
+        s, tables=[case.table], now_getter=lambda: later, log_ends=idle, reverify=True, metrics=m
+    )
     assert rep.found_in_history == 2
     assert {w.status for w in rep.windows} <= {"clean", "repaired"}
     assert any(w.status == "repaired" for w in rep.windows)
     assert table_rows(target_engine, case.table) == table_rows(source_engine, case.table)
     assert mark_row(target_engine, case.table) == mark  # reconciled_through, state, updated_at
-    new = runs(target_engine, case.table)[len(before_runs):]
+    new = runs(target_engine, case.table)[len(before_runs) :]
     assert new and all(r["counts"]["reverify"] is True for r in new)
     assert sum(r["counts"]["found_in_history"] for r in new) == 2 + 0  # + the bounded pass
     with target_engine.connect() as c:
-        acts = dict(c.execute(sa.text(
-            "SELECT key, action FROM cdcr.discrepancies WHERE table_name = :t"),
-            {"t": case.table}).all())
+        acts: dict[str, str] = dict(
+            c.execute(
+                sa.text("SELECT key, action FROM cdcr.discrepancies WHERE table_name = :t"),
+                {"t": case.table},
+            ).all()
+        )
     assert acts == {"[120]": "upserted", "[250]": "upserted"}
     got = samples(m)
 
@@ -151,13 +186,30 @@ def test_sample_reverifies_n_random_windows(
     s = verified_once(target_engine, case, monkeypatch)
     before = len(runs(target_engine, case.table))
     later = T0 + 2 * 60 * M
-    [rep] = command.reconcile(s, tables=[case.table], now_getter=lambda: later, log_ends=idle,
-                              reverify=True, sample_windows=2, seed=7)
-    covered = sum(len(history.grid_windows(w.window.start, w.window.end, 5 * M))  # type: ignore[arg-type]
-                  for w in rep.windows)
+    [rep] = command.reconcile(
+        s,
+        tables=[case.table],
+        now_getter=lambda: later,
+        log_ends=idle,
+        reverify=True,
+        sample_windows=2,
+        seed=7,
+    )
+    covered = 0
+    for w in rep.windows:
+        assert w.window.start is not None  # re-verified windows are bounded
+        covered += len(history.grid_windows(w.window.start, w.window.end, 5 * M))
     assert covered == 2 and len(runs(target_engine, case.table)) == before + len(rep.windows)
-    again = command.reconcile(s, tables=[case.table], now_getter=lambda: later, log_ends=idle,
-                              reverify=True, sample_windows=2, seed=7, dry_run=True)
+    again = command.reconcile(
+        s,
+        tables=[case.table],
+        now_getter=lambda: later,
+        log_ends=idle,
+        reverify=True,
+        sample_windows=2,
+        seed=7,
+        dry_run=True,
+    )
     assert [w.window for w in again[0].windows] == [w.window for w in rep.windows]  # repeatable
 
 
@@ -170,12 +222,22 @@ def test_background_budget_rechecks_oldest_verified_first(
     mark = mark_row(target_engine, case.table)
     # Two hours later every window is due; a continuous pass re-checks three, then stops.
     stops = iter([True])
-    reports = command.reconcile(s, tables=[case.table], now_getter=lambda: T0 + 3 * 60 * M,
-                                log_ends=idle, once=False, should_stop=lambda: next(stops))
+    reports = command.reconcile(
+        s,
+        tables=[case.table],
+        now_getter=lambda: T0 + 3 * 60 * M,
+        log_ends=idle,
+        once=False,
+        should_stop=lambda: next(stops),
+    )
     hist = [r for r in reports if r.reverify]
     assert len(hist) == 1
     windows = [w.window for w in hist[0].windows]
-    covered = sum(len(history.grid_windows(w.start, w.end, 5 * M)) for w in windows)  # type: ignore[arg-type]
+    covered = 0
+    for w in windows:
+        assert w.start is not None
+        covered += len(history.grid_windows(w.start, w.end, 5 * M))
+
     # The three windows verified longest ago (at 01:00), oldest first; the watermark moved only
     # by the incremental pass over the newly closed quiet stretch, 00:55 -> 02:55.
     assert covered == 3 and windows == [Window(T0, T0 + 15 * M)]
@@ -183,8 +245,14 @@ def test_background_budget_rechecks_oldest_verified_first(
     assert mark_row(target_engine, case.table)[0] == T0 + 175 * M
     # The next pass takes the windows verified longest ago, not the ones it just checked.
     stops = iter([True])
-    reports = command.reconcile(s, tables=[case.table], now_getter=lambda: T0 + 3 * 60 * M + M,
-                                log_ends=idle, once=False, should_stop=lambda: next(stops))
+    reports = command.reconcile(
+        s,
+        tables=[case.table],
+        now_getter=lambda: T0 + 3 * 60 * M + M,
+        log_ends=idle,
+        once=False,
+        should_stop=lambda: next(stops),
+    )
     second = [w.window for r in reports if r.reverify for w in r.windows]
     assert second and not {(w.start, w.end) for w in second} & {(w.start, w.end) for w in windows}
 
@@ -194,40 +262,60 @@ def test_status_orders_failed_and_unverified_windows_by_priority(
 ) -> None:
     applied(target_engine, case, T0 + 22 * M)  # lagging (end 99): closed through 00:21:30
     with target_engine.begin() as c:
-        c.execute(sa.text("INSERT INTO cdcr.watermarks (table_name, reconciled_through) "
-                          "VALUES (:t, :w)"), {"t": case.table, "w": T0 + 5 * M})
-        c.execute(sa.text(
-            "INSERT INTO cdcr.reconcile_runs (run_id, table_name, window_start, window_end, "
-            "started, finished, status, counts) VALUES (gen_random_uuid(), :t, :s, :e, :s, :e, "
-            "'unresolved', CAST(:c AS jsonb))"),
-            {"t": case.table, "s": T0 + 5 * M, "e": T0 + 10 * M,
-             "c": json.dumps({"missing": 2, "mismatched": 1})})
+        c.execute(
+            sa.text("INSERT INTO cdcr.watermarks (table_name, reconciled_through) VALUES (:t, :w)"),
+            {"t": case.table, "w": T0 + 5 * M},
+        )
+        c.execute(
+            sa.text(
+                "INSERT INTO cdcr.reconcile_runs (run_id, table_name, window_start, window_end, "
+                "started, finished, status, counts) VALUES (gen_random_uuid(), :t, :s, :e, :s, :e, "
+                "'unresolved', CAST(:c AS jsonb))"
+            ),
+            {
+                "t": case.table,
+                "s": T0 + 5 * M,
+                "e": T0 + 10 * M,
+                "c": json.dumps({"missing": 2, "mismatched": 1}),
+            },
+        )
     now = T0 + 60 * M
-    st = command.status(settings_of(case), now_getter=lambda: now,
-                        log_ends=lambda tps: {tp: 99 for tp in tps})
+    st = command.status(
+        settings_of(case), now_getter=lambda: now, log_ends=lambda tps: {tp: 99 for tp in tps}
+    )
     mine = [p for p in st["priorities"] if p["table"] == case.table]
     # The unresolved window first, then the unverified ones, older first (100 rows each).
     assert [(p["status"], p["window_start"]) for p in mine] == [
         ("unresolved", (T0 + 5 * M).isoformat()),
         ("unverified", (T0 + 10 * M).isoformat()),
-        ("unverified", (T0 + 15 * M).isoformat())]
+        ("unverified", (T0 + 15 * M).isoformat()),
+    ]
     assert [p["rows_changed"] for p in mine] == [100, 100, 100]
     assert mine[0]["differences"] == 3
     assert mine[0]["priority"] > mine[1]["priority"] > mine[2]["priority"]
-    assert mine[0]["next"].startswith(f"cdcr review list --table {case.table}; then cdcr "
-                                      f"reconcile --table {case.table} --once --from ")
+    assert mine[0]["next"].startswith(
+        f"cdcr review list --table {case.table}; then cdcr "
+        f"reconcile --table {case.table} --once --from "
+    )
     assert mine[1]["next"] == f"cdcr reconcile --table {case.table} --once"
 
     # Once a later run verifies the failed window, it leaves the list.
     with target_engine.begin() as c:
-        c.execute(sa.text(
-            "INSERT INTO cdcr.reconcile_runs (run_id, table_name, window_start, window_end, "
-            "started, finished, status) VALUES (gen_random_uuid(), :t, :s, :e, :f, :f, 'repaired')"),
-            {"t": case.table, "s": T0 + 5 * M, "e": T0 + 10 * M, "f": T0 + 11 * M})
-    st = command.status(settings_of(case), now_getter=lambda: now,
-                        log_ends=lambda tps: {tp: 99 for tp in tps})
+        c.execute(
+            sa.text(
+                "INSERT INTO cdcr.reconcile_runs (run_id, table_name, window_start, window_end, "
+                "started, finished, status) VALUES (gen_random_uuid(), :t, :s, :e, :f, :f, 'repaired')"
+            ),
+            {"t": case.table, "s": T0 + 5 * M, "e": T0 + 10 * M, "f": T0 + 11 * M},
+        )
+    st = command.status(
+        settings_of(case), now_getter=lambda: now, log_ends=lambda tps: {tp: 99 for tp in tps}
+    )
     assert [p["status"] for p in st["priorities"] if p["table"] == case.table] == [
-        "unverified", "unverified", "unverified"]
+        "unverified",
+        "unverified",
+        "unverified",
+    ]
 
 
 def test_cli_reverify_and_status_for_a_user(
@@ -236,8 +324,9 @@ def test_cli_reverify_and_status_for_a_user(
     verified_once(target_engine, case, monkeypatch)
     mark = mark_row(target_engine, case.table)
     cfg = ("--config", str(case.config))
-    code, out = cli("reconcile", "--reverify", "--since", "1000d", "--table", case.table,
-                    "--json", *cfg)
+    code, out = cli(
+        "reconcile", "--reverify", "--since", "1000d", "--table", case.table, "--json", *cfg
+    )
     assert code == 0, out
     data = json.loads(out)
     assert data["reverify"] is True and data["found_in_history"] == 0
@@ -247,11 +336,12 @@ def test_cli_reverify_and_status_for_a_user(
     code, out = cli("reconcile", "--reverify", "--since", "1000d", "--table", case.table, *cfg)
     assert code == 0 and "0 difference(s) found in history; watermark stays" in out, out
 
-    for args, said in ((("--since", "7d"), "--since and --full apply to --reverify only"),
-                       (("--reverify", "--full", "--sample", "2"), "alternatives"),
-                       (("--reverify", "--since", "soon"), "not a duration"),
-                       (("--reverify", "--since", "1d", "--from", "2026-01-01T00:00:00Z"),
-                        "alternatives")):
+    for args, said in (
+        (("--since", "7d"), "--since and --full apply to --reverify only"),
+        (("--reverify", "--full", "--sample", "2"), "alternatives"),
+        (("--reverify", "--since", "soon"), "not a duration"),
+        (("--reverify", "--since", "1d", "--from", "2026-01-01T00:00:00Z"), "alternatives"),
+    ):
         code, out = cli("reconcile", "--table", case.table, *args, *cfg)
         assert code == 1 and "FAILED: " in out and said in out, out
         assert "Traceback" not in out
@@ -265,19 +355,24 @@ def test_cli_reverify_and_status_for_a_user(
     assert lines[at + 2].startswith("  oldest verification ") and " ago (window from " in out
     # A window of history that stayed unresolved (started after every verification of it).
     with target_engine.begin() as c:
-        c.execute(sa.text(
-            "INSERT INTO cdcr.reconcile_runs (run_id, table_name, window_start, window_end, "
-            "started, finished, status, counts) VALUES (gen_random_uuid(), :t, :s, :e, "
-            "clock_timestamp(), clock_timestamp(), 'unresolved', '{\"missing\": 1}')"),
-            {"t": case.table, "s": T0 + 5 * M, "e": T0 + 10 * M})
+        c.execute(
+            sa.text(
+                "INSERT INTO cdcr.reconcile_runs (run_id, table_name, window_start, window_end, "
+                "started, finished, status, counts) VALUES (gen_random_uuid(), :t, :s, :e, "
+                "clock_timestamp(), clock_timestamp(), 'unresolved', '{\"missing\": 1}')"
+            ),
+            {"t": case.table, "s": T0 + 5 * M, "e": T0 + 10 * M},
+        )
     code, out = cli("status", "--json", *cfg)
     st = json.loads(out)
     assert {"verification", "priorities", "priorities_total"} <= st.keys()
     [p] = [x for x in st["priorities"] if x["table"] == case.table]
     assert p["status"] == "unresolved" and p["differences"] == 1 and p["rows_changed"] == 100
-    assert p["next"] == (f"cdcr review list --table {case.table}; then cdcr reconcile --table "
-                         f"{case.table} --reverify --from {(T0 + 5 * M).isoformat()} "
-                         f"--to {(T0 + 10 * M).isoformat()}")
+    assert p["next"] == (
+        f"cdcr review list --table {case.table}; then cdcr reconcile --table "
+        f"{case.table} --reverify --from {(T0 + 5 * M).isoformat()} "
+        f"--to {(T0 + 10 * M).isoformat()}"
+    )
     code, out = cli("status", "--wide", *cfg)
     assert code == 0 and "to verify next" in out, out
     code, out = cli("status", *cfg)
@@ -304,7 +399,9 @@ def test_durations_and_window_choice() -> None:
 
 
 def test_reverify_defers_a_change_in_flight_instead_of_reporting_it(
-    target_engine: sa.Engine, source_engine: sa.Engine, case: Case,
+    target_engine: sa.Engine,
+    source_engine: sa.Engine,
+    case: Case,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     s = verified_once(target_engine, case, monkeypatch)
@@ -314,30 +411,47 @@ def test_reverify_defers_a_change_in_flight_instead_of_reporting_it(
     # inside a verified window (the change-time column kept, as a created_at column would be).
     run(source_engine, f"UPDATE {case.table} SET v = 'new' WHERE id = 130")
     target_before = table_rows(target_engine, case.table)
-    [rep] = command.reconcile(s, tables=[case.table], now_getter=lambda: T0 + 2 * 60 * M,
-                              log_ends=lambda tps: {tp: 99 for tp in tps}, reverify=True)
+    [rep] = command.reconcile(
+        s,
+        tables=[case.table],
+        now_getter=lambda: T0 + 2 * 60 * M,
+        log_ends=lambda tps: {tp: 99 for tp in tps},
+        reverify=True,
+    )
     assert rep.found_in_history == 0
     assert [(k, why) for w in rep.windows for k, why in w.deferred] == [((130,), "not_caught_up")]
     assert table_rows(target_engine, case.table) == target_before
     with target_engine.connect() as c:
-        assert c.execute(sa.text("SELECT count(*) FROM cdcr.discrepancies WHERE table_name = :t"),
-                         {"t": case.table}).scalar() == 0
+        assert (
+            c.execute(
+                sa.text("SELECT count(*) FROM cdcr.discrepancies WHERE table_name = :t"),
+                {"t": case.table},
+            ).scalar()
+            == 0
+        )
 
 
 def test_reverify_a_table_without_change_time_compares_it_whole(
-    source_engine: sa.Engine, target_engine: sa.Engine, case: Case,
+    source_engine: sa.Engine,
+    target_engine: sa.Engine,
+    case: Case,
 ) -> None:
     # The same table, configured without its change-time column: one window, the whole table.
     case.config.write_text(yaml.safe_dump({"tables": {case.table: {}}}))
     applied(target_engine, case, T0 + 30 * M)
     s = settings_of(case)
-    [rep] = command.reconcile(s, tables=[case.table], now_getter=lambda: T0 + 60 * M,
-                              log_ends=idle)
+    [rep] = command.reconcile(s, tables=[case.table], now_getter=lambda: T0 + 60 * M, log_ends=idle)
     assert rep.reconciled_through == T0 + 55 * M
     mark = mark_row(target_engine, case.table)
     run(target_engine, f"DELETE FROM {case.table} WHERE id = 599")
-    [rep] = command.reconcile(s, tables=[case.table], now_getter=lambda: T0 + 2 * 60 * M,
-                              log_ends=idle, reverify=True, since=timedelta(minutes=5))
+    [rep] = command.reconcile(
+        s,
+        tables=[case.table],
+        now_getter=lambda: T0 + 2 * 60 * M,
+        log_ends=idle,
+        reverify=True,
+        since=timedelta(minutes=5),
+    )
     assert [(w.window.start, w.window.end) for w in rep.windows] == [(None, T0 + 55 * M)]
     assert rep.found_in_history == 1 and rep.windows[0].status == "repaired"
     assert table_rows(target_engine, case.table) == table_rows(source_engine, case.table)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -14,10 +15,11 @@ from cdc_reconciler.connectors.target import key_text
 from .helpers import BASE_POS, Case, applied, cli, run
 
 
-def items(*args: str) -> list[dict]:
+def items(*args: str) -> list[dict[str, Any]]:
     code, out = cli("review", "list", "--json", *args)
     assert code == 0, out
-    return json.loads(out)["items"]
+    found: list[dict[str, Any]] = json.loads(out)["items"]
+    return found
 
 
 def count(target: sa.Engine, sql: str, **params: object) -> int:
@@ -25,30 +27,38 @@ def count(target: sa.Engine, sql: str, **params: object) -> int:
         return int(c.execute(sa.text(sql), params).scalar_one())
 
 
-def test_review_round_trip(source_engine: sa.Engine, target_engine: sa.Engine,
-                           case: Case) -> None:
+def test_review_round_trip(source_engine: sa.Engine, target_engine: sa.Engine, case: Case) -> None:
     t = case.table
     applied(target_engine, case, datetime.now(UTC) + timedelta(hours=1))
     for k in (9001, 9002, 9003):  # rows only in the target (window 00:10-00:15)
-        run(target_engine, f"INSERT INTO {t} (id, v, amount, updated_at, _cdc_pos) VALUES "
-                           f"({k}, 'ghost', 1, '2026-01-01 00:12Z', {BASE_POS})")
+        run(
+            target_engine,
+            f"INSERT INTO {t} (id, v, amount, updated_at, _cdc_pos) VALUES "
+            f"({k}, 'ghost', 1, '2026-01-01 00:12Z', {BASE_POS})",
+        )
     code, out = cli("reconcile", "--table", t, "--once", "--config", str(case.config))
     assert code == 0, out
 
     queue = items("--table", t)
     assert [(i["kind"], i["key"], i["review_state"]) for i in queue] == [
-        ("extra", "[9001]", "open"), ("extra", "[9002]", "open"), ("extra", "[9003]", "open")]
+        ("extra", "[9001]", "open"),
+        ("extra", "[9002]", "open"),
+        ("extra", "[9003]", "open"),
+    ]
     assert items("--table", t, "--kind", "missing") == []
     ids = {i["key"]: i["id"] for i in queue}
 
     # A difference repair could not fix, recorded as reconcile records it (for --apply-source).
     run(target_engine, f"UPDATE {t} SET v = 'corrupt' WHERE id = 120")
     with target_engine.begin() as c:
-        mism = c.execute(sa.text(
-            "INSERT INTO cdcr.discrepancies (run_id, table_name, key, kind, columns, action, "
-            "review_state) SELECT run_id, table_name, :k, 'mismatched', ARRAY['v'], 'upserted', "
-            "'open' FROM cdcr.discrepancies WHERE id = :i RETURNING id"),
-            {"k": key_text([120]), "i": ids["[9001]"]}).scalar_one()
+        mism = c.execute(
+            sa.text(
+                "INSERT INTO cdcr.discrepancies (run_id, table_name, key, kind, columns, action, "
+                "review_state) SELECT run_id, table_name, :k, 'mismatched', ARRAY['v'], 'upserted', "
+                "'open' FROM cdcr.discrepancies WHERE id = :i RETURNING id"
+            ),
+            {"k": key_text([120]), "i": ids["[9001]"]},
+        ).scalar_one()
 
     code, out = cli("review", "show", str(ids["[9002]"]), "--json")
     assert code == 0, out
@@ -59,8 +69,16 @@ def test_review_round_trip(source_engine: sa.Engine, target_engine: sa.Engine,
     assert code == 0 and "target row now" in out, out
 
     # keep-target: recorded, nothing written.
-    code, out = cli("review", "resolve", str(ids["[9001]"]), "--keep-target", "--by", "alice",
-                    "--note", "a test row we keep")
+    code, out = cli(
+        "review",
+        "resolve",
+        str(ids["[9001]"]),
+        "--keep-target",
+        "--by",
+        "alice",
+        "--note",
+        "a test row we keep",
+    )
     assert code == 0, out
     assert count(target_engine, f"SELECT count(*) FROM {t} WHERE id = 9001") == 1
 
@@ -70,12 +88,18 @@ def test_review_round_trip(source_engine: sa.Engine, target_engine: sa.Engine,
     assert count(target_engine, f"SELECT count(*) FROM {t} WHERE id = 9002") == 0
     archived = "SELECT count(*) FROM cdcr.extra_rows_archive WHERE table_name = :t AND key = :k"
     assert count(target_engine, archived, t=t, k=key_text([9002])) == 1
-    assert count(target_engine, "SELECT count(*) FROM cdcr.tombstones WHERE table_name = :t "
-                                "AND key = :k", t=t, k=key_text([9002])) == 1
+    assert (
+        count(
+            target_engine,
+            "SELECT count(*) FROM cdcr.tombstones WHERE table_name = :t AND key = :k",
+            t=t,
+            k=key_text([9002]),
+        )
+        == 1
+    )
 
     # apply-source on an extra row (the source has none) deletes it; on a mismatch it upserts.
-    code, out = cli("review", "resolve", str(ids["[9003]"]), str(mism), "--apply-source",
-                    "--json")
+    code, out = cli("review", "resolve", str(ids["[9003]"]), str(mism), "--apply-source", "--json")
     assert code == 0, out
     outcomes = {r["key"]: r["outcome"] for r in json.loads(out)["resolved"]}
     assert outcomes == {"[9003]": "deleted", "[120]": "upserted"}
@@ -109,8 +133,11 @@ def test_review_round_trip(source_engine: sa.Engine, target_engine: sa.Engine,
 def test_status_shows_the_open_queue(target_engine: sa.Engine, case: Case) -> None:
     t = case.table
     applied(target_engine, case, datetime.now(UTC) + timedelta(hours=1))
-    run(target_engine, f"INSERT INTO {t} (id, v, amount, updated_at, _cdc_pos) VALUES "
-                       f"(9001, 'ghost', 1, '2026-01-01 00:12Z', {BASE_POS})")
+    run(
+        target_engine,
+        f"INSERT INTO {t} (id, v, amount, updated_at, _cdc_pos) VALUES "
+        f"(9001, 'ghost', 1, '2026-01-01 00:12Z', {BASE_POS})",
+    )
     code, out = cli("reconcile", "--table", t, "--once", "--config", str(case.config))
     assert code == 0, out
     code, out = cli("status", "--json")

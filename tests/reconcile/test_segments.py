@@ -46,8 +46,10 @@ def test_composite_keys_split_lexicographically() -> None:
     assert children[2].contains_key((2, "zz"))
 
 
-@pytest.mark.parametrize(("lo", "hi", "parts"), [(0, 100, 4), (5, 7, 16), (-50, 1000003, 256),
-                                                  (0, 1, 8), (2**62, 2**63 - 1, 32)])
+@pytest.mark.parametrize(
+    ("lo", "hi", "parts"),
+    [(0, 100, 4), (5, 7, 16), (-50, 1000003, 256), (0, 1, 8), (2**62, 2**63 - 1, 32)],
+)
 def test_integer_split_points_partition_range(lo: int, hi: int, parts: int) -> None:
     pts = integer_split_points(lo, hi, parts)
     assert len(pts) <= parts - 1

@@ -18,8 +18,7 @@ def _never(tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
 
 def test_closure_is_the_slowest_partition_minus_grace() -> None:
     parts = [PartitionProgress("cdc.s.t", 0, 10, T), PartitionProgress("cdc.s.t", 1, 5, T - M5)]
-    got = closed_through(parts, G, T + timedelta(hours=1),
-                         lambda tps: {tp: 100 for tp in tps})
+    got = closed_through(parts, G, T + timedelta(hours=1), lambda tps: {tp: 100 for tp in tps})
     assert got == T - M5 - G
 
 
@@ -54,13 +53,14 @@ def test_windowed_first_window_covers_history_up_to_first_change() -> None:
 
 
 def test_until_caps_and_unwindowed_is_one_window() -> None:
-    got = list(closed_windows(T, None, T + timedelta(hours=1), M5, windowed=True,
-                              until=T + 2 * M5))
+    got = list(closed_windows(T, None, T + timedelta(hours=1), M5, windowed=True, until=T + 2 * M5))
     assert got == [Window(T, T + M5), Window(T + M5, T + 2 * M5)]
     assert list(closed_windows(T, None, T + timedelta(minutes=12), M5, windowed=False)) == [
-        Window(T, T + 2 * M5)]
-    assert list(closed_windows(T + 2 * M5, None, T + timedelta(minutes=12), M5,
-                               windowed=False)) == []
+        Window(T, T + 2 * M5)
+    ]
+    assert (
+        list(closed_windows(T + 2 * M5, None, T + timedelta(minutes=12), M5, windowed=False)) == []
+    )
 
 
 def test_gap_windows_newest_first_and_counted() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +32,7 @@ from cdc_reconciler.connectors.target import (
 )
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.stream import command
+from tests.conftest import Connector, Services
 from tests.helpers import count_records, forget_table, rows, settings_for, wait_for
 from tests.stream.pipeline import applied_counts, free_port, run_until_idle
 
@@ -41,15 +43,21 @@ COLS = "id, name, created_at, md5(big)"
 
 
 def test_partition_settings_are_validated() -> None:
-    m = TableMapping(partition_by={"column": "created_at", "interval": "6 hours"})
+    m = TableMapping.model_validate(
+        {"partition_by": {"column": "created_at", "interval": "6 hours"}}
+    )
     assert m.partition_column == "created_at"
-    assert TableMapping(hypertable={"time_column": "ts"}).partition_column == "ts"
-    for bad in ({"partition_by": {"column": "c", "interval": "1 month"}},
-                {"partition_by": {"column": "c", "interval": "day"}},
-                {"partition_by": {"column": "c", "interval": "0 days"}},
-                {"partition_by": {"column": "c"}, "hypertable": {"time_column": "c"}}):
+    assert (
+        TableMapping.model_validate({"hypertable": {"time_column": "ts"}}).partition_column == "ts"
+    )
+    for bad in (
+        {"partition_by": {"column": "c", "interval": "1 month"}},
+        {"partition_by": {"column": "c", "interval": "day"}},
+        {"partition_by": {"column": "c", "interval": "0 days"}},
+        {"partition_by": {"column": "c"}, "hypertable": {"time_column": "c"}},
+    ):
         with pytest.raises(ValidationError):
-            TableMapping(**bad)
+            TableMapping.model_validate(bad)
 
 
 def test_bucket_start_and_partition_names() -> None:
@@ -57,8 +65,9 @@ def test_bucket_start_and_partition_names() -> None:
     assert bucket_start(t, "1 day") == datetime(2024, 3, 5)  # noqa: DTZ001
     assert bucket_start(t, "6 hours") == datetime(2024, 3, 5, 12)  # noqa: DTZ001
     assert bucket_start(t, "1 week").weekday() == datetime(2000, 1, 1).weekday()  # noqa: DTZ001
-    table = TargetTable("s", "x" * 60, ("id",), ("id", "ts"), partition_column="ts",
-                        partition_interval="1 day")
+    table = TargetTable(
+        "s", "x" * 60, ("id",), ("id", "ts"), partition_column="ts", partition_interval="1 day"
+    )
     name = partition_name(table, datetime(2024, 3, 5))  # noqa: DTZ001
     assert len(name) <= 63 and name.endswith("_p20240305")
     short = TargetTable("s", "ev", ("id",), ("id", "ts"))
@@ -82,14 +91,22 @@ def test_compressed_chunk_decision() -> None:
 
 @pytest.mark.services
 def test_hypertable_without_timescaledb_fails_naming_the_extension(
-    services, source_engine, target_engine, unique_name, monkeypatch
-):
+    services: Services,
+    source_engine: sa.Engine,
+    target_engine: sa.Engine,
+    unique_name: Callable[[str], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     t = unique_name("ht")
     with source_engine.begin() as conn:
         conn.execute(sa.text(f"create table public.{t} (id int primary key, ts timestamptz)"))
     try:
-        monkeypatch.setenv("CDCR_TABLES", json.dumps(
-            {f"public.{t}": {"hypertable": {"time_column": "ts", "chunk_interval": "1 day"}}}))
+        monkeypatch.setenv(
+            "CDCR_TABLES",
+            json.dumps(
+                {f"public.{t}": {"hypertable": {"time_column": "ts", "chunk_interval": "1 day"}}}
+            ),
+        )
         settings = settings_for(monkeypatch)
         with pytest.raises(CdcrError, match="extension timescaledb"):
             command.sync_tables(settings, [f"public.{t}"])
@@ -106,15 +123,21 @@ def test_hypertable_without_timescaledb_fails_naming_the_extension(
 
 @pytest.mark.services
 def test_a_partition_column_that_is_not_a_time_fails_clearly(
-    services, source_engine, target_engine, unique_name, monkeypatch
-):
+    services: Services,
+    source_engine: sa.Engine,
+    target_engine: sa.Engine,
+    unique_name: Callable[[str], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     t = unique_name("pb")
     with source_engine.begin() as conn:
         conn.execute(sa.text(f"create table public.{t} (id int primary key, v text)"))
     try:
         for col, what in (("v", "of type text"), ("nope", "not a column of the source table")):
-            monkeypatch.setenv("CDCR_TABLES", json.dumps(
-                {f"public.{t}": {"partition_by": {"column": col, "interval": "1 day"}}}))
+            monkeypatch.setenv(
+                "CDCR_TABLES",
+                json.dumps({f"public.{t}": {"partition_by": {"column": col, "interval": "1 day"}}}),
+            )
             with pytest.raises(CdcrError, match=f"partition column '{col}' is {what}"):
                 command.sync_tables(settings_for(monkeypatch), [f"public.{t}"])
             assert reflect_table(target_engine, "public", t) is None
@@ -129,9 +152,15 @@ def _big() -> str:
 
 def _partitions(target: sa.Engine, table: str) -> list[str]:
     with target.connect() as conn:
-        return sorted(conn.execute(sa.text(
-            "select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid "
-            "where i.inhparent = to_regclass(:t)"), {"t": table}).scalars())
+        return sorted(
+            conn.execute(
+                sa.text(
+                    "select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid "
+                    "where i.inhparent = to_regclass(:t)"
+                ),
+                {"t": table},
+            ).scalars()
+        )
 
 
 def _reconcile(table: str, *args: str) -> tuple[int, dict[str, Any]]:
@@ -141,23 +170,47 @@ def _reconcile(table: str, *args: str) -> tuple[int, dict[str, Any]]:
 
 
 def _differences(report: dict[str, Any]) -> set[tuple[str, str]]:
-    return {(d["kind"], json.dumps(d["key"])) for t in report["tables"] for w in t["windows"]
-            for d in w.get("differences", [])}
+    return {
+        (d["kind"], json.dumps(d["key"]))
+        for t in report["tables"]
+        for w in t["windows"]
+        for d in w.get("differences", [])
+    }
 
 
 @pytest.fixture()
-def partitioned(services, source_engine, target_engine, debezium, unique_name, monkeypatch):
+def partitioned(
+    services: Services,
+    source_engine: sa.Engine,
+    target_engine: sa.Engine,
+    debezium: Callable[..., Connector],
+    unique_name: Callable[[str], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[dict[str, Any]]:
     t = unique_name("pt")
     q = f"public.{t}"
     with source_engine.begin() as conn:
-        conn.execute(sa.text(f"create table {q} (id int primary key, name text not null, "
-                             "created_at timestamptz not null, big text)"))  # REPLICA IDENTITY DEFAULT
+        conn.execute(
+            sa.text(
+                f"create table {q} (id int primary key, name text not null, "
+                "created_at timestamptz not null, big text)"
+            )
+        )  # REPLICA IDENTITY DEFAULT
         conn.execute(sa.text(f"alter table {q} alter big set storage external"))
         # Snapshot rows on five days of March 2024, far from now: their partitions are made on
         # demand (sync makes only the ones around now).
-        conn.execute(sa.text(f"insert into {q} values (:i, :n, :c, :b)"), [
-            {"i": i, "n": f"n{i}", "c": datetime(2024, 3, 1 + i % 5, i, tzinfo=UTC), "b": _big()}
-            for i in range(1, 21)])
+        conn.execute(
+            sa.text(f"insert into {q} values (:i, :n, :c, :b)"),
+            [
+                {
+                    "i": i,
+                    "n": f"n{i}",
+                    "c": datetime(2024, 3, 1 + i % 5, i, tzinfo=UTC),
+                    "b": _big(),
+                }
+                for i in range(1, 21)
+            ],
+        )
     connector = debezium([q])
     group = f"g_{t}"
     env = {
@@ -167,16 +220,26 @@ def partitioned(services, source_engine, target_engine, debezium, unique_name, m
         "KAFKA__BATCH_TIMEOUT_S": "0.3",
         "KAFKA__SESSION_TIMEOUT_MS": "6000",
         "METRICS__PORT": str(free_port()),
-        "TABLES": json.dumps({q: {
-            "partition_by": {"column": "created_at", "interval": "1 day", "ahead": 1},
-            "change_time_column": "created_at"}}),
+        "TABLES": json.dumps(
+            {
+                q: {
+                    "partition_by": {"column": "created_at", "interval": "1 day", "ahead": 1},
+                    "change_time_column": "created_at",
+                }
+            }
+        ),
         # One-second windows without grace: windows close once the consumer is idle at the end.
         "RECONCILE__WINDOW_S": "1",
         "RECONCILE__GRACE_S": "0",
     }
     settings = settings_for(monkeypatch, **env)
-    yield {"table": t, "qualified": q, "topic": connector.topic(q), "settings": settings,
-           "group": group}
+    yield {
+        "table": t,
+        "qualified": q,
+        "topic": connector.topic(q),
+        "settings": settings,
+        "group": group,
+    }
     with source_engine.begin() as conn:
         conn.execute(sa.text(f"drop table if exists {q}"))
     forget_table(target_engine, q, group)  # the parent; its partitions go with it
@@ -184,22 +247,30 @@ def partitioned(services, source_engine, target_engine, debezium, unique_name, m
 
 @pytest.mark.services
 def test_partitioned_target_moves_rows_without_duplicates_and_reconciles(
-    partitioned, services, source_engine, target_engine
-):
+    partitioned: dict[str, Any],
+    services: Services,
+    source_engine: sa.Engine,
+    target_engine: sa.Engine,
+) -> None:
     p = partitioned
     q, topic = p["qualified"], p["topic"]
 
     # `cdcr tables sync` makes the partitioned table, its key, and the partitions around now.
     command.sync_tables(p["settings"], [q])
     with target_engine.connect() as conn:
-        strat = conn.execute(sa.text(
-            "select partstrat from pg_partitioned_table where partrelid = to_regclass(:t)"),
-            {"t": q}).scalar()
-        pk = conn.execute(sa.text(
-            "select array_agg(a.attname::text order by k.n) from pg_index i "
-            "cross join unnest(i.indkey) with ordinality k(attnum, n) "
-            "join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum "
-            "where i.indrelid = to_regclass(:t) and i.indisprimary"), {"t": q}).scalar()
+        strat = conn.execute(
+            sa.text("select partstrat from pg_partitioned_table where partrelid = to_regclass(:t)"),
+            {"t": q},
+        ).scalar()
+        pk = conn.execute(
+            sa.text(
+                "select array_agg(a.attname::text order by k.n) from pg_index i "
+                "cross join unnest(i.indkey) with ordinality k(attnum, n) "
+                "join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum "
+                "where i.indrelid = to_regclass(:t) and i.indisprimary"
+            ),
+            {"t": q},
+        ).scalar()
     assert strat == "r" and pk == ["id", "created_at"]
     assert len(_partitions(target_engine, q)) == 3  # yesterday, today, tomorrow
     table = reflect_table(target_engine, "public", p["table"])
@@ -208,14 +279,22 @@ def test_partitioned_target_moves_rows_without_duplicates_and_reconciles(
     assert table.partition_interval == "1 day"
 
     with source_engine.begin() as conn:  # inserts on three more days
-        conn.execute(sa.text(f"insert into {q} values (:i, :n, :c, :b)"), [
-            {"i": i, "n": f"n{i}", "c": datetime(2024, 3, 10 + i % 3, tzinfo=UTC), "b": _big()}
-            for i in range(21, 31)])
+        conn.execute(
+            sa.text(f"insert into {q} values (:i, :n, :c, :b)"),
+            [
+                {"i": i, "n": f"n{i}", "c": datetime(2024, 3, 10 + i % 3, tzinfo=UTC), "b": _big()}
+                for i in range(21, 31)
+            ],
+        )
     with source_engine.begin() as conn:  # updates leaving the TOASTed column out
         conn.execute(sa.text(f"update {q} set name = name || '-u' where id % 4 = 0"))
     with source_engine.begin() as conn:  # moves to another partition, one to a new day
-        conn.execute(sa.text(f"update {q} set created_at = created_at + interval '1 day', "
-                             "name = name || '-moved' where id in (1, 2, 21)"))
+        conn.execute(
+            sa.text(
+                f"update {q} set created_at = created_at + interval '1 day', "
+                "name = name || '-moved' where id in (1, 2, 21)"
+            )
+        )
         conn.execute(sa.text(f"update {q} set created_at = '2024-04-01 08:00+00' where id = 3"))
     with source_engine.begin() as conn:
         conn.execute(sa.text(f"delete from {q} where id in (5, 22)"))
@@ -225,21 +304,27 @@ def test_partitioned_target_moves_rows_without_duplicates_and_reconciles(
 
     first = run_until_idle(p["settings"]).totals
     assert first.consumed == n and first.dead_lettered == 0
-    assert first.consumed == (first.applied + first.skipped_duplicate + first.skipped_stale
-                              + first.skipped_noop)
+    assert first.consumed == (
+        first.applied + first.skipped_duplicate + first.skipped_stale + first.skipped_noop
+    )
     src = rows(source_engine, q, COLS)
     assert rows(target_engine, q, COLS) == src
     with target_engine.connect() as conn:
-        dup = conn.execute(sa.text(
-            f"select count(*) - count(distinct id) from {q}")).scalar()
+        dup = conn.execute(sa.text(f"select count(*) - count(distinct id) from {q}")).scalar()
         nulls = conn.execute(sa.text(f"select count(*) from {q} where big is null")).scalar()
-        moved = conn.execute(sa.text(
-            f"select tableoid::regclass::text from {q} where id = 3")).scalar()
-        tombs = conn.execute(sa.text(
-            "select key from cdcr.tombstones where table_name = :t order by key"),
-            {"t": q}).scalars().all()
+        moved = conn.execute(
+            sa.text(f"select tableoid::regclass::text from {q} where id = 3")
+        ).scalar()
+        tombs = (
+            conn.execute(
+                sa.text("select key from cdcr.tombstones where table_name = :t order by key"),
+                {"t": q},
+            )
+            .scalars()
+            .all()
+        )
     assert dup == 0 and nulls == 0  # nothing duplicated, TOASTed values kept across the move
-    assert moved.endswith("_p20240401")  # made on demand for the moved row
+    assert moved is not None and moved.endswith("_p20240401")  # made on demand for the moved row
     assert tombs == ["[22]", "[5]"]
     parts = _partitions(target_engine, q)
     days = {x[-8:] for x in parts}
@@ -289,25 +374,30 @@ def test_partitioned_target_moves_rows_without_duplicates_and_reconciles(
     code, clean = _reconcile(q, *again_range)
     assert code == 0 and _differences(clean) == set()
     with target_engine.begin() as conn:
-        for stmt in ("DELETE FROM cdcr.discrepancies WHERE table_name = :t",
-                     "DELETE FROM cdcr.extra_rows_archive WHERE table_name = :t",
-                     "DELETE FROM cdcr.reconcile_runs WHERE table_name = :t",
-                     "DELETE FROM cdcr.deferred_keys WHERE table_name = :t",
-                     "DELETE FROM cdcr.watermarks WHERE table_name = :t"):
+        for stmt in (
+            "DELETE FROM cdcr.discrepancies WHERE table_name = :t",
+            "DELETE FROM cdcr.extra_rows_archive WHERE table_name = :t",
+            "DELETE FROM cdcr.reconcile_runs WHERE table_name = :t",
+            "DELETE FROM cdcr.deferred_keys WHERE table_name = :t",
+            "DELETE FROM cdcr.watermarks WHERE table_name = :t",
+        ):
             conn.execute(sa.text(stmt), {"t": q})
-        conn.execute(sa.text("delete from cdcr.applied_offsets where consumer_group = any(:g)"),
-                     {"g": [f"{p['group']}_again", f"{p['group']}_third"]})
+        conn.execute(
+            sa.text("delete from cdcr.applied_offsets where consumer_group = any(:g)"),
+            {"g": [f"{p['group']}_again", f"{p['group']}_third"]},
+        )
 
 
 def settings_for_group(p: dict[str, Any], group: str) -> Any:
     return p["settings"].model_copy(
-        update={"kafka": p["settings"].kafka.model_copy(update={"group_id": group})})
+        update={"kafka": p["settings"].kafka.model_copy(update={"group_id": group})}
+    )
 
 
 @pytest.mark.services
 def test_partitioned_writes_are_guarded_by_position_across_partitions(
-    services, target_engine, unique_name
-):
+    services: Services, target_engine: sa.Engine, unique_name: Callable[[str], str]
+) -> None:
     """The write path alone, against real PostgreSQL, in the orders Redis dedup would hide from
     the end-to-end test: a stale write carrying another partition value, a stale write back into
     the old partition, an old insert replayed after the delete, and a move whose event leaves the
@@ -318,14 +408,21 @@ def test_partitioned_writes_are_guarded_by_position_across_partitions(
     q = f"public.{t}"
     day = {d: datetime(2024, 5, d, 12, tzinfo=UTC) for d in range(1, 8)}
     with target_engine.begin() as conn:
-        conn.execute(sa.text(
-            f"create table {q} (id int not null, created_at timestamptz not null, big text, "
-            "_cdc_pos numeric(40,0) not null, _cdc_ts timestamptz not null, "
-            "primary key (id, created_at)) partition by range (created_at)"))
+        conn.execute(
+            sa.text(
+                f"create table {q} (id int not null, created_at timestamptz not null, big text, "
+                "_cdc_pos numeric(40,0) not null, _cdc_ts timestamptz not null, "
+                "primary key (id, created_at)) partition by range (created_at)"
+            )
+        )
         conn.execute(sa.text(f"comment on table {q} is 'cdcr:partition_interval=1 day'"))
         # A partition someone made under another name (covering May 3 to 4): used, not fought.
-        conn.execute(sa.text(f"create table public.{t}_mine partition of {q} "
-                             "for values from ('2024-05-03 00:00+00') to ('2024-05-05 00:00+00')"))
+        conn.execute(
+            sa.text(
+                f"create table public.{t}_mine partition of {q} "
+                "for values from ('2024-05-03 00:00+00') to ('2024-05-05 00:00+00')"
+            )
+        )
     try:
         table = reflect_table(target_engine, "public", t)
         assert table is not None and table.key_columns == ("id",)
@@ -336,8 +433,12 @@ def test_partitioned_writes_are_guarded_by_position_across_partitions(
             return r.applied, r.stale
 
         def state() -> list[tuple[Any, ...]]:
-            return rows(target_engine, q, "id, created_at, big, _cdc_pos::int, "
-                        "right(tableoid::regclass::text, 2)", order="id")
+            return rows(
+                target_engine,
+                q,
+                "id, created_at, big, _cdc_pos::int, right(tableoid::regclass::text, 2)",
+                order="id",
+            )
 
         def up(k: int, pos: int, d: int, **extra: Any) -> RowWrite:
             return RowWrite((k,), {"id": k, "created_at": day[d], **extra}, pos, pos)
@@ -350,8 +451,9 @@ def test_partitioned_writes_are_guarded_by_position_across_partitions(
         assert state() == [(1, day[2], "b1", 20, "02"), (2, day[5], "b2", 40, "05")]
         assert write(up(3, 10, 4, big="b3")) == (1, 0)  # into the partition made by hand
         with target_engine.connect() as conn:
-            where = conn.execute(sa.text(
-                f"select tableoid::regclass::text from {q} where id = 3")).scalar()
+            where = conn.execute(
+                sa.text(f"select tableoid::regclass::text from {q} where id = 3")
+            ).scalar()
         assert where == f"{t}_mine"
         assert not any(x.endswith("_p20240504") for x in _partitions(target_engine, q))
         with target_engine.begin() as conn:
