@@ -232,13 +232,17 @@ def column_findings(col: Column, s: dict[str, str]) -> list[Finding]:
     return out
 
 
+# The table of a finding about the connector's settings as a whole, not one column.
+CONNECTOR_WIDE = "(every table)"
+
+
 def connector_findings(s: dict[str, str]) -> list[Finding]:
     """What the settings ``s`` lose for every captured table at once (not per column)."""
     skipped = {op.strip() for op in s["skipped.operations"].split(",")}
     if "t" in skipped:
         return [
             Finding(
-                "(every table)",
+                CONNECTOR_WIDE,
                 "-",
                 "TRUNCATE",
                 "source TRUNCATEs never reach Kafka: the target keeps the truncated rows",
@@ -296,13 +300,16 @@ def print_report(report: Report, console: Any) -> None:
             console.print(f"connector {c.name}: not checked ({c.skipped})", highlight=False)
             continue
         off = {k: v for k, v in c.settings.items() if RECOMMENDED.get(k) != v}
+        columns = [f for f in c.findings if f.table != CONNECTOR_WIDE]
         console.print(
-            f"connector {c.name}: {c.tables} tables, {len(c.findings)} lossy columns"
+            f"connector {c.name}: {c.tables} tables, {len(columns)} lossy columns"
             + (f"; settings differing from docs/fidelity.md: {off}" if off else ""),
             highlight=False,
         )
         for f in c.findings:
-            console.print(f"  {f.table}.{f.column} ({f.type})", highlight=False)
+            where = f"every table: {f.type}" if f.table == CONNECTOR_WIDE else None
+            where = where or f"{f.table}.{f.column} ({f.type})"
+            console.print(f"  {where}", highlight=False)
             console.print(f"    lost: {f.problem}", highlight=False)
             console.print(f"    fix:  {f.fix or 'none: Debezium cannot carry it'}", highlight=False)
     console.print("LOSSY: see above" if report.lossy else "every captured column arrives exactly")
