@@ -133,22 +133,7 @@ def reconcile(
             "--reverify is one pass (use --once); continuous mode re-verifies history on its "
             "own within the reconcile.reverify_* budget"
         )
-    source, target = _engines(settings)
-    try:
-        applied = _applied(settings, target)
-    except BaseException:
-        source.dispose()
-        target.dispose()
-        raise
-    names = tuple(tables) or tuple(sorted({*applied.tables(), *settings.tables}))
-    if not names:
-        source.dispose()
-        target.dispose()
-        raise CdcrError(
-            f"no tables to reconcile: consumer group {settings.kafka.group_id!r} has applied "
-            "nothing yet (cdcr.applied_offsets) and no table is configured; run `cdcr run` "
-            "first, check CDCR_KAFKA__GROUP_ID, or pass --table <schema>.<table>"
-        )
+    source, target, applied, names = _open_tables(settings, tables, "reconcile")
     for name in names:
         table_checks(settings, name)  # invalid checks fail before any work
     req = Request(
@@ -269,6 +254,29 @@ def _one_pass(
     return _Pass(env, names, reports)
 
 
+def _open_tables(
+    settings: Settings, tables: Sequence[str], what: str
+) -> tuple[sa.Engine, sa.Engine, AppliedTables, tuple[str, ...]]:
+    """Both engines, the group's applied tables, and the tables to work on: ``tables``, or by
+    default every table the consumer group applies plus the configured ones. Raises CdcrError
+    (engines disposed) when the target cannot be read or there is nothing to work on."""
+    source, target = _engines(settings)
+    try:
+        applied = _applied(settings, target)
+        names = tuple(tables) or tuple(sorted({*applied.tables(), *settings.tables}))
+        if not names:
+            raise CdcrError(
+                f"no tables to {what}: consumer group {settings.kafka.group_id!r} has applied "
+                "nothing yet (cdcr.applied_offsets) and no table is configured; run `cdcr run` "
+                "first, check CDCR_KAFKA__GROUP_ID, or pass --table <schema>.<table>"
+            )
+    except BaseException:
+        source.dispose()
+        target.dispose()
+        raise
+    return source, target, applied, names
+
+
 def _applied(settings: Settings, target: sa.Engine) -> AppliedTables:
     try:
         with target.connect() as c:
@@ -359,21 +367,7 @@ def sample(
     start, end = _aware(start, "--from"), _aware(end, "--to")
     if start is not None and end is not None and start >= end:
         raise CdcrError("--from must be before --to")
-    source, target = _engines(settings)
-    try:
-        applied = _applied(settings, target)
-    except BaseException:
-        source.dispose()
-        target.dispose()
-        raise
-    names = tuple(tables) or tuple(sorted({*applied.tables(), *settings.tables}))
-    if not names:
-        source.dispose()
-        target.dispose()
-        raise CdcrError(
-            f"no tables to sample: consumer group {settings.kafka.group_id!r} has applied "
-            "nothing yet and no table is configured; pass --table <schema>.<table>"
-        )
+    source, target, applied, names = _open_tables(settings, tables, "sample")
     env = Env(
         settings, source, target, now_getter, log_ends or _kafka_log_ends(settings), applied=applied
     )
