@@ -4,10 +4,10 @@
   the one edge that turns a failure into ``FAILED: …`` and an exit status.
 - :mod:`.root`: the ``cdcr`` application (``config show``, ``migrate``, ``doctor``) and ``main``.
 - One module per command group: :mod:`.stream` (``run``, ``replay``, ``tables sync``),
-  :mod:`.lag`, :mod:`.reconcile` (``reconcile``), :mod:`.status`, :mod:`.file`
-  (``reconcile-file``), :mod:`.review`.
+  :mod:`.lag`, :mod:`.reconcile` (``reconcile``; its ``--sample`` in :mod:`.sample`),
+  :mod:`.status`, :mod:`.file` (``reconcile-file``), :mod:`.review`.
 
-The command modules import :mod:`.common` only; :mod:`.root` imports them and registers them, so
+The command modules import :mod:`.common` (and no other command module but :mod:`.sample`); :mod:`.root` imports them and registers them, so
 there is no import cycle.
 """
 

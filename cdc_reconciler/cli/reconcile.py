@@ -24,13 +24,13 @@ from cdc_reconciler.cli.common import (
     settings,
     short_time,
 )
+from cdc_reconciler.cli.sample import sample_tables
 from cdc_reconciler.errors import CdcrError
 
 if TYPE_CHECKING:  # annotations only: SQLAlchemy stays out of every command's start-up
     from cdc_reconciler.config import Settings
     from cdc_reconciler.reconcile.metrics import ReconcileMetrics
     from cdc_reconciler.reconcile.run import TableReport, WindowReport
-    from cdc_reconciler.reconcile.sample import SampleReport
     from cdc_reconciler.reconcile.segments import Window
 
 # Window outcomes that make `cdcr reconcile` exit 1.
@@ -174,14 +174,15 @@ def reconcile(
     cfg = settings(config)
     once = _check_options(reverify, since, full, sample, delete_extra, once)
     start, end = parse_optional_time(from_, "--from"), parse_optional_time(to, "--to")
+    tables = table or ()
     if sample is not None and not reverify:
-        _sample(cfg, sample, table or (), start, end, seed, dry_run, as_json)
+        sample_tables(cfg, sample, tables, start, end, seed, dry_run, as_json)
         return
     serve = not once and not no_metrics
     with _metrics(cfg, metrics_port, serve) as metrics, _progress(as_json) as on_window:
         reports = command.reconcile(
             cfg,
-            tables=table or (),
+            tables=tables,
             start=start,
             end=end,
             once=once,
@@ -195,21 +196,27 @@ def reconcile(
             seed=seed,
         )
     if as_json:
-        echo_json(
-            {
-                "dry_run": dry_run,
-                "reverify": reverify,
-                "found_in_history": sum(r.found_in_history for r in reports),
-                "tables": [r.as_json() for r in reports],
-            },
-            indent=2,
-        )
+        echo_json(_reports_json(reports, dry_run, reverify), indent=2)
     else:
         _print_reports(reports, dry_run)
+    raise typer.Exit(code=_exit_status(reports, once))
+
+
+def _reports_json(reports: list[TableReport], dry_run: bool, reverify: bool) -> dict[str, Any]:
+    return {
+        "dry_run": dry_run,
+        "reverify": reverify,
+        "found_in_history": sum(r.found_in_history for r in reports),
+        "tables": [r.as_json() for r in reports],
+    }
+
+
+def _exit_status(reports: list[TableReport], once: bool) -> int:
+    """1 when a window stayed unresolved or failed a check, or (one pass) when a table could not
+    be verified at all: nothing verified is a failure, never a silent success."""
     if any(w.status in _FAILED_STATUSES for r in reports for w in r.windows):
-        raise typer.Exit(code=1)
-    if once and any(r.unverified for r in reports):
-        raise typer.Exit(code=1)  # nothing verified is a failure, never a silent success
+        return 1
+    return 1 if once and any(r.unverified for r in reports) else 0
 
 
 def _check_options(
@@ -272,80 +279,6 @@ def _progress(hidden: bool) -> Iterator[Any]:
             progress.update(task, description=f"{name} [{_t(w.start)}, {_t(w.end)})")
 
         yield on_window
-
-
-def _sample(
-    cfg: Settings,
-    n: int,
-    tables: list[str] | tuple[()],
-    start: datetime | None,
-    end: datetime | None,
-    seed: int | None,
-    dry_run: bool,
-    as_json: bool,
-) -> None:
-    from cdc_reconciler.reconcile import command
-
-    with err_console.status("sampling"):
-        reports = command.sample(
-            cfg, n, tables=tables, start=start, end=end, seed=seed, dry_run=dry_run
-        )
-    if as_json:
-        echo_json(
-            {"dry_run": dry_run, "sample": True, "tables": [r.as_json() for r in reports]},
-            indent=2,
-        )
-    else:
-        _print_samples(reports, dry_run)
-    if any(r.differences for r in reports):
-        raise typer.Exit(code=1)
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.3g}%"
-
-
-def _print_samples(reports: list[SampleReport], dry_run: bool) -> None:
-    tbl = Table(
-        title="reconcile --sample (dry run: nothing written)" if dry_run else "reconcile --sample"
-    )
-    for col in (
-        "table",
-        "method",
-        "sampled",
-        "missing",
-        "extra",
-        "mismatched",
-        "rate",
-        "95% interval",
-    ):
-        tbl.add_column(col)
-    for r in reports:
-        lo, hi = r.interval
-        tbl.add_row(
-            r.table,
-            r.method,
-            f"{r.sampled}/{r.requested}",
-            str(r.counts["missing"]),
-            str(r.counts["extra"]),
-            str(r.counts["mismatched"]),
-            _pct(r.rate),
-            f"[{_pct(lo)}, {_pct(hi)}]",
-        )
-    out_console.print(tbl)
-    for r in reports:
-        for d in r.differences[:50]:
-            cols = f" columns={','.join(d.columns)}" if d.columns else ""
-            out_console.print(
-                f"  {r.table} {d.kind.value} key={list(d.key)}{cols}", highlight=False
-            )
-        if r.note:
-            out_console.print(f"{r.table}: {r.note}", highlight=False)
-        out_console.print(
-            f"{r.table}: seed {r.seed}; population ≈ {r.population} keys "
-            f"(source {r.source_rows}, target {r.target_rows})",
-            highlight=False,
-        )
 
 
 def _t(t: datetime | None) -> str:
