@@ -26,7 +26,7 @@ from dataclasses import asdict, is_dataclass
 from datetime import UTC, date, datetime
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 import typer.core
@@ -34,6 +34,9 @@ from rich.console import Console
 
 from cdc_reconciler.config import Settings, load_settings
 from cdc_reconciler.errors import CdcrError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 T = TypeVar("T")
 
@@ -156,6 +159,13 @@ def ago(seconds: float) -> str:
     if s < 172800:
         return f"{s // 3600}h"
     return f"{s // 86400}d"
+
+
+def progress(*columns: Any, hidden: bool) -> Progress:
+    """A progress display on stderr that disappears when done; ``hidden`` for --json (scripts)."""
+    from rich.progress import Progress
+
+    return Progress(*columns, console=err_console, transient=True, disable=hidden)
 
 
 def say(text: str, *, err: bool = False, markup: bool = True, soft_wrap: bool = False) -> None:

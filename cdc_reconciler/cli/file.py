@@ -9,16 +9,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cdc_reconciler.cli.common import (
     ConfigOpt,
     JsonOpt,
     echo_json,
-    err_console,
     error_exit,
     out_console,
+    progress,
     say,
     settings,
 )
@@ -143,21 +143,14 @@ def reconcile_file(
         backup_dir=backup_dir,
         limit=limit,
     )
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-        disable=as_json,
-    ) as progress:
-        task = progress.add_task(f"reading {path.name}", total=100)
+    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn())
+    with progress(*columns, TimeElapsedColumn(), hidden=as_json) as bar:
+        task = bar.add_task(f"reading {path.name}", total=100)
         report = run(
             cfg,
             req,
-            on_phase=lambda d: progress.update(task, description=d, completed=0),
-            on_file_progress=lambda pct: progress.update(task, completed=pct),
+            on_phase=lambda d: bar.update(task, description=d, completed=0),
+            on_file_progress=lambda pct: bar.update(task, completed=pct),
         )
     if as_json:
         echo_json(report.as_json(), indent=2)

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cdc_reconciler.cli.common import (
@@ -17,9 +17,9 @@ from cdc_reconciler.cli.common import (
     ConfigOpt,
     JsonOpt,
     echo_json,
-    err_console,
     out_console,
     parse_optional_time,
+    progress,
     say,
     settings,
     short_time,
@@ -265,18 +265,12 @@ def _metrics(cfg: Settings, port: int | None, on: bool) -> Iterator[ReconcileMet
 @contextmanager
 def _progress(hidden: bool) -> Iterator[Any]:
     """A spinner naming the window being reconciled (none with --json, for scripts)."""
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-        disable=hidden,
-    ) as progress:
-        task = progress.add_task("reconciling", total=None)
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with progress(*columns, hidden=hidden) as bar:
+        task = bar.add_task("reconciling", total=None)
 
         def on_window(name: str, w: Window) -> None:
-            progress.update(task, description=f"{name} [{_t(w.start)}, {_t(w.end)})")
+            bar.update(task, description=f"{name} [{_t(w.start)}, {_t(w.end)})")
 
         yield on_window
 

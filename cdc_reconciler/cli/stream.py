@@ -18,6 +18,7 @@ from cdc_reconciler.cli.common import (
     echo_json,
     err_console,
     parse_time,
+    progress,
     say,
     settings,
 )
@@ -177,21 +178,14 @@ def replay(
 
         cdcr replay --from 2026-11-22T10:00Z --to 2026-11-22T11:00Z --table public.orders
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
 
     from cdc_reconciler.stream import replay as replay_mod
 
     cfg = settings(config)
     t0, t1 = parse_time(start, "--from"), parse_time(end, "--to")
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        disable=as_json,
-        transient=True,
-    ) as bar:
+    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn())
+    with progress(*columns, TimeRemainingColumn(), hidden=as_json) as bar:
         task = bar.add_task("replaying", total=None)
         result = replay_mod.replay(
             cfg,
