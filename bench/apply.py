@@ -5,6 +5,7 @@ worker the bench starts and stops by PID). Plus the COPY ceiling and the target-
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import re
@@ -104,6 +105,9 @@ def final_rows(ep: Endpoints) -> int:
 
 
 # ----------------------------------------------------------------------------------- cdcr
+_RUN_IDS = itertools.count(1)
+
+
 def cdcr_env(ep: Endpoints, stream: Stream, db: str, group: str, redis_db: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDCR_")}
     env.update(
@@ -197,7 +201,8 @@ def run_cdcr(
 ) -> dict[str, Any]:
     """One `cdcr run --stop-when-idle` from the start of the stream (fresh group, database and
     Redis db) until it has caught up."""
-    group = f"bench-{tag}-cdcr" + (f"-{run}" if run else "")
+    # Unique per run: a reused group would start at its committed offsets (the log ends).
+    group = f"bench-{tag}-cdcr-{next(_RUN_IDS)}" + (f"-{run}" if run else "")
     env = cdcr_env(ep, stream, db, group, REDIS_DB["cdcr"])
     prepare_cdcr_target(ep, db, env, REDIS_DB["cdcr"])
     cmd = [cdcr_bin(), "run", "--stop-when-idle", str(IDLE_S), "--json"]
@@ -468,6 +473,13 @@ class bench_worker:  # noqa: N801 - used as a context manager
         self.worker.stop()
 
 
+def _root_cause(trace: str) -> str:
+    """The first line of a Connect task's trace and its innermost "Caused by"."""
+    lines = trace.strip().splitlines()
+    causes = [ln.strip() for ln in lines if ln.strip().startswith("Caused by:")]
+    return "\n".join([*lines[:1], *causes[-1:]])[:1500]
+
+
 def run_jdbc(
     ep: Endpoints,
     stream: Stream,
@@ -486,7 +498,9 @@ def run_jdbc(
         for t, ddl in TABLES.items():
             cur.execute(f"create table public.{t} ({ddl})")
     conn.close()
-    name = f"bench-{tag}-jdbc-{re.sub('[^a-z0-9]+', '-', label.lower()).strip('-')}-{run}"
+    # Unique per run: a reused name would find its group's offsets already at the log ends.
+    slug = re.sub("[^a-z0-9]+", "-", label.lower()).strip("-")
+    name = f"bench-{tag}-jdbc-{next(_RUN_IDS)}-{slug}-{run}"
     config = {**jdbc_base_config(ep, stream, db), **settings}
     res: dict[str, Any] = {
         "contender": label,
@@ -529,7 +543,9 @@ def run_jdbc(
             break
         code, st = http("GET", f"{worker.url}/connectors/{name}/status")
         if code == 200 and any(tk["state"] == "FAILED" for tk in st.get("tasks", [])):
-            failed = [tk.get("trace", "")[:1500] for tk in st["tasks"] if tk["state"] == "FAILED"]
+            failed = [
+                _root_cause(tk.get("trace", "")) for tk in st["tasks"] if tk["state"] == "FAILED"
+            ]
             break
     cpu = sum(ps.cpu_times()[:4]) - cpu0
     cur.close()

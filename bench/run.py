@@ -13,9 +13,10 @@ copy of the stream, then a rebalance under load. Results: bench/results/<date>.j
 docs/benchmarks.md and docs/benchmarks.png. Sections not selected with --only are carried over
 from the newest earlier result file of the same mode, and say so.
 
-Sizes: --quick is 100,000 records and a 1M-row reconcile pair (about 15 minutes); the full run is
-400,000 records and a 10M-row pair (about 40 minutes on 2 cores, most of it the quiet-machine
-waits and the 28 apply runs: 3 × 3 contenders, 5 sweep settings, 3 × 2 loaded, 4 scale-out).
+Sizes: --quick is 50,000 records and a 1M-row reconcile pair (about 15 minutes); the full run is
+200,000 records and a 10M-row pair (about 40 minutes on 2 idle cores: 29 apply runs — 3 × 3
+contenders, 6 sweep settings, 3 × 2 loaded, 4 scale-out — the 10M-row reconcile, and up to 7
+waits for the load average to fall to 0.5 after the previous section, about a minute each).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import datetime as dt
 import json
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--quick",
         action="store_true",
-        help="~200k events, 1M-row reconcile pair (under 10 minutes)",
+        help="50k events, 1M-row reconcile pair (about 15 minutes)",
     )
     ap.add_argument(
         "--only",
@@ -126,13 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep topics and bench databases")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     args = ap.parse_args(argv)
+    # SIGTERM/SIGINT unwind: the busy loop, the bench Connect worker and the topics are cleaned up.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda n, _f: sys.exit(128 + n))
     only = [s.strip() for s in (args.only or ",".join(SECTIONS)).split(",") if s.strip()]
     for s in only:
         if s not in SECTIONS:
             ap.error(f"unknown section {s!r}")
     if args.load and "loaded" not in only:
         only.append("loaded")
-    records = args.records or (100_000 if args.quick else 400_000)
+    records = args.records or (50_000 if args.quick else 200_000)
     rows = args.rows or (1_000_000 if args.quick else 10_000_000)
     ep = Endpoints.from_env()
     now = dt.datetime.now(dt.UTC)

@@ -69,7 +69,7 @@ def partitioned_copy(ep: Endpoints, stream: Stream, partitions: int = PARTITIONS
         )
         c.assign([TopicPartition(src, 0, 0)])
         while True:
-            msgs = c.consume(10_000, timeout=5)
+            msgs = c.consume(10_000, timeout=1)
             eof = False
             for m in msgs:
                 err = m.error()

@@ -1,7 +1,7 @@
 """A small sweep of the Debezium JDBC sink's PostgreSQL settings on the bench stream: UNNEST
-multi-row upserts on/off, the reduction buffer on/off, batch.size (= max.poll.records). One run
-per setting on one bench Connect worker; the fastest correct setting is the "tuned" sink of the
-apply comparison.
+multi-row upserts on/off, the reduction buffer on/off, batch.size (= max.poll.records), with
+tasks.max = partitions. One run per setting on one bench Connect worker; the fastest setting whose
+target equals the source is the "tuned" sink of the apply comparison.
 
     python -m bench.run --only sweep --allow-noisy      # or as part of the full run
 """
@@ -16,13 +16,17 @@ from bench.changes import Stream
 from bench.common import Endpoints, log
 from bench.honest import Gate
 
-# (label, batch.size = max.poll.records, UNNEST, reduction buffer)
+# (label, batch.size = max.poll.records, UNNEST, reduction buffer). UNNEST fails on this stream's
+# `date` columns in the sink 3.5.0.Final and 3.6.0.Final ("invalid input syntax for type date":
+# the io.debezium.time.Date day number is bound as text into the date[] array); the two UNNEST
+# settings stay in the sweep so that each run records whether it still does.
 GRID: tuple[tuple[str, int, bool, bool], ...] = (
-    ("unnest, reduction, batch 2000", 2000, True, True),
     ("unnest, reduction, batch 5000", 5000, True, True),
-    ("unnest, reduction, batch 10000", 10000, True, True),
     ("unnest, no reduction, batch 5000", 5000, True, False),
+    ("no unnest, reduction, batch 2000", 2000, False, True),
     ("no unnest, reduction, batch 5000", 5000, False, True),
+    ("no unnest, reduction, batch 10000", 10000, False, True),
+    ("no unnest, no reduction, batch 5000", 5000, False, False),
 )
 
 
