@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from bench.common import log
+
+def log(msg: str) -> None:  # bench.common's, without its imports (this module is unit-tested)
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
 
 MAX_LOAD = 0.5  # 1-minute load average above which a contender does not start
 
