@@ -246,7 +246,7 @@ def faust_available() -> bool:
 def run_faust(ep: Endpoints, stream: Stream, tag: str, logs: Path) -> dict[str, Any]:
     if not faust_available():
         return {"contender": "Faust integration", "status": "not yet available"}
-    db, group = "bench_faust", f"bench-{tag}"
+    db, group = "bench_faust", f"bench-{tag}-{next(_RUN_IDS)}"  # unique per run
     env = cdcr_env(ep, stream, db, group, REDIS_DB["faust"])
     prepare_cdcr_target(ep, db, env, REDIS_DB["faust"])
     cmd = [sys.executable, "-m", "cdc_reconciler.stream.faust_app", "--stop-when-idle", str(IDLE_S)]

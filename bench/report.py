@@ -86,7 +86,7 @@ def sweep_section(w: Any, sw: dict[str, Any]) -> None:
         f"One run per setting on the same stream ({sw['records']:,} records, "
         f"{sw['partitions']} partitions, `tasks.max={sw['partitions']}`), one bench Connect worker; "
         f"1-minute load before the sweep {sw.get('gate', {}).get('loadavg_1m', '?')}. The fastest "
-        "correct setting is the tuned sink of the comparison above"
+        "setting whose target equals the source is the tuned sink of the apply comparison"
         + (" (chosen on a busy machine: rerun on an idle one)" if noisy else "")
         + "."
     )
@@ -96,10 +96,10 @@ def sweep_section(w: Any, sw: dict[str, Any]) -> None:
     best = sw.get("best", {}).get("label")
     for c in sw["configs"]:
         lb = f"**{c['label']}**" if c["label"] == best else c["label"]
-        ok = "correct" if c.get("correct") else "**WRONG**"
+        ok = "correct" if c.get("correct") else ("failed" if c.get("error") else "**WRONG**")
         if c.get("error"):
             err = c["error"] if isinstance(c["error"], str) else "\n".join(c["error"])
-            ok += f" — failed: `{err.strip().splitlines()[-1][:200]}`" if err else ""
+            ok += f": `{err.strip().splitlines()[-1][:200]}`" if err else ""
         la = c.get("loadavg_before")
         w(
             f"| {lb} | {_n(c.get('events_per_s'))} | {_n(c.get('cpu_s'), '{:.1f}')} | "
@@ -311,7 +311,7 @@ def plot(res: dict[str, Any]) -> bool:
 
 
 def write_doc(res: dict[str, Any], result_file: Path) -> None:
-    has_png = plot(res)
+    has_png = bool(res.get("apply") or res.get("reconcile")) and plot(res)
     m = res["machine"]
     st = res.get("stream", {})
     ap = res.get("apply", {})
@@ -400,6 +400,7 @@ def write_doc(res: dict[str, Any], result_file: Path) -> None:
         w("")
 
     # ---------------------------------------------------------------- targets
+    targets_at = len(L)
     w("## Targets (DESIGN.md) at a glance")
     w("")
     w("| target | measured | met? |")
@@ -457,6 +458,9 @@ def write_doc(res: dict[str, Any], result_file: Path) -> None:
             f"(per-hour sets with TTL) | yes |"
         )
     w("")
+
+    if len(L) == targets_at + 5:  # no target measured in this run: no table
+        del L[targets_at:]
 
     # ---------------------------------------------------------------- apply
     if st and ap:
@@ -638,6 +642,7 @@ def write_doc(res: dict[str, Any], result_file: Path) -> None:
         w("")
 
     # ---------------------------------------------------------------- also
+    also_at = len(L)
     w("## 4. Also")
     w("")
     if red:
@@ -692,6 +697,9 @@ def write_doc(res: dict[str, Any], result_file: Path) -> None:
             )
         )
         w("")
+
+    if len(L) == also_at + 2:  # nothing else measured
+        del L[also_at:]
 
     # ---------------------------------------------------------------- profile
     if prof.get("own"):
