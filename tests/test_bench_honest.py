@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from bench import honest
 from bench.honest import BusyLoop, Gate, repeat, spread
 
 
@@ -22,8 +21,8 @@ def loads(monkeypatch: pytest.MonkeyPatch, values: list[float]) -> list[float]:
         last[0] = next(seq, last[0])
         return (last[0], 0.0, 0.0)
 
-    monkeypatch.setattr(honest.os, "getloadavg", getloadavg)
-    monkeypatch.setattr(honest.time, "sleep", lambda s: None)
+    monkeypatch.setattr(os, "getloadavg", getloadavg)  # the module honest.py reads it from
+    monkeypatch.setattr(time, "sleep", lambda s: None)
     return values
 
 
