@@ -310,6 +310,42 @@ def plot(res: dict[str, Any]) -> bool:
     return True
 
 
+def gates_header(w: Any, res: dict[str, Any]) -> None:
+    """The load before each contender, and the NOISY banner."""
+    ap = res.get("apply", {})
+    gates: list[tuple[str, dict[str, Any]]] = [
+        (lbl, rep["gate"])
+        for lbl, rep in (
+            ("JDBC sink sweep", res.get("sweep", {})),
+            ("cdcr run", ap.get("cdcr", {})),
+            ("JDBC sink, defaults", ap.get("jdbc_default", {})),
+            ("JDBC sink, tuned", ap.get("jdbc_tuned", {})),
+            ("Faust", ap.get("faust", {})),
+            ("loaded run", res.get("loaded", {})),
+            ("scale-out", res.get("scaleout", {})),
+            ("reconcile", res.get("reconcile", {})),
+        )
+        if isinstance(rep, dict) and rep.get("gate")
+    ]
+    if gates:
+        w(
+            "- **1-minute load average before each contender:** "
+            + ", ".join(
+                f"{lbl} {g['loadavg_1m']:.2f}"
+                + (" **NOISY**" if g["noisy"] else "")
+                + (f" (waited {g['waited_s']:.0f} s)" if g.get("waited_s") else "")
+                for lbl, g in gates
+            )
+            + "."
+        )
+        if any(g["noisy"] for _, g in gates) or res.get("allow_noisy"):
+            w(
+                "- **NOISY RUN:** at least one contender started on a busy machine"
+                + (" (`--allow-noisy`: the bench did not wait)" if res.get("allow_noisy") else "")
+                + ". Do not quote these figures; rerun on an idle machine."
+            )
+
+
 def write_doc(res: dict[str, Any], result_file: Path) -> None:
     has_png = bool(res.get("apply") or res.get("reconcile")) and plot(res)
     m = res["machine"]
@@ -336,37 +372,7 @@ def write_doc(res: dict[str, Any], result_file: Path) -> None:
         "No benchmark is a timed test."
     )
     w("")
-    gates: list[tuple[str, dict[str, Any]]] = [
-        (lbl, rep["gate"])
-        for lbl, rep in (
-            ("JDBC sink sweep", res.get("sweep", {})),
-            ("cdcr run", cdrep),
-            ("JDBC sink, defaults", ap.get("jdbc_default", {})),
-            ("JDBC sink, tuned", ap.get("jdbc_tuned", {})),
-            ("Faust", farep),
-            ("loaded run", res.get("loaded", {})),
-            ("scale-out", res.get("scaleout", {})),
-            ("reconcile", res.get("reconcile", {})),
-        )
-        if isinstance(rep, dict) and rep.get("gate")
-    ]
-    if gates:
-        w(
-            "- **1-minute load average before each contender:** "
-            + ", ".join(
-                f"{lbl} {g['loadavg_1m']:.2f}"
-                + (" **NOISY**" if g["noisy"] else "")
-                + (f" (waited {g['waited_s']:.0f} s)" if g.get("waited_s") else "")
-                for lbl, g in gates
-            )
-            + "."
-        )
-        if any(g["noisy"] for _, g in gates) or res.get("allow_noisy"):
-            w(
-                "- **NOISY RUN:** at least one contender started on a busy machine"
-                + (" (`--allow-noisy`: the bench did not wait)" if res.get("allow_noisy") else "")
-                + ". Do not quote these figures; rerun on an idle machine."
-            )
+    gates_header(w, res)
     w(
         f"- **Date:** {res['date']} (UTC), git `{res['git']}`, mode "
         f"{'quick' if res['quick'] else 'full'}, whole run {res.get('elapsed_s')} s"

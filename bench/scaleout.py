@@ -170,11 +170,32 @@ def run_group(
             threads.append(th)
     for th in threads:
         th.join()
-    wall = time.perf_counter() - t0
-    firsts = [p["output"].get("first_record_at") for p in procs.values()]
-    lasts = [p["output"].get("last_commit_at") for p in procs.values()]
-    firsts = [f for f in firsts if f]
-    lasts = [x for x in lasts if x]
+    res: dict[str, Any] = {
+        "processes": processes + late,
+        "started_late": late,
+        "late_joined_at_records": joined_at,
+        "group": group,
+        "records": stream.records,
+        "per_process": dict(sorted(procs.items())),
+        "wall_s": round(time.perf_counter() - t0, 2),
+        **summarise(procs, stream.records),
+        "check": compare_with_source(ep, DB),
+        "errors": [p["error"] for p in procs.values() if p.get("error")],
+    }
+    totals = res["totals"]
+    log(
+        f"scale-out {processes}+{late}: {res['events_per_s']} events/s total, consumed "
+        f"{totals['consumed']:,} of {stream.records:,} records, duplicates "
+        f"{totals['skipped_duplicate']:,}, target correct {res['check']['correct']}"
+    )
+    return res
+
+
+def summarise(procs: dict[str, Any], records: int) -> dict[str, Any]:
+    """Totals over the processes of one group: events/s from the first record any process read
+    to the last commit any process made, cdcr's accounting, CPU per event."""
+    firsts = [f for p in procs.values() if (f := p["output"].get("first_record_at"))]
+    lasts = [x for p in procs.values() if (x := p["output"].get("last_commit_at"))]
     span = (max(lasts) - min(firsts)) if firsts and lasts else None
     keys = (
         "consumed",
@@ -185,34 +206,19 @@ def run_group(
         "dead_lettered",
     )
     totals = {k: sum(int(p["output"].get(k) or 0) for p in procs.values()) for k in keys}
-    outcomes = sum(totals[k] for k in keys[1:])
-    res: dict[str, Any] = {
-        "processes": processes + late,
-        "started_late": late,
-        "late_joined_at_records": joined_at,
-        "group": group,
-        "records": stream.records,
-        "per_process": dict(sorted(procs.items())),
+    cpu = sum(p["cpu_s"] for p in procs.values())
+    return {
         "totals": totals,
-        "wall_s": round(wall, 2),
         "span_s": round(span, 2) if span else None,
-        "events_per_s": round(stream.records / span) if span else None,
-        "cpu_s": round(sum(p["cpu_s"] for p in procs.values()), 2),
-        "consumed_more_than_once": totals["consumed"] - stream.records,
+        "events_per_s": round(records / span) if span else None,
+        "cpu_s": round(cpu, 2),
+        "cpu_us_per_event": round(cpu / totals["consumed"] * 1e6, 1)
+        if totals["consumed"]
+        else None,
+        "consumed_more_than_once": totals["consumed"] - records,
         # Every consumed record has exactly one outcome in cdcr's accounting.
-        "accounting_balanced": outcomes == totals["consumed"],
-        "check": compare_with_source(ep, DB),
-        "errors": [p["error"] for p in procs.values() if p.get("error")],
+        "accounting_balanced": sum(totals[k] for k in keys[1:]) == totals["consumed"],
     }
-    res["cpu_us_per_event"] = (
-        round(res["cpu_s"] / totals["consumed"] * 1e6, 1) if totals["consumed"] else None
-    )
-    log(
-        f"scale-out {processes}+{late}: {res['events_per_s']} events/s total, consumed "
-        f"{totals['consumed']:,} of {stream.records:,} records, duplicates "
-        f"{totals['skipped_duplicate']:,}, target correct {res['check']['correct']}"
-    )
-    return res
 
 
 def run_scaleout(
