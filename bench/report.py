@@ -593,6 +593,12 @@ def write_doc(res: dict[str, Any], result_file: Path) -> None:
                 w("```")
                 w("")
     if res.get("sweep", {}).get("configs"):
+        if not ap:
+            w(
+                "Only the JDBC sink sweep was run for this document; every other section is "
+                "measured by the full run on an idle machine (`make bench`)."
+            )
+            w("")
         sweep_section(w, res["sweep"])
     if res.get("loaded"):
         loaded_section(w, res["loaded"], ap)

@@ -257,6 +257,8 @@ def tuned_settings(res: dict[str, Any], prev: dict[str, Any], partitions: int) -
     for doc, where in ((res, "this run's sweep"), (prev, f"the sweep of {prev.get('_file')}")):
         best = doc.get("sweep", {}).get("best")
         if best and doc.get("sweep", {}).get("partitions") == partitions:
+            if doc["sweep"].get("noisy"):
+                where += " (NOISY: measured on a busy machine)"
             return {"settings": best["settings"], "label": best["label"], "from": where}
     return {
         "settings": jdbc_tuned(partitions),
