@@ -38,7 +38,11 @@ def _noisy(rep: dict[str, Any]) -> str:
     if not g:
         return "—"
     txt = f"{g['loadavg_1m']:.2f}"
-    return f"**{txt} NOISY**" if g.get("noisy") else txt
+    txt = f"**{txt} NOISY**" if g.get("noisy") else txt
+    runs = [r["loadavg_1m_at_start"] for r in rep.get("runs", []) if "loadavg_1m_at_start" in r]
+    if len(runs) > 1:  # later runs start in the previous run's own decaying load
+        txt += " (runs: " + ", ".join(f"{x:.1f}" for x in runs) + ")"
+    return txt
 
 
 def _verdict(rep: dict[str, Any]) -> str:
@@ -61,7 +65,8 @@ def better_sink(ap: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 def apply_table(w: Any, reps: list[tuple[str, dict[str, Any]]], ref: Any, ref_label: str) -> None:
     w(
         f"| contender | events/s median (min–max) | vs {ref_label} | events/s from process/"
-        "connector start | CPU s (user+sys) | peak RSS MB | 1-min load before | target vs source |"
+        "connector start | CPU s (user+sys) | peak RSS MB | 1-min load before (each run) | "
+        "target vs source |"
     )
     w("|---|---:|---:|---:|---:|---:|---:|---|")
     for label, r in reps:
@@ -368,7 +373,9 @@ def write_doc(res: dict[str, Any], result_file: Path) -> None:
         f"a time, side by side in one run on the same machine, on the same Kafka topics, each "
         f"{res.get('runs', 1)} times: every figure is the median with the (min–max) spread. "
         f"Before each contender the bench waits for the 1-minute load average to fall to "
-        f"{res.get('load_limit', 0.5)}; a contender that started above it is marked NOISY. "
+        f"{res.get('load_limit', 0.5)}; a contender that started above it is marked NOISY (the "
+        "wait is before a contender's first run; its later runs record the load they start at, "
+        "mostly the previous run's own, decaying). "
         "No benchmark is a timed test."
     )
     w("")
