@@ -8,7 +8,7 @@ backfill, …).
 Writes, only when asked and never with ``dry_run``:
 
 - ``backfill``: rows in the file and not in the table are inserted through the versioned writer
-  (:func:`cdc_reconciler.connectors.target.write_batch`) at **position 0**. Real changes carry
+  (:func:`cdc_reconciler.connectors.postgres.write.write_batch`) at **position 0**. Real changes carry
   positions above 0, so any real change — a live event, a replay, a repair — beats a backfilled
   row, and the writer's guard ``t._cdc_pos < EXCLUDED._cdc_pos`` can never hold against an
   existing row (positions are never negative): a backfill never updates and never deletes. A key
@@ -42,7 +42,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cdc_reconciler.config import Settings
 from cdc_reconciler.connectors import files
-from cdc_reconciler.connectors.target import RowWrite, reflect_table, write_batch
+from cdc_reconciler.connectors.postgres.reflect import reflect_table
+from cdc_reconciler.connectors.postgres.write import RowWrite, write_batch
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.reconcile.checksum import quote_ident, split_name
 from cdc_reconciler.reconcile.file_diff import (
@@ -570,7 +571,7 @@ def _insert_values(m: Mapping, d: FileDifference) -> tuple[dict[str, Any] | None
 
 def _typed_key(col: ColumnType, text: str | None) -> Any:
     """A canonical key value as the Python value psycopg2 reads for the column's type, so its
-    tombstone key text (``connectors.target.key_text``) is the one the engine and repair
+    tombstone key text (``connectors.postgres.table.key_text``) is the one the engine and repair
     write."""
     if text is None:
         return None

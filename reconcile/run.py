@@ -32,7 +32,8 @@ import orjson
 import sqlalchemy as sa
 
 from cdc_reconciler.config import Settings, TableMapping
-from cdc_reconciler.connectors.target import TargetTable, key_text, reflect_table
+from cdc_reconciler.connectors.postgres.reflect import reflect_table
+from cdc_reconciler.connectors.postgres.table import TargetTable, key_text
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.reconcile import checks as chk
 from cdc_reconciler.reconcile import inflight, integrity

@@ -318,7 +318,7 @@ def table_names(name: str, mapping: TableMapping) -> tuple[tuple[str, str], tupl
 def sync_tables(settings: Settings, tables: list[str], *, dry_run: bool = False) -> list[str]:
     """Create missing target tables mirroring the named source tables ("schema.table").
     Returns the DDL executed (or that would be, with dry_run). Raises CdcrError."""
-    from cdc_reconciler.connectors.target import reflect_table
+    from cdc_reconciler.connectors.postgres.reflect import reflect_table
     from cdc_reconciler.stream.tables import mirror_ddl
 
     # Every name and mapping is checked before anything is read or created.

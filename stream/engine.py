@@ -47,20 +47,17 @@ from cdc_reconciler.connectors.debezium import (
     TransactionMarker,
 )
 from cdc_reconciler.connectors.kafka import Record
-from cdc_reconciler.connectors.redis_ids import ProcessedIds
-from cdc_reconciler.connectors.target import (
-    TRUNCATE_KEY,
+from cdc_reconciler.connectors.postgres.sql import qualified_ident, quote_ident
+from cdc_reconciler.connectors.postgres.table import TRUNCATE_KEY, TargetTable, key_text
+from cdc_reconciler.connectors.postgres.write import (
     KeylessWrite,
     RowWrite,
-    TargetTable,
-    key_text,
     keyless_position_index,
-    qualified_ident,
-    quote_ident,
     truncate_table,
     write_batch,
     write_keyless,
 )
+from cdc_reconciler.connectors.redis_ids import ProcessedIds
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.stream.checkpoint import record_applied
 from cdc_reconciler.stream.dead_letters import DeadLetter, DeadLetterSink

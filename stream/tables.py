@@ -21,20 +21,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cdc_reconciler.config import TableMapping, interval_seconds
+from cdc_reconciler.config import TableMapping, column_selected, interval_seconds
 from cdc_reconciler.connectors.debezium import ChangeEvent
-from cdc_reconciler.connectors.target import (
-    ENGINE_COLUMNS,
-    INTERVAL_COMMENT,
-    TargetTable,
-    bucket_start,
-    catalog_columns,
-    engine_column_ddl,
-    partition_ddl,
-    qualified_ident,
-    quote_ident,
-    reflect_table,
-)
+from cdc_reconciler.connectors.postgres import catalog
+from cdc_reconciler.connectors.postgres.catalog import INTERVAL_COMMENT
+from cdc_reconciler.connectors.postgres.partitions import bucket_start, partition_ddl
+from cdc_reconciler.connectors.postgres.reflect import reflect_table
+from cdc_reconciler.connectors.postgres.sql import qualified_ident, quote_ident
+from cdc_reconciler.connectors.postgres.table import ENGINE_COLUMNS, TargetTable, engine_column_ddl
 from cdc_reconciler.errors import CdcrError
 
 log = logging.getLogger(__name__)
@@ -188,12 +182,8 @@ class TableResolver:
                 return route, values
             out = values
         else:
-            out = {
-                k: v
-                for k, v in values.items()
-                if k not in m.exclude_columns
-                and (m.include_columns is None or k in m.include_columns)
-            }
+            inc, exc, keys = m.include_columns, m.exclude_columns, route.table.key_columns
+            out = {k: v for k, v in values.items() if column_selected(k, inc, exc, keys)}
             if out.keys() <= route.columns:
                 return route, out
         unknown = [k for k in out if k not in route.columns]
@@ -211,7 +201,7 @@ class TableResolver:
                 "added without CDCR_SOURCE__URL",
             )
         src = self._source_for(table)
-        types = {c["name"]: c["type"] for c in source_columns(self._source, src)}
+        types = {c.name: c.type for c in source_columns(self._source, src)}
         mirror_types(self._source, self._target, src, names)
         with self._target.begin() as conn:
             for n in names:
@@ -259,48 +249,35 @@ def key_of(route: Route, event: ChangeEvent) -> tuple[Any, ...]:
 def mirror_ddl(
     source: sa.Engine, src: tuple[str, str], tgt: tuple[str, str], mapping: TableMapping
 ) -> str:
-    """CREATE TABLE for the target from the source table's definition. Non-key columns are
-    nullable in the target (an unchanged TOASTed value may arrive before its row)."""
-    insp = sa.inspect(source)
-    if not insp.has_table(src[1], schema=src[0]):
+    """CREATE TABLE for the target from the source table's definition: the carried columns
+    (:func:`~cdc_reconciler.config.column_selected`), the engine columns, the key (the source's
+    or the configured one; none when the source has none: the engine then applies the table by
+    its keyless rules, docs/apply.md) and, for a time-partitioned target, the partition column
+    in the key and the PARTITION BY clause. Non-key columns are nullable in the target (an
+    unchanged TOASTed value may arrive before its row). Raises ApplyError."""
+    if not catalog.exists(source, *src):
         raise ApplyError("no_target_table", f"source table {src[0]}.{src[1]} does not exist")
     cols = source_columns(source, src)
-    keys = list(
-        mapping.key_columns
-        or insp.get_pk_constraint(src[1], schema=src[0]).get("constrained_columns")
-        or []
-    )
-    # No key: the target has none either; the engine applies it by its keyless rules
-    # (docs/apply.md: REPLICA IDENTITY FULL, or ``mode: append``), else dead-letters ``no_key``.
-    parts = []
-    for c in cols:
-        n = c["name"]
-        if n in ENGINE_COLUMNS or n in mapping.exclude_columns:
-            continue
-        if (
-            mapping.include_columns is not None
-            and n not in mapping.include_columns
-            and n not in keys
-        ):
-            continue
-        typ = c["type"]
-        parts.append(f"{quote_ident(n)} {typ}{' NOT NULL' if n in keys else ''}")
+    keys = list(mapping.key_columns or catalog.primary_key(source, *src))
+    carried = [
+        c
+        for c in cols
+        if c.name not in ENGINE_COLUMNS
+        and column_selected(c.name, mapping.include_columns, mapping.exclude_columns, keys)
+    ]
+    not_null = set(keys)
     part = mapping.partition_column
     if part is not None:
-        types = {c["name"]: c["type"] for c in cols}
-        typ = types.get(part)
-        if typ is None or (typ != "date" and not typ.startswith("timestamp")):
-            what = "not a column of the source table" if typ is None else f"of type {typ}"
-            raise ApplyError(
-                "target_ddl_failed",
-                f"table {src[0]}.{src[1]}: the partition column {part!r} is {what}; it must "
-                "be a timestamp, timestamptz or date column",
-            )
+        _check_partition_column(src, part, cols)
         # PostgreSQL (and TimescaleDB) require every unique key to include the partitioning
         # column: the target's key is the source key plus it (docs/partitioning.md).
-        parts = [p + " NOT NULL" if p == f"{quote_ident(part)} {typ}" else p for p in parts]
+        not_null.add(part)
         if keys and part not in keys:
             keys = [*keys, part]
+    parts = [
+        f"{quote_ident(c.name)} {c.type}{' NOT NULL' if c.name in not_null else ''}"
+        for c in carried
+    ]
     parts.extend(engine_column_ddl())
     if keys:
         parts.append(f"PRIMARY KEY ({', '.join(quote_ident(k) for k in keys)})")
@@ -308,6 +285,19 @@ def mirror_ddl(
     if mapping.partition_by is not None:
         ddl += f" PARTITION BY RANGE ({quote_ident(mapping.partition_by.column)})"
     return ddl
+
+
+def _check_partition_column(src: tuple[str, str], part: str, cols: list[catalog.Column]) -> None:
+    """Raise ApplyError(target_ddl_failed) unless ``part`` is a timestamp, timestamptz or date
+    column of the source table."""
+    typ = next((c.type for c in cols if c.name == part), None)
+    if typ is None or (typ != "date" and not typ.startswith("timestamp")):
+        what = "not a column of the source table" if typ is None else f"of type {typ}"
+        raise ApplyError(
+            "target_ddl_failed",
+            f"table {src[0]}.{src[1]}: the partition column {part!r} is {what}; it must "
+            "be a timestamp, timestamptz or date column",
+        )
 
 
 def partition_setup(
@@ -335,7 +325,7 @@ def partition_setup(
         sa.text("SELECT quote_literal(:c)"), {"c": INTERVAL_COMMENT + p.interval}
     ).scalar()
     out = [f"COMMENT ON TABLE {rel} IS {comment}"]
-    typ = {c["name"]: c["type"] for c in catalog_columns(conn, *tgt)}[p.column]
+    typ = catalog.column_types(conn, *tgt)[p.column]
     table = TargetTable(
         tgt[0],
         tgt[1],
@@ -379,24 +369,14 @@ def require_timescaledb(target: sa.Engine, tgt: tuple[str, str]) -> None:
 
 # --------------------------------------------------------------------------- source types
 
-_SOURCE_COLUMNS = sa.text(
-    "SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type, "
-    "a.atttypid AS oid FROM pg_attribute a "
-    "WHERE a.attrelid = to_regclass(quote_ident(:schema) || '.' || quote_ident(:name)) "
-    "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
-)
 
-
-def source_columns(source: sa.Engine, src: tuple[str, str]) -> list[dict[str, Any]]:
-    """The source table's columns in order: name, type and type oid. Types are written by
+def source_columns(source: sa.Engine, src: tuple[str, str]) -> list[catalog.Column]:
+    """The source table's columns in order (:func:`catalog.columns`). Types are written by
     ``format_type`` with an empty search_path, so every user or extension type comes
     schema-qualified (``s.mood``, ``public.hstore[]``) and means the same in the target."""
     with source.connect() as conn:
         conn.execute(sa.text("SELECT set_config('search_path', '', true)"))
-        rows = [
-            dict(r._mapping)
-            for r in conn.execute(_SOURCE_COLUMNS, {"schema": src[0], "name": src[1]})
-        ]
+        rows = catalog.columns(conn, *src)
         conn.rollback()
     return rows
 
@@ -443,13 +423,13 @@ def mirror_types(
     NOT NULL, as target columns stay nullable) and composite types, recursively, arrays of them
     too. A type that already exists is kept (an enum gets its missing labels). Returns the
     statements run. Raises ApplyError(target_ddl_failed) naming the type or extension."""
-    cols = [c for c in source_columns(source, src) if only is None or c["name"] in only]
+    cols = [c for c in source_columns(source, src) if only is None or c.name in only]
     plan: list[tuple[str, _TypeInfo]] = []
     seen: set[int] = set()
     with source.connect() as sconn:
         sconn.execute(sa.text("SELECT set_config('search_path', '', true)"))
         for c in cols:
-            _plan_type(sconn, int(c["oid"]), plan, seen, f"column {c['name']}")
+            _plan_type(sconn, c.oid, plan, seen, f"column {c.name}")
         statements = [(what, info, _type_ddl(sconn, info)) for what, info in plan]
         sconn.rollback()
     done: list[str] = []
