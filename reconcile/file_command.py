@@ -42,6 +42,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cdc_reconciler.config import Settings
 from cdc_reconciler.connectors import files
+from cdc_reconciler.connectors.postgres import catalog
 from cdc_reconciler.connectors.postgres.reflect import reflect_table
 from cdc_reconciler.connectors.postgres.write import RowWrite, write_batch
 from cdc_reconciler.errors import CdcrError
@@ -188,20 +189,6 @@ def parse_maps(maps: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def table_columns(conn: sa.Connection, schema: str, name: str) -> dict[str, str]:
-    """Column -> format_type() of ``schema.name`` (ordinary, partitioned tables and views)."""
-    rows = conn.execute(
-        sa.text(
-            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-            "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = :s AND c.relname = :t AND a.attnum > 0 AND NOT a.attisdropped "
-            "ORDER BY a.attnum"
-        ),
-        {"s": schema, "t": name},
-    ).all()
-    return {str(r[0]): str(r[1]) for r in rows}
-
-
 def build_mapping(
     table: str,
     types: dict[str, str],
@@ -328,7 +315,7 @@ def _run(
 ) -> FileReport:
     schema, name = split_name(req.table)
     with engine.connect() as conn:
-        types = table_columns(conn, schema, name)
+        types = catalog.column_types(conn, schema, name)
         audit_ok = conn.execute(sa.text("SELECT to_regclass('cdcr.reconcile_runs')")).scalar()
         target_table = None
         if req.backfill:
@@ -475,7 +462,7 @@ def _audit_finish(engine: sa.Engine, report: FileReport) -> None:
 
 def _data_columns(m: Mapping, engine: sa.Engine) -> list[str]:
     with engine.connect() as c:
-        cols = table_columns(c, m.schema, m.name)
+        cols = catalog.column_types(c, m.schema, m.name)
     return [x for x in cols if not x.startswith(ENGINE_PREFIX)]
 
 

@@ -138,3 +138,42 @@ def partitioning(
 
 def _interval_of(comment: str) -> str | None:
     return comment[len(INTERVAL_COMMENT) :] if comment.startswith(INTERVAL_COMMENT) else None
+
+
+@dataclass(frozen=True)
+class DatabaseColumn:
+    """A column of any user table of a database, with the traits of its type that decide how
+    Debezium carries it (``cdcr doctor``'s input)."""
+
+    table: str  # schema.table
+    name: str
+    type: str  # format_type of the declared type
+    base: str  # typname of the type, a domain resolved to its base, an array to its element
+    typtype: str  # of ``base``: b, c, d, e, m, r
+    is_array: bool
+    dims: int  # declared dimensions (attndims)
+    typmod: int  # of the column (numeric precision/scale, time precision)
+    builtin: bool  # ``base`` lives in pg_catalog
+
+
+_DATABASE_COLUMNS = sa.text(
+    "SELECT n.nspname || '.' || c.relname AS table, a.attname AS name, "
+    "format_type(a.atttypid, a.atttypmod) AS type, b.typname AS base, b.typtype::text AS typtype, "
+    "(t.typcategory = 'A') AS is_array, a.attndims AS dims, a.atttypmod AS typmod, "
+    "(b.typnamespace = 'pg_catalog'::regnamespace) AS builtin "
+    "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+    "JOIN pg_type t ON t.oid = a.atttypid "
+    "JOIN pg_type e ON e.oid = CASE WHEN t.typcategory = 'A' THEN t.typelem ELSE t.oid END "
+    "JOIN pg_type b ON b.oid = CASE WHEN e.typtype = 'd' THEN e.typbasetype ELSE e.oid END "
+    "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+    "AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1, a.attnum"
+)
+
+
+def database_columns(bind: sa.Engine | sa.Connection) -> list[DatabaseColumn]:
+    """Every column of every ordinary and partitioned table outside the system schemas, by
+    table then attribute order."""
+    return _read(
+        bind, lambda conn: [DatabaseColumn(**r._mapping) for r in conn.execute(_DATABASE_COLUMNS)]
+    )
