@@ -21,7 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cdc_reconciler.config import TableMapping, column_selected, interval_seconds
+from cdc_reconciler.config import PartitionBy, TableMapping, column_selected, interval_seconds
 from cdc_reconciler.connectors.debezium import ChangeEvent
 from cdc_reconciler.connectors.postgres import catalog
 from cdc_reconciler.connectors.postgres.catalog import INTERVAL_COMMENT
@@ -255,10 +255,7 @@ def mirror_ddl(
     its keyless rules, docs/apply.md) and, for a time-partitioned target, the partition column
     in the key and the PARTITION BY clause. Non-key columns are nullable in the target (an
     unchanged TOASTed value may arrive before its row). Raises ApplyError."""
-    if not catalog.exists(source, *src):
-        raise ApplyError("no_target_table", f"source table {src[0]}.{src[1]} does not exist")
-    cols = source_columns(source, src)
-    keys = list(mapping.key_columns or catalog.primary_key(source, *src))
+    cols, keys = _source_definition(source, src, mapping)
     carried = [
         c
         for c in cols
@@ -274,16 +271,38 @@ def mirror_ddl(
         not_null.add(part)
         if keys and part not in keys:
             keys = [*keys, part]
+    return _create_table(tgt, carried, not_null, keys, mapping.partition_by)
+
+
+def _source_definition(
+    source: sa.Engine, src: tuple[str, str], mapping: TableMapping
+) -> tuple[list[catalog.Column], list[str]]:
+    """The source table's columns and its key (the configured one, else its primary key).
+    Raises ApplyError(no_target_table) when the source table does not exist."""
+    if not catalog.exists(source, *src):
+        raise ApplyError("no_target_table", f"source table {src[0]}.{src[1]} does not exist")
+    return source_columns(source, src), list(
+        mapping.key_columns or catalog.primary_key(source, *src)
+    )
+
+
+def _create_table(
+    tgt: tuple[str, str],
+    columns: list[catalog.Column],
+    not_null: set[str],
+    keys: list[str],
+    partition_by: PartitionBy | None,
+) -> str:
     parts = [
         f"{quote_ident(c.name)} {c.type}{' NOT NULL' if c.name in not_null else ''}"
-        for c in carried
+        for c in columns
     ]
     parts.extend(engine_column_ddl())
     if keys:
         parts.append(f"PRIMARY KEY ({', '.join(quote_ident(k) for k in keys)})")
     ddl = f"CREATE TABLE IF NOT EXISTS {qualified_ident(*tgt)} ({', '.join(parts)})"
-    if mapping.partition_by is not None:
-        ddl += f" PARTITION BY RANGE ({quote_ident(mapping.partition_by.column)})"
+    if partition_by is not None:
+        ddl += f" PARTITION BY RANGE ({quote_ident(partition_by.column)})"
     return ddl
 
 
