@@ -44,9 +44,10 @@ from cdc_reconciler.config import Settings
 from cdc_reconciler.connectors import files
 from cdc_reconciler.connectors.postgres import catalog
 from cdc_reconciler.connectors.postgres.reflect import reflect_table
+from cdc_reconciler.connectors.postgres.sql import quote_ident
 from cdc_reconciler.connectors.postgres.write import RowWrite, write_batch
 from cdc_reconciler.errors import CdcrError
-from cdc_reconciler.reconcile.checksum import quote_ident, split_name
+from cdc_reconciler.reconcile.checksum import split_name
 from cdc_reconciler.reconcile.file_diff import (
     DUPLICATE_IN_FILE,
     KINDS,

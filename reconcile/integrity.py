@@ -37,8 +37,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from cdc_reconciler.config import column_selected
+from cdc_reconciler.connectors.postgres.sql import quote_ident
 from cdc_reconciler.reconcile import checksum as ck
-from cdc_reconciler.reconcile.checksum import TablePair, quote_ident, split_name
+from cdc_reconciler.reconcile.checksum import TablePair, split_name
 from cdc_reconciler.reconcile.inflight import IDLE_SETTLE_S, POLL_S, caught_up
 from cdc_reconciler.reconcile.segments import Key, Segment, Window
 from cdc_reconciler.reconcile.windows import LogEnds, PartitionProgress

@@ -50,6 +50,7 @@ import orjson
 import sqlalchemy as sa
 
 from cdc_reconciler.config import Settings
+from cdc_reconciler.connectors.postgres.sql import qualified_ident
 from cdc_reconciler.connectors.postgres.table import TargetTable, key_text
 from cdc_reconciler.connectors.postgres.write import RowWrite, write_batch
 from cdc_reconciler.reconcile import checksum as ck
@@ -140,8 +141,8 @@ def repair_position(conn: sa.Connection, table: TargetTable) -> int:
     """``P`` as described in the module docstring, from committed target data."""
     top = conn.execute(
         sa.text(
-            f"SELECT greatest((SELECT max(_cdc_pos) FROM {ck.quote_ident(table.schema)}."
-            f"{ck.quote_ident(table.name)}), (SELECT max(position) FROM cdcr.tombstones "
+            f"SELECT greatest((SELECT max(_cdc_pos) FROM {qualified_ident(table.schema, table.name)}"
+            "), (SELECT max(position) FROM cdcr.tombstones "
             "WHERE table_name = :tn))"
         ),
         {"tn": table.qualified},
