@@ -62,7 +62,7 @@ def _statements(table: TargetTable, columns: tuple[str, ...]) -> Statements:
 
 
 @contextmanager
-def _raw_cursor(conn: sa.Connection, what: str) -> Iterator[Any]:
+def _raw_cursor(conn: sa.Connection, what: str, table: TargetTable) -> Iterator[Any]:
     """The driver's own cursor on ``conn`` (psycopg2: COPY needs it). Its errors are the
     driver's; they are raised as SQLAlchemy's DBAPIError (the SQLSTATE stays in ``.orig``), like
     every other statement's, so callers classify one kind of error. A dropped connection is
@@ -78,7 +78,7 @@ def _raw_cursor(conn: sa.Connection, what: str) -> Iterator[Any]:
         if disconnect:
             conn.invalidate(exc)
         raise sa.exc.DBAPIError.instance(
-            what,
+            f"{what} {table.qualified}",
             None,
             exc,
             dbapi_error,
@@ -106,7 +106,7 @@ def write_batch(conn: sa.Connection, table: TargetTable, writes: Sequence[RowWri
             cols = tuple(c for c in full if c in w.values or c in table.key_columns or c == part)
         groups.setdefault(cols, []).append(w)
     applied = 0
-    with _raw_cursor(conn, f"write_batch {table.qualified}") as cur:
+    with _raw_cursor(conn, "write_batch", table) as cur:
         for cols, group in groups.items():
             applied += _write_group(cur, table, _statements(table, cols), group)
     return WriteResult(applied, len(writes) - applied)
@@ -212,7 +212,7 @@ def write_keyless(
     if st is None:
         st = _KEYLESS[table] = KeylessStatements(table)
     applied = 0
-    with _raw_cursor(conn, f"write_keyless {table.qualified}") as cur:
+    with _raw_cursor(conn, "write_keyless", table) as cur:
         cur.execute(st.create)
         i = 0
         while i < len(writes):
