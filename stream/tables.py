@@ -3,8 +3,10 @@
 Topic ``<prefix>.<schema>.<table>`` (or the event's ``source.schema``/``source.table``) maps to the
 target ``<schema>.<table>`` unless the YAML mapping says otherwise. Target tables are reflected once
 and cached. With ``create_missing`` a missing target table is created by mirroring the source
-table (SQLAlchemy reflection) plus the engine columns; a column that appears in events but not in
-the target is added (its type read from the source) and logged.
+table (read from its catalog, connectors/postgres/catalog.py) plus the engine columns; a column
+that appears in events but not in the target is added (its type read from the source) and
+logged. Values whose Debezium shape the target's COPY input does not read are reshaped by the
+route's adapters (connectors/postgres/adapters.py).
 
 Failures to map an event are :class:`ApplyError` with a stable ``kind``; the engine dead-letters
 them.
@@ -24,6 +26,7 @@ import sqlalchemy as sa
 from cdc_reconciler.config import PartitionBy, TableMapping, column_selected, interval_seconds
 from cdc_reconciler.connectors.debezium import ChangeEvent
 from cdc_reconciler.connectors.postgres import catalog
+from cdc_reconciler.connectors.postgres.adapters import value_adapters
 from cdc_reconciler.connectors.postgres.catalog import INTERVAL_COMMENT
 from cdc_reconciler.connectors.postgres.partitions import bucket_start, partition_ddl
 from cdc_reconciler.connectors.postgres.reflect import reflect_table
@@ -649,109 +652,9 @@ def _db_message(exc: sa.exc.DBAPIError) -> str:
     return " ".join(str(exc.orig).split()) if exc.orig is not None else str(exc)
 
 
-# --------------------------------------------------------------------------- value adapters
-# Debezium carries some types in a shape the target's COPY text input does not read; these turn
-# the decoded value into that text, chosen by the target column's type (TargetTable.column_kinds).
-
-_NUMERIC_SPECIAL = {"NAN": "NaN", "POSITIVE_INFINITY": "Infinity", "NEGATIVE_INFINITY": "-Infinity"}
-
-
-def _numeric(v: Any) -> Any:
-    # decimal.handling.mode=string spells NaN/±Infinity as Java enum names.
-    if v.__class__ is str and v[-1:] in ("N", "Y"):
-        return _NUMERIC_SPECIAL.get(v, v)
-    return v
-
-
-def _hstore_item(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _hstore(v: Any) -> Any:
-    """hstore.handling.mode=json (a JSON object as text) or map (an object): hstore text."""
-    if v.__class__ is str:
-        if not v.startswith("{"):
-            return v
-        import orjson
-
-        v = orjson.loads(v)
-    if isinstance(v, dict):
-        return ", ".join(
-            f"{_hstore_item(str(k))}=>{'NULL' if x is None else _hstore_item(str(x))}"
-            for k, x in v.items()
-        )
-    return v
-
-
-def _bits(width: int | None) -> Callable[[Any], Any]:
-    """io.debezium.data.Bits: little-endian bytes of the bit string read as a number; bit(1)
-    arrives as a boolean. bit(n) is padded to n; varbit's leading zeros are not carried."""
-
-    def conv(v: Any) -> Any:
-        if v is True or v is False:
-            return "1" if v else "0"
-        if isinstance(v, bytes | bytearray):
-            n = int.from_bytes(v, "little")
-            text = format(n, "b") if n or width else ""
-            return text.zfill(width) if width else text
-        return v
-
-    return conv
-
-
-def _point(v: Any) -> Any:
-    if isinstance(v, dict) and "x" in v:
-        return f"({float(v['x'])!r},{float(v['y'])!r})"
-    return v
-
-
-def _text_of_bytes(v: Any) -> Any:
-    """include.unknown.datatypes=true: types Debezium has no schema for (line, lseg, box, path,
-    polygon, circle, multiranges, composites) arrive as the bytes of their text form."""
-    if isinstance(v, bytes | bytearray):
-        return bytes(v).decode("utf-8")
-    return v
-
-
-# Built-in types of category U that Debezium has a schema for (they never arrive as bytes).
-_BUILTIN_USER_CATEGORY = frozenset(
-    {"bytea", "json", "jsonb", "uuid", "xml", "tsvector", "tsquery", "pg_lsn", "jsonpath"}
-)
-
-
-def value_adapters(table: TargetTable) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
-    out: list[tuple[str, Callable[[Any], Any]]] = []
-    for col, kind, typ in zip(
-        table.columns,
-        table.column_kinds,
-        table.column_types or ("",) * len(table.columns),
-        strict=False,
-    ):
-        head, _, name = kind.partition(":")
-        fn: Callable[[Any], Any] | None = None
-        if name == "numeric":
-            fn = _numeric
-        elif name == "hstore":
-            fn = _hstore
-        elif name in ("bit", "varbit"):
-            width = None
-            if name == "bit" and "(" in typ:
-                width = int(typ[typ.index("(") + 1 : typ.index(")")])
-            fn = _bits(width if name == "bit" else None)
-        elif name == "point":
-            fn = _point
-        elif (
-            head[:1] in ("c", "m")
-            or head[1:] == "G"
-            or (head[1:] == "U" and name not in _BUILTIN_USER_CATEGORY)
-        ):
-            fn = _text_of_bytes
-        if fn is not None:
-            out.append((col, fn))
-    return tuple(out)
-
-
 def _adapt(adapters: tuple[tuple[str, Callable[[Any], Any]], ...], values: dict[str, Any]) -> None:
+    """Reshape ``values`` in place by the route's adapters; ApplyError(bad_value) naming the
+    column when one cannot."""
     get = values.get
     name = ""
     try:

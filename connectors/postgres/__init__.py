@@ -5,6 +5,7 @@ database (the target, and the source when tables are mirrored or reconciled).
 - :mod:`.table`: :class:`~.table.TargetTable`, the engine columns and the tombstone key text;
 - :mod:`.catalog`: reading a table's columns, key and partitioning from ``pg_catalog``;
 - :mod:`.reflect`: :func:`~.reflect.reflect_table`, a target table as the engine sees it;
+- :mod:`.adapters`: decoded values reshaped for the target's COPY text input, by column type;
 - :mod:`.copytext`: values in COPY text format (the write hot path);
 - :mod:`.statements`: the SQL of the versioned writes, built once per table and column set;
 - :mod:`.write`: :func:`~.write.write_batch`, :func:`~.write.write_keyless`,

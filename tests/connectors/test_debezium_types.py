@@ -655,8 +655,9 @@ def test_lossless_modes_decode_to_values_that_copy_exactly(
 
 
 def _adapted(kind: str, typ: str, value: Any) -> Any:
+    from cdc_reconciler.connectors.postgres.adapters import value_adapters
     from cdc_reconciler.connectors.postgres.table import TargetTable
-    from cdc_reconciler.stream.tables import _adapt, value_adapters
+    from cdc_reconciler.stream.tables import _adapt
 
     table = TargetTable("s", "t", ("id",), ("id", "v"), ("integer", typ), ("bN:int4", kind))
     values = {"id": 1, "v": value}
@@ -703,8 +704,8 @@ def test_a_value_an_adapter_cannot_convert_is_an_apply_error() -> None:
 
 
 def test_tables_without_special_types_get_no_adapters() -> None:
+    from cdc_reconciler.connectors.postgres.adapters import value_adapters
     from cdc_reconciler.connectors.postgres.table import TargetTable
-    from cdc_reconciler.stream.tables import value_adapters
 
     table = TargetTable(
         "s",
