@@ -61,9 +61,10 @@ from cdc_reconciler.connectors.redis_ids import ProcessedIds
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.stream.checkpoint import record_applied
 from cdc_reconciler.stream.dead_letters import DeadLetter, DeadLetterSink
+from cdc_reconciler.stream.errors import ApplyError
 from cdc_reconciler.stream.metrics import Metrics
 from cdc_reconciler.stream.outcomes import BatchOutcome
-from cdc_reconciler.stream.tables import ApplyError, Route, TableResolver, key_of
+from cdc_reconciler.stream.tables import Route, TableResolver, key_of
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ types. Every function takes an Engine (it opens a connection) or a Connection (i
 caller's transaction).
 
 Types are ``format_type`` texts, so user and extension types keep their names; they are
-schema-qualified as far as the session's ``search_path`` makes them (set it empty, as
-``stream.tables.source_columns`` does, for fully qualified names).
+schema-qualified as far as the session's ``search_path`` makes them (:func:`qualified_columns`
+reads them with an empty one, so all are).
 """
 
 from __future__ import annotations
@@ -72,6 +72,17 @@ def columns(bind: sa.Engine | sa.Connection, schema: str, name: str) -> list[Col
     """The table's columns in order (none when it does not exist)."""
     params = {"schema": schema, "name": name}
     return _read(bind, lambda conn: [Column(**r._mapping) for r in conn.execute(_COLUMNS, params)])
+
+
+def qualified_columns(bind: sa.Engine, schema: str, name: str) -> list[Column]:
+    """:func:`columns` with every type written by ``format_type`` under an empty search_path, so
+    every user or extension type comes schema-qualified (``s.mood``, ``public.hstore[]``) and
+    means the same in another database (the table mirror's source read)."""
+    with bind.connect() as conn:
+        conn.execute(sa.text("SELECT set_config('search_path', '', true)"))
+        rows = columns(conn, schema, name)
+        conn.rollback()
+    return rows
 
 
 def column_types(bind: sa.Engine | sa.Connection, schema: str, name: str) -> dict[str, str]:

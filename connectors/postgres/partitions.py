@@ -9,7 +9,11 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cdc_reconciler.config import interval_seconds
+import sqlalchemy as sa
+
+from cdc_reconciler.config import TableMapping, interval_seconds
+from cdc_reconciler.connectors.postgres import catalog
+from cdc_reconciler.connectors.postgres.catalog import INTERVAL_COMMENT
 from cdc_reconciler.connectors.postgres.sql import qualified_ident
 from cdc_reconciler.connectors.postgres.table import TargetTable
 
@@ -121,3 +125,44 @@ def compressed_chunk_action(timescaledb_version: str) -> tuple[str, str]:
         f"compressed_chunk: TimescaleDB {timescaledb_version} rejects writes into compressed "
         "chunks (2.11+ accepts them); run decompress_chunk on the chunk and replay the event"
     )
+
+
+def partition_setup(
+    conn: sa.Connection, tgt: tuple[str, str], mapping: TableMapping, now: datetime | None = None
+) -> list[str]:
+    """What follows the CREATE TABLE of a time-partitioned target: for ``partition_by``, the
+    comment recording the interval and the partitions from ``ahead`` intervals before now to
+    ``ahead`` after it (others are made on demand by the writer); for ``hypertable``,
+    ``create_hypertable``. Values in the statements are formatted from validated settings
+    (intervals) or literals quoted by the server, never from event text."""
+    rel = qualified_ident(*tgt)
+    if mapping.hypertable is not None:
+        h = mapping.hypertable
+        col = conn.execute(sa.text("SELECT quote_literal(:c)"), {"c": h.time_column}).scalar()
+        rel_lit = conn.execute(sa.text("SELECT quote_literal(:r)"), {"r": rel}).scalar()
+        iv = conn.execute(sa.text("SELECT quote_literal(:i)"), {"i": h.chunk_interval}).scalar()
+        return [
+            f"SELECT create_hypertable({rel_lit}::regclass, {col}::name, "
+            f"chunk_time_interval => {iv}::interval, if_not_exists => true)"
+        ]
+    if mapping.partition_by is None:
+        return []
+    p = mapping.partition_by
+    comment = conn.execute(
+        sa.text("SELECT quote_literal(:c)"), {"c": INTERVAL_COMMENT + p.interval}
+    ).scalar()
+    out = [f"COMMENT ON TABLE {rel} IS {comment}"]
+    typ = catalog.column_types(conn, *tgt)[p.column]
+    table = TargetTable(
+        tgt[0],
+        tgt[1],
+        (),
+        (p.column,),
+        (typ,),
+        partition_column=p.column,
+        partition_interval=p.interval,
+    )
+    first = bucket_start(now or datetime.now(UTC), p.interval)
+    step = timedelta(seconds=interval_seconds(p.interval))
+    out.extend(partition_ddl(table, first + k * step) for k in range(-p.ahead, p.ahead + 1))
+    return out

@@ -695,7 +695,7 @@ def test_values_are_reshaped_for_the_target_column_type(
 
 
 def test_a_value_an_adapter_cannot_convert_is_an_apply_error() -> None:
-    from cdc_reconciler.stream.tables import ApplyError
+    from cdc_reconciler.stream.errors import ApplyError
 
     with pytest.raises(ApplyError) as info:
         _adapted("bG:line", "line", b"\xff\xfe")

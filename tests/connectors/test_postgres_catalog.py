@@ -14,7 +14,9 @@ from cdc_reconciler.connectors.postgres.reflect import reflect_table
 from cdc_reconciler.connectors.postgres.sql import qualified_ident, quote_ident
 from cdc_reconciler.connectors.postgres.table import TargetTable
 from cdc_reconciler.errors import CdcrError
-from cdc_reconciler.stream.tables import ApplyError, Route, TableResolver, mirror_ddl
+from cdc_reconciler.stream.errors import ApplyError
+from cdc_reconciler.stream.mirror import mirror_ddl
+from cdc_reconciler.stream.tables import Route, TableResolver
 
 # --------------------------------------------------------------------------- pure rules
 
