@@ -96,8 +96,8 @@ from __future__ import annotations
 
 from .decoder import DebeziumDecoder
 from .events import KINDS, ChangeEvent, DecodeError, Tombstone, TransactionMarker
+from .logical import _PG_POS_INF_MS as _PG_POS_INF_MS  # tests check the infinity boundary
 from .logical import (
-    _PG_POS_INF_MS,  # noqa: F401 - tests check the infinity boundary
     InfiniteDate,
     InfiniteTimestamp,
     bytes_from_b64,

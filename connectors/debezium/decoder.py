@@ -28,7 +28,7 @@ from .envelope import (
     tx_marker,
 )
 from .events import ChangeEvent, DecodeError, Tombstone, TransactionMarker
-from .hot import PREFIX, SchemaCache, make_event
+from .hot import PREFIX, SchemaCache, fast_change_id, make_event
 from .positions import _is_snapshot, change_id_for
 from .schema import _compile_schema, _Compiled
 
@@ -44,7 +44,7 @@ class DebeziumDecoder:
 
     def __init__(self, *, cache_size: int = 1024, allow_missing_position: bool = False) -> None:
         self._allow_missing_position = allow_missing_position
-        self._schemas = SchemaCache(cache_size)
+        self._schemas = SchemaCache(cache_size, _compile_schema)
         self._lru: OrderedDict[bytes, _Compiled | None] = self._schemas.lru  # the same objects
         self._by_len: dict[int, list[bytes]] = self._schemas.by_len
 
@@ -146,8 +146,8 @@ class DebeziumDecoder:
             position = self._missing_position()
         ts = envelope_ts_us(src, p)
         before, after = envelope_rows(p, op)
-        column_types, unavailable = (
-            (None, EMPTY)
+        column_types, unavailable, native = (
+            (None, EMPTY, True)
             if before is None and after is None
             else convert_envelope_rows(compiled, before, after)
         )
@@ -167,7 +167,9 @@ class DebeziumDecoder:
             position,
             ts,
             envelope_snapshot(op, src),
-            change_id_for(schema_name, table, op, position, ident),
+            (fast_change_id if native and k is None else change_id_for)(
+                schema_name, table, op, position, ident
+            ),
             column_types,
             transaction_id(p),
             message,
@@ -185,7 +187,7 @@ class DebeziumDecoder:
         schema_name = meta.schema_name()
         table = meta("table")
         row = {k: v for k, v in p.items() if not k.startswith("__")}
-        column_types, unavailable = convert_unwrapped_row(compiled, row)
+        column_types, unavailable, native = convert_unwrapped_row(compiled, row)
         before, after = (row, None) if op == "d" else (None, row)
         k = self.decode_key(key)
         return ChangeEvent(
@@ -199,7 +201,9 @@ class DebeziumDecoder:
             position,
             ts,
             _is_snapshot(op, meta("snapshot")),
-            change_id_for(schema_name, table, op, position, k if k is not None else row),
+            (fast_change_id if native and k is None else change_id_for)(
+                schema_name, table, op, position, k if k is not None else row
+            ),
             column_types,
         )
 

@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from .events import DecodeError, TransactionMarker
+from .hot import strip_placeholders
 from .logical import bytes_from_b64
 from .positions import _is_snapshot, _lsn, _mysql_position, _pg_position, _pg_sequence, _ts_us
-from .schema import _Compiled, _strip_placeholders
+from .schema import _Compiled
 
 OPS = frozenset({"c", "u", "d", "r", "t", "m"})
 ROW_OPS = frozenset({"c", "u", "d", "r"})
@@ -101,14 +102,15 @@ def envelope_rows(p: dict[str, Any], op: str) -> tuple[Any, Any]:
 
 def convert_envelope_rows(
     compiled: _Compiled | None, before: Any, after: Any
-) -> tuple[Mapping[str, str] | None, frozenset[str]]:
+) -> tuple[Mapping[str, str] | None, frozenset[str], bool]:
     """Strip TOAST placeholders and convert logical values of ``before``/``after`` in place.
-    Returns (column types when the schema is known, columns unavailable in ``after``)."""
+    Returns (column types when the schema is known, columns unavailable in ``after``, whether the
+    rows can hold no ``datetime.time`` -- see :func:`.hot.fast_change_id`)."""
     if compiled is None:
         if before is not None:
-            _strip_placeholders(before)
-        gone = None if after is None else _strip_placeholders(after)
-        return None, frozenset(gone) if gone else EMPTY
+            strip_placeholders(before)
+        gone = None if after is None else strip_placeholders(after)
+        return None, frozenset(gone) if gone else EMPTY, True
     rc = compiled.row
     if compiled.kind != "envelope" or rc is None:
         raise DecodeError(
@@ -116,10 +118,10 @@ def convert_envelope_rows(
             f"schema {compiled.name!r} does not describe an envelope"
             + (f" ({compiled.error})" if compiled.error else ""),
         )
-    unavailable = None if after is None else rc.apply_row(after)
+    unavailable = None if after is None else rc.fast_apply_row(after)
     if before is not None:
-        rc.apply_row(before)
-    return rc.column_types, frozenset(unavailable) if unavailable else EMPTY
+        rc.fast_apply_row(before)
+    return rc.column_types, frozenset(unavailable) if unavailable else EMPTY, rc.native_json
 
 
 def row_identity(op: str, key: Any, before: Any, after: Any, message: Any) -> Any:
@@ -191,14 +193,15 @@ class UnwrappedMeta:
 
 def convert_unwrapped_row(
     compiled: _Compiled | None, row: dict[str, Any]
-) -> tuple[Mapping[str, str] | None, set[str] | None]:
-    """(column types when the schema is known, unavailable columns) for an unwrapped row."""
+) -> tuple[Mapping[str, str] | None, set[str] | None, bool]:
+    """(column types when the schema is known, unavailable columns, whether the row can hold no
+    ``datetime.time``) for an unwrapped row."""
     if compiled is None:
-        return None, _strip_placeholders(row)
+        return None, strip_placeholders(row), True
     rc = compiled.unwrapped_row
     if compiled.kind != "struct" or rc is None:
         raise DecodeError("bad_schema", f"schema {compiled.name!r} is not a row struct")
-    return rc.column_types, rc.apply_row(row)
+    return rc.column_types, rc.fast_apply_row(row), rc.native_json
 
 
 # --------------------------------------------------------------------------------------------

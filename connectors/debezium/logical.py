@@ -17,6 +17,10 @@ from typing import Any
 
 _Conv = Callable[[Any], Any]
 
+# TOAST: the value Debezium sends for a column that did not change and was not logged.
+_TOAST = "__debezium_unavailable_value"
+_TOAST_B64 = "X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ=="  # the same, base64, for bytes columns
+
 _EPOCH_NAIVE = datetime(1970, 1, 1)  # noqa: DTZ001 - wall clock of `timestamp without time zone`
 _EPOCH_DATE = date(1970, 1, 1)
 _EPOCH_ORDINAL = _EPOCH_DATE.toordinal()

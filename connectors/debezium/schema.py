@@ -13,17 +13,18 @@ from types import MappingProxyType
 from typing import Any
 
 from .events import DecodeError
+from .hot import row_applier
 from .logical import (
     _BY_NAME,
     _IDENTITY_NAMES,
+    _TOAST,
+    _TOAST_B64,
     _Conv,
     bytes_from_b64,
     decimal_from_bytes,
     decimal_from_text,
 )
 
-_TOAST = "__debezium_unavailable_value"
-_TOAST_B64 = "X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ=="
 _TOASTABLE_TYPES = frozenset({"string", "bytes", "array", "map"})
 # Fixed-size PostgreSQL types are never TOASTed, so their string renderings need no placeholder check.
 _NEVER_TOASTED = frozenset(
@@ -35,6 +36,30 @@ _NEVER_TOASTED = frozenset(
         "io.debezium.data.Enum",
     }
 )
+
+
+# Logical types converted to ``datetime.time``: orjson renders those unlike ``isoformat()``.
+_TIME_NAMES = frozenset(
+    {
+        "io.debezium.time.Time",
+        "io.debezium.time.MicroTime",
+        "io.debezium.time.NanoTime",
+        "io.debezium.time.ZonedTime",
+        "org.apache.kafka.connect.data.Time",
+    }
+)
+
+
+def _may_hold_time(schema: Any) -> bool:
+    """Whether a field's converted value can be or contain a ``datetime.time``."""
+    if not isinstance(schema, Mapping):
+        return False
+    if schema.get("name") in _TIME_NAMES:
+        return True
+    if schema.get("type") == "array":
+        return _may_hold_time(schema.get("items"))
+    fields = schema.get("fields") if schema.get("type") == "struct" else None
+    return isinstance(fields, list) and any(_may_hold_time(f) for f in fields)
 
 
 def _short_type(schema: Mapping[str, Any]) -> str:
@@ -88,19 +113,27 @@ def _build_converter(schema: Mapping[str, Any]) -> _Conv | None:
 
 
 class _RowConverter:
-    """Per-table-version compiled conversion of one struct (a row, or a key)."""
+    """Per-table-version compiled conversion of one struct (a row, or a key).
 
-    __slots__ = ("convs", "toastable", "column_types")
+    ``apply``/``apply_row`` are the plain loops (the reference); ``fast_apply_row`` is the same
+    as ``apply_row``, generated straight-line per table version (see :mod:`.hot`). ``native_json``
+    says no converted value can be a ``time`` (then orjson may render the row's change id itself).
+    """
+
+    __slots__ = ("convs", "toastable", "column_types", "native_json", "fast_apply_row")
 
     def __init__(
         self,
         convs: tuple[tuple[str, _Conv], ...],
         toastable: tuple[str, ...],
         column_types: Mapping[str, str],
+        native_json: bool = False,
     ) -> None:
         self.convs = convs
         self.toastable = toastable
         self.column_types = column_types
+        self.native_json = native_json
+        self.fast_apply_row = row_applier(convs, toastable, column_types)
 
     @classmethod
     def compile(cls, struct: Mapping[str, Any], *, skip_meta: bool = False) -> _RowConverter:
@@ -110,6 +143,7 @@ class _RowConverter:
         convs: list[tuple[str, _Conv]] = []
         toastable: list[str] = []
         types: dict[str, str] = {}
+        native_json = True
         for f in fields:
             if not isinstance(f, Mapping) or not isinstance(f.get("field"), str):
                 raise ValueError("struct field without a name")
@@ -117,12 +151,13 @@ class _RowConverter:
             if skip_meta and fname.startswith("__"):
                 continue
             types[fname] = _short_type(f)
+            native_json = native_json and not _may_hold_time(f)
             conv = _build_converter(f)
             if conv is not None:
                 convs.append((fname, conv))
             if f.get("type") in _TOASTABLE_TYPES and f.get("name") not in _NEVER_TOASTED:
                 toastable.append(fname)
-        return cls(tuple(convs), tuple(toastable), MappingProxyType(types))
+        return cls(tuple(convs), tuple(toastable), MappingProxyType(types), native_json)
 
     def apply(self, row: dict[str, Any]) -> dict[str, Any]:
         """Convert ``row`` in place (no TOAST handling); raises DecodeError on a bad value."""
@@ -160,21 +195,6 @@ class _RowConverter:
                 gone.add(name)
         self.apply(row)
         return gone
-
-
-def _is_placeholder(v: Any) -> bool:
-    if v.__class__ is str:
-        return v == _TOAST or v == _TOAST_B64
-    return v.__class__ is list and len(v) == 1 and v[0] == _TOAST
-
-
-def _strip_placeholders(row: dict[str, Any]) -> set[str] | None:
-    gone = [k for k, v in row.items() if v is not None and _is_placeholder(v)]
-    if not gone:
-        return None
-    for k in gone:
-        del row[k]
-    return set(gone)
 
 
 class _Compiled:
