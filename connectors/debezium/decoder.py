@@ -190,7 +190,7 @@ class DebeziumDecoder:
         column_types, unavailable, native = convert_unwrapped_row(compiled, row)
         before, after = (row, None) if op == "d" else (None, row)
         k = self.decode_key(key)
-        return ChangeEvent(
+        return make_event(
             op,
             schema_name,
             table,
@@ -205,6 +205,8 @@ class DebeziumDecoder:
                 schema_name, table, op, position, k if k is not None else row
             ),
             column_types,
+            None,
+            None,
         )
 
     def _missing_position(self) -> int:

@@ -8,9 +8,10 @@ tests/connectors/test_debezium_hot.py compares the two.
    starts with cached bytes (one ``memcmp``) needs only ``orjson.loads(P)``. The last hit per slot
    (values, keys) is tried first, so one partition carrying one table version costs one compare.
    Plain equivalent: ``orjson.loads`` of the whole record and ``_compile_schema`` of its schema.
-2. :func:`make_event` -- build the frozen, slotted :class:`ChangeEvent` through the slot
-   descriptors' ``__set__``: the dataclass ``__init__`` goes through ``object.__setattr__`` once
-   per field (~2 µs per event). Plain equivalent: ``ChangeEvent(...)``.
+2. :func:`make_event` -- build the frozen, slotted :class:`ChangeEvent` as a mutable twin with
+   the same slots, then switch its ``__class__``: the dataclass ``__init__`` goes through
+   ``object.__setattr__`` once per field. ~0.7 µs instead of ~2.9 µs (and ~1.4 µs for the
+   slot-descriptor ``__set__`` calls used before). Plain equivalent: ``ChangeEvent(...)``.
 3. :func:`row_applier` -- per table version, generate one straight-line function that strips
    TOAST placeholders and converts the columns that need it, column by column (no loop, no tuple
    unpacking, one ``row.get`` per column, constants bound as default arguments). Plain equivalent:
@@ -127,12 +128,46 @@ class SchemaCache:
 # --------------------------------------------------------------------------------------------
 # 2. Event construction without the dataclass __init__
 
-_S = {name: ChangeEvent.__dict__[name].__set__ for name in ChangeEvent.__slots__}
-_s_op, _s_schema, _s_table, _s_key = _S["op"], _S["source_schema"], _S["source_table"], _S["key"]
-_s_before, _s_after, _s_unav, _s_pos = _S["before"], _S["after"], _S["unavailable"], _S["position"]
-_s_ts, _s_snap, _s_id, _s_types = _S["ts_us"], _S["snapshot"], _S["change_id"], _S["column_types"]
-_s_tx, _s_msg = _S["transaction_id"], _S["message"]
-_new = object.__new__
+
+class _EventShell:
+    """Same slots, same order, same base as :class:`ChangeEvent`, but mutable: a plain
+    ``__init__`` stores the 14 fields with the interpreter's slot stores, then the instance
+    becomes a ``ChangeEvent`` by ``__class__`` assignment (allowed: identical layouts). The frozen
+    dataclass ``__init__`` calls ``object.__setattr__`` once per field instead."""
+
+    __slots__ = ChangeEvent.__slots__
+
+    def __init__(
+        self,
+        op: str,
+        source_schema: str | None,
+        source_table: str | None,
+        key: dict[str, Any] | None,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+        unavailable: frozenset[str],
+        position: int,
+        ts_us: int,
+        snapshot: bool,
+        change_id: bytes,
+        column_types: Mapping[str, str] | None,
+        transaction_id: str | None,
+        message: dict[str, Any] | None,
+    ) -> None:
+        self.op = op
+        self.source_schema = source_schema
+        self.source_table = source_table
+        self.key = key
+        self.before = before
+        self.after = after
+        self.unavailable = unavailable
+        self.position = position
+        self.ts_us = ts_us
+        self.snapshot = snapshot
+        self.change_id = change_id
+        self.column_types = column_types
+        self.transaction_id = transaction_id
+        self.message = message
 
 
 def make_event(
@@ -151,23 +186,30 @@ def make_event(
     transaction_id: str | None,
     message: dict[str, Any] | None,
 ) -> ChangeEvent:
-    """Same result as ``ChangeEvent(...)``, without the frozen dataclass ``__init__``."""
-    ev: ChangeEvent = _new(ChangeEvent)
-    _s_op(ev, op)
-    _s_schema(ev, source_schema)
-    _s_table(ev, source_table)
-    _s_key(ev, key)
-    _s_before(ev, before)
-    _s_after(ev, after)
-    _s_unav(ev, unavailable)
-    _s_pos(ev, position)
-    _s_ts(ev, ts_us)
-    _s_snap(ev, snapshot)
-    _s_id(ev, change_id)
-    _s_types(ev, column_types)
-    _s_tx(ev, transaction_id)
-    _s_msg(ev, message)
-    return ev
+    """Same result as ``ChangeEvent(...)`` (all 14 fields, positionally), ~4x cheaper."""
+    ev: Any = _EventShell(
+        op,
+        source_schema,
+        source_table,
+        key,
+        before,
+        after,
+        unavailable,
+        position,
+        ts_us,
+        snapshot,
+        change_id,
+        column_types,
+        transaction_id,
+        message,
+    )
+    ev.__class__ = ChangeEvent
+    return ev  # type: ignore[no-any-return]
+
+
+# A field added to ChangeEvent must be added to the shell too; fail at import, not at run time.
+if _EventShell.__slots__ != ChangeEvent.__slots__ or len(ChangeEvent.__slots__) != 14:
+    raise RuntimeError("ChangeEvent's fields changed: update _EventShell and make_event")
 
 
 # --------------------------------------------------------------------------------------------

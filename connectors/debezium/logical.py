@@ -87,6 +87,19 @@ def decimal_from_bytes(v: Any, scale: int) -> Decimal:
     raise TypeError(f"expected base64 string, got {type(v).__name__}")
 
 
+def decimal_bytes_converter(scale: int) -> _Conv:
+    """``decimal_from_bytes`` with the scale bound, the base64 case inlined (one call per value)."""
+    neg = -scale
+
+    def conv(v: Any) -> Decimal:
+        if v.__class__ is str:
+            unscaled = int.from_bytes(_b64(v, strict_mode=True), "big", signed=True)
+            return Decimal(unscaled).scaleb(neg, _DEC_CTX)
+        return decimal_from_bytes(v, scale)
+
+    return conv
+
+
 def decimal_from_text(v: Any) -> Decimal:
     if isinstance(v, bool) or not isinstance(v, str | int | float):
         raise TypeError(f"expected number or string, got {type(v).__name__}")

@@ -21,7 +21,7 @@ from .logical import (
     _TOAST_B64,
     _Conv,
     bytes_from_b64,
-    decimal_from_bytes,
+    decimal_bytes_converter,
     decimal_from_text,
 )
 
@@ -81,7 +81,7 @@ def _build_converter(schema: Mapping[str, Any]) -> _Conv | None:
         params = schema.get("parameters") or {}
         scale = int(params.get("scale", 0))
         if typ == "bytes":
-            return lambda v: decimal_from_bytes(v, scale)
+            return decimal_bytes_converter(scale)
         return decimal_from_text
     if isinstance(name, str):
         if name in _IDENTITY_NAMES:

@@ -25,6 +25,8 @@ from cdc_reconciler.connectors.debezium.logical import (
     _NAIVE_MAX,
     _NAIVE_MIN,
     InfiniteDate,
+    decimal_bytes_converter,
+    decimal_from_bytes,
 )
 from cdc_reconciler.connectors.debezium.positions import change_id_for
 from cdc_reconciler.connectors.debezium.schema import _compile_schema, _RowConverter
@@ -211,3 +213,25 @@ def test_strip_placeholders_equals_the_per_column_test() -> None:
         kept = {k: v for k, v in row.items() if k not in want}
         assert strip_placeholders(row) == (want or None)
         assert row == kept
+
+
+def test_make_event_result_is_a_frozen_change_event() -> None:
+    args: tuple[Any, ...] = ("d", None, None, None, {"id": 1}, None, frozenset({"x"}), 1, 2, True)
+    args += (b"y" * 16, {"id": "int32"}, None, None)
+    ev = make_event(*args)
+    assert type(ev) is ChangeEvent and ev == ChangeEvent(*args) and hash(ev.change_id)
+    with pytest.raises(AttributeError):  # dataclasses.FrozenInstanceError
+        ev.op = "c"  # type: ignore[misc]
+    assert copy.copy(ev) == ev and copy.deepcopy(ev) == ev
+
+
+@pytest.mark.parametrize("scale", [0, 2, 6, 18])
+def test_bound_decimal_converter_equals_decimal_from_bytes(scale: int) -> None:
+    conv = decimal_bytes_converter(scale)
+    rnd = random.Random(scale)
+    for v in [_b64(rnd.randrange(-(2**31), 2**31)) for _ in range(500)] + [5, 2.5, "AA=="]:
+        got, want = conv(v), decimal_from_bytes(v, scale)
+        assert got == want and got.as_tuple() == want.as_tuple()
+    for bad in (True, None, "not base64!"):
+        with pytest.raises((TypeError, ValueError)):
+            conv(bad)
