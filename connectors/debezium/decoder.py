@@ -28,7 +28,7 @@ from .envelope import (
     tx_marker,
 )
 from .events import ChangeEvent, DecodeError, Tombstone, TransactionMarker
-from .hot import PREFIX, SchemaCache, fast_change_id, make_event
+from .hot import PREFIX, EventShell, SchemaCache, fast_change_id
 from .positions import _is_snapshot, change_id_for
 from .schema import _compile_schema, _Compiled
 
@@ -156,7 +156,7 @@ class DebeziumDecoder:
         ident = row_identity(op, k, before, after, message)
         table = src.get("table") or None
         schema_name = schema_name or None
-        return make_event(
+        return EventShell(
             op,
             schema_name,
             table,
@@ -173,7 +173,7 @@ class DebeziumDecoder:
             column_types,
             transaction_id(p),
             message,
-        )
+        ).freeze()
 
     def _unwrapped(
         self, key: bytes | None, compiled: _Compiled | None, p: dict[str, Any]
@@ -190,7 +190,7 @@ class DebeziumDecoder:
         column_types, unavailable, native = convert_unwrapped_row(compiled, row)
         before, after = (row, None) if op == "d" else (None, row)
         k = self.decode_key(key)
-        return make_event(
+        return EventShell(
             op,
             schema_name,
             table,
@@ -207,7 +207,7 @@ class DebeziumDecoder:
             column_types,
             None,
             None,
-        )
+        ).freeze()
 
     def _missing_position(self) -> int:
         if self._allow_missing_position:

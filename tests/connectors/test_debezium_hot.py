@@ -14,9 +14,9 @@ import pytest
 
 from cdc_reconciler.connectors.debezium import ChangeEvent, DebeziumDecoder, DecodeError
 from cdc_reconciler.connectors.debezium.hot import (
+    EventShell,
     fast_change_id,
     is_placeholder,
-    make_event,
     strip_placeholders,
 )
 from cdc_reconciler.connectors.debezium.logical import (
@@ -197,10 +197,10 @@ def test_time_columns_keep_the_reference_change_id() -> None:
     assert ev.change_id == change_id_for("s", "t", "c", 7, {"t": time(0, 0, 0, 29_724)})
 
 
-def test_make_event_equals_the_dataclass() -> None:
+def test_event_shell_equals_the_dataclass() -> None:
     args: tuple[Any, ...] = ("c", "s", "t", {"id": 1}, None, {"id": 1}, frozenset(), 5, 6, False)
     args += (b"x" * 16, None, "tx", None)
-    assert make_event(*args) == ChangeEvent(*args)
+    assert EventShell(*args).freeze() == ChangeEvent(*args)
 
 
 def test_strip_placeholders_equals_the_per_column_test() -> None:
@@ -215,10 +215,10 @@ def test_strip_placeholders_equals_the_per_column_test() -> None:
         assert row == kept
 
 
-def test_make_event_result_is_a_frozen_change_event() -> None:
+def test_event_shell_result_is_a_frozen_change_event() -> None:
     args: tuple[Any, ...] = ("d", None, None, None, {"id": 1}, None, frozenset({"x"}), 1, 2, True)
     args += (b"y" * 16, {"id": "int32"}, None, None)
-    ev = make_event(*args)
+    ev = EventShell(*args).freeze()
     assert type(ev) is ChangeEvent and ev == ChangeEvent(*args) and hash(ev.change_id)
     with pytest.raises(AttributeError):  # dataclasses.FrozenInstanceError
         ev.op = "c"  # type: ignore[misc]
