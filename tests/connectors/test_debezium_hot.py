@@ -30,17 +30,10 @@ from cdc_reconciler.connectors.debezium.logical import (
 )
 from cdc_reconciler.connectors.debezium.positions import change_id_for
 from cdc_reconciler.connectors.debezium.schema import _compile_schema, _RowConverter
+from tests.connectors.test_debezium_types import field as _f
 
 TOAST = "__debezium_unavailable_value"
 TOAST_B64 = "X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ=="
-
-
-def _f(field: str, typ: str, name: str | None = None, **extra: Any) -> dict[str, Any]:
-    d: dict[str, Any] = {"type": typ, "optional": True, "field": field}
-    if name:
-        d["name"] = name
-    d.update(extra)
-    return d
 
 
 ODD = "we\"ird\\col\n'name"  # a column name that must stay data in the generated code
