@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from confluent_kafka import (
-    TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     ConsumerGroupTopicPartitions,
     KafkaError,
@@ -33,6 +32,7 @@ from confluent_kafka.cimpl import NewPartitions, NewTopic
 
 from cdc_reconciler.connectors.kafka.config import inspect_consumer_config
 from cdc_reconciler.connectors.kafka.errors import KafkaEdgeError, error_of
+from cdc_reconciler.connectors.kafka.timestamps import TP, TimestampReader
 
 # A metadata round trip on a healthy local or LAN broker takes milliseconds; 10 s leaves room for a
 # loaded cluster while still failing fast enough for an operator running `cdcr lag` by hand.
@@ -40,12 +40,6 @@ DEFAULT_TIMEOUT_S = 10.0
 # Reading one message per lagging partition: a fetch from a healthy broker answers in well under a
 # second; partitions that do not answer in time are reported without a timestamp, not waited for.
 DEFAULT_TIMESTAMP_TIMEOUT_S = 2.0
-# When the next offset wanted on a partition is this close ahead, reading on is cheaper than a seek
-# (which throws away the prefetched messages).
-_SEEK_GAP = 500
-
-TP = tuple[str, int]
-"""A partition: (topic, partition)."""
 
 _T = TypeVar("_T")
 
@@ -246,7 +240,7 @@ class KafkaAdmin:
         records only, data deleted meanwhile, a slow broker) and messages without a timestamp are
         left out of the answer rather than guessed.
         """
-        reader = _TimestampReader(wanted)
+        reader = TimestampReader(wanted)
         if reader.finished():
             return {}
         consumer = Consumer(inspect_consumer_config(self._config, self._timeout_s))
@@ -314,34 +308,29 @@ class KafkaAdmin:
         """Delete consumer groups (their committed offsets); groups that do not exist are
         ignored. A group with live members cannot be deleted: KafkaEdgeError (NON_EMPTY_GROUP)."""
         names = sorted(set(groups))
-        if not names:
-            return
-        futs = self._admin.delete_consumer_groups(names, request_timeout=self._timeout_s)
-        for name, fut in futs.items():
-            try:
-                fut.result(timeout=self._timeout_s + 5)
-            except KafkaException as exc:
-                kerr = error_of(exc)
-                if kerr is not None and kerr.code() == KafkaError.GROUP_ID_NOT_FOUND:
-                    continue
-                raise KafkaEdgeError.wrap(f"delete consumer group {name!r}", exc) from exc
+        if names:
+            futs = self._admin.delete_consumer_groups(names, request_timeout=self._timeout_s)
+            self._await_all("delete consumer group", futs, absent=KafkaError.GROUP_ID_NOT_FOUND)
 
     def delete_topics(self, names: Iterable[str]) -> None:
         """Delete topics; topics that do not exist are ignored."""
         names = list(names)
-        if not names:
-            return
-        futs = self._admin.delete_topics(names, request_timeout=self._timeout_s)
+        if names:
+            futs = self._admin.delete_topics(names, request_timeout=self._timeout_s)
+            self._await_all("delete topic", futs, absent=KafkaError.UNKNOWN_TOPIC_OR_PART)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _await_all(self, what: str, futs: Mapping[str, Future[Any]], *, absent: int) -> None:
+        """Wait for every named request; ``absent`` (the code for "no such thing") is success."""
         for name, fut in futs.items():
             try:
                 fut.result(timeout=self._timeout_s + 5)
             except KafkaException as exc:
                 kerr = error_of(exc)
-                if kerr is not None and kerr.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                if kerr is not None and kerr.code() == absent:
                     continue
-                raise KafkaEdgeError.wrap(f"delete topic {name!r}", exc) from exc
-
-    # -- helpers --------------------------------------------------------------------------------
+                raise KafkaEdgeError.wrap(f"{what} {name!r}", exc) from exc
 
     def _result(self, what: str, fut: Future[_T]) -> _T:
         # The request_timeout given to each call bounds the broker side; the margin covers the
@@ -354,60 +343,3 @@ class KafkaAdmin:
             raise KafkaEdgeError(
                 f"{what}: no answer within {self._timeout_s + 5:.0f}s (is the broker reachable?)"
             ) from exc
-
-
-class _TimestampReader:
-    """The steps of :meth:`KafkaAdmin.message_timestamps`: the offsets still wanted per partition
-    (each list sorted descending, so ``pop()`` gives the smallest), and the timestamps found."""
-
-    def __init__(self, wanted: Iterable[tuple[str, int, int]]) -> None:
-        self.todo: dict[TP, list[int]] = {}
-        for t, p, o in wanted:
-            self.todo.setdefault((t, p), []).append(o)
-        for offs in self.todo.values():
-            offs.sort(reverse=True)
-        self.found: dict[tuple[str, int, int], datetime] = {}
-
-    def finished(self) -> bool:
-        return not self.todo
-
-    def start(self, consumer: Consumer) -> None:
-        """Assign every wanted partition at its smallest wanted offset."""
-        consumer.assign([TopicPartition(t, p, offs[-1]) for (t, p), offs in self.todo.items()])
-
-    def read_round(self, consumer: Consumer, timeout_s: float) -> None:
-        """Read what arrives within ``timeout_s``; pause the partitions that are done, in one call
-        (pausing costs per call, not per partition)."""
-        done: list[TopicPartition] = []
-        for msg in consumer.consume(num_messages=500, timeout=timeout_s):
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                raise KafkaEdgeError.wrap("read message timestamps", err)
-            topic, part, off = msg.topic(), msg.partition(), msg.offset()
-            if topic is None or part is None or off is None:
-                continue
-            if self._take(consumer, (topic, part), off, msg.timestamp()):
-                done.append(TopicPartition(topic, part))
-        if done:
-            consumer.pause(done)
-
-    def _take(self, consumer: Consumer, tp: TP, off: int, ts: tuple[int, int]) -> bool:
-        """Answer every wanted offset up to ``off`` with this message's timestamp. True when the
-        partition has nothing left to answer; otherwise seek ahead when the next wanted offset is
-        far away."""
-        pending = self.todo.get(tp)
-        if not pending:
-            return False
-        ts_type, ts_ms = ts
-        while pending and pending[-1] <= off:
-            wanted_off = pending.pop()
-            if ts_type != TIMESTAMP_NOT_AVAILABLE and ts_ms >= 0:
-                self.found[(*tp, wanted_off)] = datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
-        if not pending:
-            del self.todo[tp]
-            return True
-        if pending[-1] - off > _SEEK_GAP:
-            consumer.seek(TopicPartition(*tp, pending[-1]))
-        return False
