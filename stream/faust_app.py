@@ -38,9 +38,10 @@ from typing import Any
 import faust
 import typer
 
+from cdc_reconciler import wiring
 from cdc_reconciler.cli.common import guarded, to_json
 from cdc_reconciler.config import Settings, load_settings
-from cdc_reconciler.connectors.kafka import Record, make_consumer
+from cdc_reconciler.connectors.kafka import Record
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.stream.command import EngineParts, build_engine
 
@@ -53,7 +54,9 @@ IDLE_BEFORE_FIRST_S = 30.0
 
 
 def matching_topics(settings: Settings) -> list[str]:
-    consumer = make_consumer(settings.kafka, group_id=f"{settings.kafka.group_id}-faust-probe")
+    consumer = wiring.kafka_consumer(
+        settings.kafka, group_id=f"{settings.kafka.group_id}-faust-probe"
+    )
     try:
         meta = consumer.list_topics(timeout=30)
     finally:

@@ -43,21 +43,14 @@ class LagSession:
         timeout_s: float,
         offset_reset: str = "earliest",
     ) -> None:
-        from cdc_reconciler.connectors.kafka_admin import KafkaAdmin, client_config
+        from cdc_reconciler import wiring
 
         k = settings.kafka
-        admin = KafkaAdmin(
-            client_config(
-                k.bootstrap_servers,
-                sasl_username=k.sasl_username,
-                sasl_password=k.sasl_password.get_secret_value() if k.sasl_password else None,
-            ),
-            timeout_s=timeout_s,
-        )
+        admin = wiring.kafka_admin(k, timeout_s=timeout_s)
         self.groups = list(groups)
         own = k.group_id
         # `cdcr run` subscribes its group to kafka.topic_pattern with auto.offset.reset=earliest
-        # (connectors/kafka.py): every matching partition is the group's, committed or not.
+        # (connectors/kafka/config.py): every matching partition is the group's, committed or not.
         self.monitor = LagMonitor(
             admin,
             self.groups,

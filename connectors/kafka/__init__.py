@@ -12,8 +12,6 @@ modules need (types, constants) are re-exported here, so nothing else imports co
 
 from __future__ import annotations
 
-from typing import Any
-
 from confluent_kafka import (
     OFFSET_END,
     Consumer,
@@ -24,7 +22,6 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from cdc_reconciler.config import KafkaSettings
 from cdc_reconciler.connectors.kafka.config import PRODUCER_MAX_BYTES, RECEIVE_MAX_BYTES
 from cdc_reconciler.connectors.kafka.consumer import (
     COMMIT_TIMEOUT_S,
@@ -53,15 +50,5 @@ __all__ = [
     "check_reachable",
     "error_of",
     "is_fatal",
-    "make_consumer",
     "raise_for",
 ]
-
-
-def make_consumer(
-    settings: KafkaSettings, *, group_id: str | None = None, extra: dict[str, Any] | None = None
-) -> Consumer:
-    """Kept for stream/faust_app.py until its move calls ``wiring.kafka_consumer`` directly."""
-    from cdc_reconciler import wiring
-
-    return wiring.kafka_consumer(settings, group_id=group_id, overrides=extra)
