@@ -42,9 +42,6 @@ from sqlalchemy.exc import DBAPIError
 from cdc_reconciler.connectors.debezium import (
     ChangeEvent,
     DebeziumDecoder,
-    DecodeError,
-    Tombstone,
-    TransactionMarker,
 )
 from cdc_reconciler.connectors.kafka import Record
 from cdc_reconciler.connectors.redis_ids import ProcessedIds
@@ -66,7 +63,9 @@ from cdc_reconciler.stream.checkpoint import record_applied
 from cdc_reconciler.stream.dead_letters import DeadLetter, DeadLetterSink
 from cdc_reconciler.stream.metrics import Metrics
 from cdc_reconciler.stream.outcomes import BatchOutcome
+from cdc_reconciler.stream.plan import Pending, Plan, plan_batch
 from cdc_reconciler.stream.tables import ApplyError, Route, TableResolver, key_of
+from cdc_reconciler.stream.timing import Timing
 
 log = logging.getLogger(__name__)
 
@@ -80,32 +79,13 @@ class Interrupted(CdcrError):
 
 
 @dataclass(slots=True)
-class Pending:
-    record: Record
-    event: ChangeEvent
-    route: Route
-    key: tuple[Any, ...]
-    values: dict[str, Any] | None  # None: delete
-    # Tables without a key: "i" append, "u"/"d" by full-row match of ``before``; "" otherwise.
-    keyless: str = ""
-    before: dict[str, Any] | None = None
-
-
-@dataclass(slots=True)
-class _Plan:
-    outcome: BatchOutcome
-    dead: list[DeadLetter] = field(default_factory=list)
-    writes: dict[tuple[str, str, int], tuple[Route, list[Pending]]] = field(default_factory=dict)
-    truncates: list[Pending] = field(default_factory=list)
-    fresh_ids: list[tuple[bytes, int]] = field(default_factory=list)
-
-
-@dataclass(slots=True)
 class Prepared:
     """A batch decoded and planned, not yet written."""
 
-    plan: _Plan
+    plan: Plan
     started: float
+    # Wall time per stage of this batch (stream/timing.py); the runner adds its own stages.
+    timing: Timing = field(default_factory=Timing)
 
 
 class ApplyEngine:
@@ -147,70 +127,17 @@ class ApplyEngine:
         self.dry_run = dry_run
 
     # ------------------------------------------------------------------ planning
-    def _plan(self, records: Sequence[Record]) -> _Plan:
-        plan = _Plan(BatchOutcome())
-        outcome = plan.outcome
-        candidates: list[Pending] = []
-        for r in records:
-            counts = outcome.counts(r.topic, r.partition)
-            counts.consumed += 1
-            if r.offset + 1 > counts.next_offset:
-                counts.next_offset = r.offset + 1
-            try:
-                decoded = self._decoder.decode(r.key, r.value)
-            except DecodeError as exc:
-                self._dead_letter(plan, r, f"decode:{exc.kind}", exc.message)
-                continue
-            if isinstance(decoded, Tombstone | TransactionMarker) or decoded.op == "m":
-                counts.skipped_noop += 1
-                continue
-            try:
-                pending = self._pending(r, decoded)
-            except ApplyError as exc:
-                self._dead_letter(plan, r, exc.kind, exc.message)
-                continue
-            if counts.last_event_us is None or decoded.ts_us > counts.last_event_us:
-                counts.last_event_us = decoded.ts_us
-            if pending.keyless and self._ids is None and pending.route.mapping.mode != "append":
-                self._skip_keyless(plan, pending)
-                continue
-            candidates.append(pending)
-
-        seen = (
-            self._ids.seen([(p.event.change_id, p.event.ts_us) for p in candidates])
-            if (self._ids and candidates)
-            else [False] * len(candidates)
+    def _plan(self, records: Sequence[Record], timing: Timing) -> Plan:
+        return plan_batch(
+            records,
+            decode=self._decoder.decode,
+            pending=self._pending,
+            seen=self._ids.seen if self._ids is not None else None,
+            keyless_skipped=self._skip_keyless,
+            timing=timing,
         )
-        newest: dict[tuple[str, tuple[Any, ...]], Pending] = {}
-        for p, was_seen in zip(candidates, seen, strict=True):
-            if was_seen:
-                self._count(plan, p, "skipped_duplicate")
-                continue
-            plan.fresh_ids.append((p.event.change_id, p.event.ts_us))
-            if p.event.op == "t":
-                plan.truncates.append(p)
-                continue
-            k = (p.route.table.qualified, p.key)
-            cur = newest.get(k)
-            if cur is None:
-                newest[k] = p
-                continue
-            # Later in the batch wins a tie (Kafka order within a partition, e.g. snapshot rows).
-            newer, older = (p, cur) if p.event.position >= cur.event.position else (cur, p)
-            newest[k] = _merge_unchanged(newer, older)
-            self._count(plan, older, "skipped_stale")
-        # A column added mid-batch widens the table: write every group with the newest route.
-        latest = {p.route.table.qualified: p.route for p in candidates}
-        for p in newest.values():
-            gk = (p.route.table.qualified, p.record.topic, p.record.partition)
-            entry = plan.writes.get(gk)
-            if entry is None:
-                plan.writes[gk] = (latest[gk[0]], [p])
-            else:
-                entry[1].append(p)
-        return plan
 
-    def _skip_keyless(self, plan: _Plan, p: Pending) -> None:
+    def _skip_keyless(self, p: Pending) -> None:
         """Without processed-change IDs (replay), a change to a keyless REPLICA IDENTITY FULL
         table cannot be told from one already applied (an insert whose row was updated since
         would come back as a second row), so it is skipped as stale, with its reason logged
@@ -224,7 +151,6 @@ class ApplyEngine:
                 "cdcr reconcile (docs/apply.md)",
                 table,
             )
-        self._count(plan, p, "skipped_stale")
 
     def _pending(self, r: Record, event: ChangeEvent) -> Pending:
         route = self._resolver.route(r.topic, event)
@@ -319,15 +245,9 @@ class ApplyEngine:
         except DBAPIError as exc:
             log.warning("cannot index %s._cdc_pos: %s", table.qualified, str(exc.orig).strip())
 
-    def _dead_letter(self, plan: _Plan, r: Record, kind: str, message: str) -> None:
-        plan.dead.append(DeadLetter(r, kind, message))
-        plan.outcome.counts(r.topic, r.partition).dead_lettered += 1
-        plan.outcome.table_add(r.topic, "dead_lettered")
-
     @staticmethod
-    def _count(plan: _Plan, p: Pending, outcome: str) -> None:
-        plan.outcome.counts(p.record.topic, p.record.partition).add(outcome)
-        plan.outcome.table_add(p.route.table.qualified, outcome)
+    def _count(plan: Plan, p: Pending, outcome: str) -> None:
+        plan.count(p, outcome)
 
     # ------------------------------------------------------------------ applying
     def process(self, records: Sequence[Record]) -> BatchOutcome:
@@ -345,10 +265,11 @@ class ApplyEngine:
         (its duplicates then meet the position guard instead of Redis). A target outage while
         resolving tables is retried with backoff until the stop signal (then Interrupted)."""
         started = time.perf_counter()
+        timing = Timing()
         delay = RETRY_INITIAL_S
         while True:
             try:
-                plan = self._plan(records)
+                plan = self._plan(records, timing)
                 break
             except DBAPIError as exc:
                 # Resolving a table reads the target's catalog: a target outage here is waited
@@ -356,9 +277,12 @@ class ApplyEngine:
                 # reads, so it is redone whole.
                 self._retry_wait(exc, delay)
                 delay = min(delay * 2, RETRY_MAX_S)
+        planned = time.perf_counter()
+        timing.plan += planned - started - timing.decode - timing.redis_seen
         if not self.dry_run:
             self._dead.publish(plan.dead)
-        return Prepared(plan, started)
+        timing.dlq += time.perf_counter() - planned
+        return Prepared(plan, started, timing)
 
     def apply(self, prepared: Prepared) -> BatchOutcome:
         """Write a prepared batch in one transaction (retrying while the target is unavailable),
@@ -371,7 +295,7 @@ class ApplyEngine:
             # Each attempt accounts on a fresh copy, so a retried transaction never counts twice.
             plan.outcome = copy.deepcopy(planned)
             try:
-                self._transaction(plan, isolate=isolate)
+                self._transaction(plan, prepared.timing, isolate=isolate)
                 break
             except DBAPIError as exc:
                 if not isolate and is_rejected(exc):
@@ -385,7 +309,8 @@ class ApplyEngine:
                 self._retry_wait(exc, delay)
                 delay = min(delay * 2, RETRY_MAX_S)
         if self._ids is not None and not self.dry_run:
-            self._ids.record(plan.fresh_ids)
+            with prepared.timing.measure("redis_record"):
+                self._ids.record(plan.fresh_ids)
         for table, by in plan.outcome.by_table.items():
             for result, what in (
                 ("refetched", "toast_refetched"),
@@ -424,15 +349,19 @@ class ApplyEngine:
         if self._stop.is_set():
             raise Interrupted("stopped while the target database was unavailable; nothing applied")
 
-    def _transaction(self, plan: _Plan, *, isolate: bool = False) -> None:
+    def _transaction(self, plan: Plan, timing: Timing, *, isolate: bool = False) -> None:
         """One attempt at the batch's transaction. With ``isolate`` every group is written in a
         savepoint and bisected when the target rejects it: the rejected rows become dead letters
         (in this transaction, and on the dead-letter topic before the commit), the rest apply."""
         applied: dict[tuple[str, str, int], int] = {}
         kept: dict[tuple[str, str, int], int] = {}
         rejected: list[tuple[Pending, DeadLetter]] = []
+        clock = time.perf_counter
+        t0 = clock()
         with self._tx() as conn:
+            t1 = clock()
             writes, vanished = self._complete_unavailable(conn, plan)
+            t2 = clock()
             for gk, (route, group) in writes.items():
                 if not isolate:
                     applied[gk] = _write(conn, route, group)
@@ -443,6 +372,7 @@ class ApplyEngine:
                 rejected.extend(bad)
             for p in plan.truncates:
                 truncate_table(conn, p.route.table, p.event.position, p.event.ts_us)
+            t3 = clock()
             letters = [d for _p, d in rejected]
             if letters and not self.dry_run:
                 self._dead.publish(letters)
@@ -459,10 +389,16 @@ class ApplyEngine:
             DeadLetterSink.record(conn, [*plan.dead, *letters])
             if self._group is not None:
                 record_applied(conn, self._group, plan.outcome)
+            t4 = clock()
+        t5 = clock()
+        timing.db_connect += t1 - t0
+        timing.db_write += t3 - t2
+        timing.db_other += (t2 - t1) + (t4 - t3)
+        timing.db_commit += t5 - t4
 
     # ------------------------------------------------------------------ TOAST without a row
     def _complete_unavailable(
-        self, conn: sa.Connection, plan: _Plan
+        self, conn: sa.Connection, plan: Plan
     ) -> tuple[dict[tuple[str, str, int], tuple[Route, list[Pending]]], list[Pending]]:
         """Upserts that leave out unchanged TOASTed columns keep the target row's values. When the
         target has no row for the key (a primary-key change, a row lost from the target, a key
@@ -645,7 +581,7 @@ class ApplyEngine:
 
     def _account(
         self,
-        plan: _Plan,
+        plan: Plan,
         applied: dict[tuple[str, str, int], int],
         kept: dict[tuple[str, str, int], int] | None = None,
         writes_n: dict[tuple[str, str, int], int] | None = None,
@@ -821,14 +757,3 @@ def _write(conn: sa.Connection, route: Route, group: Sequence[Pending]) -> int:
 
 def _row_write(p: Pending) -> RowWrite:
     return RowWrite(p.key, p.values, p.event.position, p.event.ts_us)
-
-
-def _merge_unchanged(newer: Pending, older: Pending) -> Pending:
-    """Collapsing two upserts of a key: columns the newer one left out (unchanged TOASTed values)
-    take the older one's values, which are the current ones."""
-    if newer.values is None or older.values is None or not newer.event.unavailable:
-        return newer
-    missing = {c: older.values[c] for c in newer.event.unavailable if c in older.values}
-    if not missing:
-        return newer
-    return Pending(newer.record, newer.event, newer.route, newer.key, {**newer.values, **missing})
