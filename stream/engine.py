@@ -31,6 +31,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -63,7 +64,13 @@ from cdc_reconciler.stream.checkpoint import record_applied
 from cdc_reconciler.stream.dead_letters import DeadLetter, DeadLetterSink
 from cdc_reconciler.stream.metrics import Metrics
 from cdc_reconciler.stream.outcomes import BatchOutcome
-from cdc_reconciler.stream.plan import Pending, Plan, plan_batch
+from cdc_reconciler.stream.plan import (
+    Pending,
+    Plan,
+    merge_outcomes,
+    plan_batch,
+    split_by_partition,
+)
 from cdc_reconciler.stream.tables import ApplyError, Route, TableResolver, key_of
 from cdc_reconciler.stream.timing import Timing
 
@@ -72,6 +79,9 @@ log = logging.getLogger(__name__)
 # Backoff while the target is unreachable: start short, cap so recovery is noticed quickly.
 RETRY_INITIAL_S = 0.5
 RETRY_MAX_S = 15.0
+# A batch's partitions are committed in parallel on up to this many target connections (the
+# target engine's pool must allow that many, plus one for resolving tables).
+WRITERS = 3
 
 
 class Interrupted(CdcrError):
@@ -103,8 +113,15 @@ class ApplyEngine:
         sleep: Callable[[float], None] = time.sleep,
         dry_run: bool = False,
         source: sa.Engine | None = None,
+        writers: int = WRITERS,
     ) -> None:
         self._target = target
+        # Partitions of a batch are committed on up to this many connections at once (see apply).
+        self._pool = (
+            ThreadPoolExecutor(max_workers=writers, thread_name_prefix="cdcr-tx")
+            if writers > 1
+            else None
+        )
         # The source database, read only to re-fetch TOASTed values an event left out when the
         # target has no row to keep them from (see _complete_unavailable).
         self._source = source
@@ -285,9 +302,49 @@ class ApplyEngine:
         return Prepared(plan, started, timing)
 
     def apply(self, prepared: Prepared) -> BatchOutcome:
-        """Write a prepared batch in one transaction (retrying while the target is unavailable),
-        then record its change IDs in Redis. Returns the outcome after the commit."""
+        """Write a prepared batch (retrying while the target is unavailable), then record its
+        change IDs in Redis. Returns the outcome after the commit.
+
+        One transaction per Kafka partition of the batch (its rows, dead letters and applied
+        offset together: DESIGN invariant 3 holds per partition), written in parallel on up to
+        ``writers`` connections: the target's merge is most of a batch's time, and a batch's
+        partitions touch disjoint keys (collapsing keeps one write per key). If one of them is
+        interrupted, the others may have committed: their applied offsets are in the target and
+        the next owner resumes from them."""
         plan = prepared.plan
+        parts = split_by_partition(plan) if self._pool is not None else [plan]
+        if len(parts) <= 1:
+            self._commit_plan(plan, prepared.timing)
+        else:
+            plan.outcome = self._commit_parallel(plan, parts, prepared.timing)
+        self._after_commit(prepared)
+        return plan.outcome
+
+    def close(self) -> None:
+        """Stop the writer threads (the batch in flight, if any, finishes first)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def _commit_parallel(self, plan: Plan, parts: list[Plan], timing: Timing) -> BatchOutcome:
+        """Commit every part in its own transaction, at the same time; wait for all of them, then
+        raise the first failure (Interrupted when stopped during an outage)."""
+        assert self._pool is not None
+        timings = [Timing() for _ in parts]
+        futures = [
+            self._pool.submit(self._commit_plan, part, t)
+            for part, t in zip(parts, timings, strict=True)
+        ]
+        errors = [f.exception() for f in futures]
+        for t in timings:
+            timing.merge(t)
+        for err in errors:
+            if err is not None:
+                raise err
+        return merge_outcomes(plan.outcome, [p.outcome for p in parts])
+
+    def _commit_plan(self, plan: Plan, timing: Timing) -> None:
+        """One plan's transaction, retried while the target is unavailable; on a rejected row,
+        redone isolating the rejected rows."""
         planned = plan.outcome
         delay = RETRY_INITIAL_S
         isolate = False
@@ -295,8 +352,8 @@ class ApplyEngine:
             # Each attempt accounts on a fresh copy, so a retried transaction never counts twice.
             plan.outcome = copy.deepcopy(planned)
             try:
-                self._transaction(plan, prepared.timing, isolate=isolate)
-                break
+                self._transaction(plan, timing, isolate=isolate)
+                return
             except DBAPIError as exc:
                 if not isolate and is_rejected(exc):
                     # A row the target rejects: redo the batch isolating the bad rows at once.
@@ -308,6 +365,10 @@ class ApplyEngine:
                     continue
                 self._retry_wait(exc, delay)
                 delay = min(delay * 2, RETRY_MAX_S)
+
+    def _after_commit(self, prepared: Prepared) -> None:
+        """Record the change IDs in Redis, count TOAST re-reads, observe the batch."""
+        plan = prepared.plan
         if self._ids is not None and not self.dry_run:
             with prepared.timing.measure("redis_record"):
                 self._ids.record(plan.fresh_ids)
@@ -331,7 +392,6 @@ class ApplyEngine:
                 time.perf_counter() - prepared.started,
                 redis_up=self._ids.available if self._ids else None,
             )
-        return plan.outcome
 
     def _retry_wait(self, exc: Exception, delay: float) -> None:
         self.db_retries += 1

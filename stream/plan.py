@@ -13,6 +13,7 @@ against the target's row is decided later, by the position guard in the target.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -195,3 +196,38 @@ def merge_unchanged(newer: Pending, older: Pending) -> Pending:
     if not missing:
         return newer
     return Pending(newer.record, newer.event, newer.route, newer.key, {**newer.values, **missing})
+
+
+def split_by_partition(plan: Plan) -> list[Plan]:
+    """The plan cut into one plan per Kafka partition: its counts, dead letters, write groups and
+    truncates. The planning's per-table counts and the change IDs stay with ``plan`` (see
+    :func:`merge_outcomes`)."""
+    parts: dict[tuple[str, int], Plan] = {}
+
+    def part(topic: str, partition: int) -> Plan:
+        found = parts.get((topic, partition))
+        if found is None:
+            found = parts[(topic, partition)] = Plan(BatchOutcome())
+        return found
+
+    for (topic, partition), counts in plan.outcome.partitions.items():
+        part(topic, partition).outcome.partitions[(topic, partition)] = copy.copy(counts)
+    for d in plan.dead:
+        part(d.record.topic, d.record.partition).dead.append(d)
+    for gk, entry in plan.writes.items():
+        part(gk[1], gk[2]).writes[gk] = entry
+    for p in plan.truncates:
+        part(p.record.topic, p.record.partition).truncates.append(p)
+    return list(parts.values())
+
+
+def merge_outcomes(planned: BatchOutcome, parts: Sequence[BatchOutcome]) -> BatchOutcome:
+    """The batch's outcome from the planned one (its per-table counts) and those of its
+    partitions' transactions (:func:`split_by_partition`)."""
+    out = BatchOutcome(by_table={t: dict(by) for t, by in planned.by_table.items()})
+    for o in parts:
+        out.partitions.update(o.partitions)
+        for table, by in o.by_table.items():
+            for what, n in by.items():
+                out.table_add(table, what, n)
+    return out

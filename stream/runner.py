@@ -332,6 +332,7 @@ class Runner:
                     json.dumps(summary.timing.as_json()),
                 )
             self._writer.shutdown(wait=True)
+            self._engine.close()
             self._consumer.close()
         return summary
 

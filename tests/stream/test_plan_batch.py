@@ -16,7 +16,13 @@ from cdc_reconciler.connectors.debezium import (
 from cdc_reconciler.connectors.kafka import Record
 from cdc_reconciler.connectors.target import TargetTable
 from cdc_reconciler.stream.outcomes import OUTCOMES
-from cdc_reconciler.stream.plan import Pending, Plan, plan_batch
+from cdc_reconciler.stream.plan import (
+    Pending,
+    Plan,
+    merge_outcomes,
+    plan_batch,
+    split_by_partition,
+)
 from cdc_reconciler.stream.tables import ApplyError, Route
 from cdc_reconciler.stream.timing import Timing
 
@@ -302,3 +308,42 @@ def test_order_in_the_batch_does_not_change_the_winner(positions: tuple[int, ...
     assert writes(plan(b))[("public.orders", "p.public.orders", 0)] == [
         ((7,), {"id": 7, "v": 3}, 3)
     ]
+
+
+def test_split_by_partition_keeps_each_partitions_part_together() -> None:
+    b = Batch()
+    b.add(ev("c", 1, 1, {"id": 1}), partition=0)
+    b.add(DecodeError("bad_json", "x"), partition=0)
+    b.add(ev("c", 2, 2, {"id": 2}), partition=1)
+    b.add(ev("t", None, 3, cid=b"t"), partition=1)
+    b.add(Tombstone(None), partition=2)  # a partition with nothing to write still commits
+    p = plan(b)
+    parts = {next(iter(x.outcome.partitions)): x for x in split_by_partition(p)}
+    assert set(parts) == {("p.public.orders", 0), ("p.public.orders", 1), ("p.public.orders", 2)}
+    p0, p1, p2 = (parts[("p.public.orders", i)] for i in range(3))
+    assert list(p0.writes) == [("public.orders", "p.public.orders", 0)]
+    assert [d.record.offset for d in p0.dead] == [1] and p1.dead == []
+    assert [t.event.change_id for t in p1.truncates] == [b"t"] and p0.truncates == []
+    assert p2.writes == {} and p2.outcome.partitions[("p.public.orders", 2)].skipped_noop == 1
+    # Counts are copies: a part's transaction accounts on its own.
+    p0.outcome.partitions[("p.public.orders", 0)].applied += 1
+    assert p.outcome.partitions[("p.public.orders", 0)].applied == 0
+
+
+def test_merge_outcomes_adds_the_parts_to_the_planned_counts() -> None:
+    b = Batch()
+    b.add(ev("c", 1, 1, {"id": 1}), partition=0)
+    b.add(ev("c", 1, 2, {"id": 1}), partition=0)  # stale, counted while planning
+    b.add(ev("c", 2, 3, {"id": 2}), partition=1)
+    p = plan(b)
+    parts = split_by_partition(p)
+    for part in parts:
+        for (topic, partition), c in part.outcome.partitions.items():
+            c.applied += 1
+            part.outcome.table_add("public.orders", "applied")
+            assert (topic, partition) in p.outcome.partitions
+    merged = merge_outcomes(p.outcome, [x.outcome for x in parts])
+    assert merged.by_table == {"public.orders": {"skipped_stale": 1, "applied": 2}}
+    t = merged.total()
+    assert (t.consumed, t.applied, t.skipped_stale) == (3, 2, 1)
+    assert all(c.balanced() for c in merged.partitions.values())
