@@ -89,24 +89,6 @@ class RunSummary:
     # Wall time per stage summed over the run's batches (stream/timing.py).
     timing: Timing = field(default_factory=Timing)
 
-    def as_json(self) -> dict[str, object]:
-        """The summary as ``cdcr run --json`` prints it."""
-        t = self.totals
-        return {
-            "batches": self.batches,
-            "consumed": t.consumed,
-            "applied": t.applied,
-            "skipped_duplicate": t.skipped_duplicate,
-            "skipped_stale": t.skipped_stale,
-            "dead_lettered": t.dead_lettered,
-            "skipped_noop": t.skipped_noop,
-            "stopped_by": self.stopped_by,
-            "first_record_at": self.first_record_at,
-            "last_commit_at": self.last_commit_at,
-            "events_per_s": self.rate(),
-            "timing": self.timing.as_json(),
-        }
-
     def rate(self) -> float | None:
         if self.first_record_at is None or self.last_commit_at is None:
             return None
