@@ -79,9 +79,12 @@ log = logging.getLogger(__name__)
 # Backoff while the target is unreachable: start short, cap so recovery is noticed quickly.
 RETRY_INITIAL_S = 0.5
 RETRY_MAX_S = 15.0
-# A batch's partitions are committed in parallel on up to this many target connections (the
-# target engine's pool must allow that many, plus one for resolving tables).
-WRITERS = 3
+# With more than one writer, a batch's partitions are committed in parallel on up to this many
+# target connections (the target engine's pool must allow that many, plus one for resolving
+# tables). Default one: measured on the 2-core bench machine at load 2.4-3.6, three writers
+# applied 8,300-9,600 events/s against one writer's 20,400 (each transaction ~5x slower when
+# three run at once, and the writer threads' COPY encoding competes for the GIL with decoding).
+WRITERS = 1
 
 
 class Interrupted(CdcrError):
@@ -305,12 +308,12 @@ class ApplyEngine:
         """Write a prepared batch (retrying while the target is unavailable), then record its
         change IDs in Redis. Returns the outcome after the commit.
 
-        One transaction per Kafka partition of the batch (its rows, dead letters and applied
-        offset together: DESIGN invariant 3 holds per partition), written in parallel on up to
-        ``writers`` connections: the target's merge is most of a batch's time, and a batch's
-        partitions touch disjoint keys (collapsing keeps one write per key). If one of them is
-        interrupted, the others may have committed: their applied offsets are in the target and
-        the next owner resumes from them."""
+        With one writer (the default), one transaction. With ``writers`` > 1, one transaction per
+        Kafka partition of the batch (its rows, dead letters and applied offset together: DESIGN
+        invariant 3 holds per partition), written in parallel on up to ``writers`` connections (a
+        batch's partitions touch disjoint keys: collapsing keeps one write per key). If one of
+        them is interrupted, the others may have committed: their applied offsets are in the
+        target and the next owner resumes from them."""
         plan = prepared.plan
         parts = split_by_partition(plan) if self._pool is not None else [plan]
         if len(parts) <= 1:
