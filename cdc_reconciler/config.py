@@ -42,6 +42,10 @@ class KafkaSettings(_Frozen):
     sasl_password: SecretStr | None = None
     batch_size: int = Field(default=5000, ge=1)
     batch_timeout_s: float = Field(default=0.5, gt=0)
+    # 1: a batch commits in one transaction. More: its partitions are committed in parallel, each
+    # in its own transaction, on up to this many target connections (measured slower on a 2-core
+    # machine; see stream/engine.py WRITERS and ApplyEngine.apply).
+    apply_writers: int = Field(default=1, ge=1, le=16)
     # A crashed member keeps its partitions until this expires (broker minimum: 6000). 10 s
     # moves a dead member's partitions in ~10 s instead of librdkafka's 45 s; heartbeats come
     # from librdkafka's own thread, so a long batch never misses one (docs/operations.md).

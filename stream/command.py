@@ -58,7 +58,9 @@ def _engine(db: DatabaseSettings, *, statement_timeout: bool, **kw: Any) -> sa.E
 def target_engine(settings: Settings) -> sa.Engine:
     if not settings.target.url_str():
         raise ConfigError("CDCR_TARGET__URL is not set")
-    return _engine(settings.target, statement_timeout=True, pool_size=2, max_overflow=2)
+    # One connection per parallel partition transaction (apply_writers) and one for the loop.
+    overflow = max(2, settings.kafka.apply_writers)
+    return _engine(settings.target, statement_timeout=True, pool_size=2, max_overflow=overflow)
 
 
 def source_engine(settings: Settings) -> sa.Engine | None:
@@ -188,6 +190,7 @@ def build_engine(
         metrics=metrics,
         stop=stop,
         source=source,  # re-reads TOASTed values that have no target row (docs/apply.md)
+        writers=settings.kafka.apply_writers,
     )
     return EngineParts(engine, target, source, ids, metrics)
 

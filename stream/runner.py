@@ -18,6 +18,7 @@ Failure policy of the loop (docs/operations.md):
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -44,9 +45,10 @@ from cdc_reconciler.connectors.kafka import (
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.stream.checkpoint import applied_offsets
 from cdc_reconciler.stream.dead_letters import Stopped
-from cdc_reconciler.stream.engine import RETRY_INITIAL_S, ApplyEngine, Interrupted
+from cdc_reconciler.stream.engine import RETRY_INITIAL_S, ApplyEngine, Interrupted, Prepared
 from cdc_reconciler.stream.metrics import Dependency, Metrics
 from cdc_reconciler.stream.outcomes import BatchOutcome, PartitionCounts
+from cdc_reconciler.stream.timing import Timing
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,8 @@ class RunSummary:
     # the apply rate is totals.consumed / (last_commit_at - first_record_at).
     first_record_at: float | None = None
     last_commit_at: float | None = None
+    # Wall time per stage summed over the run's batches (stream/timing.py).
+    timing: Timing = field(default_factory=Timing)
 
     def rate(self) -> float | None:
         if self.first_record_at is None or self.last_commit_at is None:
@@ -139,6 +143,9 @@ class Runner:
         # One writer thread: batches are applied one at a time, in consumption order.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdcr-writer")
         self._inflight: Future[BatchOutcome] | None = None
+        self._inflight_batch: Prepared | None = None
+        # Wall time of the consume() calls since the last batch was handed to the writer.
+        self._kafka_wait = 0.0
         self._inflight_since: float | None = None
         self._last_stall = 0.0
         self._summary = RunSummary()
@@ -302,7 +309,10 @@ class Runner:
                         break
                     if not self._finish_inflight():
                         break
+                    prepared.timing.kafka_wait += self._kafka_wait
+                    self._kafka_wait = 0.0
                     self._inflight_since = self._clock()
+                    self._inflight_batch = prepared
                     self._inflight = self._writer.submit(self._engine.apply, prepared)
                 else:
                     if not self._finish_inflight():
@@ -321,7 +331,14 @@ class Runner:
             self._finish_inflight()  # a stop lets the batch in flight commit (or be interrupted)
         finally:
             _log_interval(self._interval)
+            if summary.batches:
+                log.info(
+                    "timing over %d batches (seconds of wall time per stage): %s",
+                    summary.batches,
+                    json.dumps(summary.timing.as_json()),
+                )
             self._writer.shutdown(wait=True)
+            self._engine.close()
             self._consumer.close()
         return summary
 
@@ -329,8 +346,11 @@ class Runner:
         """Wait for the batch being written, then commit its offsets. False when the writer was
         interrupted by a stop while the target was unavailable (nothing of it committed)."""
         fut, self._inflight = self._inflight, None
+        batch, self._inflight_batch = self._inflight_batch, None
         if fut is None:
             return True
+        timing = batch.timing if batch is not None else Timing()
+        t0 = time.perf_counter()
         try:
             while True:
                 try:
@@ -343,13 +363,18 @@ class Runner:
             return False
         finally:
             self._inflight_since = None
+            t1 = time.perf_counter()
+            timing.writer_wait += t1 - t0
         self.target_state.mark_up()
         self._commit(outcome.partitions)
+        timing.offset_commit += time.perf_counter() - t1
         self._summary.last_commit_at = time.time()
         self._summary.batches += 1
         total = outcome.total()
         self._summary.totals.merge(total)
+        self._summary.timing.merge(timing)
         self._interval.merge(total)
+        log.debug("batch %d: %d records; %s", self._summary.batches, total.consumed, timing.line())
         return True
 
     def _watchdog(self) -> None:
@@ -424,6 +449,7 @@ class Runner:
             self._topics = topics
 
     def _consume(self) -> list[Record]:
+        t0 = time.perf_counter()
         try:
             msgs = self._consumer.consume(num_messages=self._batch_size, timeout=self._timeout)
         except Interrupted:  # the assignment callback, stopped during a target outage
@@ -435,6 +461,8 @@ class Runner:
             self.kafka.mark_down(f"consuming: {err.str() if err else exc}")
             self.stop.wait(min(1.0, self._timeout))
             return []
+        finally:
+            self._kafka_wait += time.perf_counter() - t0
         return self._records(msgs)
 
     def _records(self, msgs: list) -> list[Record]:  # type: ignore[type-arg]

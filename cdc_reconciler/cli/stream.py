@@ -91,7 +91,8 @@ def run(
     Serves Prometheus metrics and /healthz on CDCR_METRICS__HOST:CDCR_METRICS__PORT
     (127.0.0.1:9464). SIGTERM or Ctrl-C stops after the current batch.
 
-    --json: one line with the counters; first_record_at and last_commit_at are Unix seconds.
+    --json: one line with the counters and "timing" (seconds of wall time per stage of the
+    loop); first_record_at and last_commit_at are Unix seconds.
 
     Example: cdcr run --create-missing
     """
@@ -138,6 +139,8 @@ def run_summary_json(summary: RunSummary) -> dict[str, Any]:
         "first_record_at": summary.first_record_at,
         "last_commit_at": summary.last_commit_at,
         "events_per_s": summary.rate(),
+        # Seconds of wall time per stage of the loop, summed over the batches (stream/timing.py).
+        "timing": summary.timing.as_json(),
     }
 
 
