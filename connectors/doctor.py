@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
+from cdc_reconciler import wiring
 from cdc_reconciler.config import Settings
 from cdc_reconciler.errors import CdcrError
 
@@ -255,9 +256,7 @@ def connector_findings(s: dict[str, str]) -> list[Finding]:
 def diagnose(settings: Settings, only: list[str] | None = None) -> Report:
     """Check every Debezium PostgreSQL connector Kafka Connect runs (or the ``only`` named ones).
     Raises CdcrError."""
-    url = settings.source.url_str()
-    if not url:
-        raise CdcrError("CDCR_SOURCE__URL is not set: doctor reads the source tables' column types")
+    engine = wiring.source_engine(settings)  # doctor reads the source tables' column types
     configs = {
         n: c
         for n, c in fetch_connectors(settings.kafka.connect_url).items()
@@ -269,7 +268,6 @@ def diagnose(settings: Settings, only: list[str] | None = None) -> Report:
             f"Kafka Connect at {settings.kafka.connect_url}: "
             "register one first (docs/fidelity.md lists the settings to use)"
         )
-    engine = sa.create_engine(url)
     try:
         columns = source_columns(engine)
         dbname = engine.url.database

@@ -15,11 +15,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
+from cdc_reconciler import wiring
 from cdc_reconciler.config import Settings
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.reconcile import history
 from cdc_reconciler.reconcile import repair as rp
-from cdc_reconciler.reconcile import watermarks as wm
 from cdc_reconciler.reconcile.diff import DiffOptions
 from cdc_reconciler.reconcile.metrics import ReconcileMetrics
 from cdc_reconciler.reconcile.review import open_summary as review_summary
@@ -49,6 +49,7 @@ from cdc_reconciler.reconcile.windows import (
     utc_now,
     windows_behind,
 )
+from cdc_reconciler.store import watermarks as wm
 
 # Continuous mode waits out a target outage, retrying the pass after this long (doubling).
 OUTAGE_RETRY_S = 2.0
@@ -59,14 +60,7 @@ POLL_FRACTION = 0.1
 
 
 def _engines(settings: Settings) -> tuple[sa.Engine, sa.Engine]:
-    if not settings.source.url_str():
-        raise CdcrError("CDCR_SOURCE__URL is not set")
-    if not settings.target.url_str():
-        raise CdcrError("CDCR_TARGET__URL is not set")
-    return (
-        sa.create_engine(settings.source.url_str(), pool_pre_ping=True),
-        sa.create_engine(settings.target.url_str(), pool_pre_ping=True),
-    )
+    return wiring.source_engine(settings), wiring.target_engine(settings)
 
 
 def _kafka_log_ends(settings: Settings, timeout_s: float | None = None) -> LogEnds:
@@ -442,9 +436,7 @@ def status(
     its end" from "behind"; they are asked with a short timeout, once. When Kafka does not
     answer, every such partition is taken as behind (closure can only come out earlier, never
     later) and ``kafka.log_ends`` says ``unavailable``."""
-    if not settings.target.url_str():
-        raise CdcrError("CDCR_TARGET__URL is not set")
-    engine = sa.create_engine(settings.target.url_str())
+    engine = wiring.target_engine(settings)
     now = checked_now(now_getter)
     grace = timedelta(seconds=settings.reconcile.grace_s)
     size = timedelta(seconds=settings.reconcile.window_s)

@@ -40,6 +40,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
+from cdc_reconciler import wiring
 from cdc_reconciler.config import Settings
 from cdc_reconciler.connectors import files
 from cdc_reconciler.connectors.target import RowWrite, reflect_table, write_batch
@@ -273,12 +274,6 @@ def build_mapping(
 # --- the command ----------------------------------------------------------------------------
 
 
-def _engine(settings: Settings) -> sa.Engine:
-    if not settings.target.url_str():
-        raise CdcrError("CDCR_TARGET__URL is not set")
-    return sa.create_engine(settings.target.url_str(), pool_pre_ping=True)
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -301,7 +296,7 @@ def reconcile_file(
             f"--export-missing {req.export_missing}: name a .csv, .jsonl or .parquet file"
         )
     maps = parse_maps(req.maps)
-    engine = _engine(settings)
+    engine = wiring.target_engine(settings)
     try:
         return _run(engine, req, maps, options, on_phase, on_file_progress, now_getter)
     except SQLAlchemyError as exc:

@@ -31,6 +31,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
+from cdc_reconciler import wiring
 from cdc_reconciler.config import Settings
 from cdc_reconciler.connectors.target import RowWrite, key_text, write_batch
 from cdc_reconciler.errors import CdcrError
@@ -55,12 +56,6 @@ def default_user() -> str:
         return os.environ.get("USER") or "unknown"
 
 
-def _engine(url: str, what: str) -> sa.Engine:
-    if not url:
-        raise CdcrError(f"CDCR_{what}__URL is not set")
-    return sa.create_engine(url, pool_pre_ping=True)
-
-
 def _plain(v: Any) -> Any:
     if isinstance(v, datetime):
         return v.isoformat()
@@ -82,7 +77,7 @@ def list_items(
         raise CdcrError(f"--state must be one of {', '.join(STATES)}")
     if kind is not None and kind not in KINDS:
         raise CdcrError(f"--kind must be one of {', '.join(KINDS)}")
-    target = _engine(settings.target.url_str(), "TARGET")
+    target = wiring.target_engine(settings)
     try:
         with target.connect() as c:
             rows = c.execute(
@@ -104,8 +99,8 @@ def list_items(
 
 def show(settings: Settings, item_id: int) -> dict[str, Any]:
     """One item with the rows recorded when it was found, and both rows as they are now."""
-    source = _engine(settings.source.url_str(), "SOURCE")
-    target = _engine(settings.target.url_str(), "TARGET")
+    source = wiring.source_engine(settings)
+    target = wiring.target_engine(settings)
     try:
         with target.connect() as c:
             row = (
@@ -179,8 +174,8 @@ def resolve(
     if not ids:
         raise CdcrError("give at least one review item id")
     who = by or default_user()
-    source = _engine(settings.source.url_str(), "SOURCE")
-    target = _engine(settings.target.url_str(), "TARGET")
+    source = wiring.source_engine(settings)
+    target = wiring.target_engine(settings)
     env = Env(settings, source, target, now_getter, lambda tps: {})
     try:
         with target.connect() as c:

@@ -37,7 +37,6 @@ from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.reconcile import checks as chk
 from cdc_reconciler.reconcile import inflight, integrity
 from cdc_reconciler.reconcile import repair as rp
-from cdc_reconciler.reconcile import watermarks as wm
 from cdc_reconciler.reconcile.checksum import TablePair, describe_pair, quote_ident, split_name
 from cdc_reconciler.reconcile.diff import Difference, DiffOptions, DiffResult, Kind, diff_table
 from cdc_reconciler.reconcile.segments import Key, Window
@@ -54,6 +53,7 @@ from cdc_reconciler.reconcile.windows import (
     table_topic,
     windows_behind,
 )
+from cdc_reconciler.store import watermarks as wm
 
 ADVANCING = ("clean", "repaired", "open_extras")
 

@@ -62,7 +62,7 @@ from cdc_reconciler.connectors.target import (
     write_keyless,
 )
 from cdc_reconciler.errors import CdcrError
-from cdc_reconciler.stream.checkpoint import record_applied
+from cdc_reconciler.store.offsets import record_applied
 from cdc_reconciler.stream.dead_letters import DeadLetter, DeadLetterSink
 from cdc_reconciler.stream.metrics import Metrics
 from cdc_reconciler.stream.outcomes import BatchOutcome

@@ -37,7 +37,7 @@ from cdc_reconciler.connectors.kafka import (
     error_of,
     is_fatal,
 )
-from cdc_reconciler.stream.checkpoint import applied_offsets
+from cdc_reconciler.store.offsets import applied_offsets
 from cdc_reconciler.stream.dead_letters import Stopped
 from cdc_reconciler.stream.engine import ApplyEngine, Interrupted
 from cdc_reconciler.stream.metrics import Dependency, Metrics

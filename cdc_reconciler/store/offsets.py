@@ -1,14 +1,45 @@
-"""Applied offsets: written in the same transaction as the rows (DESIGN invariant 3), read back on
-partition assignment to resume where the target really is."""
+"""``cdcr.applied_offsets``: written in the same transaction as the rows (DESIGN invariant 3), read
+back on partition assignment to resume where the target really is, by the reconciler to prove a
+window closed, and by ``cdcr status``/``cdcr lag``."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
 from cdc_reconciler.stream.outcomes import BatchOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionProgress:
+    """How far one partition has been applied: the next offset and the newest event time."""
+
+    topic: str
+    partition: int
+    next_offset: int
+    last_event_time: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedOffset:
+    """One row of ``cdcr.applied_offsets``: position and the per-outcome counters."""
+
+    consumer_group: str
+    topic: str
+    partition: int
+    next_offset: int
+    last_event_time: datetime | None
+    consumed: int
+    applied: int
+    skipped_duplicate: int
+    skipped_stale: int
+    dead_lettered: int
+    skipped_noop: int
+    updated_at: datetime
+
 
 _UPSERT = sa.text(
     """
@@ -74,3 +105,39 @@ def applied_offsets(
     return {
         (r.topic, r.partition): int(r.next_offset) for r in rows if (r.topic, r.partition) in want
     }
+
+
+def partition_progress(conn: sa.Connection, group: str, topic: str) -> list[PartitionProgress]:
+    """The group's progress on every partition of ``topic`` it has applied, by partition."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT topic, partition, next_offset, last_event_time FROM cdcr.applied_offsets "
+            "WHERE consumer_group = :g AND topic = :t ORDER BY partition"
+        ),
+        {"g": group, "t": topic},
+    ).all()
+    return [PartitionProgress(*r) for r in rows]
+
+
+def applied_topics(conn: sa.Connection, group: str) -> list[str]:
+    """Every topic the group has applied something from, sorted."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT DISTINCT topic FROM cdcr.applied_offsets WHERE consumer_group = :g "
+            "ORDER BY topic"
+        ),
+        {"g": group},
+    )
+    return [r[0] for r in rows]
+
+
+def all_offsets(conn: sa.Connection) -> list[AppliedOffset]:
+    """Every row, by group, topic and partition."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT consumer_group, topic, partition, next_offset, last_event_time, consumed, "
+            "applied, skipped_duplicate, skipped_stale, dead_lettered, skipped_noop, updated_at "
+            "FROM cdcr.applied_offsets ORDER BY consumer_group, topic, partition"
+        )
+    ).all()
+    return [AppliedOffset(*r) for r in rows]
