@@ -137,6 +137,7 @@ def doctor(
 # those modules import them from this one.
 from cdc_reconciler.reconcile import cli as reconcile_cli  # noqa: E402
 from cdc_reconciler.reconcile import file_cli, review_cli  # noqa: E402
+from cdc_reconciler.store import purge_cli  # noqa: E402
 from cdc_reconciler.stream import cli as stream_cli  # noqa: E402
 from cdc_reconciler.stream import lag_cli  # noqa: E402
 
@@ -145,6 +146,7 @@ lag_cli.register(app)
 reconcile_cli.register(app)
 file_cli.register(app)
 review_cli.register(app)
+purge_cli.register(app)
 
 
 # Width of tables when the output is not a terminal (a pipe, a file, a CI log): Rich would
