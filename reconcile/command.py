@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -49,6 +49,10 @@ from cdc_reconciler.reconcile.windows import (
     utc_now,
     windows_behind,
 )
+from cdc_reconciler.store import dead_letters as dead_store
+from cdc_reconciler.store import discrepancies as review_store
+from cdc_reconciler.store import offsets as offsets_store
+from cdc_reconciler.store import runs as run_store
 from cdc_reconciler.store import watermarks as wm
 
 # Continuous mode waits out a target outage, retrying the pass after this long (doubling).
@@ -443,76 +447,18 @@ def status(
     try:
         with engine.connect() as c:
             marks = wm.read_all(c)
-            offsets = (
-                c.execute(
-                    sa.text(
-                        "SELECT consumer_group, topic, partition, next_offset, last_event_time, consumed, "
-                        "applied, skipped_duplicate, skipped_stale, dead_lettered, skipped_noop, "
-                        "updated_at "
-                        "FROM cdcr.applied_offsets ORDER BY consumer_group, topic, partition"
-                    )
-                )
-                .mappings()
-                .all()
-            )
-            recent = (
-                c.execute(
-                    sa.text(
-                        "SELECT run_id, table_name, window_start, window_end, started, finished, status, "
-                        "counts FROM cdcr.reconcile_runs ORDER BY started DESC LIMIT :n"
-                    ),
-                    {"n": runs},
-                )
-                .mappings()
-                .all()
-            )
+            offsets = [asdict(o) for o in offsets_store.all_offsets(c)]
+            recent = [asdict(r) for r in run_store.recent(c, runs)]
             applied = applied_tables(c, settings, engine)
             queue = review_summary(c, now)
-            latest_checks = (
-                c.execute(
-                    sa.text(
-                        "SELECT DISTINCT ON (table_name) table_name, started, status, checks "
-                        "FROM cdcr.reconcile_runs WHERE status <> 'running' "
-                        "ORDER BY table_name, started DESC"
-                    )
-                )
-                .mappings()
-                .all()
-            )
-            open_counts = (
-                c.execute(
-                    sa.text(
-                        "SELECT table_name, kind, count(*) AS n FROM cdcr.discrepancies "
-                        "WHERE review_state = 'open' GROUP BY 1, 2 ORDER BY 1, 2"
-                    )
-                )
-                .mappings()
-                .all()
-            )
-            open_rows = (
-                c.execute(
-                    sa.text(
-                        "SELECT id, run_id, table_name, key, kind, columns, action, created_at "
-                        "FROM cdcr.discrepancies WHERE review_state = 'open' ORDER BY id DESC LIMIT :n"
-                    ),
-                    {"n": discrepancies},
-                )
-                .mappings()
-                .all()
-            )
+            latest_checks = [asdict(r) for r in run_store.latest_checks(c)]
+            open_counts = [
+                {"table_name": o.table, "kind": o.kind, "n": o.n}
+                for o in review_store.open_by_kind(c)
+            ]
+            open_rows = [asdict(r) for r in review_store.open_latest(c, discrepancies)]
             failed = history.failed_windows(c)
-            dead = (
-                c.execute(
-                    sa.text(
-                        "SELECT topic, error_kind AS kind, count(*) AS n, max(first_seen) AS "
-                        "last_seen, (array_agg(error ORDER BY id DESC))[1] AS last_error "
-                        "FROM cdcr.dead_letters WHERE first_seen > now() - interval '1 day' "
-                        "GROUP BY 1, 2 ORDER BY 4 DESC"
-                    )
-                )
-                .mappings()
-                .all()
-            )
+            dead = [asdict(d) for d in dead_store.last_day(c)]
     except SQLAlchemyError as exc:
         engine.dispose()
         raise CdcrError(

@@ -36,7 +36,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -67,6 +66,8 @@ from cdc_reconciler.reconcile.file_normalize import (
     joined,
     pg_canonical,
 )
+from cdc_reconciler.store import runs
+from cdc_reconciler.store.runs import RunStatus
 
 BACKFILL_POSITION = 0
 ENGINE_PREFIX = "_cdc_"
@@ -323,14 +324,14 @@ def _run(
     schema, name = split_name(req.table)
     with engine.connect() as conn:
         types = table_columns(conn, schema, name)
-        audit_ok = conn.execute(sa.text("SELECT to_regclass('cdcr.reconcile_runs')")).scalar()
+        audit_ok = runs.exists(conn)
         target_table = None
         if req.backfill:
             target_table = reflect_table(conn, schema, name, None) if types else None
         conn.rollback()
     if not types:
         raise CdcrError(f"table {req.table} not found in the target database")
-    if not req.dry_run and audit_ok is None:
+    if not req.dry_run and not audit_ok:
         raise CdcrError(
             "the service tables are missing (cdcr.reconcile_runs): run `cdcr migrate`, "
             "or pass --dry-run"
@@ -398,36 +399,23 @@ def _audit_start(
 ) -> None:
     counts = {"kind": "file", "file": str(req.path), "where": req.where, "db_where": req.db_where}
     with engine.begin() as c:
-        c.execute(
-            sa.text(
-                "INSERT INTO cdcr.reconcile_runs (run_id, table_name, window_start, window_end, "
-                "started, status, counts, dry_run) VALUES (:r, :t, NULL, :s, :s, 'running', "
-                "CAST(:c AS jsonb), false)"
-            ),
-            {"r": run_id, "t": table, "s": started, "c": orjson.dumps(counts).decode()},
-        )
+        runs.start(c, run_id, table, None, started, started, counts)
 
 
 def _audit_failed(engine: sa.Engine, run_id: uuid.UUID, when: datetime, exc: BaseException) -> None:
     try:
         with engine.begin() as c:
-            c.execute(
-                sa.text(
-                    "UPDATE cdcr.reconcile_runs SET status = 'failed', finished = :f, "
-                    "counts = counts || CAST(:c AS jsonb) WHERE run_id = :r"
-                ),
-                {"r": run_id, "f": when, "c": orjson.dumps({"error": str(exc)[:500]}).decode()},
-            )
+            runs.fail(c, run_id, when, str(exc))
     except SQLAlchemyError:
         pass  # the original error is what the user needs to see
 
 
-def audit_status(report: FileReport) -> str:
+def audit_status(report: FileReport) -> RunStatus:
     if report.result.clean:
-        return "file_clean"
+        return RunStatus.FILE_CLEAN
     if report.backfill is not None and report.backfill.inserted:
-        return "file_backfilled"
-    return "file_differences"
+        return RunStatus.FILE_BACKFILLED
+    return RunStatus.FILE_DIFFERENCES
 
 
 def _audit_finish(engine: sa.Engine, report: FileReport) -> None:
@@ -450,18 +438,7 @@ def _audit_finish(engine: sa.Engine, report: FileReport) -> None:
     if report.exported is not None:
         counts["export"] = {"path": str(report.request.export_missing), "rows": report.exported}
     with engine.begin() as c:
-        c.execute(
-            sa.text(
-                "UPDATE cdcr.reconcile_runs SET status = :st, finished = :f, "
-                "counts = CAST(:c AS jsonb) WHERE run_id = :r"
-            ),
-            {
-                "r": report.run_id,
-                "st": audit_status(report),
-                "f": report.finished,
-                "c": orjson.dumps(counts, default=str).decode(),
-            },
-        )
+        runs.finish(c, report.run_id, audit_status(report), report.finished, counts)
 
 
 # --- export ---------------------------------------------------------------------------------

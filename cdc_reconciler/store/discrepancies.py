@@ -101,7 +101,21 @@ _INSERT = sa.text(
 
 
 def _item(r: Sequence[Any]) -> ReviewItem:
-    return ReviewItem(*r[:7], ReviewState(r[7]), *r[8:13])  # type: ignore[arg-type]
+    return ReviewItem(
+        id=r[0],
+        run_id=r[1],
+        table_name=r[2],
+        key=r[3],
+        kind=r[4],
+        columns=r[5],
+        action=r[6],
+        review_state=ReviewState(r[7]),
+        created_at=r[8],
+        resolution=r[9],
+        resolved_by=r[10],
+        resolved_at=r[11],
+        note=r[12],
+    )
 
 
 def insert(

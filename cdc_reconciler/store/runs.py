@@ -105,7 +105,7 @@ def finish(
     conn: sa.Connection,
     run_id: uuid.UUID,
     status: RunStatus,
-    finished: datetime,
+    finished: datetime | None,
     counts: dict[str, Any],
     checks: list[dict[str, Any]] | None = None,
 ) -> None:
@@ -138,7 +138,7 @@ def fail(conn: sa.Connection, run_id: uuid.UUID, finished: datetime, error: str)
 
 def record(
     conn: sa.Connection,
-    run_id: uuid.UUID,
+    run_id: uuid.UUID | str,
     table: str,
     status: RunStatus,
     *,
