@@ -55,7 +55,7 @@ from cdc_reconciler.reconcile import checksum as ck
 from cdc_reconciler.reconcile.checksum import TablePair
 from cdc_reconciler.reconcile.diff import Difference, DiffResult, Kind
 from cdc_reconciler.reconcile.segments import Key, Window
-from cdc_reconciler.store import discrepancies
+from cdc_reconciler.store import discrepancies, tombstones
 from cdc_reconciler.store.discrepancies import ArchivedRow, NewDiscrepancy
 
 LOW_64 = (1 << 64) - 1
@@ -139,14 +139,14 @@ class RepairOutcome:
 
 def repair_position(conn: sa.Connection, table: TargetTable) -> int:
     """``P`` as described in the module docstring, from committed target data."""
-    top = conn.execute(
+    written = conn.execute(
         sa.text(
-            f"SELECT greatest((SELECT max(_cdc_pos) FROM {ck.quote_ident(table.schema)}."
-            f"{ck.quote_ident(table.name)}), (SELECT max(position) FROM cdcr.tombstones "
-            "WHERE table_name = :tn))"
-        ),
-        {"tn": table.qualified},
+            f"SELECT max(_cdc_pos) FROM {ck.quote_ident(table.schema)}.{ck.quote_ident(table.name)}"
+        )
     ).scalar()
+    deleted = tombstones.max_position(conn, table.qualified)
+    found = [int(p) for p in (written, deleted) if p is not None]
+    top = max(found) if found else None
     if top is None:
         return 0
     return ((int(top) >> 64) << 64) | LOW_64

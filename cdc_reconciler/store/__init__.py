@@ -10,6 +10,7 @@ the row writes' statements for speed.
 - ``discrepancies``: ``cdcr.discrepancies`` (the review queue) and ``cdcr.extra_rows_archive``.
 - ``dead_letters``: ``cdcr.dead_letters``.
 - ``tombstones``: ``cdcr.tombstones`` lookups.
+- ``deferred``: ``cdcr.deferred_keys`` (keys whose difference was still in flight).
 - ``purge``: removing old tombstones and audit rows (``cdcr purge``, and tests).
 """
 

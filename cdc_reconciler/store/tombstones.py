@@ -12,6 +12,14 @@ _LOOKUP = sa.text(
 )
 
 
+def max_position(conn: sa.Connection, table: str) -> int | None:
+    """The newest tombstone position of ``table``; None when it has none."""
+    top = conn.execute(
+        sa.text("SELECT max(position) FROM cdcr.tombstones WHERE table_name = :tn"), {"tn": table}
+    ).scalar()
+    return None if top is None else int(top)
+
+
 def positions(conn: sa.Connection, table: str, keys: Sequence[str]) -> dict[str, int]:
     """The tombstone position of each of ``keys`` (canonical key texts) that has one; one
     round trip."""

@@ -11,9 +11,10 @@ import pytest
 import sqlalchemy as sa
 
 from cdc_reconciler.errors import CdcrError
-from cdc_reconciler.store import dead_letters, discrepancies, offsets, runs, tombstones
+from cdc_reconciler.store import dead_letters, deferred, discrepancies, offsets, runs, tombstones
 from cdc_reconciler.store import watermarks as wm
 from cdc_reconciler.store.dead_letters import DeadLetterRow
+from cdc_reconciler.store.deferred import Deferral
 from cdc_reconciler.store.discrepancies import ArchivedRow, NewDiscrepancy, ReviewState
 from cdc_reconciler.store.runs import RunStatus
 from cdc_reconciler.stream.outcomes import BatchOutcome
@@ -322,3 +323,42 @@ def test_new_discrepancy_json_round_trip(clean: sa.Engine) -> None:
         item = discrepancies.items(c, table="s.t", kind="missing", state="open", limit=1)[0]
         detail = discrepancies.detail(c, item.id)
     assert detail is not None and detail.source_row == row and detail.target_row is None
+
+
+def test_max_tombstone_position(clean: sa.Engine) -> None:
+    with clean.begin() as c:
+        assert tombstones.max_position(c, "public.t") is None
+        c.execute(
+            sa.text(
+                "INSERT INTO cdcr.tombstones (table_name, key, position, deleted_at) VALUES "
+                "('public.t', '[1]', 100, now()), ('public.t', '[2]', 200, now())"
+            )
+        )
+        assert tombstones.max_position(c, "public.t") == 200
+
+
+# --- deferred keys --------------------------------------------------------------------------
+
+
+def test_deferred_keys_count_again_and_restart_when_applying(clean: sa.Engine) -> None:
+    later = T0 + timedelta(minutes=1)
+    with clean.begin() as c:
+        deferred.defer(c, "s.t", [Deferral("[2]", "missing", "changing")], T0)
+        deferred.defer(c, "s.t", [Deferral("[1]", "mismatched", "changing")], T0)
+        deferred.defer(
+            c,
+            "s.t",
+            [Deferral("[1]", "mismatched", "changing"), Deferral("[2]", "extra", "applying")],
+            later,
+        )
+        deferred.defer(c, "s.t", [], later)
+        assert deferred.keys(c, "s.t") == ["[1]", "[2]"]
+        # [1] keeps its first deferral; [2] is being applied now, so its clock restarts.
+        assert deferred.first_deferred(c, "s.t", ["[1]", "[2]", "[3]"]) == {"[1]": T0, "[2]": later}
+        times = c.execute(
+            sa.text("SELECT key, times, kind FROM cdcr.deferred_keys ORDER BY key")
+        ).all()
+        assert [tuple(r) for r in times] == [("[1]", 2, "mismatched"), ("[2]", 2, "extra")]
+        deferred.forget(c, "s.t", ["[1]"])
+        deferred.forget(c, "s.t", [])
+        assert deferred.keys(c, "s.t") == ["[2]"]
