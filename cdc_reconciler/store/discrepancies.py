@@ -118,6 +118,22 @@ def _item(r: Sequence[Any]) -> ReviewItem:
     )
 
 
+def _params(run_id: uuid.UUID, table: str, found: Sequence[NewDiscrepancy]) -> list[dict[str, Any]]:
+    return [
+        {
+            "run": run_id,
+            "t": table,
+            "k": d.key,
+            "kind": d.kind,
+            "cols": d.columns,
+            "s": d.source_row,
+            "tr": d.target_row,
+            "action": d.action,
+        }
+        for d in found
+    ]
+
+
 def insert(
     conn: sa.Connection, run_id: uuid.UUID, table: str, found: Sequence[NewDiscrepancy]
 ) -> None:
@@ -126,19 +142,7 @@ def insert(
         return
     conn.execute(
         _INSERT,
-        [
-            {
-                "run": run_id,
-                "t": table,
-                "k": d.key,
-                "kind": d.kind,
-                "cols": d.columns,
-                "s": d.source_row,
-                "tr": d.target_row,
-                "action": d.action,
-            }
-            for d in found
-        ],
+        _params(run_id, table, found),
     )
 
 
@@ -156,19 +160,7 @@ def insert_once(
             "FROM cdcr.discrepancies WHERE table_name = :t AND key = :k AND kind = :kind "
             "AND review_state = 'open')"
         ),
-        [
-            {
-                "run": run_id,
-                "t": table,
-                "k": d.key,
-                "kind": d.kind,
-                "cols": d.columns,
-                "s": d.source_row,
-                "tr": d.target_row,
-                "action": d.action,
-            }
-            for d in found
-        ],
+        _params(run_id, table, found),
     )
 
 
