@@ -421,6 +421,13 @@ def sample(
 
 # `cdcr status` asks Kafka for log ends with this timeout per request, and only once per call.
 STATUS_KAFKA_TIMEOUT_S = 2.0
+
+
+def _dicts(rows: Sequence[Any]) -> list[dict[str, Any]]:
+    """The store's dataclasses as the plain dicts of ``--json``."""
+    return [asdict(r) for r in rows]
+
+
 MAX_GAP_WINDOWS = 50  # windows listed per table in `cdcr status` (windows_behind counts all)
 
 
@@ -447,18 +454,18 @@ def status(
     try:
         with engine.connect() as c:
             marks = wm.read_all(c)
-            offsets = [asdict(o) for o in offsets_store.all_offsets(c)]
-            recent = [asdict(r) for r in run_store.recent(c, runs)]
+            offsets = _dicts(offsets_store.all_offsets(c))
+            recent = _dicts(run_store.recent(c, runs))
             applied = applied_tables(c, settings, engine)
             queue = review_summary(c, now)
-            latest_checks = [asdict(r) for r in run_store.latest_checks(c)]
+            latest_checks = _dicts(run_store.latest_checks(c))
             open_counts = [
                 {"table_name": o.table, "kind": o.kind, "n": o.n}
                 for o in review_store.open_by_kind(c)
             ]
-            open_rows = [asdict(r) for r in review_store.open_latest(c, discrepancies)]
+            open_rows = _dicts(review_store.open_latest(c, discrepancies))
             failed = history.failed_windows(c)
-            dead = [asdict(d) for d in dead_store.last_day(c)]
+            dead = _dicts(dead_store.last_day(c))
     except SQLAlchemyError as exc:
         engine.dispose()
         raise CdcrError(
