@@ -131,13 +131,30 @@ def applied_topics(conn: sa.Connection, group: str) -> list[str]:
     return [r[0] for r in rows]
 
 
+_ROWS = (
+    "SELECT consumer_group, topic, partition, next_offset, last_event_time, consumed, applied, "
+    "skipped_duplicate, skipped_stale, dead_lettered, skipped_noop, updated_at "
+    "FROM cdcr.applied_offsets"
+)
+
+
 def all_offsets(conn: sa.Connection) -> list[AppliedOffset]:
     """Every row, by group, topic and partition."""
+    rows = conn.execute(sa.text(f"{_ROWS} ORDER BY consumer_group, topic, partition")).all()
+    return [AppliedOffset(*r) for r in rows]
+
+
+def exists(conn: sa.Connection) -> bool:
+    """Whether the table exists (the target was migrated)."""
+    return conn.execute(sa.text("SELECT to_regclass('cdcr.applied_offsets')")).scalar() is not None
+
+
+def for_groups(conn: sa.Connection, groups: Iterable[str]) -> list[AppliedOffset]:
+    """The rows of ``groups``, by group, topic and partition (``cdcr lag``)."""
     rows = conn.execute(
         sa.text(
-            "SELECT consumer_group, topic, partition, next_offset, last_event_time, consumed, "
-            "applied, skipped_duplicate, skipped_stale, dead_lettered, skipped_noop, updated_at "
-            "FROM cdcr.applied_offsets ORDER BY consumer_group, topic, partition"
-        )
+            f"{_ROWS} WHERE consumer_group = ANY(:g) ORDER BY consumer_group, topic, partition"
+        ),
+        {"g": list(groups)},
     ).all()
     return [AppliedOffset(*r) for r in rows]

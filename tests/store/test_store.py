@@ -69,6 +69,10 @@ def test_offsets_accumulate_and_only_move_forward(clean: sa.Engine) -> None:
         ("other", "t1", 0),
     ]
     assert (rows[0].consumed, rows[0].applied) == (12, 12)
+    with clean.connect() as c:
+        assert offsets.exists(c)
+        assert [r.topic for r in offsets.for_groups(c, ["other"])] == ["t1"]
+        assert offsets.for_groups(c, ["nobody"]) == []
 
 
 # --- watermarks -----------------------------------------------------------------------------
