@@ -270,7 +270,6 @@ class TableMapping(_Frozen):
     key_columns: list[str] | None = None
     include_columns: list[str] | None = None
     exclude_columns: list[str] = []
-    soft_delete_column: str | None = None
     change_time_column: str | None = None
     # "append": a table without a key whose changes are inserts only (docs/apply.md).
     mode: Literal["upsert", "append"] = "upsert"
@@ -280,6 +279,16 @@ class TableMapping(_Frozen):
     # A time-partitioned target (docs/partitioning.md); at most one of the two.
     partition_by: PartitionBy | None = None
     hypertable: Hypertable | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_soft_delete(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "soft_delete_column" in data:
+            raise ValueError(
+                "soft_delete_column is not supported: a delete removes the target row and leaves a "
+                "tombstone (docs/apply.md, 'Deletes'); remove the key from the table's mapping"
+            )
+        return data
 
     @model_validator(mode="after")
     def _one_partitioning(self) -> TableMapping:

@@ -11,8 +11,9 @@ from alembic.config import Config
 from sqlalchemy.exc import SQLAlchemyError
 
 from alembic import command
+from cdc_reconciler import wiring
 from cdc_reconciler.config import Settings
-from cdc_reconciler.errors import CdcrError, ConfigError
+from cdc_reconciler.errors import CdcrError
 
 
 def script_location() -> Path:
@@ -27,9 +28,7 @@ def script_location() -> Path:
 
 
 def alembic_config(settings: Settings) -> Config:
-    url = settings.target.url_str()
-    if not url:
-        raise ConfigError("CDCR_TARGET__URL is not set: the service's tables live in the target")
+    url = wiring.require_url(settings.target, "target")  # the service's tables live there
     cfg = Config()
     cfg.set_main_option("script_location", str(script_location()))
     cfg.attributes["target_url"] = url

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import httpx
-import sqlalchemy as sa
 
+from cdc_reconciler import wiring
 from cdc_reconciler.config import Settings
 from cdc_reconciler.connectors.postgres import catalog
 from cdc_reconciler.connectors.postgres.catalog import DatabaseColumn
@@ -224,9 +224,7 @@ def connector_findings(s: dict[str, str]) -> list[Finding]:
 def diagnose(settings: Settings, only: list[str] | None = None) -> Report:
     """Check every Debezium PostgreSQL connector Kafka Connect runs (or the ``only`` named ones).
     Raises CdcrError."""
-    url = settings.source.url_str()
-    if not url:
-        raise CdcrError("CDCR_SOURCE__URL is not set: doctor reads the source tables' column types")
+    engine = wiring.source_engine(settings)  # doctor reads the source tables' column types
     configs = {
         n: c
         for n, c in fetch_connectors(settings.kafka.connect_url).items()
@@ -238,7 +236,6 @@ def diagnose(settings: Settings, only: list[str] | None = None) -> Report:
             f"Kafka Connect at {settings.kafka.connect_url}: "
             "register one first (docs/fidelity.md lists the settings to use)"
         )
-    engine = sa.create_engine(url)
     try:
         columns = catalog.database_columns(engine)
         dbname = engine.url.database

@@ -46,12 +46,6 @@ class ProcessedIds:
         self.available = True
         self.failures = 0
 
-    @classmethod
-    def from_url(cls, url: str, ttl_s: int, namespace: str = "default") -> ProcessedIds:
-        # Short timeouts: Redis is an optimisation; a slow Redis must not stall the apply loop.
-        client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
-        return cls(client, ttl_s, namespace)
-
     def set_key(self, ts_us: int) -> str:
         return f"{self._prefix}{ts_us // HOUR_US}"
 

@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -15,11 +15,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
+from cdc_reconciler import wiring
 from cdc_reconciler.config import Settings
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.reconcile import history
 from cdc_reconciler.reconcile import repair as rp
-from cdc_reconciler.reconcile import watermarks as wm
 from cdc_reconciler.reconcile.diff import DiffOptions
 from cdc_reconciler.reconcile.metrics import ReconcileMetrics
 from cdc_reconciler.reconcile.review import open_summary as review_summary
@@ -49,6 +49,11 @@ from cdc_reconciler.reconcile.windows import (
     utc_now,
     windows_behind,
 )
+from cdc_reconciler.store import dead_letters as dead_store
+from cdc_reconciler.store import discrepancies as review_store
+from cdc_reconciler.store import offsets as offsets_store
+from cdc_reconciler.store import runs as run_store
+from cdc_reconciler.store import watermarks as wm
 
 # Continuous mode waits out a target outage, retrying the pass after this long (doubling).
 OUTAGE_RETRY_S = 2.0
@@ -59,14 +64,7 @@ POLL_FRACTION = 0.1
 
 
 def _engines(settings: Settings) -> tuple[sa.Engine, sa.Engine]:
-    if not settings.source.url_str():
-        raise CdcrError("CDCR_SOURCE__URL is not set")
-    if not settings.target.url_str():
-        raise CdcrError("CDCR_TARGET__URL is not set")
-    return (
-        sa.create_engine(settings.source.url_str(), pool_pre_ping=True),
-        sa.create_engine(settings.target.url_str(), pool_pre_ping=True),
-    )
+    return wiring.source_engine(settings), wiring.target_engine(settings)
 
 
 def _kafka_log_ends(settings: Settings, timeout_s: float | None = None) -> LogEnds:
@@ -417,6 +415,13 @@ def sample(
 
 # `cdcr status` asks Kafka for log ends with this timeout per request, and only once per call.
 STATUS_KAFKA_TIMEOUT_S = 2.0
+
+
+def _dicts(rows: Sequence[Any]) -> list[dict[str, Any]]:
+    """The store's dataclasses as the plain dicts of ``--json``."""
+    return [asdict(r) for r in rows]
+
+
 MAX_GAP_WINDOWS = 50  # windows listed per table in `cdcr status` (windows_behind counts all)
 
 
@@ -436,85 +441,25 @@ def status(
     its end" from "behind"; they are asked with a short timeout, once. When Kafka does not
     answer, every such partition is taken as behind (closure can only come out earlier, never
     later) and ``kafka.log_ends`` says ``unavailable``."""
-    if not settings.target.url_str():
-        raise CdcrError("CDCR_TARGET__URL is not set")
-    engine = sa.create_engine(settings.target.url_str())
+    engine = wiring.target_engine(settings)
     now = checked_now(now_getter)
     grace = timedelta(seconds=settings.reconcile.grace_s)
     size = timedelta(seconds=settings.reconcile.window_s)
     try:
         with engine.connect() as c:
             marks = wm.read_all(c)
-            offsets = (
-                c.execute(
-                    sa.text(
-                        "SELECT consumer_group, topic, partition, next_offset, last_event_time, consumed, "
-                        "applied, skipped_duplicate, skipped_stale, dead_lettered, skipped_noop, "
-                        "updated_at "
-                        "FROM cdcr.applied_offsets ORDER BY consumer_group, topic, partition"
-                    )
-                )
-                .mappings()
-                .all()
-            )
-            recent = (
-                c.execute(
-                    sa.text(
-                        "SELECT run_id, table_name, window_start, window_end, started, finished, status, "
-                        "counts FROM cdcr.reconcile_runs ORDER BY started DESC LIMIT :n"
-                    ),
-                    {"n": runs},
-                )
-                .mappings()
-                .all()
-            )
+            offsets = _dicts(offsets_store.all_offsets(c))
+            recent = _dicts(run_store.recent(c, runs))
             applied = applied_tables(c, settings, engine)
             queue = review_summary(c, now)
-            latest_checks = (
-                c.execute(
-                    sa.text(
-                        "SELECT DISTINCT ON (table_name) table_name, started, status, checks "
-                        "FROM cdcr.reconcile_runs WHERE status <> 'running' "
-                        "ORDER BY table_name, started DESC"
-                    )
-                )
-                .mappings()
-                .all()
-            )
-            open_counts = (
-                c.execute(
-                    sa.text(
-                        "SELECT table_name, kind, count(*) AS n FROM cdcr.discrepancies "
-                        "WHERE review_state = 'open' GROUP BY 1, 2 ORDER BY 1, 2"
-                    )
-                )
-                .mappings()
-                .all()
-            )
-            open_rows = (
-                c.execute(
-                    sa.text(
-                        "SELECT id, run_id, table_name, key, kind, columns, action, created_at "
-                        "FROM cdcr.discrepancies WHERE review_state = 'open' ORDER BY id DESC LIMIT :n"
-                    ),
-                    {"n": discrepancies},
-                )
-                .mappings()
-                .all()
-            )
+            latest_checks = _dicts(run_store.latest_checks(c))
+            open_counts = [
+                {"table_name": o.table, "kind": o.kind, "n": o.n}
+                for o in review_store.open_by_kind(c)
+            ]
+            open_rows = _dicts(review_store.open_latest(c, discrepancies))
             failed = history.failed_windows(c)
-            dead = (
-                c.execute(
-                    sa.text(
-                        "SELECT topic, error_kind AS kind, count(*) AS n, max(first_seen) AS "
-                        "last_seen, (array_agg(error ORDER BY id DESC))[1] AS last_error "
-                        "FROM cdcr.dead_letters WHERE first_seen > now() - interval '1 day' "
-                        "GROUP BY 1, 2 ORDER BY 4 DESC"
-                    )
-                )
-                .mappings()
-                .all()
-            )
+            dead = _dicts(dead_store.last_day(c))
     except SQLAlchemyError as exc:
         engine.dispose()
         raise CdcrError(

@@ -36,10 +36,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
+from cdc_reconciler import wiring
 from cdc_reconciler.config import Settings
 from cdc_reconciler.connectors import files
 from cdc_reconciler.connectors.postgres import catalog
@@ -69,6 +69,8 @@ from cdc_reconciler.reconcile.file_normalize import (
     joined,
     pg_canonical,
 )
+from cdc_reconciler.store import runs
+from cdc_reconciler.store.runs import RunStatus
 
 BACKFILL_POSITION = 0
 ENGINE_PREFIX = "_cdc_"
@@ -262,12 +264,6 @@ def build_mapping(
 # --- the command ----------------------------------------------------------------------------
 
 
-def _engine(settings: Settings) -> sa.Engine:
-    if not settings.target.url_str():
-        raise CdcrError("CDCR_TARGET__URL is not set")
-    return sa.create_engine(settings.target.url_str(), pool_pre_ping=True)
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -290,7 +286,7 @@ def reconcile_file(
             f"--export-missing {req.export_missing}: name a .csv, .jsonl or .parquet file"
         )
     maps = parse_maps(req.maps)
-    engine = _engine(settings)
+    engine = wiring.target_engine(settings)
     try:
         return _run(engine, req, maps, options, on_phase, on_file_progress, now_getter)
     except SQLAlchemyError as exc:
@@ -317,14 +313,14 @@ def _run(
     schema, name = split_name(req.table)
     with engine.connect() as conn:
         types = catalog.column_types(conn, schema, name)
-        audit_ok = conn.execute(sa.text("SELECT to_regclass('cdcr.reconcile_runs')")).scalar()
+        audit_ok = runs.exists(conn)
         target_table = None
         if req.backfill:
             target_table = reflect_table(conn, schema, name, None) if types else None
         conn.rollback()
     if not types:
         raise CdcrError(f"table {req.table} not found in the target database")
-    if not req.dry_run and audit_ok is None:
+    if not req.dry_run and not audit_ok:
         raise CdcrError(
             "the service tables are missing (cdcr.reconcile_runs): run `cdcr migrate`, "
             "or pass --dry-run"
@@ -392,36 +388,23 @@ def _audit_start(
 ) -> None:
     counts = {"kind": "file", "file": str(req.path), "where": req.where, "db_where": req.db_where}
     with engine.begin() as c:
-        c.execute(
-            sa.text(
-                "INSERT INTO cdcr.reconcile_runs (run_id, table_name, window_start, window_end, "
-                "started, status, counts, dry_run) VALUES (:r, :t, NULL, :s, :s, 'running', "
-                "CAST(:c AS jsonb), false)"
-            ),
-            {"r": run_id, "t": table, "s": started, "c": orjson.dumps(counts).decode()},
-        )
+        runs.start(c, run_id, table, None, started, started, counts)
 
 
 def _audit_failed(engine: sa.Engine, run_id: uuid.UUID, when: datetime, exc: BaseException) -> None:
     try:
         with engine.begin() as c:
-            c.execute(
-                sa.text(
-                    "UPDATE cdcr.reconcile_runs SET status = 'failed', finished = :f, "
-                    "counts = counts || CAST(:c AS jsonb) WHERE run_id = :r"
-                ),
-                {"r": run_id, "f": when, "c": orjson.dumps({"error": str(exc)[:500]}).decode()},
-            )
+            runs.fail(c, run_id, when, str(exc))
     except SQLAlchemyError:
         pass  # the original error is what the user needs to see
 
 
-def audit_status(report: FileReport) -> str:
+def audit_status(report: FileReport) -> RunStatus:
     if report.result.clean:
-        return "file_clean"
+        return RunStatus.FILE_CLEAN
     if report.backfill is not None and report.backfill.inserted:
-        return "file_backfilled"
-    return "file_differences"
+        return RunStatus.FILE_BACKFILLED
+    return RunStatus.FILE_DIFFERENCES
 
 
 def _audit_finish(engine: sa.Engine, report: FileReport) -> None:
@@ -444,18 +427,7 @@ def _audit_finish(engine: sa.Engine, report: FileReport) -> None:
     if report.exported is not None:
         counts["export"] = {"path": str(report.request.export_missing), "rows": report.exported}
     with engine.begin() as c:
-        c.execute(
-            sa.text(
-                "UPDATE cdcr.reconcile_runs SET status = :st, finished = :f, "
-                "counts = CAST(:c AS jsonb) WHERE run_id = :r"
-            ),
-            {
-                "r": report.run_id,
-                "st": audit_status(report),
-                "f": report.finished,
-                "c": orjson.dumps(counts, default=str).decode(),
-            },
-        )
+        runs.finish(c, report.run_id, audit_status(report), report.finished, counts)
 
 
 # --- export ---------------------------------------------------------------------------------

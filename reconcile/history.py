@@ -29,9 +29,8 @@ import sqlalchemy as sa
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.reconcile.segments import Window
 from cdc_reconciler.reconcile.windows import floor_to_grid
+from cdc_reconciler.store import runs
 
-VERIFIED = ("clean", "repaired", "open_extras")
-FAILED = ("unresolved", "check_failed", "failed")
 # Grid windows of history looked at per table (35 days of 5-minute windows): bounds the work
 # of `cdcr status` and of one re-verification pass.
 MAX_HISTORY = 10_000
@@ -82,30 +81,17 @@ def last_verified(
     lo = max(lo, hi - MAX_HISTORY * size)
     # The table's first verified window ends one grid window after its first change (or is the
     # whole table): nothing before that window's grid start is history worth listing.
-    first_end = conn.execute(
-        sa.text(
-            "SELECT min(window_end) FROM cdcr.reconcile_runs WHERE table_name = :t "
-            "AND window_start IS NULL AND status = ANY(:ok) AND NOT dry_run"
-        ),
-        {"t": table, "ok": list(VERIFIED)},
-    ).scalar()
-    if isinstance(first_end, datetime):
+    first_end = runs.first_verified_end(conn, table)
+    if first_end is not None:
         lo = max(lo, floor_to_grid(first_end - size, size))
     if lo >= hi:
         return []
-    runs = conn.execute(
-        sa.text(
-            "SELECT window_start, window_end, finished FROM cdcr.reconcile_runs "
-            "WHERE table_name = :t AND status = ANY(:ok) AND NOT dry_run "
-            "AND finished IS NOT NULL AND window_end > :lo "
-            "AND (window_start IS NULL OR window_start < :hi) ORDER BY finished"
-        ),
-        {"t": table, "ok": list(VERIFIED), "lo": lo, "hi": hi},
-    ).all()
+    verified = runs.verified_between(conn, table, lo, hi)
     windows = grid_windows(lo, hi, size)
     base = floor_to_grid(lo, size)
     seen: list[datetime | None] = [None] * len(windows)
-    for ws, we, finished in runs:  # oldest first: a later run overwrites
+    for v in verified:  # oldest first: a later run overwrites
+        ws, we, finished = v.window_start, v.window_end, v.finished
         # Window i is [max(base + i*size, lo), min(base + (i+1)*size, hi)); the run covers it
         # when it starts at or before the window's start and ends at or after its end.
         first = 0 if ws is None or ws <= lo else -(-(ws - base) // size)
@@ -197,23 +183,18 @@ def priority(status: str, age_s: float, rows_changed: int | None) -> float:
 def failed_windows(conn: sa.Connection) -> list[dict[str, Any]]:
     """Windows whose latest run failed (``unresolved``, ``check_failed``, ``failed``) and that no
     later verifying run covers: still to be resolved, whether ahead of or behind the watermark."""
-    rows = (
-        conn.execute(
-            sa.text(
-                "SELECT r.run_id, r.table_name, r.window_start, r.window_end, r.status, "
-                "r.finished, r.counts FROM cdcr.reconcile_runs r "
-                "WHERE r.status = ANY(:bad) AND NOT r.dry_run AND NOT EXISTS ("
-                "SELECT 1 FROM cdcr.reconcile_runs v WHERE v.table_name = r.table_name "
-                "AND v.status = ANY(:ok) AND NOT v.dry_run AND v.started > r.started "
-                "AND (v.window_start IS NULL OR (r.window_start IS NOT NULL "
-                "AND v.window_start <= r.window_start)) AND v.window_end >= r.window_end) "
-                "ORDER BY r.table_name, r.window_end"
-            ),
-            {"bad": list(FAILED), "ok": list(VERIFIED)},
-        )
-        .mappings()
-        .all()
-    )
+    rows: list[dict[str, Any]] = [
+        {
+            "run_id": r.run_id,
+            "table_name": r.table_name,
+            "window_start": r.window_start,
+            "window_end": r.window_end,
+            "status": r.status,
+            "finished": r.finished,
+            "counts": r.counts,
+        }
+        for r in runs.failed_uncovered(conn)
+    ]
     # Several failed runs of the same window: the latest speaks for it.
     latest: dict[tuple[str, Any, Any], dict[str, Any]] = {}
     for r in rows:
@@ -221,7 +202,7 @@ def failed_windows(conn: sa.Connection) -> list[dict[str, Any]]:
         if k not in latest or (r["finished"] or r["window_end"]) >= (
             latest[k]["finished"] or latest[k]["window_end"]
         ):
-            latest[k] = dict(r)
+            latest[k] = r
     return list(latest.values())
 
 

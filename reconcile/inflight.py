@@ -62,6 +62,8 @@ from cdc_reconciler.reconcile.checksum import Normalized, TablePair
 from cdc_reconciler.reconcile.diff import Difference, Kind
 from cdc_reconciler.reconcile.segments import Key
 from cdc_reconciler.reconcile.windows import LogEnds, PartitionProgress
+from cdc_reconciler.store import deferred as deferred_store
+from cdc_reconciler.store.deferred import Deferral
 
 # An idle partition (at its log end) counts as caught up only this long after read 1: Debezium
 # polls the replication stream every 500 ms by default, so a change committed just before the
@@ -232,11 +234,7 @@ def confirm(
 
 def pending(conn: sa.Connection, table: str) -> list[Key]:
     """Keys of ``table`` deferred by earlier passes (to be re-checked)."""
-    rows = conn.execute(
-        sa.text("SELECT key FROM cdcr.deferred_keys WHERE table_name = :t ORDER BY key"),
-        {"t": table},
-    ).all()
-    return [tuple(orjson.loads(r[0])) for r in rows]
+    return [tuple(orjson.loads(k)) for k in deferred_store.keys(conn, table)]
 
 
 def apply_bound(
@@ -253,14 +251,7 @@ def apply_bound(
     others. Runs in the caller's transaction."""
     texts = {key_text(k): k for k in result.still_different}
     if texts:
-        rows = conn.execute(
-            sa.text(
-                "SELECT key, first_deferred FROM cdcr.deferred_keys WHERE table_name = :t "
-                "AND key = ANY(:k)"
-            ),
-            {"t": table, "k": list(texts)},
-        ).all()
-        for text, first in rows:
+        for text, first in deferred_store.first_deferred(conn, table, list(texts)).items():
             k = texts[text]
             if result.deferred.get(k) != "applying" and now - first >= bound:
                 result.confirmed.append(result.still_different.pop(k))
@@ -270,29 +261,9 @@ def apply_bound(
         return
     settled = [key_text(k) for k in result.deferred if k not in result.still_different]
     settled += [key_text(d.key) for d in result.confirmed]
-    if settled:
-        conn.execute(
-            sa.text("DELETE FROM cdcr.deferred_keys WHERE table_name = :t AND key = ANY(:k)"),
-            {"t": table, "k": settled},
-        )
-    if result.still_different:
-        conn.execute(
-            sa.text(
-                "INSERT INTO cdcr.deferred_keys AS d (table_name, key, kind, reason, "
-                "first_deferred, last_deferred) VALUES (:t, :k, :kind, :r, :now, :now) "
-                "ON CONFLICT (table_name, key) DO UPDATE SET kind = EXCLUDED.kind, "
-                "reason = EXCLUDED.reason, last_deferred = EXCLUDED.last_deferred, "
-                "times = d.times + 1, first_deferred = CASE WHEN EXCLUDED.reason = 'applying' "
-                "THEN EXCLUDED.first_deferred ELSE d.first_deferred END"
-            ),
-            [
-                {
-                    "t": table,
-                    "k": key_text(k),
-                    "kind": d.kind.value,
-                    "r": result.deferred.get(k, "changing"),
-                    "now": now,
-                }
-                for k, d in result.still_different.items()
-            ],
-        )
+    deferred_store.forget(conn, table, settled)
+    found = [
+        Deferral(key_text(k), d.kind.value, result.deferred.get(k, "changing"))
+        for k, d in result.still_different.items()
+    ]
+    deferred_store.defer(conn, table, found, now)

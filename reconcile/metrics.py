@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from cdc_reconciler.reconcile.diff import Kind
 from cdc_reconciler.reconcile.run import TableReport
+from cdc_reconciler.store import discrepancies
 from cdc_reconciler.stream import metrics as stream_metrics
 
 
@@ -121,26 +122,13 @@ class ReconcileMetrics:
         """Set the open-discrepancy gauges from ``cdcr.discrepancies`` (0 for tables with none)."""
         names = list(tables)
         with target.connect() as c:
-            rows = c.execute(
-                sa.text(
-                    "SELECT table_name, count(*) FROM cdcr.discrepancies WHERE review_state = 'open' "
-                    "AND table_name = ANY(:t) GROUP BY 1"
-                ),
-                {"t": names},
-            ).all()
-            by_kind = c.execute(
-                sa.text(
-                    "SELECT table_name, kind, count(*), "
-                    "extract(epoch FROM now() - min(created_at)) FROM cdcr.discrepancies "
-                    "WHERE review_state = 'open' AND table_name = ANY(:t) GROUP BY 1, 2"
-                ),
-                {"t": names},
-            ).all()
-        found = {r[0]: int(r[1]) for r in rows}
-        kinds = {(r[0], r[1]): int(r[2]) for r in by_kind}
+            by_kind = discrepancies.open_by_kind(c, names)
+        found: dict[str, int] = {}
+        kinds = {(o.table, o.kind): o.n for o in by_kind}
         oldest: dict[str, float] = {}
-        for r in by_kind:
-            oldest[r[0]] = max(oldest.get(r[0], 0.0), float(r[3] or 0))
+        for o in by_kind:
+            found[o.table] = found.get(o.table, 0) + o.n
+            oldest[o.table] = max(oldest.get(o.table, 0.0), o.oldest_age_s)
         for name in names:
             self.discrepancies_open.labels(name).set(found.get(name, 0))
             for kind in (*(k.value for k in Kind), "orphan"):

@@ -57,6 +57,8 @@ from cdc_reconciler.reconcile import checksum as ck
 from cdc_reconciler.reconcile.checksum import TablePair
 from cdc_reconciler.reconcile.diff import Difference, DiffResult, Kind
 from cdc_reconciler.reconcile.segments import Key, Window
+from cdc_reconciler.store import discrepancies, tombstones
+from cdc_reconciler.store.discrepancies import ArchivedRow, NewDiscrepancy
 
 LOW_64 = (1 << 64) - 1
 
@@ -139,14 +141,12 @@ class RepairOutcome:
 
 def repair_position(conn: sa.Connection, table: TargetTable) -> int:
     """``P`` as described in the module docstring, from committed target data."""
-    top = conn.execute(
-        sa.text(
-            f"SELECT greatest((SELECT max(_cdc_pos) FROM {qualified_ident(table.schema, table.name)}"
-            "), (SELECT max(position) FROM cdcr.tombstones "
-            "WHERE table_name = :tn))"
-        ),
-        {"tn": table.qualified},
+    written = conn.execute(
+        sa.text(f"SELECT max(_cdc_pos) FROM {qualified_ident(table.schema, table.name)}")
     ).scalar()
+    deleted = tombstones.max_position(conn, table.qualified)
+    found = [int(p) for p in (written, deleted) if p is not None]
+    top = max(found) if found else None
     if top is None:
         return 0
     return ((int(top) >> 64) << 64) | LOW_64
@@ -215,13 +215,10 @@ def repair(
     with target.begin() as tconn:
         if archive:
             whole = ck.fetch_json_by_keys(tconn, pair.target, archive)
-            tconn.execute(
-                sa.text(
-                    "INSERT INTO cdcr.extra_rows_archive (run_id, table_name, key, row) "
-                    "VALUES (:r, :t, :k, CAST(:row AS jsonb))"
-                ),
+            discrepancies.archive(
+                tconn,
                 [
-                    {"r": run_id, "t": pair.name, "k": key_text(k), "row": whole[k]}
+                    ArchivedRow(run_id, pair.name, key_text(k), whole[k])
                     for k in archive
                     if k in whole
                 ],
@@ -240,39 +237,22 @@ def record_discrepancies(
     differences: Sequence[Difference],
     actions: dict[Key, str],
 ) -> None:
-    if not differences:
-        return
-    conn.execute(
-        sa.text(
-            "INSERT INTO cdcr.discrepancies (run_id, table_name, key, kind, columns, source_row, "
-            "target_row, action, review_state) VALUES (:run, :t, :k, :kind, :cols, "
-            "CAST(:s AS jsonb), CAST(:tr AS jsonb), :action, 'open')"
-        ),
-        [
-            {
-                "run": run_id,
-                "t": table,
-                "k": key_text(d.key),
-                "kind": d.kind.value,
-                "cols": list(d.columns) or None,
-                "s": None if d.source_row is None else orjson.dumps(d.source_row).decode(),
-                "tr": None if d.target_row is None else orjson.dumps(d.target_row).decode(),
-                "action": actions.get(d.key, "reported"),
-            }
-            for d in differences
-        ],
-    )
+    found = [
+        NewDiscrepancy(
+            key_text(d.key),
+            d.kind.value,
+            actions.get(d.key, "reported"),
+            list(d.columns) or None,
+            None if d.source_row is None else orjson.dumps(d.source_row).decode(),
+            None if d.target_row is None else orjson.dumps(d.target_row).decode(),
+        )
+        for d in differences
+    ]
+    discrepancies.insert(conn, run_id, table, found)
 
 
 def resolve_discrepancies(
     conn: sa.Connection, run_id: uuid.UUID, still_different: Sequence[Difference]
 ) -> None:
     """Mark this run's discrepancies resolved unless re-verification still finds the key."""
-    keep = [key_text(d.key) for d in still_different]
-    conn.execute(
-        sa.text(
-            "UPDATE cdcr.discrepancies SET review_state = 'resolved' WHERE run_id = :r "
-            "AND NOT (key = ANY(:keep))"
-        ),
-        {"r": run_id, "keep": keep},
-    )
+    discrepancies.resolve_run(conn, run_id, [key_text(d.key) for d in still_different])

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import getpass
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -31,6 +31,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
+from cdc_reconciler import wiring
 from cdc_reconciler.config import Settings
 from cdc_reconciler.connectors.postgres.table import key_text
 from cdc_reconciler.connectors.postgres.write import RowWrite, write_batch
@@ -39,14 +40,12 @@ from cdc_reconciler.reconcile import checksum as ck
 from cdc_reconciler.reconcile import repair as rp
 from cdc_reconciler.reconcile.run import Env, describe
 from cdc_reconciler.reconcile.windows import checked_now, utc_now
+from cdc_reconciler.store import discrepancies as store
+from cdc_reconciler.store.discrepancies import ArchivedRow, ReviewItem, ReviewState
 
 DECISIONS = ("apply_source", "keep_target", "delete_target")
 STATES = ("open", "resolved", "all")
 KINDS = ("missing", "extra", "mismatched", "orphan")
-_COLUMNS = (
-    "d.id, d.run_id, d.table_name, d.key, d.kind, d.columns, d.action, d.review_state, "
-    "d.created_at, d.resolution, d.resolved_by, d.resolved_at, d.note"
-)
 
 
 def default_user() -> str:
@@ -56,18 +55,16 @@ def default_user() -> str:
         return os.environ.get("USER") or "unknown"
 
 
-def _engine(url: str, what: str) -> sa.Engine:
-    if not url:
-        raise CdcrError(f"CDCR_{what}__URL is not set")
-    return sa.create_engine(url, pool_pre_ping=True)
-
-
 def _plain(v: Any) -> Any:
     if isinstance(v, datetime):
         return v.isoformat()
     if v is None or isinstance(v, (str, int, float, bool, list, dict)):
         return v
     return str(v)
+
+
+def _plain_dict(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: _plain(v) for k, v in d.items()}
 
 
 def list_items(
@@ -83,20 +80,11 @@ def list_items(
         raise CdcrError(f"--state must be one of {', '.join(STATES)}")
     if kind is not None and kind not in KINDS:
         raise CdcrError(f"--kind must be one of {', '.join(KINDS)}")
-    target = _engine(settings.target.url_str(), "TARGET")
+    target = wiring.target_engine(settings)
     try:
         with target.connect() as c:
-            rows = c.execute(
-                sa.text(
-                    f"SELECT {_COLUMNS} FROM cdcr.discrepancies d WHERE "
-                    "(CAST(:t AS text) IS NULL OR d.table_name = :t) AND "
-                    "(CAST(:k AS text) IS NULL OR d.kind = :k) AND "
-                    "(CAST(:s AS text) = 'all' OR d.review_state = :s) "
-                    "ORDER BY d.created_at, d.id LIMIT :n"
-                ),
-                {"t": table, "k": kind, "s": state, "n": limit},
-            ).mappings()
-            return [{k: _plain(v) for k, v in r.items()} for r in rows]
+            found = store.items(c, table=table, kind=kind, state=state, limit=limit)
+            return [_plain_dict(asdict(r)) for r in found]
     except SQLAlchemyError as exc:
         raise CdcrError(f"review list failed: {exc.__class__.__name__}: {exc}") from exc
     finally:
@@ -105,25 +93,22 @@ def list_items(
 
 def show(settings: Settings, item_id: int) -> dict[str, Any]:
     """One item with the rows recorded when it was found, and both rows as they are now."""
-    source = _engine(settings.source.url_str(), "SOURCE")
-    target = _engine(settings.target.url_str(), "TARGET")
+    source = wiring.source_engine(settings)
+    target = wiring.target_engine(settings)
     try:
         with target.connect() as c:
-            row = (
-                c.execute(
-                    sa.text(
-                        f"SELECT {_COLUMNS}, d.source_row, d.target_row, r.window_start, "
-                        "r.window_end FROM cdcr.discrepancies d LEFT JOIN cdcr.reconcile_runs r "
-                        "ON r.run_id = d.run_id WHERE d.id = :i"
-                    ),
-                    {"i": item_id},
-                )
-                .mappings()
-                .first()
-            )
+            row = store.detail(c, item_id)
         if row is None:
             raise CdcrError(f"no review item {item_id}")
-        item = {k: _plain(v) for k, v in row.items()}
+        item = _plain_dict(
+            {
+                **asdict(row.item),
+                "source_row": row.source_row,
+                "target_row": row.target_row,
+                "window_start": row.window_start,
+                "window_end": row.window_end,
+            }
+        )
         env = Env(settings, source, target, utc_now, lambda tps: {})
         try:
             pair, _ = describe(env, item["table_name"])
@@ -180,18 +165,12 @@ def resolve(
     if not ids:
         raise CdcrError("give at least one review item id")
     who = by or default_user()
-    source = _engine(settings.source.url_str(), "SOURCE")
-    target = _engine(settings.target.url_str(), "TARGET")
+    source = wiring.source_engine(settings)
+    target = wiring.target_engine(settings)
     env = Env(settings, source, target, now_getter, lambda tps: {})
     try:
         with target.connect() as c:
-            found = {
-                int(r[0])
-                for r in c.execute(
-                    sa.text("SELECT id FROM cdcr.discrepancies WHERE id = ANY(:i)"),
-                    {"i": list(ids)},
-                )
-            }
+            found = store.existing(c, ids)
         missing = [i for i in ids if i not in found]
         if missing:
             raise CdcrError(f"no review item {', '.join(map(str, missing))}")
@@ -205,40 +184,24 @@ def resolve(
 
 def _resolve_one(env: Env, item_id: int, decision: str, who: str, note: str | None) -> Resolved:
     with env.target.begin() as c:
-        item = (
-            c.execute(
-                sa.text(
-                    "SELECT id, run_id, table_name, key, review_state, resolution, resolved_by, "
-                    "resolved_at FROM cdcr.discrepancies WHERE id = :i FOR UPDATE"
-                ),
-                {"i": item_id},
-            )
-            .mappings()
-            .one()
-        )
-        if item["review_state"] != "open":
-            how = item["resolution"] or "by reconcile (re-verified equal)"
-            when = "" if item["resolved_at"] is None else f" at {item['resolved_at'].isoformat()}"
-            by = "" if item["resolved_by"] is None else f" by {item['resolved_by']}"
+        item = store.lock(c, item_id)
+        if item.review_state != ReviewState.OPEN:
+            how = item.resolution or "by reconcile (re-verified equal)"
+            when = "" if item.resolved_at is None else f" at {item.resolved_at.isoformat()}"
+            by = "" if item.resolved_by is None else f" by {item.resolved_by}"
             return Resolved(
-                item_id, item["table_name"], item["key"], "already_resolved", f"{how}{by}{when}"
+                item_id, item.table_name, item.key, "already_resolved", f"{how}{by}{when}"
             )
         outcome, detail = "kept", ""
         if decision != "keep_target":
             outcome, detail = _write(env, c, item, decision)
-        c.execute(
-            sa.text(
-                "UPDATE cdcr.discrepancies SET review_state = 'resolved', resolution = :d, "
-                "resolved_by = :b, resolved_at = :at, note = :n WHERE id = :i"
-            ),
-            {"d": decision, "b": who, "at": checked_now(env.now_getter), "n": note, "i": item_id},
-        )
-    return Resolved(item_id, item["table_name"], item["key"], outcome, detail)
+        store.resolve(c, item_id, decision, who, checked_now(env.now_getter), note)
+    return Resolved(item_id, item.table_name, item.key, outcome, detail)
 
 
-def _write(env: Env, c: sa.Connection, item: Any, decision: str) -> tuple[str, str]:
-    pair, ttable = describe(env, item["table_name"])
-    key = tuple(orjson.loads(item["key"]))
+def _write(env: Env, c: sa.Connection, item: ReviewItem, decision: str) -> tuple[str, str]:
+    pair, ttable = describe(env, item.table_name)
+    key = tuple(orjson.loads(item.key))
     row: dict[str, Any] | None = None
     if decision == "apply_source":
         with env.source.connect() as s:
@@ -248,18 +211,7 @@ def _write(env: Env, c: sa.Connection, item: Any, decision: str) -> tuple[str, s
     if row is None:
         whole = ck.fetch_json_by_keys(c, pair.target, [key])
         if key in whole:
-            c.execute(
-                sa.text(
-                    "INSERT INTO cdcr.extra_rows_archive (run_id, table_name, key, row) "
-                    "VALUES (:r, :t, :k, CAST(:row AS jsonb))"
-                ),
-                {
-                    "r": item["run_id"],
-                    "t": item["table_name"],
-                    "k": key_text(key),
-                    "row": whole[key],
-                },
-            )
+            store.archive(c, [ArchivedRow(item.run_id, item.table_name, key_text(key), whole[key])])
         result = write_batch(c, ttable, [RowWrite(key, None, position, ts)])
         why = "the source has no such row; " if decision == "apply_source" else ""
         return "deleted", f"{why}archived then deleted ({result.applied} applied)"
@@ -269,19 +221,13 @@ def _write(env: Env, c: sa.Connection, item: Any, decision: str) -> tuple[str, s
 
 def open_summary(conn: sa.Connection, now: datetime) -> list[dict[str, Any]]:
     """Open items per table and kind, with the age of the oldest (for status and metrics)."""
-    rows = conn.execute(
-        sa.text(
-            "SELECT table_name, kind, count(*) AS n, min(created_at) AS oldest "
-            "FROM cdcr.discrepancies WHERE review_state = 'open' GROUP BY 1, 2 ORDER BY 1, 2"
-        )
-    ).mappings()
     return [
         {
-            "table": r["table_name"],
-            "kind": r["kind"],
-            "open": int(r["n"]),
-            "oldest": r["oldest"].isoformat(),
-            "oldest_age_s": max(0.0, (now - r["oldest"]).total_seconds()),
+            "table": r.table,
+            "kind": r.kind,
+            "open": r.n,
+            "oldest": r.oldest.isoformat(),
+            "oldest_age_s": max(0.0, (now - r.oldest).total_seconds()),
         }
-        for r in rows
+        for r in store.open_by_kind(conn)
     ]

@@ -39,7 +39,6 @@ from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.reconcile import checks as chk
 from cdc_reconciler.reconcile import inflight, integrity
 from cdc_reconciler.reconcile import repair as rp
-from cdc_reconciler.reconcile import watermarks as wm
 from cdc_reconciler.reconcile.checksum import TablePair, describe_pair, split_name
 from cdc_reconciler.reconcile.diff import Difference, DiffOptions, DiffResult, Kind, diff_table
 from cdc_reconciler.reconcile.segments import Key, Window
@@ -56,8 +55,12 @@ from cdc_reconciler.reconcile.windows import (
     table_topic,
     windows_behind,
 )
+from cdc_reconciler.store import discrepancies, runs
+from cdc_reconciler.store import watermarks as wm
+from cdc_reconciler.store.discrepancies import NewDiscrepancy
+from cdc_reconciler.store.runs import RunStatus
 
-ADVANCING = ("clean", "repaired", "open_extras")
+ADVANCING = runs.VERIFIED
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,7 +298,7 @@ def reconcile_table(env: Env, req: Request, table: str) -> TableReport:
         report.windows.append(r)
         if req.dry_run:
             pos = w.end
-        elif r.status == "superseded":
+        elif r.status == RunStatus.SUPERSEDED:
             with env.target.connect() as c:
                 mark = wm.read(c, table)
             current = mark.reconciled_through if mark else None
@@ -404,10 +407,10 @@ def reconcile_window(
     )
     counts["orphan"] = len(orphans)
     if req.dry_run:
-        status = "clean" if before.clean else "differences"
+        status = RunStatus.CLEAN if before.clean else RunStatus.DIFFERENCES
         results = chk.run_checks(env.source, env.target, pair, w, configured) + integrity_checks
         if not chk.passed(results):
-            status = "check_failed"
+            status = RunStatus.CHECK_FAILED
         return WindowReport(
             pair.name,
             w,
@@ -420,17 +423,11 @@ def reconcile_window(
 
     run_id = uuid.uuid4()
     with env.target.begin() as c:
-        c.execute(
-            sa.text(
-                "INSERT INTO cdcr.reconcile_runs (run_id, table_name, window_start, window_end, "
-                "started, status, dry_run) VALUES (:r, :t, :ws, :we, :st, 'running', false)"
-            ),
-            {"r": run_id, "t": pair.name, "ws": w.start, "we": w.end, "st": started},
-        )
+        runs.start(c, run_id, pair.name, w.start, w.end, started)
         if not req.reverify:
             wm.set_state(c, pair.name, "reconciling")
     try:
-        status = "clean"
+        status = RunStatus.CLEAN
         remaining: tuple[Difference, ...] = ()
         if not before.clean:
             outcome = rp.repair(
@@ -458,16 +455,16 @@ def reconcile_window(
             )
             reported = {k for k, a in outcome.actions.items() if a == "reported"}
             if not remaining:
-                status = "repaired"
+                status = RunStatus.REPAIRED
             elif all(d.kind is Kind.EXTRA and d.key in reported for d in remaining):
-                status = "open_extras"
+                status = RunStatus.OPEN_EXTRAS
             else:
-                status = "unresolved"
+                status = RunStatus.UNRESOLVED
             counts["remaining"] = len(remaining)
         results = chk.run_checks(env.source, env.target, pair, w, configured) + integrity_checks
         checks += results
         if status in ADVANCING and not chk.passed(results):
-            status = "check_failed"
+            status = RunStatus.CHECK_FAILED
         with env.target.begin() as c:
             if not before.clean:
                 rp.resolve_discrepancies(c, run_id, remaining)
@@ -477,15 +474,17 @@ def reconcile_window(
                     with c.begin_nested():
                         wm.advance(c, pair.name, expected, w.end)
                 except wm.WatermarkConflict:
-                    status = "superseded"
-            _finish(c, run_id, status, counts, checks, env.now_getter)
+                    status = RunStatus.SUPERSEDED
+            runs.finish(c, run_id, status, checked_now(env.now_getter), counts, checks)
             if not req.reverify:
                 wm.set_state(
-                    c, pair.name, "idle" if status in (*ADVANCING, "superseded") else status
+                    c,
+                    pair.name,
+                    "idle" if status in (*ADVANCING, RunStatus.SUPERSEDED) else str(status),
                 )
     except Exception:
         with env.target.begin() as c:
-            _finish(c, run_id, "failed", counts, checks, env.now_getter)
+            runs.finish(c, run_id, RunStatus.FAILED, checked_now(env.now_getter), counts, checks)
         raise
     return WindowReport(
         pair.name, w, status, before.differences, counts, run_id, checks, deferred=deferred
@@ -552,27 +551,19 @@ def _record_orphans(
     """Confirmed orphans enter the review queue (kind ``orphan``), once per open key."""
     if not orphans:
         return
-    c.execute(
-        sa.text(
-            "INSERT INTO cdcr.discrepancies (run_id, table_name, key, kind, columns, target_row, "
-            "action, review_state) SELECT :run, :t, :k, 'orphan', :cols, CAST(:row AS jsonb), "
-            "'reported', 'open' WHERE NOT EXISTS (SELECT 1 FROM cdcr.discrepancies WHERE "
-            "table_name = :t AND key = :k AND kind = 'orphan' AND review_state = 'open')"
-        ),
-        [
-            {
-                "run": run_id,
-                "t": table,
-                "k": key_text(o.key),
-                "cols": [o.fk],
-                "row": orjson.dumps(
-                    {"foreign_key": o.fk, "parent": o.parent, "values": list(o.values)},
-                    default=str,
-                ).decode(),
-            }
-            for o in orphans
-        ],
-    )
+    found = [
+        NewDiscrepancy(
+            key_text(o.key),
+            "orphan",
+            "reported",
+            [o.fk],
+            target_row=orjson.dumps(
+                {"foreign_key": o.fk, "parent": o.parent, "values": list(o.values)}, default=str
+            ).decode(),
+        )
+        for o in orphans
+    ]
+    discrepancies.insert_once(c, run_id, table, found)
 
 
 def _confirm(env: Env, pair: TablePair, keys: list[Key]) -> inflight.Confirmation:
@@ -604,29 +595,6 @@ def _check(name: str, result: DiffResult) -> dict[str, Any]:
         "target_rows": result.stats.target_rows,
         "result": "equal" if result.clean else f"{len(result.differences)} differences",
     }
-
-
-def _finish(
-    c: sa.Connection,
-    run_id: uuid.UUID,
-    status: str,
-    counts: dict[str, Any],
-    checks: list[dict[str, Any]],
-    now_getter: Clock,
-) -> None:
-    c.execute(
-        sa.text(
-            "UPDATE cdcr.reconcile_runs SET status = :s, finished = :f, counts = CAST(:c AS jsonb), "
-            "checks = CAST(:k AS jsonb) WHERE run_id = :r"
-        ),
-        {
-            "s": status,
-            "f": checked_now(now_getter),
-            "c": orjson.dumps(counts).decode(),
-            "k": orjson.dumps(checks).decode(),
-            "r": run_id,
-        },
-    )
 
 
 def reverify_table(

@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 
 from cdc_reconciler.connectors.postgres.sql import quote_ident
@@ -48,6 +47,8 @@ from cdc_reconciler.reconcile import checksum as ck
 from cdc_reconciler.reconcile.checksum import Side, TablePair
 from cdc_reconciler.reconcile.diff import Difference, Kind, _snapshot
 from cdc_reconciler.reconcile.segments import Key, Segment, Window
+from cdc_reconciler.store import runs
+from cdc_reconciler.store.runs import RunStatus
 
 Z95 = 1.959963984540054  # the 0.975 quantile of the standard normal distribution
 EXACT_COUNT_BELOW = 1_000_000
@@ -294,21 +295,16 @@ def record_sample(
             for d in report.differences[:MAX_AUDITED_KEYS]
         ],
     }
-    conn.execute(
-        sa.text(
-            "INSERT INTO cdcr.reconcile_runs (run_id, table_name, window_start, window_end, started, "
-            "finished, status, counts, checks, dry_run) VALUES (:r, :t, :ws, :we, :st, :f, 'sampled', "
-            "CAST(:c AS jsonb), CAST(:k AS jsonb), false)"
-        ),
-        {
-            "r": run_id,
-            "t": report.table,
-            "ws": report.change_time_from,
-            "we": report.change_time_to or finished,
-            "st": started,
-            "f": finished,
-            "c": orjson.dumps(report.summary()).decode(),
-            "k": orjson.dumps([check], default=str).decode(),
-        },
+    runs.record(
+        conn,
+        run_id,
+        report.table,
+        RunStatus.SAMPLED,
+        window_start=report.change_time_from,
+        window_end=report.change_time_to or finished,
+        started=started,
+        finished=finished,
+        counts=report.summary(),
+        checks=[check],
     )
     report.run_id = run_id

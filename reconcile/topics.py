@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from cdc_reconciler.config import Settings
 from cdc_reconciler.connectors.debezium import ChangeEvent
+from cdc_reconciler.store import offsets
 from cdc_reconciler.stream.errors import ApplyError
 from cdc_reconciler.stream.tables import TableResolver
 
@@ -53,16 +54,7 @@ def source_table_of(resolver: TableResolver, topic: str) -> str | None:
 def applied_tables(conn: sa.Connection, settings: Settings, target: sa.Engine) -> AppliedTables:
     """Read the group's applied topics and map them to source tables (see the module doc)."""
     group = settings.kafka.group_id
-    topics = [
-        r[0]
-        for r in conn.execute(
-            sa.text(
-                "SELECT DISTINCT topic FROM cdcr.applied_offsets WHERE consumer_group = :g "
-                "ORDER BY topic"
-            ),
-            {"g": group},
-        )
-    ]
+    topics = offsets.applied_topics(conn, group)
     resolver = TableResolver(target, dict(settings.tables))
     by_table: dict[str, list[str]] = {}
     unrouted: list[str] = []

@@ -14,14 +14,13 @@ Clocks are injected (``now_getter``) so tests control time; the log-end lookup i
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-
-import sqlalchemy as sa
 
 from cdc_reconciler.config import KafkaSettings
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.reconcile.segments import Window
+from cdc_reconciler.store.offsets import PartitionProgress as PartitionProgress
+from cdc_reconciler.store.offsets import partition_progress as partition_progress
 
 Clock = Callable[[], datetime]
 TP = tuple[str, int]
@@ -40,27 +39,8 @@ def checked_now(now_getter: Clock) -> datetime:
     return now
 
 
-@dataclass(frozen=True, slots=True)
-class PartitionProgress:
-    topic: str
-    partition: int
-    next_offset: int
-    last_event_time: datetime | None
-
-
 def table_topic(topic_prefix: str, source_table: str) -> str:
     return f"{topic_prefix}.{source_table}"
-
-
-def partition_progress(conn: sa.Connection, group: str, topic: str) -> list[PartitionProgress]:
-    rows = conn.execute(
-        sa.text(
-            "SELECT topic, partition, next_offset, last_event_time FROM cdcr.applied_offsets "
-            "WHERE consumer_group = :g AND topic = :t ORDER BY partition"
-        ),
-        {"g": group, "t": topic},
-    ).all()
-    return [PartitionProgress(*r) for r in rows]
 
 
 def closed_through(

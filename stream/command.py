@@ -14,10 +14,11 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from cdc_reconciler import wiring
-from cdc_reconciler.config import DatabaseSettings, Settings, TableMapping
+from cdc_reconciler.config import Settings, TableMapping
 from cdc_reconciler.connectors.kafka import check_reachable
-from cdc_reconciler.connectors.redis_ids import ProcessedIds, namespace_for
-from cdc_reconciler.errors import CdcrError, ConfigError
+from cdc_reconciler.connectors.redis_ids import ProcessedIds
+from cdc_reconciler.errors import CdcrError
+from cdc_reconciler.store.schema import require_head
 from cdc_reconciler.stream.dead_letters import DeadLetterSink
 from cdc_reconciler.stream.engine import ApplyEngine
 from cdc_reconciler.stream.errors import ApplyError
@@ -26,66 +27,6 @@ from cdc_reconciler.stream.runner import Runner, RunSummary
 from cdc_reconciler.stream.tables import TableResolver
 
 log = logging.getLogger(__name__)
-
-
-def connect_args(db: DatabaseSettings, *, statement_timeout: bool) -> dict[str, Any]:
-    """libpq settings for every connection (psycopg2): TCP keepalives so a peer that vanished
-    without a reset is noticed, a user timeout for writes nobody acknowledges, a connect timeout,
-    and optionally a statement timeout for the service's own statements."""
-    args: dict[str, Any] = {
-        "connect_timeout": db.connect_timeout_s,
-        "keepalives": 1,
-        "keepalives_idle": db.keepalives_idle_s,
-        "keepalives_interval": db.keepalives_interval_s,
-        "keepalives_count": db.keepalives_count,
-        "application_name": "cdcr",
-    }
-    if db.tcp_user_timeout_ms:
-        args["tcp_user_timeout"] = db.tcp_user_timeout_ms
-    if statement_timeout and db.statement_timeout_s:
-        args["options"] = f"-c statement_timeout={int(db.statement_timeout_s * 1000)}"
-    return args
-
-
-def _engine(db: DatabaseSettings, *, statement_timeout: bool, **kw: Any) -> sa.Engine:
-    url = db.url_str()
-    args = connect_args(db, statement_timeout=statement_timeout)
-    if not sa.engine.make_url(url).drivername.startswith("postgresql"):
-        args = {}  # the libpq settings mean nothing to other drivers
-    return sa.create_engine(url, pool_pre_ping=True, connect_args=args, **kw)
-
-
-def target_engine(settings: Settings) -> sa.Engine:
-    if not settings.target.url_str():
-        raise ConfigError("CDCR_TARGET__URL is not set")
-    # One connection per parallel partition transaction (apply_writers) and one for the loop.
-    overflow = max(2, settings.kafka.apply_writers)
-    return _engine(settings.target, statement_timeout=True, pool_size=2, max_overflow=overflow)
-
-
-def source_engine(settings: Settings) -> sa.Engine | None:
-    if not settings.source.url_str():
-        return None
-    return _engine(settings.source, statement_timeout=False, pool_size=1)
-
-
-def _where(engine: sa.Engine) -> str:
-    u = engine.url
-    return f"{u.host or 'localhost'}:{u.port or 5432}/{u.database or ''}"
-
-
-def check_migrated(engine: sa.Engine) -> None:
-    try:
-        with engine.connect() as conn:
-            ok = conn.execute(sa.text("select to_regclass('cdcr.applied_offsets')")).scalar()
-    except sa.exc.OperationalError as exc:
-        detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        raise CdcrError(
-            f"cannot reach the target database at {_where(engine)}: {detail}; "
-            "check CDCR_TARGET__URL"
-        ) from exc
-    if ok is None:
-        raise CdcrError("the service tables are missing in the target: run `cdcr migrate` first")
 
 
 @dataclass
@@ -167,16 +108,12 @@ def build_engine(
     use_redis: bool = True,
     kafka: Dependency | None = None,
 ) -> EngineParts:
-    target = target_engine(settings)
-    check_migrated(target)
-    source = source_engine(settings)
+    target = wiring.apply_target_engine(settings)
+    require_head(target)
+    source = wiring.apply_source_engine(settings)
     metrics = metrics or Metrics()
     kafka = kafka or Dependency("kafka", metrics.kafka_up)
-    ids = ProcessedIds.from_url(
-        settings.redis.url.get_secret_value(),
-        settings.redis.id_ttl_s,
-        settings.redis.namespace or namespace_for(settings.target.url_str()),
-    )
+    ids = wiring.processed_ids(settings)
     resolver = TableResolver(target, settings.tables, source=source, create_missing=create_missing)
     sink = DeadLetterSink(
         wiring.kafka_producer(settings.kafka), settings.kafka.dlq_topic(), stop=stop, kafka=kafka
@@ -331,10 +268,8 @@ def sync_tables(settings: Settings, tables: list[str], *, dry_run: bool = False)
     for name in tables or list(settings.tables):
         mapping = settings.tables.get(name, TableMapping())
         plan.append((*table_names(name, mapping), mapping))
-    target = target_engine(settings)
-    source = source_engine(settings)
-    if source is None:
-        raise ConfigError("CDCR_SOURCE__URL is not set: tables are mirrored from the source")
+    target = wiring.target_engine(settings)
+    source = wiring.source_engine(settings)
     done: list[str] = []
     try:
         for src, tgt, mapping in plan:

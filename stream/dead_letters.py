@@ -33,6 +33,8 @@ from cdc_reconciler.connectors.kafka import (
     is_fatal,
 )
 from cdc_reconciler.errors import CdcrError
+from cdc_reconciler.store import dead_letters
+from cdc_reconciler.store.dead_letters import DeadLetterRow
 from cdc_reconciler.stream.metrics import Dependency
 
 log = logging.getLogger(__name__)
@@ -56,13 +58,6 @@ class DeadLetter:
     record: Record
     kind: str
     error: str
-
-
-_INSERT = sa.text(
-    'INSERT INTO cdcr.dead_letters (topic, partition, "offset", key, value, error_kind, error) '
-    "VALUES (:topic, :partition, :offset, :key, :value, :kind, :error) "
-    'ON CONFLICT (topic, partition, "offset") DO NOTHING'
-)
 
 
 def _message(d: DeadLetter, limit: int) -> dict[str, Any]:
@@ -185,20 +180,18 @@ class DeadLetterSink:
 
     @staticmethod
     def record(conn: sa.Connection, letters: Sequence[DeadLetter]) -> None:
-        if not letters:
-            return
-        conn.execute(
-            _INSERT,
+        dead_letters.insert(
+            conn,
             [
-                {
-                    "topic": d.record.topic,
-                    "partition": d.record.partition,
-                    "offset": d.record.offset,
-                    "key": d.record.key,
-                    "value": d.record.value,
-                    "kind": d.kind,
-                    "error": d.error,
-                }
+                DeadLetterRow(
+                    d.record.topic,
+                    d.record.partition,
+                    d.record.offset,
+                    d.record.key,
+                    d.record.value,
+                    d.kind,
+                    d.error,
+                )
                 for d in letters
             ],
         )

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 
@@ -57,7 +56,9 @@ from cdc_reconciler.connectors.postgres.write import (
 )
 from cdc_reconciler.connectors.redis_ids import ProcessedIds
 from cdc_reconciler.errors import CdcrError
-from cdc_reconciler.stream.checkpoint import record_applied
+from cdc_reconciler.store import discrepancies, runs, tombstones
+from cdc_reconciler.store.discrepancies import NewDiscrepancy
+from cdc_reconciler.store.offsets import record_applied
 from cdc_reconciler.stream.dead_letters import DeadLetter, DeadLetterSink
 from cdc_reconciler.stream.errors import ApplyError
 from cdc_reconciler.stream.metrics import Metrics
@@ -577,32 +578,25 @@ class ApplyEngine:
                 list(cols[id(p)]),
             )
         for table_name, ps in by_table.items():
-            conn.execute(
-                sa.text(
-                    "INSERT INTO cdcr.reconcile_runs (run_id, table_name, window_end, started, "
-                    "finished, status, counts) VALUES (:r, :t, :now, :now, :now, 'unresolved', "
-                    "CAST(:c AS jsonb))"
-                ),
-                {
-                    "r": run_id,
-                    "t": table_name,
-                    "now": now,
-                    "c": orjson.dumps(
-                        {"by": "apply_engine", "toast_source_missing": len(ps)}
-                    ).decode(),
-                },
+            counts = {"by": "apply_engine", "toast_source_missing": len(ps)}
+            runs.record(
+                conn,
+                run_id,
+                table_name,
+                runs.RunStatus.UNRESOLVED,
+                window_start=None,
+                window_end=now,
+                started=now,
+                finished=now,
+                counts=counts,
             )
-            conn.execute(
-                sa.text(
-                    "INSERT INTO cdcr.discrepancies (run_id, table_name, key, kind, columns, "
-                    "action, review_state) VALUES (:r, :t, :k, 'missing', :cols, "
-                    "'toast_source_missing', 'open')"
-                ),
-                [
-                    {"r": run_id, "t": table_name, "k": key_text(p.key), "cols": list(cols[id(p)])}
-                    for p in ps
-                ],
-            )
+            found = [
+                NewDiscrepancy(
+                    key_text(p.key), "missing", "toast_source_missing", list(cols[id(p)])
+                )
+                for p in ps
+            ]
+            discrepancies.insert(conn, run_id, table_name, found)
             run_id = uuid.uuid4()
 
     def _write_isolating(
@@ -777,14 +771,7 @@ def _existing_keys(
 def _tombstones(
     conn: sa.Connection, table: TargetTable, keys: Sequence[Sequence[Any]]
 ) -> dict[str, int]:
-    texts = [key_text(k) for k in keys] + [TRUNCATE_KEY]
-    rows = conn.execute(
-        sa.text(
-            "SELECT key, position FROM cdcr.tombstones WHERE table_name = :tn AND key = ANY(:keys)"
-        ),
-        {"tn": table.qualified, "keys": texts},
-    )
-    return {r.key: int(r.position) for r in rows}
+    return tombstones.positions(conn, table.qualified, [key_text(k) for k in keys] + [TRUNCATE_KEY])
 
 
 def _fetch_source(

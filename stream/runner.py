@@ -43,7 +43,7 @@ from cdc_reconciler.connectors.kafka import (
     is_fatal,
 )
 from cdc_reconciler.errors import CdcrError
-from cdc_reconciler.stream.checkpoint import applied_offsets
+from cdc_reconciler.store.offsets import applied_offsets
 from cdc_reconciler.stream.dead_letters import Stopped
 from cdc_reconciler.stream.engine import RETRY_INITIAL_S, ApplyEngine, Interrupted, Prepared
 from cdc_reconciler.stream.metrics import Dependency, Metrics

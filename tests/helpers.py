@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from confluent_kafka import Consumer, TopicPartition
 
 from cdc_reconciler.config import Settings
+from cdc_reconciler.store import purge
 
 # One test session's identity. Every name a session makes on the shared services carries
 # SESSION_TAG: its databases (``cdcr_test_<id>_source`` / ``_target``), and its topics, consumer
@@ -121,27 +122,9 @@ def forget_table(target: sa.Engine, table: str, group: str | None = None) -> Non
     dropped whole at session end; this only keeps tests within one session apart."""
     with target.begin() as conn:
         conn.execute(sa.text(f"drop table if exists {quoted(table)}"))
-        # Tables other service tables reference go last, in case a foreign key does not cascade.
-        holders = (
-            conn.execute(
-                sa.text(
-                    "select c.table_name from information_schema.columns c "
-                    "where c.table_schema = 'cdcr' and c.column_name = 'table_name' "
-                    "order by (select count(*) from pg_constraint k where k.contype = 'f' "
-                    "and k.confrelid = format('cdcr.%I', c.table_name)::regclass), 1"
-                )
-            )
-            .scalars()
-            .all()
-        )
-        for holder in holders:
-            conn.execute(
-                sa.text(f'delete from cdcr."{holder}" where table_name = :t'), {"t": table}
-            )
+        purge.forget_table(conn, table)
         if group is not None:
-            conn.execute(
-                sa.text("delete from cdcr.applied_offsets where consumer_group = :g"), {"g": group}
-            )
+            purge.forget_group(conn, group)
 
 
 def quoted(qualified: str) -> str:

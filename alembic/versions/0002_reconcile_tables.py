@@ -25,7 +25,7 @@ def upgrade() -> None:
         "watermarks",
         sa.Column("table_name", sa.Text, primary_key=True),  # source "<schema>.<table>"
         # Everything changed before this instant is verified; NULL = nothing reconciled yet.
-        # Advanced only by compare-and-swap (reconcile/watermarks.py).
+        # Advanced only by compare-and-swap (store/watermarks.py).
         sa.Column("reconciled_through", sa.DateTime(timezone=True)),
         sa.Column("state", sa.Text, nullable=False, server_default="idle"),
         sa.Column(

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from cdc_reconciler import __version__
-from cdc_reconciler.cli import common, file, lag, reconcile, review, status, stream
+from cdc_reconciler.cli import common, file, lag, purge, reconcile, review, status, stream
 from cdc_reconciler.cli.common import ConfigOpt, JsonOpt, echo_json, say
 
 app = typer.Typer(
@@ -94,7 +94,7 @@ def doctor(
         raise typer.Exit(code=1)
 
 
-for _module in (stream, lag, reconcile, status, file, review):
+for _module in (stream, lag, reconcile, status, file, review, purge):
     _module.register(app)
 
 

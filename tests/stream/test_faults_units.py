@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from confluent_kafka import KafkaError
 from pydantic import SecretStr
 
+from cdc_reconciler import wiring
 from cdc_reconciler.config import DatabaseSettings, Settings
 from cdc_reconciler.connectors.kafka import PRODUCER_MAX_BYTES, Record, is_fatal
 from cdc_reconciler.stream import command
@@ -194,7 +195,7 @@ def test_target_connections_carry_keepalives_and_a_statement_timeout(
         keepalives_count=2,
         statement_timeout_s=7.5,
     )
-    engine = command.target_engine(Settings.model_construct(target=db))
+    engine = wiring.apply_target_engine(Settings.model_construct(target=db))
     try:
         with engine.connect() as conn:
             params = conn.connection.dbapi_connection.info.dsn_parameters  # type: ignore[union-attr]
@@ -282,7 +283,7 @@ def test_connection_watch_follows_the_target_and_drops_a_stuck_connection(
 
     def engine_for(**db: object) -> tuple[sa.Engine, Dependency, command.ConnectionWatch]:
         settings = DatabaseSettings.model_validate({"url": services.target_url, **db})
-        engine = command.target_engine(Settings.model_construct(target=settings))
+        engine = wiring.apply_target_engine(Settings.model_construct(target=settings))
         state = Dependency("target")
         watch = command.ConnectionWatch(state)
         watch.attach(engine)
@@ -300,7 +301,7 @@ def test_connection_watch_follows_the_target_and_drops_a_stuck_connection(
     # A refused connection is.
     url = sa.engine.make_url(services.target_url).set(port=1)
     state = Dependency("target")
-    refused = command.target_engine(
+    refused = wiring.apply_target_engine(
         Settings.model_construct(
             target=DatabaseSettings(url=SecretStr(url.render_as_string(hide_password=False)))
         )
