@@ -22,7 +22,10 @@ from typing import Any
 from bench.common import Endpoints, drop_database, log, recreate_database
 
 TABLE = "bench_rc"
-DB = "bench_rc"
+# Both sides live in databases of their own, created and dropped by the run (the names can be
+# changed with BENCH_RC_DB so that two runs on one cluster do not collide).
+DB = os.environ.get("BENCH_RC_DB", "bench_rc")
+SRC_DB = DB + "_src"
 DDL = """id bigint primary key, a int not null, b numeric(12,2), c text, d timestamptz,
     e jsonb, f boolean, g date, h varchar(32), i bigint"""
 COLS = ["a", "b", "c", "d", "e", "f", "g", "h", "i"]
@@ -35,8 +38,9 @@ REPEATS = 1  # per contender and case; the pair is big enough to dwarf jitter at
 
 
 def build_pair(ep: Endpoints, rows: int) -> None:
+    recreate_database(ep, SRC_DB)
     recreate_database(ep, DB)
-    for db in ("source", DB):
+    for db in (SRC_DB, DB):
         conn = ep.connect_pg(db)
         with conn.cursor() as cur:
             cur.execute(f"drop table if exists public.{TABLE}")
@@ -57,7 +61,7 @@ def plant(ep: Endpoints, rows: int, seed: int = 20261122) -> dict[str, list[int]
         "extra": sorted(keys[34:67]),
         "mismatched": sorted(keys[67:]),
     }
-    src = ep.connect_pg("source")
+    src = ep.connect_pg(SRC_DB)
     tgt = ep.connect_pg(DB)
     with src.cursor() as s, tgt.cursor() as t:
         t.execute(f"delete from public.{TABLE} where id = any(%s)", (planted["missing"],))
@@ -104,7 +108,7 @@ def run_cdcr(ep: Endpoints) -> dict[str, Any]:
         "-m",
         "bench.reconcile_cmp",
         "verify",
-        ep.sa_url("source"),
+        ep.sa_url(SRC_DB),
         ep.sa_url(DB),
         f"public.{TABLE}",
     ]
@@ -131,7 +135,7 @@ def reladiff_cmd(ep: Endpoints) -> list[str]:
     exe = str(Path(sys.executable).with_name("reladiff"))
     cmd = [
         exe,
-        ep.pg_url("source"),
+        ep.pg_url(SRC_DB),
         f"public.{TABLE}",
         ep.pg_url(DB),
         f"public.{TABLE}",
@@ -201,10 +205,7 @@ def run_reconcile(ep: Endpoints, rows: int, logs: Path) -> dict[str, Any]:
             if c["cdcr"].get("seconds") and c["reladiff"].get("seconds"):
                 c["cdcr_over_reladiff"] = round(c["cdcr"]["seconds"] / c["reladiff"]["seconds"], 3)
     finally:
-        conn = ep.connect_pg("source")
-        with conn.cursor() as cur:
-            cur.execute(f"drop table if exists public.{TABLE}")
-        conn.close()
+        drop_database(ep, SRC_DB)
         drop_database(ep, DB)
     return out
 

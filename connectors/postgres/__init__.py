@@ -1,0 +1,1 @@
+"""PostgreSQL access: catalog reads, reconcile's checksum and row-read SQL."""
