@@ -112,6 +112,7 @@ class _Differ:
         self.src, self.tgt, self.pair, self.opt, self.pool = src, tgt, pair, options, pool
         self.stats = DiffStats()
         self.found: list[Difference] = []
+        self.leaves: list[Segment] = []  # differing segments small enough to download
 
     def both(self, fn: Callable[..., T], *args: Any, **kw: Any) -> tuple[T, T]:
         fs = self.pool.submit(fn, self.src, self.pair.source, *args, **kw)
@@ -161,7 +162,7 @@ class _Differ:
     ) -> None:
         n = max(s.count, t.count)
         if n <= self.opt.threshold:
-            self.leaf(seg)
+            self.leaves.append(seg)
             return
         parts = max(2, min(self.opt.max_factor, math.ceil(n / self.opt.threshold)))
         if rng is not None:
@@ -173,7 +174,7 @@ class _Differ:
             points = ck.quantile_keys(conn, side, seg, math.ceil(n / parts))
         children = seg.split_at(points)
         if len(children) < 2:
-            self.leaf(seg)
+            self.leaves.append(seg)
             return
         cs, ct = self.both(ck.bucket_stats, seg, points)
         self.stats.segments_compared += len(children)
@@ -187,8 +188,13 @@ class _Differ:
                 sub = (lo, hi)
             self.refine(child, a, b, sub)
 
-    def leaf(self, seg: Segment) -> None:
-        src_rows, tgt_rows = self.both(ck.fetch_normalized, seg)
+    def fetch_leaves(self, window: Window | None) -> None:
+        """Download the rows of every pending leaf (one statement per side per 256 leaves; the
+        leaves are disjoint key ranges of one window) and classify the differences."""
+        if not self.leaves:
+            return
+        src_rows, tgt_rows = self.both(ck.fetch_normalized_many, self.leaves)
+        self.leaves = []
         self.stats.rows_downloaded += len(src_rows) + len(tgt_rows)
         only_src: list[Key] = []
         only_tgt: list[Key] = []
@@ -199,7 +205,7 @@ class _Differ:
             elif trow != srow:
                 self.found.append(self.mismatch(key, srow, trow))
         only_tgt = [k for k in tgt_rows if k not in src_rows]
-        if seg.window is None:
+        if window is None:
             self.found += [
                 Difference(Kind.MISSING, k, source_row=self.named(src_rows[k])) for k in only_src
             ]
@@ -207,7 +213,7 @@ class _Differ:
                 Difference(Kind.EXTRA, k, target_row=self.named(tgt_rows[k])) for k in only_tgt
             ]
             return
-        self.resolve_window(seg.window, only_src, only_tgt, src_rows, tgt_rows)
+        self.resolve_window(window, only_src, only_tgt, src_rows, tgt_rows)
 
     def resolve_window(
         self,
@@ -276,6 +282,7 @@ def diff_segment(
     ):
         d = _Differ(src, tgt, pair, options or DiffOptions(), pool)
         d.run(seg)
+        d.fetch_leaves(seg.window)
     found = sorted(d.found, key=lambda x: (x.kind.value, repr(x.key)))
     return DiffResult(tuple(found), d.stats)
 
