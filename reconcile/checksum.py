@@ -20,10 +20,10 @@ from cdc_reconciler.connectors.postgres.checksum import bucket_stats as bucket_s
 from cdc_reconciler.connectors.postgres.checksum import fetch_json_by_keys as fetch_json_by_keys
 from cdc_reconciler.connectors.postgres.checksum import fetch_normalized as fetch_normalized
 from cdc_reconciler.connectors.postgres.checksum import (
-    fetch_normalized_many as fetch_normalized_many,
+    fetch_normalized_by_keys as fetch_normalized_by_keys,
 )
 from cdc_reconciler.connectors.postgres.checksum import (
-    fetch_normalized_by_keys as fetch_normalized_by_keys,
+    fetch_normalized_many as fetch_normalized_many,
 )
 from cdc_reconciler.connectors.postgres.checksum import fetch_raw_by_keys as fetch_raw_by_keys
 from cdc_reconciler.connectors.postgres.checksum import fetch_text_by_keys as fetch_text_by_keys
