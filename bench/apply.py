@@ -5,6 +5,7 @@ worker the bench starts and stops by PID). Plus the COPY ceiling and the target-
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import re
@@ -33,8 +34,14 @@ from bench.common import (
     wait_until,
 )
 
-JDBC_VERSION = "3.6.1.Final"
-JDBC_PLUGIN_DIR = STACK / "jars" / "plugins" / "debezium-connector-jdbc"
+# 3.6.1.Final of the JDBC sink is not published on Maven Central (the connector is): 3.6.0.Final is
+# the newest sink, fetched with bench/java/pom.xml (which says why it pins Hibernate ORM). 3.5.0.Final
+# (the first with dialect.postgres.unnest.insert.enabled) fails its UNNEST upserts on `date`
+# columns here ("invalid input syntax for type date"). Its own plugin directory, so no other
+# version is loaded by the bench's Connect worker.
+JDBC_VERSION = os.environ.get("CDCR_BENCH_JDBC_VERSION", "3.6.0.Final")
+JDBC_PLUGIN_PATH = STACK / "jars" / f"jdbc-sink-{JDBC_VERSION}"
+JDBC_PLUGIN_DIR = JDBC_PLUGIN_PATH / "debezium-connector-jdbc"
 BENCH_CONNECT_PORT = int(os.environ.get("CDCR_BENCH_CONNECT_PORT", "18084"))
 IDLE_S = 5.0
 # Redis databases of the bench (each contender's own, so one contender's processed IDs never
@@ -98,6 +105,9 @@ def final_rows(ep: Endpoints) -> int:
 
 
 # ----------------------------------------------------------------------------------- cdcr
+_RUN_IDS = itertools.count(1)
+
+
 def cdcr_env(ep: Endpoints, stream: Stream, db: str, group: str, redis_db: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDCR_")}
     env.update(
@@ -186,14 +196,20 @@ def result_from(
     return res
 
 
-def run_cdcr(ep: Endpoints, stream: Stream, tag: str, logs: Path) -> dict[str, Any]:
-    db, group = "bench_cdcr", f"bench-{tag}-cdcr"
+def run_cdcr(
+    ep: Endpoints, stream: Stream, tag: str, logs: Path, run: int = 0, db: str = "bench_cdcr"
+) -> dict[str, Any]:
+    """One `cdcr run --stop-when-idle` from the start of the stream (fresh group, database and
+    Redis db) until it has caught up."""
+    # Unique per run: a reused group would start at its committed offsets (the log ends).
+    group = f"bench-{tag}-cdcr-{next(_RUN_IDS)}" + (f"-{run}" if run else "")
     env = cdcr_env(ep, stream, db, group, REDIS_DB["cdcr"])
     prepare_cdcr_target(ep, db, env, REDIS_DB["cdcr"])
     cmd = [cdcr_bin(), "run", "--stop-when-idle", str(IDLE_S), "--json"]
     log(f"cdcr: {' '.join(cmd)} (group {group}, target {db})")
-    m = run_measured(cmd, env, timeout=3600, stderr_file=logs / "cdcr-run.log")
-    res = result_from("cdcr run", m, last_json(m.stdout), stream, logs / "cdcr-run.log")
+    logf = logs / f"cdcr-run-{db}-{run}.log"
+    m = run_measured(cmd, env, timeout=3600, stderr_file=logf)
+    res = result_from("cdcr run", m, last_json(m.stdout), stream, logf)
     res["command"] = " ".join(cmd)
     res["database"] = db
     res["check"] = compare_with_source(ep, db)
@@ -230,7 +246,7 @@ def faust_available() -> bool:
 def run_faust(ep: Endpoints, stream: Stream, tag: str, logs: Path) -> dict[str, Any]:
     if not faust_available():
         return {"contender": "Faust integration", "status": "not yet available"}
-    db, group = "bench_faust", f"bench-{tag}"
+    db, group = "bench_faust", f"bench-{tag}-{next(_RUN_IDS)}"  # unique per run
     env = cdcr_env(ep, stream, db, group, REDIS_DB["faust"])
     prepare_cdcr_target(ep, db, env, REDIS_DB["faust"])
     cmd = [sys.executable, "-m", "cdc_reconciler.stream.faust_app", "--stop-when-idle", str(IDLE_S)]
@@ -285,13 +301,14 @@ def ensure_jdbc_plugin() -> None:
             "mvn",
             "-q",
             "-B",
-            "-P",
-            "!kafka,jdbc",
+            "-f",
+            str(ROOT / "bench" / "java" / "pom.xml"),
+            f"-Ddebezium.jdbc.version={JDBC_VERSION}",
             "dependency:copy-dependencies",
             "-DincludeScope=runtime",
             f"-DoutputDirectory={JDBC_PLUGIN_DIR}",
         ],
-        cwd=ROOT / "scripts" / "java",
+        cwd=ROOT,
         check=True,
         capture_output=True,
         timeout=600,
@@ -314,7 +331,7 @@ group.id=bench-connect-{self.tag}
 listeners={self.url}
 rest.advertised.host.name=127.0.0.1
 rest.advertised.port={BENCH_CONNECT_PORT}
-plugin.path={STACK / "jars" / "plugins"}
+plugin.path={JDBC_PLUGIN_PATH}
 key.converter=org.apache.kafka.connect.json.JsonConverter
 value.converter=org.apache.kafka.connect.json.JsonConverter
 key.converter.schemas.enable=true
@@ -384,22 +401,11 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def run_jdbc(
-    ep: Endpoints, stream: Stream, tag: str, logs: Path, batch_size: int = 5000
-) -> dict[str, Any]:
-    db = "bench_jdbc"
-    ensure_jdbc_plugin()
-    recreate_database(ep, db)
-    conn = ep.connect_pg(db)
-    with conn.cursor() as cur:  # pre-created with the source's definitions
-        for t, ddl in TABLES.items():
-            cur.execute(f"create table public.{t} ({ddl})")
-    conn.close()
-    worker = BenchConnect(ep, tag, logs)
-    name = f"bench-{tag}-jdbc"
-    config = {
+# What the sink needs to work on this stream, and nothing else: upserts, deletes (they need the
+# record key as the primary key), and <prefix>.public.<table> -> <table>.
+def jdbc_base_config(ep: Endpoints, stream: Stream, db: str) -> dict[str, str]:
+    return {
         "connector.class": "io.debezium.connector.jdbc.JdbcSinkConnector",
-        "tasks.max": str(len(stream.topics)),  # one partition per topic
         "topics": ",".join(stream.topics),
         "connection.url": ep.jdbc_url(db),
         "connection.username": ep.pg_user,
@@ -407,97 +413,169 @@ def run_jdbc(
         "insert.mode": "upsert",
         "delete.enabled": "true",
         "primary.key.mode": "record_key",
-        "schema.evolution": "basic",
-        "batch.size": str(batch_size),
-        "use.reduction.buffer": "true",  # collapse per key inside a batch (hot keys)
-        "consumer.override.max.poll.records": str(batch_size),
-        "consumer.override.fetch.max.bytes": str(64 * 2**20),
-        "consumer.override.max.partition.fetch.bytes": str(16 * 2**20),
-        # <prefix>.public.<table> -> <table> (in the target's public schema)
         "transforms": "route",
         "transforms.route.type": "org.apache.kafka.connect.transforms.RegexRouter",
         "transforms.route.regex": r"[^.]+\.public\.(.+)",
         "transforms.route.replacement": "$1",
         "collection.name.format": "${topic}",
     }
+
+
+def jdbc_tuned(
+    partitions: int,
+    batch: int = 5000,
+    poll: int | None = None,
+    unnest: bool = True,
+    reduction: bool = True,
+) -> dict[str, str]:
+    """The sink tuned for PostgreSQL: multi-row UNNEST upserts, the per-key reduction buffer
+    (hot keys), a batch size and max.poll.records to match, one task per partition."""
+    return {
+        "tasks.max": str(partitions),
+        "dialect.postgres.unnest.insert.enabled": str(unnest).lower(),
+        "use.reduction.buffer": str(reduction).lower(),
+        "batch.size": str(batch),
+        "consumer.override.max.poll.records": str(poll or batch),
+        "consumer.override.fetch.max.bytes": str(64 * 2**20),
+        "consumer.override.max.partition.fetch.bytes": str(16 * 2**20),
+    }
+
+
+def jdbc_once(
+    ep: Endpoints,
+    stream: Stream,
+    tag: str,
+    logs: Path,
+    settings: dict[str, str] | None = None,
+    *,
+    label: str = "Debezium JDBC sink",
+    run: int = 0,
+    worker: BenchConnect | None = None,
+) -> dict[str, Any]:
+    """One JDBC sink run on a bench Connect worker (``worker``, or one started and stopped for
+    this run) from the start of the stream into a fresh ``bench_jdbc``."""
+    if worker is None:
+        with bench_worker(ep, tag, logs) as w:
+            return jdbc_once(ep, stream, tag, logs, settings, label=label, run=run, worker=w)
+    return run_jdbc(ep, stream, tag, logs, worker, settings or {}, label=label, run=run)
+
+
+class bench_worker:  # noqa: N801 - used as a context manager
+    def __init__(self, ep: Endpoints, tag: str, logs: Path) -> None:
+        ensure_jdbc_plugin()
+        self.worker = BenchConnect(ep, tag, logs)
+
+    def __enter__(self) -> BenchConnect:
+        self.worker.start()
+        return self.worker
+
+    def __exit__(self, *exc: object) -> None:
+        self.worker.stop()
+
+
+def _root_cause(trace: str) -> str:
+    """The first line of a Connect task's trace and its innermost "Caused by"."""
+    lines = trace.strip().splitlines()
+    causes = [ln.strip() for ln in lines if ln.strip().startswith("Caused by:")]
+    return "\n".join([*lines[:1], *causes[-1:]])[:1500]
+
+
+def run_jdbc(
+    ep: Endpoints,
+    stream: Stream,
+    tag: str,
+    logs: Path,
+    worker: BenchConnect,
+    settings: dict[str, str],
+    *,
+    label: str = "Debezium JDBC sink",
+    run: int = 0,
+) -> dict[str, Any]:
+    db = "bench_jdbc"
+    recreate_database(ep, db)
+    conn = ep.connect_pg(db)
+    with conn.cursor() as cur:  # pre-created with the source's definitions
+        for t, ddl in TABLES.items():
+            cur.execute(f"create table public.{t} ({ddl})")
+    conn.close()
+    # Unique per run: a reused name would find its group's offsets already at the log ends.
+    slug = re.sub("[^a-z0-9]+", "-", label.lower()).strip("-")
+    name = f"bench-{tag}-jdbc-{next(_RUN_IDS)}-{slug}-{run}"
+    config = {**jdbc_base_config(ep, stream, db), **settings}
     res: dict[str, Any] = {
-        "contender": "Debezium JDBC sink",
+        "contender": label,
         "database": db,
         "loadavg_before": list(os.getloadavg()),
         "connector": name,
         "config": {k: v for k, v in config.items() if "password" not in k},
+        "settings": settings,
         "records": stream.records,
         "version": JDBC_VERSION,
     }
-    worker.start()
-    try:
-        ps = psutil.Process(worker.proc.pid)  # type: ignore[union-attr]
-        cpu0 = sum(ps.cpu_times()[:4])
-        ends = log_ends(ep.kafka, stream.topics)
-        t0 = time.perf_counter()
-        started = time.time()
-        code, body = http("PUT", f"{worker.url}/connectors/{name}/config", config)
-        if code not in (200, 201):
-            raise RuntimeError(f"JDBC sink refused: {code} {body}")
-        first_row_at = None
-        peak = 0.0
-        samples = []
-        done_at = None
-        failed = None
-        pg = ep.connect_pg(db)
-        cur = pg.cursor()
-        while time.perf_counter() - t0 < 3600:
-            time.sleep(0.5)
-            rss = ps.memory_info().rss / 2**20
-            peak = max(peak, rss)
-            samples.append((round(time.perf_counter() - t0, 2), round(rss, 1)))
-            if first_row_at is None:
-                cur.execute(
-                    " union all ".join(f"(select 1 from public.{t} limit 1)" for t in TABLES)
-                )
-                if cur.fetchone():
-                    first_row_at = time.perf_counter()
-            lag = group_lag(ep.kafka, f"connect-{name}", ends)
-            if lag == 0:
-                done_at = time.perf_counter()
-                break
-            code, st = http("GET", f"{worker.url}/connectors/{name}/status")
-            if code == 200 and any(tk["state"] == "FAILED" for tk in st.get("tasks", [])):
-                failed = [
-                    tk.get("trace", "")[:1500] for tk in st["tasks"] if tk["state"] == "FAILED"
-                ]
-                break
-        cpu = sum(ps.cpu_times()[:4]) - cpu0
-        cur.close()
-        pg.close()
-        res.update(
-            {
-                "cpu_s": round(cpu, 2),
-                "peak_rss_mb": round(peak, 1),
-                "rss_samples": samples[::2],
-                "started_at": started,
-            }
+    assert worker.proc is not None
+    ps = psutil.Process(worker.proc.pid)
+    cpu0 = sum(ps.cpu_times()[:4])
+    ends = log_ends(ep.kafka, stream.topics)
+    t0 = time.perf_counter()
+    started = time.time()
+    code, body = http("PUT", f"{worker.url}/connectors/{name}/config", config)
+    if code not in (200, 201):
+        raise RuntimeError(f"JDBC sink refused: {code} {body}")
+    first_row_at = None
+    peak = 0.0
+    samples = []
+    done_at = None
+    failed = None
+    pg = ep.connect_pg(db)
+    cur = pg.cursor()
+    while time.perf_counter() - t0 < 3600:
+        time.sleep(0.5)
+        rss = ps.memory_info().rss / 2**20
+        peak = max(peak, rss)
+        samples.append((round(time.perf_counter() - t0, 2), round(rss, 1)))
+        if first_row_at is None:
+            cur.execute(" union all ".join(f"(select 1 from public.{t} limit 1)" for t in TABLES))
+            if cur.fetchone():
+                first_row_at = time.perf_counter()
+        lag = group_lag(ep.kafka, f"connect-{name}", ends)
+        if lag == 0:
+            done_at = time.perf_counter()
+            break
+        code, st = http("GET", f"{worker.url}/connectors/{name}/status")
+        if code == 200 and any(tk["state"] == "FAILED" for tk in st.get("tasks", [])):
+            failed = [
+                _root_cause(tk.get("trace", "")) for tk in st["tasks"] if tk["state"] == "FAILED"
+            ]
+            break
+    cpu = sum(ps.cpu_times()[:4]) - cpu0
+    cur.close()
+    pg.close()
+    res.update(
+        {
+            "cpu_s": round(cpu, 2),
+            "peak_rss_mb": round(peak, 1),
+            "rss_samples": samples[::2],
+            "started_at": started,
+        }
+    )
+    if failed:
+        res["error"] = failed
+    if done_at:
+        res["catchup_from_start_s"] = round(done_at - t0, 2)
+        res["events_per_s_from_start"] = round(stream.records / (done_at - t0))
+        if first_row_at:
+            res["span_s"] = round(done_at - first_row_at, 2)
+            res["events_per_s"] = round(stream.records / (done_at - first_row_at))
+        res["note"] = (
+            "caught up = the sink's group connect-<name> committed every log end "
+            "(offsets flushed every 1 s); span starts at the first row seen in the "
+            "target (polled every 0.5 s)"
         )
-        if failed:
-            res["error"] = failed
-        if done_at:
-            res["catchup_from_start_s"] = round(done_at - t0, 2)
-            res["events_per_s_from_start"] = round(stream.records / (done_at - t0))
-            if first_row_at:
-                res["span_s"] = round(done_at - first_row_at, 2)
-                res["events_per_s"] = round(stream.records / (done_at - first_row_at))
-            res["note"] = (
-                "caught up = the sink's group connect-<name> committed every log end "
-                "(offsets flushed every 1 s); span starts at the first row seen in the "
-                "target (polled every 0.5 s)"
-            )
-        else:
-            res.setdefault("error", "did not catch up within the time limit")
-        http("DELETE", f"{worker.url}/connectors/{name}")
-    finally:
-        worker.stop()
+    else:
+        res.setdefault("error", "did not catch up within the time limit")
+    http("DELETE", f"{worker.url}/connectors/{name}")
     res["check"] = compare_with_source(ep, db)
-    log(f"jdbc: {res.get('events_per_s')} events/s, check {res['check']['correct']}")
+    log(f"jdbc ({label}): {res.get('events_per_s')} events/s, check {res['check']['correct']}")
     return res
 
 

@@ -261,23 +261,25 @@ def produce(ep: Endpoints, tag: str, target_records: int) -> Stream:
     log(f"connector {name} running; producing source traffic for >= {target_records:,} records")
     t0 = time.perf_counter()
     started_at = time.time()
-    records, changes, counts = traffic(ep, target_records)
-    gen_s = time.perf_counter() - t0
-    log(
-        f"source traffic done in {gen_s:.1f}s: {changes:,} changes, {records:,} records "
-        f"expected; waiting for Debezium"
-    )
-    last = [0]
+    try:  # the connector, its slot and publication go even when the bench is stopped here
+        records, changes, counts = traffic(ep, target_records)
+        gen_s = time.perf_counter() - t0
+        log(
+            f"source traffic done in {gen_s:.1f}s: {changes:,} changes, {records:,} records "
+            f"expected; waiting for Debezium"
+        )
+        last = [0]
 
-    def complete() -> bool:
-        n = sum(topic_counts(ep.kafka, topics).values())
-        if n != last[0]:
-            last[0] = n
-        return n >= records
+        def complete() -> bool:
+            n = sum(topic_counts(ep.kafka, topics).values())
+            if n != last[0]:
+                last[0] = n
+            return n >= records
 
-    wait_until(f"{records:,} records in {prefix}.*", complete, 1800, every=1.0)
-    produce_s = time.perf_counter() - t0
-    got = sum(topic_counts(ep.kafka, topics).values())
-    log(f"topics hold {got:,} records after {produce_s:.1f}s")
-    unregister(ep, name)
+        wait_until(f"{records:,} records in {prefix}.*", complete, 1800, every=1.0)
+        produce_s = time.perf_counter() - t0
+        got = sum(topic_counts(ep.kafka, topics).values())
+        log(f"topics hold {got:,} records after {produce_s:.1f}s")
+    finally:
+        unregister(ep, name)
     return Stream(prefix, name, topics, got, changes, counts, produce_s, started_at)

@@ -19,6 +19,232 @@ def _ratio(a: Any, b: Any) -> str:
     return f"{a / b:.2f}×" if a and b else "—"
 
 
+def _fig(rep: dict[str, Any], fig: str = "events_per_s", fmt: str = "{:,.0f}") -> str:
+    """``median (min–max)`` of one figure of a repeated contender."""
+    sp = rep.get("summary", {}).get(fig, {})
+    if sp.get("median") is None:
+        return "—"
+    if sp.get("n", 0) < 2:
+        return fmt.format(sp["median"])
+    return f"{fmt.format(sp['median'])} ({fmt.format(sp['min'])}–{fmt.format(sp['max'])})"
+
+
+def _med(rep: dict[str, Any], fig: str = "events_per_s") -> Any:
+    return rep.get("summary", {}).get(fig, {}).get("median")
+
+
+def _noisy(rep: dict[str, Any]) -> str:
+    g = rep.get("gate", {})
+    if not g:
+        return "—"
+    txt = f"{g['loadavg_1m']:.2f}"
+    txt = f"**{txt} NOISY**" if g.get("noisy") else txt
+    runs = [r["loadavg_1m_at_start"] for r in rep.get("runs", []) if "loadavg_1m_at_start" in r]
+    if len(runs) > 1:  # later runs start in the previous run's own decaying load
+        txt += " (runs: " + ", ".join(f"{x:.1f}" for x in runs) + ")"
+    return txt
+
+
+def _verdict(rep: dict[str, Any]) -> str:
+    runs = rep.get("runs", [])
+    bad = [r for r in runs if not r.get("check", {}).get("correct")]
+    if not bad:
+        return f"correct ({len(runs)}/{len(runs)} runs)"
+    rows = ", ".join(str(r.get("check", {}).get("rows_differing", "?")) for r in bad)
+    return f"**WRONG in {len(bad)}/{len(runs)} runs** ({rows} rows differ)"
+
+
+def better_sink(ap: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The JDBC sink run (defaults or tuned) with the higher median events/s."""
+    cands = [(k, ap[k]) for k in ("jdbc_tuned", "jdbc_default") if ap.get(k, {}).get("summary")]
+    if not cands:
+        return "", {}
+    return max(cands, key=lambda kv: _med(kv[1]) or 0)
+
+
+def apply_table(w: Any, reps: list[tuple[str, dict[str, Any]]], ref: Any, ref_label: str) -> None:
+    w(
+        f"| contender | events/s median (min–max) | vs {ref_label} | events/s from process/"
+        "connector start | CPU s (user+sys) | peak RSS MB | 1-min load before (each run) | "
+        "target vs source |"
+    )
+    w("|---|---:|---:|---:|---:|---:|---:|---|")
+    for label, r in reps:
+        if not r:
+            continue
+        if r.get("status"):
+            w(f"| {label} | {r['status']} | | | | | | |")
+            continue
+        w(
+            f"| {label} | {_fig(r)} | {_ratio(_med(r), ref)} | "
+            f"{_fig(r, 'events_per_s_from_start')} | {_fig(r, 'cpu_s', '{:.1f}')} | "
+            f"{_fig(r, 'peak_rss_mb', '{:.0f}')} | {_noisy(r)} | {_verdict(r)} |"
+        )
+    w("")
+
+
+def sweep_section(w: Any, sw: dict[str, Any]) -> None:
+    noisy = sw.get("noisy")
+    w("### JDBC sink sweep" + (" (NOISY: the machine was busy)" if noisy else ""))
+    w("")
+    w(
+        f"One run per setting on the same stream ({sw['records']:,} records, "
+        f"{sw['partitions']} partitions, `tasks.max={sw['partitions']}`), one bench Connect worker; "
+        f"1-minute load before the sweep {sw.get('gate', {}).get('loadavg_1m', '?')}. The fastest "
+        "setting whose target equals the source is the tuned sink of the apply comparison"
+        + (" (chosen on a busy machine: rerun on an idle one)" if noisy else "")
+        + "."
+    )
+    w("")
+    w("| setting | events/s | CPU s | peak RSS MB | load before | target vs source |")
+    w("|---|---:|---:|---:|---:|---|")
+    best = sw.get("best", {}).get("label")
+    for c in sw["configs"]:
+        lb = f"**{c['label']}**" if c["label"] == best else c["label"]
+        ok = "correct" if c.get("correct") else ("failed" if c.get("error") else "**WRONG**")
+        if c.get("error"):
+            err = c["error"] if isinstance(c["error"], str) else "\n".join(c["error"])
+            ok += f": `{err.strip().splitlines()[-1][:200]}`" if err else ""
+        la = c.get("loadavg_before")
+        w(
+            f"| {lb} | {_n(c.get('events_per_s'))} | {_n(c.get('cpu_s'), '{:.1f}')} | "
+            f"{_n(c.get('peak_rss_mb'), '{:.0f}')} | {_n(la[0] if la else None, '{:.2f}')} | "
+            f"{ok} |"
+        )
+    w("")
+    w(
+        "unnest = `dialect.postgres.unnest.insert.enabled=true` (multi-row `INSERT … SELECT FROM "
+        "UNNEST(…) ON CONFLICT` upserts, since 3.5); reduction = `use.reduction.buffer=true` (one "
+        "write per key per batch); batch = `batch.size` = `consumer.override.max.poll.records`; "
+        "every setting also has `consumer.override.fetch.max.bytes=64MiB` and `consumer.override."
+        "max.partition.fetch.bytes=16MiB`. The UNNEST settings fail on this stream's `date` "
+        "columns (the sink binds Debezium's `io.debezium.time.Date` day number as text into the "
+        '`date[]` array: `invalid input syntax for type date: "20790"`, in 3.5.0.Final and '
+        "3.6.0.Final alike), so the sink at its best here is without UNNEST."
+    )
+    w("")
+
+
+def loaded_section(w: Any, ld: dict[str, Any], ap: dict[str, Any]) -> None:
+    w("## 1b. Apply on a loaded machine")
+    w("")
+    g = ld.get("gate", {})
+    w(
+        "The same comparison with a competing CPU load: the bench starts a busy loop on one core "
+        f"(`python -c 'while True: pass'`, pid {ld.get('busy_loop_pid')}, stopped by PID at the "
+        f"end) and runs `cdcr run` and the better JDBC sink setting again. 1-minute load before "
+        f"the busy loop started: {g.get('loadavg_1m', '?')}"
+        + (" (**NOISY**)" if ld.get("noisy") else "")
+        + "; inside it the load is about 1 higher by design."
+    )
+    w("")
+    key = next((k for k in ("jdbc_tuned", "jdbc_default") if ld.get(k)), "")
+    sink = ld.get(key, {})
+    w(
+        "| contender | loaded events/s median (min–max) | idle events/s median | loaded / idle | "
+        "CPU s | peak RSS MB | target vs source |"
+    )
+    w("|---|---:|---:|---:|---:|---:|---|")
+    for label, r, idle in (
+        ("`cdcr run`", ld.get("cdcr", {}), ap.get("cdcr", {})),
+        (sink.get("contender", "JDBC sink"), sink, ap.get(key, {})),
+    ):
+        if not r:
+            continue
+        w(
+            f"| {label} | {_fig(r)} | {_n(_med(idle))} | {_ratio(_med(r), _med(idle))} | "
+            f"{_fig(r, 'cpu_s', '{:.1f}')} | {_fig(r, 'peak_rss_mb', '{:.0f}')} | {_verdict(r)} |"
+        )
+    w("")
+    w(f"`cdcr run` / JDBC sink under load: **{_ratio(_med(ld.get('cdcr', {})), _med(sink))}**.")
+    w("")
+
+
+def scaleout_section(w: Any, so: dict[str, Any], ceil: dict[str, Any]) -> None:
+    w("## 1c. Scale-out: `cdcr run` processes in one consumer group")
+    w("")
+    w(
+        f"A copy of the stream with {so['partitions_per_topic']} partitions per topic "
+        f"({len(so['topics'])} topics, {so['records']:,} records, keys partitioned as Kafka's Java "
+        "producer does, so each key keeps its order), applied by 1, 2 and 3 `cdcr run "
+        f"--stop-when-idle {so['idle_s']}` processes in ONE consumer group started together, each "
+        "run into a fresh target (`bench_scale`) and Redis db. 1-minute load before the section: "
+        f"{so.get('gate', {}).get('loadavg_1m', '?')}"
+        + (" (**NOISY**)" if so.get("noisy") else "")
+        + ". Total events/s = records / (last commit of any process − first record of any "
+        "process); per process = its records / its own span; CPU from each process's rusage."
+    )
+    w("")
+    w(
+        "| processes | total events/s | per process: records, events/s, CPU s, µs CPU/event | "
+        "µs CPU/event (all) | consumed − records | duplicates counted | target vs source |"
+    )
+    w("|---:|---:|---|---:|---:|---:|---|")
+    rows = [*so.get("runs", []), so.get("rebalance", {})]
+    for r in rows:
+        if not r:
+            continue
+        per = "; ".join(
+            f"{name}: {p['consumed']:,}, {_n(p.get('events_per_s'))}/s, {p['cpu_s']:.1f} s, "
+            f"{_n(p.get('cpu_us_per_event'), '{:.0f}')} µs"
+            for name, p in r["per_process"].items()
+        )
+        label = str(r["processes"]) + (
+            f" (3rd joins at {r['late_joined_at_records']:,} applied)"
+            if r.get("started_late")
+            else ""
+        )
+        chk = r["check"]
+        ok = "correct" if chk.get("correct") else f"**WRONG: {chk.get('rows_differing')} rows**"
+        if not r.get("accounting_balanced"):
+            ok += "; accounting does not balance"
+        w(
+            f"| {label} | {_n(r.get('events_per_s'))} | {per} | "
+            f"{_n(r.get('cpu_us_per_event'), '{:.0f}')} | {r['consumed_more_than_once']:,} | "
+            f"{r['totals']['skipped_duplicate']:,} | {ok} |"
+        )
+    w("")
+    rb = so.get("rebalance", {})
+    if rb:
+        t = rb["totals"]
+        w(
+            f"**Rebalance under load.** 2 processes, the 3rd started once "
+            f"{rb.get('late_joined_at_records') or 0:,} records were applied. Target vs source: "
+            + ("every row equal" if rb["check"].get("correct") else "ROWS DIFFER")
+            + f". Across the processes cdcr consumed {t['consumed']:,} records for "
+            f"{rb['records']:,} in the topics ({rb['consumed_more_than_once']:,} redelivered "
+            f"after the partitions moved) and accounted for every one: applied {t['applied']:,} + "
+            f"stale {t['skipped_stale']:,} + duplicate {t['skipped_duplicate']:,} + no-op "
+            f"{t['skipped_noop']:,} + dead-lettered {t['dead_lettered']:,}"
+            + (" = consumed" if rb.get("accounting_balanced") else " ≠ consumed (**unbalanced**)")
+            + ". A redelivered change is skipped as a duplicate (its ID is in Redis) or as stale "
+            "(the target row already holds that source position); none is applied twice."
+        )
+        w("")
+    one = next((r for r in so.get("runs", []) if r["processes"] == 1), None)
+    if one and one.get("cpu_us_per_event"):
+        us = one["cpu_us_per_event"]
+        per_core = 1e6 / us
+        w(
+            f"**What to expect on more cores.** One `cdcr run` process spends **{us:.0f} µs of "
+            f"its own CPU per event** here, so one process saturates one core at about "
+            f"**{per_core:,.0f} events/s**; on this 2-core machine the processes share the cores "
+            "with PostgreSQL, Kafka and Redis, so the total does not grow with processes (table "
+            "above): it converges. With PostgreSQL, Kafka and Redis on other machines and one "
+            f"core per process, N processes can reach about N × {per_core:,.0f} events/s, up to "
+            "the number of partitions (one partition is applied by one process at a time, in "
+            "order) and to what the target can write"
+            + (
+                f" (the COPY ceiling measured here is {ceil['rows_per_s']:,} rows/s on a shared "
+                "2-core PostgreSQL)"
+                if ceil.get("rows_per_s")
+                else ""
+            )
+            + ". Give the topics at least as many partitions as processes you plan to run."
+        )
+        w("")
+
+
 def plot(res: dict[str, Any]) -> bool:
     try:
         import matplotlib
@@ -33,12 +259,13 @@ def plot(res: dict[str, Any]) -> bool:
     for key, label, col in (
         ("cdcr", "cdcr run", "#2a7"),
         ("faust", "Faust integration", "#7a2"),
-        ("jdbc", "Debezium JDBC sink", "#a52"),
+        ("jdbc_tuned", "JDBC sink, tuned", "#a52"),
+        ("jdbc_default", "JDBC sink, defaults", "#c85"),
     ):
         r = ap.get(key, {})
-        v = r.get("events_per_s") or r.get("events_per_s_from_start")
+        v = _med(r) or _med(r, "events_per_s_from_start")
         if v:
-            names.append(label + ("" if r.get("check", {}).get("correct", True) else " (WRONG)"))
+            names.append(label + ("" if r.get("correct", True) else " (WRONG)"))
             rates.append(v)
             colors.append(col)
     ceil = res.get("ceiling", {}).get("rows_per_s")
@@ -50,7 +277,7 @@ def plot(res: dict[str, Any]) -> bool:
     ax.barh(names, rates, color=colors)
     ax.axvline(50_000, ls="--", c="k", lw=0.8)
     ax.text(50_000, len(names) - 0.5, " 50k aim", va="center", fontsize=8)
-    ax.set_xlabel("events/s (first record → target caught up)")
+    ax.set_xlabel("events/s, median of runs (first record → target caught up)")
     ax.set_title(f"Apply: {res.get('stream', {}).get('records', 0):,} Debezium records")
     ax = axes[1]
     rc = res.get("reconcile", {})
@@ -69,8 +296,12 @@ def plot(res: dict[str, Any]) -> bool:
         ax.legend()
         ax.set_title(f"Reconcile: {rc.get('rows', 0):,}-row pair")
     ax = axes[2]
-    for key, label in (("cdcr", "cdcr run"), ("faust", "Faust"), ("jdbc", "JDBC sink (JVM)")):
-        s = ap.get(key, {}).get("rss_samples")
+    for key, label in (
+        ("cdcr", "cdcr run"),
+        ("faust", "Faust"),
+        ("jdbc_tuned", "JDBC sink tuned (JVM)"),
+    ):
+        s = ap.get(key, {}).get("median_run", {}).get("rss_samples")
         if s:
             ax.plot([p[0] for p in s], [p[1] for p in s], label=label)
     ax.axhline(300, ls="--", c="k", lw=0.8)
@@ -84,12 +315,50 @@ def plot(res: dict[str, Any]) -> bool:
     return True
 
 
+def gates_header(w: Any, res: dict[str, Any]) -> None:
+    """The load before each contender, and the NOISY banner."""
+    ap = res.get("apply", {})
+    gates: list[tuple[str, dict[str, Any]]] = [
+        (lbl, rep["gate"])
+        for lbl, rep in (
+            ("JDBC sink sweep", res.get("sweep", {})),
+            ("cdcr run", ap.get("cdcr", {})),
+            ("JDBC sink, defaults", ap.get("jdbc_default", {})),
+            ("JDBC sink, tuned", ap.get("jdbc_tuned", {})),
+            ("Faust", ap.get("faust", {})),
+            ("loaded run", res.get("loaded", {})),
+            ("scale-out", res.get("scaleout", {})),
+            ("reconcile", res.get("reconcile", {})),
+        )
+        if isinstance(rep, dict) and rep.get("gate")
+    ]
+    if gates:
+        w(
+            "- **1-minute load average before each contender:** "
+            + ", ".join(
+                f"{lbl} {g['loadavg_1m']:.2f}"
+                + (" **NOISY**" if g["noisy"] else "")
+                + (f" (waited {g['waited_s']:.0f} s)" if g.get("waited_s") else "")
+                for lbl, g in gates
+            )
+            + "."
+        )
+        if any(g["noisy"] for _, g in gates) or res.get("allow_noisy"):
+            w(
+                "- **NOISY RUN:** at least one contender started on a busy machine"
+                + (" (`--allow-noisy`: the bench did not wait)" if res.get("allow_noisy") else "")
+                + ". Do not quote these figures; rerun on an idle machine."
+            )
+
+
 def write_doc(res: dict[str, Any], result_file: Path) -> None:
-    has_png = plot(res)
+    has_png = bool(res.get("apply") or res.get("reconcile")) and plot(res)
     m = res["machine"]
     st = res.get("stream", {})
     ap = res.get("apply", {})
-    cd, fa, jd = ap.get("cdcr", {}), ap.get("faust", {}), ap.get("jdbc", {})
+    cdrep, farep = ap.get("cdcr", {}), ap.get("faust", {})
+    jkey, jdrep = better_sink(ap)
+    cd, fa, jd = (r.get("median_run", {}) for r in (cdrep, farep, jdrep))
     ceil = res.get("ceiling", {})
     rc = res.get("reconcile", {})
     lag = res.get("lag", {})
@@ -101,10 +370,16 @@ def write_doc(res: dict[str, Any], result_file: Path) -> None:
     w("")
     w(
         "Generated by `bench/run.py` — do not edit by hand; rerun the bench. Contenders run one at "
-        "a time, side by side in one run on the same machine, on the same Kafka topics; only "
-        "ratios within one run are meaningful on a machine this noisy. No benchmark is a timed test."
+        f"a time, side by side in one run on the same machine, on the same Kafka topics, each "
+        f"{res.get('runs', 1)} times: every figure is the median with the (min–max) spread. "
+        f"Before each contender the bench waits for the 1-minute load average to fall to "
+        f"{res.get('load_limit', 0.5)}; a contender that started above it is marked NOISY (the "
+        "wait is before a contender's first run; its later runs record the load they start at, "
+        "mostly the previous run's own, decaying). "
+        "No benchmark is a timed test."
     )
     w("")
+    gates_header(w, res)
     w(
         f"- **Date:** {res['date']} (UTC), git `{res['git']}`, mode "
         f"{'quick' if res['quick'] else 'full'}, whole run {res.get('elapsed_s')} s"
@@ -118,7 +393,7 @@ def write_doc(res: dict[str, Any], result_file: Path) -> None:
         f"- **Machine:** {m['cpus']} × {m['cpu_model']} ({m['cpu_mhz']} MHz, "
         f"virtualised: {m['hypervisor']}), {m['mem_total_mb']:,} MB RAM, Linux {m['kernel']}, "
         f"Python {m['python']}, {m['psql']}; every service of the native stack "
-        "(PostgreSQL 15, Redis, Kafka 4.1 KRaft, Kafka Connect + Debezium 3.3.2) on the same 2 cores."
+        "(PostgreSQL 15, Redis, Kafka 4.1 KRaft, Kafka Connect + Debezium 3.6.1) on the same 2 cores."
     )
     w("")
     w("```")
@@ -130,7 +405,7 @@ def write_doc(res: dict[str, Any], result_file: Path) -> None:
         w("")
     carried = [
         s
-        for s in ("apply", "ceiling", "reconcile", "redis", "lag", "replay", "profile")
+        for s in res.get("sections_all", ())
         if isinstance(res.get(s), dict) and res[s].get("carried_over_from")
     ]
     if carried:
@@ -138,26 +413,33 @@ def write_doc(res: dict[str, Any], result_file: Path) -> None:
         w("")
 
     # ---------------------------------------------------------------- targets
+    targets_at = len(L)
     w("## Targets (DESIGN.md) at a glance")
     w("")
     w("| target | measured | met? |")
     w("|---|---|---|")
-    cr = cd.get("events_per_s")
-    jr = jd.get("events_per_s")
+    cr = _med(cdrep)
+    jr = _med(jdrep)
     if cr:
         w(
-            f"| apply ≥ 3× the Debezium JDBC sink | {_ratio(cr, jr)} | "
+            f"| apply ≥ 3× the Debezium JDBC sink at its best ({jdrep.get('contender')}), "
+            f"medians | {_ratio(cr, jr)} | "
             f"{'yes' if cr and jr and cr >= 3 * jr else 'NO'} |"
         )
         w(
-            f"| apply 50,000 events/s end to end (aim) | {cr:,} events/s | "
+            f"| apply 50,000 events/s end to end (aim) | {cr:,.0f} events/s (median) | "
             f"{'yes' if cr >= 50_000 else 'NO'} |"
         )
     if rc.get("in_sync"):
         r = rc["in_sync"].get("cdcr_over_reladiff")
         w(
-            f"| reconcile in-sync pair < ½ of reladiff | {_n(r, '{:.2f}')} of reladiff's time "
-            f"({rc['rows']:,} rows) | {'yes' if r is not None and r < 0.5 else 'NO'} |"
+            f"| reconcile in-sync pair ≤ 0.25× reladiff | {_n(r, '{:.2f}')} of reladiff's time "
+            f"({rc['rows']:,} rows) | {'yes' if r is not None and r <= 0.25 else 'NO'} |"
+        )
+        r = rc["diff100"].get("cdcr_over_reladiff")
+        w(
+            f"| reconcile 100 differences ≤ 0.25× reladiff | {_n(r, '{:.2f}')} of reladiff's time "
+            f"| {'yes' if r is not None and r <= 0.25 else 'NO'} |"
         )
         ok = rc["diff100"]["cdcr"].get("exact")
         w(
@@ -190,8 +472,11 @@ def write_doc(res: dict[str, Any], result_file: Path) -> None:
         )
     w("")
 
+    if len(L) == targets_at + 5:  # no target measured in this run: no table
+        del L[targets_at:]
+
     # ---------------------------------------------------------------- apply
-    if st:
+    if st and ap:
         w("## 1. Apply")
         w("")
         k = st["kinds"]
@@ -217,35 +502,24 @@ def write_doc(res: dict[str, Any], result_file: Path) -> None:
             "group, into its own new target database, one after the other."
         )
         w("")
-        w(
-            "| contender | events/s (first record → caught up) | vs JDBC sink | from process/"
-            "connector start | CPU s (user+sys) | peak RSS MB | target vs source |"
+        jlabel = f"Debezium JDBC sink {jdrep.get('median_run', {}).get('version', '')}"
+        apply_table(
+            w,
+            [
+                ("`cdcr run`", cdrep),
+                ("Faust integration", farep),
+                (f"{jlabel}, defaults", ap.get("jdbc_default", {})),
+                (f"{jlabel}, tuned", ap.get("jdbc_tuned", {})),
+            ],
+            jr,
+            f"the better sink ({jdrep.get('contender', '—')})",
         )
-        w("|---|---:|---:|---:|---:|---:|---|")
-        for r, label in (
-            (cd, "`cdcr run`"),
-            (fa, "Faust integration"),
-            (jd, f"Debezium JDBC sink {jd.get('version', '')}"),
-        ):
-            if not r:
-                continue
-            if r.get("status"):
-                w(f"| {label} | {r['status']} | | | | | |")
-                continue
-            chk = r.get("check", {})
-            verdict = (
-                "correct"
-                if chk.get("correct")
-                else f"**WRONG: {chk.get('rows_differing', '?'):,} rows differ**"
-            )
-            fs = r.get("events_per_s_from_start")
-            fs_txt = f"{fs:,}/s ({r.get('catchup_from_start_s')} s)" if fs else "—"
+        if cr and jr:
             w(
-                f"| {label} | {_n(r.get('events_per_s'))} | "
-                f"{_ratio(r.get('events_per_s'), jr)} | {fs_txt} | {_n(r.get('cpu_s'), '{:.1f}')} | "
-                f"{_n(r.get('peak_rss_mb'), '{:.0f}')} | {verdict} |"
+                f"**`cdcr run` / the better JDBC sink ({jdrep.get('contender')}), medians: "
+                f"{_ratio(cr, jr)}.**"
             )
-        w("")
+            w("")
         w("How each is measured:")
         w("")
         w(
@@ -264,43 +538,35 @@ def write_doc(res: dict[str, Any], result_file: Path) -> None:
                 + (f"; {fa['stop_note']}" if fa.get("stop_note") else "")
                 + "."
             )
-        if jd:
-            c = jd.get("config", {})
+        for key in ("jdbc_default", "jdbc_tuned"):
+            rep = ap.get(key, {})
+            j = rep.get("median_run", {})
+            if not j:
+                continue
+            st_ = j.get("settings", {})
+            tuning = rep.get("tuning", {})
             w(
-                f"- Debezium JDBC sink `{jd.get('version')}` (3.3.2.Final is not on Maven Central; "
-                "Maven profile `jdbc` in scripts/java/pom.xml) on a second Kafka Connect worker the "
-                "bench starts (port 18084, own group and storage topics, same Kafka) and stops by "
-                f"PID; tables pre-created as in the source; `insert.mode={c.get('insert.mode')}`, "
-                f"`delete.enabled={c.get('delete.enabled')}`, "
-                f"`primary.key.mode={c.get('primary.key.mode')}`, "
-                f"`schema.evolution={c.get('schema.evolution')}`, `batch.size={c.get('batch.size')}`, "
-                f"`use.reduction.buffer={c.get('use.reduction.buffer')}`, "
-                f"`tasks.max={c.get('tasks.max')}` (one per partition), "
-                f"`consumer.override.max.poll.records={c.get('consumer.override.max.poll.records')}`"
-                f". {jd.get('note', '')}. CPU = the worker JVM's CPU time during the run."
+                f"- {rep.get('contender')}: Debezium JDBC sink `{j.get('version')}` on a second "
+                "Kafka Connect worker the bench starts (port 18084, own group and storage topics, "
+                "same Kafka) and stops by PID; tables pre-created as in the source; what it needs "
+                "to work: `insert.mode=upsert`, `delete.enabled=true`, `primary.key.mode=record_key`"
+                ", a RegexRouter to the table names; "
+                + (
+                    "everything else at its defaults (`tasks.max=1`, `batch.size=500`, no UNNEST, "
+                    "no reduction buffer)"
+                    if not st_
+                    else "tuned: "
+                    + ", ".join(f"`{k}={v}`" for k, v in st_.items())
+                    + (f" — {tuning['label']}, from {tuning['from']}" if tuning else "")
+                )
+                + f". {j.get('note', '')}. CPU = the worker JVM's CPU time during the run."
             )
-        la = [
-            f"{r.get('contender', '?')} {r['loadavg_before'][0]:.2f}"
-            for r in (cd, fa, jd)
-            if r.get("loadavg_before")
-        ]
-        if (
-            la
-            and max(r["loadavg_before"][0] for r in (cd, fa, jd) if r.get("loadavg_before")) > 1.5
-        ):
-            w(
-                "- **Noise warning:** the machine was busy during this run (other sessions' test "
-                "suites share the 2 cores and the stack). Ratios between contenders moved a lot "
-                "between runs on the same commit (cdcr / JDBC sink 3.43×, 1.30× and 1.18× in three "
-                "quick runs within 15 minutes); rerun on an idle machine before quoting them."
-            )
-        if la:
-            w(
-                "- 1-minute load average just before each contender (other sessions share this "
-                "machine and its stack; a high value means a noisy measurement): "
-                + ", ".join(la)
-                + "."
-            )
+        w(
+            f"- The sink is {jd.get('version', '?')}: 3.6.1.Final of `debezium-connector-jdbc` is "
+            "not on Maven Central (the PostgreSQL connector 3.6.1.Final is), 3.6.0.Final is the "
+            "newest; bench/java/pom.xml fetches it (Hibernate ORM pinned to 7.2.19.Final, see "
+            "there why)."
+        )
         w(
             "- Target vs source: every row's `md5(row(columns)::text)` per key, both sides, "
             "compared in Python (missing, extra, mismatched per table)."
@@ -317,15 +583,34 @@ def write_doc(res: dict[str, Any], result_file: Path) -> None:
                 f"{o.get('batches', '?')} batches."
             )
             w("")
-        for r in (cd, fa, jd):
-            if r.get("error"):
-                err = r["error"] if isinstance(r["error"], str) else "\n".join(r["error"])
-                w(f"{r.get('contender')} reported an error:")
+        reps: tuple[dict[str, Any], ...] = (
+            cdrep,
+            farep,
+            ap.get("jdbc_default", {}),
+            ap.get("jdbc_tuned", {}),
+        )
+        for rep in reps:
+            bad: dict[str, Any] = next((x for x in rep.get("runs", []) if x.get("error")), {})
+            if bad.get("error"):
+                err = bad["error"] if isinstance(bad["error"], str) else "\n".join(bad["error"])
+                w(f"{rep.get('contender')} reported an error (run {bad.get('run')}):")
                 w("")
                 w("```")
                 w(err[:1200])
                 w("```")
                 w("")
+    if res.get("sweep", {}).get("configs"):
+        if not ap:
+            w(
+                "Only the JDBC sink sweep was run for this document; every other section is "
+                "measured by the full run on an idle machine (`make bench`)."
+            )
+            w("")
+        sweep_section(w, res["sweep"])
+    if res.get("loaded"):
+        loaded_section(w, res["loaded"], ap)
+    if res.get("scaleout", {}).get("runs"):
+        scaleout_section(w, res["scaleout"], ceil)
 
     # ---------------------------------------------------------------- ceiling
     if ceil:
@@ -376,6 +661,7 @@ def write_doc(res: dict[str, Any], result_file: Path) -> None:
         w("")
 
     # ---------------------------------------------------------------- also
+    also_at = len(L)
     w("## 4. Also")
     w("")
     if red:
@@ -431,13 +717,16 @@ def write_doc(res: dict[str, Any], result_file: Path) -> None:
         )
         w("")
 
+    if len(L) == also_at + 2:  # nothing else measured
+        del L[also_at:]
+
     # ---------------------------------------------------------------- profile
     if prof.get("own"):
         w("## 5. Where the time goes (targets missed)")
         w("")
         missed = []
         if cr and cr < 50_000:
-            missed.append(f"apply at {cr:,} events/s is {cr / 50_000:.0%} of the 50k aim")
+            missed.append(f"apply at {cr:,.0f} events/s is {cr / 50_000:.0%} of the 50k aim")
         if cr and jr and cr < 3 * jr:
             missed.append(f"apply is {cr / jr:.2f}× the JDBC sink, not 3×")
         if rc.get("in_sync") and (rc["in_sync"].get("cdcr_over_reladiff") or 0) >= 0.5:

@@ -7,6 +7,7 @@ per-table mappings; environment variables win over the file.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,9 +79,9 @@ class DatabaseSettings(_Frozen):
         return engine_url(self.url.get_secret_value())
 
 
-# The one PostgreSQL driver: COPY goes through psycopg2's raw cursor (connectors/target.py), and
-# SQLAlchemy's default driver for postgresql:// changed to psycopg 3 in 2.1, so it is chosen here,
-# never by SQLAlchemy.
+# The one PostgreSQL driver: COPY goes through psycopg2's raw cursor
+# (connectors/postgres/write.py), and SQLAlchemy's default driver for postgresql:// changed to
+# psycopg 3 in 2.1, so it is chosen here, never by SQLAlchemy.
 PG_DRIVER = "psycopg2"
 # A refused or unroutable host fails within this many seconds instead of the OS's minutes.
 PG_CONNECT_TIMEOUT_S = 10
@@ -241,6 +242,21 @@ class Hypertable(_Frozen):
     def _fixed_interval(cls, v: str) -> str:
         interval_seconds(v)
         return v
+
+
+def column_selected(
+    column: str,
+    include_columns: Collection[str] | None,
+    exclude_columns: Collection[str],
+    key_columns: Collection[str] = (),
+) -> bool:
+    """The one include/exclude rule of ``tables[...]`` (:class:`TableMapping`), for the apply
+    engine, the table mirror and the reconciler alike: an excluded column is never carried; else
+    a column is when ``include_columns`` is None (no include list), when it is listed there, or
+    when it is a key column (a key is always carried unless excluded)."""
+    if column in exclude_columns:
+        return False
+    return include_columns is None or column in include_columns or column in key_columns
 
 
 class TableMapping(_Frozen):

@@ -22,6 +22,8 @@ import httpx
 import sqlalchemy as sa
 
 from cdc_reconciler.config import Settings
+from cdc_reconciler.connectors.postgres import catalog
+from cdc_reconciler.connectors.postgres.catalog import DatabaseColumn
 from cdc_reconciler.errors import CdcrError
 
 PG_CONNECTOR = "io.debezium.connector.postgresql.PostgresConnector"
@@ -86,19 +88,6 @@ class Report:
         return {"lossy": self.lossy, "connectors": [asdict(c) for c in self.connectors]}
 
 
-@dataclass(frozen=True)
-class Column:
-    table: str
-    name: str
-    type: str  # format_type of the declared type
-    base: str  # typname of the type, a domain resolved to its base, an array to its element
-    typtype: str  # of ``base``: b, c, d, e, m, r
-    is_array: bool
-    dims: int  # declared dimensions (attndims)
-    typmod: int  # of the column (numeric precision/scale, time precision)
-    builtin: bool  # ``base`` lives in pg_catalog
-
-
 def fetch_connectors(connect_url: str) -> dict[str, dict[str, str]]:
     """name -> config of every connector Kafka Connect runs. Raises CdcrError."""
     try:
@@ -115,26 +104,6 @@ def fetch_connectors(connect_url: str) -> dict[str, dict[str, str]]:
         cfg = (entry or {}).get("info", {}).get("config", {})
         out[str(name)] = {str(k): str(v) for k, v in cfg.items()}
     return out
-
-
-_COLUMNS = sa.text(
-    "SELECT n.nspname || '.' || c.relname AS table, a.attname AS name, "
-    "format_type(a.atttypid, a.atttypmod) AS type, b.typname AS base, b.typtype::text AS typtype, "
-    "(t.typcategory = 'A') AS is_array, a.attndims AS dims, a.atttypmod AS typmod, "
-    "(b.typnamespace = 'pg_catalog'::regnamespace) AS builtin "
-    "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-    "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
-    "JOIN pg_type t ON t.oid = a.atttypid "
-    "JOIN pg_type e ON e.oid = CASE WHEN t.typcategory = 'A' THEN t.typelem ELSE t.oid END "
-    "JOIN pg_type b ON b.oid = CASE WHEN e.typtype = 'd' THEN e.typbasetype ELSE e.oid END "
-    "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
-    "AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1, a.attnum"
-)
-
-
-def source_columns(engine: sa.Engine) -> list[Column]:
-    with engine.connect() as conn:
-        return [Column(**r._mapping) for r in conn.execute(_COLUMNS)]
 
 
 def _patterns(value: str | None) -> list[re.Pattern[str]] | None:
@@ -162,7 +131,7 @@ def captured(config: dict[str, str], table: str) -> bool:
     return True
 
 
-def column_findings(col: Column, s: dict[str, str]) -> list[Finding]:
+def column_findings(col: DatabaseColumn, s: dict[str, str]) -> list[Finding]:
     """The rules: what the settings ``s`` (defaults filled in) lose for one column."""
     out: list[Finding] = []
 
@@ -271,7 +240,7 @@ def diagnose(settings: Settings, only: list[str] | None = None) -> Report:
         )
     engine = sa.create_engine(url)
     try:
-        columns = source_columns(engine)
+        columns = catalog.database_columns(engine)
         dbname = engine.url.database
     finally:
         engine.dispose()

@@ -43,7 +43,10 @@ MEMORY_LIMIT = "512MB"
 THREADS = 2
 
 
-def quote_ident(name: str) -> str:
+def duckdb_ident(name: str) -> str:
+    """Quote a DuckDB identifier (a file's column name). DuckDB's rule, not PostgreSQL's
+    (``connectors.postgres.sql.quote_ident``), though both double the quote: DuckDB matches
+    quoted names case-insensitively."""
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -165,7 +168,7 @@ def open_file(path: Path, fmt: str | None = None, where: str | None = None) -> I
             if not names:
                 raise CdcrError(f"{path} has no columns")
             text_cols = ", ".join(
-                f"{_as_text(quote_ident(str(c[0])), str(c[1]))} AS {quote_ident(str(c[0]))}"
+                f"{_as_text(duckdb_ident(str(c[0])), str(c[1]))} AS {duckdb_ident(str(c[0]))}"
                 for c in cols
             )
             cond = f"WHERE {where}" if where else ""

@@ -41,9 +41,10 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from sqlalchemy.exc import SQLAlchemyError
 
+from cdc_reconciler.connectors.postgres.sql import quote_ident
 from cdc_reconciler.errors import ConfigError
 from cdc_reconciler.reconcile import checksum as ck
-from cdc_reconciler.reconcile.checksum import TablePair, quote_ident
+from cdc_reconciler.reconcile.checksum import TablePair
 from cdc_reconciler.reconcile.segments import Segment, Window
 
 STATEMENT_TIMEOUT_MS = 60_000

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
+from cdc_reconciler.connectors.postgres import catalog
 from cdc_reconciler.connectors.postgres import checksum as pg
 from cdc_reconciler.connectors.postgres.checksum import Normalized as Normalized
 from cdc_reconciler.connectors.postgres.checksum import SegmentStats as SegmentStats
@@ -33,11 +34,11 @@ from cdc_reconciler.connectors.postgres.checksum import (
 from cdc_reconciler.connectors.postgres.checksum import key_bounds as key_bounds
 from cdc_reconciler.connectors.postgres.checksum import native_hash_columns
 from cdc_reconciler.connectors.postgres.checksum import quantile_keys as quantile_keys
-from cdc_reconciler.connectors.postgres.checksum import quote_ident as quote_ident
 from cdc_reconciler.connectors.postgres.checksum import row_hash_sql as row_hash_sql
 from cdc_reconciler.connectors.postgres.checksum import segment_stats as segment_stats
 from cdc_reconciler.connectors.postgres.checksum import segment_where as segment_where
 from cdc_reconciler.connectors.postgres.checksum import stable_output as stable_output
+from cdc_reconciler.connectors.postgres.sql import quote_ident as quote_ident
 from cdc_reconciler.errors import CdcrError
 
 CDC_COLUMN_PREFIX = "_cdc_"
@@ -66,13 +67,13 @@ def describe_pair(
     or the change-time column is missing, or when text keys would order differently."""
     s_schema, s_name = split_name(source_table)
     t_schema, t_name = split_name(target_table or source_table)
-    s_types = pg.table_columns(source, s_schema, s_name)
-    t_types = pg.table_columns(target, t_schema, t_name)
+    s_types = catalog.column_types(source, s_schema, s_name)
+    t_types = catalog.column_types(target, t_schema, t_name)
     if not s_types:
         raise CdcrError(f"source table {source_table} not found")
     if not t_types:
         raise CdcrError(f"target table {t_schema}.{t_name} not found")
-    keys = tuple(key_columns or pg.primary_key(source, s_schema, s_name))
+    keys = tuple(key_columns or catalog.primary_key(source, s_schema, s_name))
     if not keys:
         raise CdcrError(f"{source_table} has no primary key: configure tables[...].key_columns")
     wanted = [c for c in s_types if not c.startswith(CDC_COLUMN_PREFIX)]

@@ -8,7 +8,7 @@ backfill, …).
 Writes, only when asked and never with ``dry_run``:
 
 - ``backfill``: rows in the file and not in the table are inserted through the versioned writer
-  (:func:`cdc_reconciler.connectors.target.write_batch`) at **position 0**. Real changes carry
+  (:func:`cdc_reconciler.connectors.postgres.write.write_batch`) at **position 0**. Real changes carry
   positions above 0, so any real change — a live event, a replay, a repair — beats a backfilled
   row, and the writer's guard ``t._cdc_pos < EXCLUDED._cdc_pos`` can never hold against an
   existing row (positions are never negative): a backfill never updates and never deletes. A key
@@ -42,9 +42,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cdc_reconciler.config import Settings
 from cdc_reconciler.connectors import files
-from cdc_reconciler.connectors.target import RowWrite, reflect_table, write_batch
+from cdc_reconciler.connectors.postgres import catalog
+from cdc_reconciler.connectors.postgres.reflect import reflect_table
+from cdc_reconciler.connectors.postgres.sql import quote_ident
+from cdc_reconciler.connectors.postgres.write import RowWrite, write_batch
 from cdc_reconciler.errors import CdcrError
-from cdc_reconciler.reconcile.checksum import quote_ident, split_name
+from cdc_reconciler.reconcile.checksum import split_name
 from cdc_reconciler.reconcile.file_diff import (
     DUPLICATE_IN_FILE,
     KINDS,
@@ -187,20 +190,6 @@ def parse_maps(maps: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def table_columns(conn: sa.Connection, schema: str, name: str) -> dict[str, str]:
-    """Column -> format_type() of ``schema.name`` (ordinary, partitioned tables and views)."""
-    rows = conn.execute(
-        sa.text(
-            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-            "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = :s AND c.relname = :t AND a.attnum > 0 AND NOT a.attisdropped "
-            "ORDER BY a.attnum"
-        ),
-        {"s": schema, "t": name},
-    ).all()
-    return {str(r[0]): str(r[1]) for r in rows}
-
-
 def build_mapping(
     table: str,
     types: dict[str, str],
@@ -327,7 +316,7 @@ def _run(
 ) -> FileReport:
     schema, name = split_name(req.table)
     with engine.connect() as conn:
-        types = table_columns(conn, schema, name)
+        types = catalog.column_types(conn, schema, name)
         audit_ok = conn.execute(sa.text("SELECT to_regclass('cdcr.reconcile_runs')")).scalar()
         target_table = None
         if req.backfill:
@@ -474,7 +463,7 @@ def _audit_finish(engine: sa.Engine, report: FileReport) -> None:
 
 def _data_columns(m: Mapping, engine: sa.Engine) -> list[str]:
     with engine.connect() as c:
-        cols = table_columns(c, m.schema, m.name)
+        cols = catalog.column_types(c, m.schema, m.name)
     return [x for x in cols if not x.startswith(ENGINE_PREFIX)]
 
 
@@ -570,7 +559,7 @@ def _insert_values(m: Mapping, d: FileDifference) -> tuple[dict[str, Any] | None
 
 def _typed_key(col: ColumnType, text: str | None) -> Any:
     """A canonical key value as the Python value psycopg2 reads for the column's type, so its
-    tombstone key text (``connectors.target.key_text``) is the one the engine and repair
+    tombstone key text (``connectors.postgres.table.key_text``) is the one the engine and repair
     write."""
     if text is None:
         return None

@@ -35,7 +35,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cdc_reconciler.connectors.files import DataFile
-from cdc_reconciler.reconcile.checksum import quote_ident
+from cdc_reconciler.connectors.postgres.sql import quote_ident
 from cdc_reconciler.reconcile.file_normalize import (
     PG_SESSION,
     ColumnType,

@@ -39,7 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from cdc_reconciler.reconcile.checksum import quote_ident
+from cdc_reconciler.connectors.postgres.sql import quote_ident
 
 
 class Kind(StrEnum):

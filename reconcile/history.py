@@ -243,7 +243,8 @@ def rows_changed(
     fails or takes longer than ``ROWS_CHANGED_TIMEOUT_MS``: the priority then leaves rows out."""
     if change_time_column is None or not windows:
         return [None] * len(windows)
-    from cdc_reconciler.reconcile.checksum import quote_ident, split_name
+    from cdc_reconciler.connectors.postgres.sql import quote_ident
+    from cdc_reconciler.reconcile.checksum import split_name
 
     schema, name = split_name(qualified_target)
     ct = quote_ident(change_time_column)

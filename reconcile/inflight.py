@@ -56,7 +56,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from cdc_reconciler.connectors.target import key_text
+from cdc_reconciler.connectors.postgres.table import key_text
 from cdc_reconciler.reconcile import checksum as ck
 from cdc_reconciler.reconcile.checksum import Normalized, TablePair
 from cdc_reconciler.reconcile.diff import Difference, Kind

@@ -36,8 +36,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from cdc_reconciler.config import column_selected
+from cdc_reconciler.connectors.postgres.sql import quote_ident
 from cdc_reconciler.reconcile import checksum as ck
-from cdc_reconciler.reconcile.checksum import TablePair, quote_ident, split_name
+from cdc_reconciler.reconcile.checksum import TablePair, split_name
 from cdc_reconciler.reconcile.inflight import IDLE_SETTLE_S, POLL_S, caught_up
 from cdc_reconciler.reconcile.segments import Key, Segment, Window
 from cdc_reconciler.reconcile.windows import LogEnds, PartitionProgress
@@ -108,9 +110,9 @@ def schema_drift(
     out: list[dict[str, Any]] = []
 
     def carried(c: str) -> bool:
-        if c.startswith(ck.CDC_COLUMN_PREFIX) or c in exclude_columns:
+        if c.startswith(ck.CDC_COLUMN_PREFIX):
             return False
-        return include_columns is None or c in include_columns or c in keys
+        return column_selected(c, include_columns, exclude_columns, keys)
 
     for c, (typ, notnull) in src.items():
         if not carried(c):

@@ -6,7 +6,7 @@ Order of repair for missing and mismatched rows:
    timestamp) through the apply engine, then hand on the keys that still differ. With no window
    (whole-table runs) or no Kafka, nothing is replayed and every key is handed on.
 2. Re-read the remaining keys from the source and upsert them through
-   ``connectors.target.write_batch`` at the *repair position* (below), so that any later real
+   ``connectors.postgres.write.write_batch`` at the *repair position* (below), so that any later real
    change still wins and no older event replayed later can undo the repair.
 
 Rows only in the target (``extra``) are recorded for review; with ``delete_extra`` they are
@@ -50,7 +50,9 @@ import orjson
 import sqlalchemy as sa
 
 from cdc_reconciler.config import Settings
-from cdc_reconciler.connectors.target import RowWrite, TargetTable, key_text, write_batch
+from cdc_reconciler.connectors.postgres.sql import qualified_ident
+from cdc_reconciler.connectors.postgres.table import TargetTable, key_text
+from cdc_reconciler.connectors.postgres.write import RowWrite, write_batch
 from cdc_reconciler.reconcile import checksum as ck
 from cdc_reconciler.reconcile.checksum import TablePair
 from cdc_reconciler.reconcile.diff import Difference, DiffResult, Kind
@@ -139,8 +141,8 @@ def repair_position(conn: sa.Connection, table: TargetTable) -> int:
     """``P`` as described in the module docstring, from committed target data."""
     top = conn.execute(
         sa.text(
-            f"SELECT greatest((SELECT max(_cdc_pos) FROM {ck.quote_ident(table.schema)}."
-            f"{ck.quote_ident(table.name)}), (SELECT max(position) FROM cdcr.tombstones "
+            f"SELECT greatest((SELECT max(_cdc_pos) FROM {qualified_ident(table.schema, table.name)}"
+            "), (SELECT max(position) FROM cdcr.tombstones "
             "WHERE table_name = :tn))"
         ),
         {"tn": table.qualified},

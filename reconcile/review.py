@@ -12,7 +12,7 @@ Decisions, each recorded with who (``--by``, default the OS user) and when, and 
 - ``delete_target``: archive the target row, then delete it;
 - ``keep_target``: leave the target as it is.
 
-Writes go through the versioned writer (``connectors.target.write_batch``) at the repair position
+Writes go through the versioned writer (``connectors.postgres.write.write_batch``) at the repair position
 (reconcile/repair.py): any later real change still wins, no older event replayed later undoes the
 decision, and a delete leaves a tombstone. Resolving is idempotent: an item already resolved is
 reported as such and nothing is written again. The item, the writes and the archive commit in one
@@ -32,7 +32,8 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from cdc_reconciler.config import Settings
-from cdc_reconciler.connectors.target import RowWrite, key_text, write_batch
+from cdc_reconciler.connectors.postgres.table import key_text
+from cdc_reconciler.connectors.postgres.write import RowWrite, write_batch
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.reconcile import checksum as ck
 from cdc_reconciler.reconcile import repair as rp

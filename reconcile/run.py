@@ -32,13 +32,15 @@ import orjson
 import sqlalchemy as sa
 
 from cdc_reconciler.config import Settings, TableMapping
-from cdc_reconciler.connectors.target import TargetTable, key_text, reflect_table
+from cdc_reconciler.connectors.postgres.reflect import reflect_table
+from cdc_reconciler.connectors.postgres.sql import quote_ident
+from cdc_reconciler.connectors.postgres.table import TargetTable, key_text
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.reconcile import checks as chk
 from cdc_reconciler.reconcile import inflight, integrity
 from cdc_reconciler.reconcile import repair as rp
 from cdc_reconciler.reconcile import watermarks as wm
-from cdc_reconciler.reconcile.checksum import TablePair, describe_pair, quote_ident, split_name
+from cdc_reconciler.reconcile.checksum import TablePair, describe_pair, split_name
 from cdc_reconciler.reconcile.diff import Difference, DiffOptions, DiffResult, Kind, diff_table
 from cdc_reconciler.reconcile.segments import Key, Window
 from cdc_reconciler.reconcile.topics import AppliedTables

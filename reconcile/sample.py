@@ -43,8 +43,9 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
+from cdc_reconciler.connectors.postgres.sql import quote_ident
 from cdc_reconciler.reconcile import checksum as ck
-from cdc_reconciler.reconcile.checksum import Side, TablePair, quote_ident
+from cdc_reconciler.reconcile.checksum import Side, TablePair
 from cdc_reconciler.reconcile.diff import Difference, Kind, _snapshot
 from cdc_reconciler.reconcile.segments import Key, Segment, Window
 

@@ -17,7 +17,8 @@ import sqlalchemy as sa
 
 from cdc_reconciler.config import Settings
 from cdc_reconciler.connectors.debezium import ChangeEvent
-from cdc_reconciler.stream.tables import ApplyError, TableResolver
+from cdc_reconciler.stream.errors import ApplyError
+from cdc_reconciler.stream.tables import TableResolver
 
 # An event with no source block: routing then falls back to the topic name, as for a real event
 # whose envelope does not name its table.

@@ -19,9 +19,10 @@ from cdc_reconciler.connectors.redis_ids import ProcessedIds, namespace_for
 from cdc_reconciler.errors import CdcrError, ConfigError
 from cdc_reconciler.stream.dead_letters import DeadLetterSink
 from cdc_reconciler.stream.engine import ApplyEngine
+from cdc_reconciler.stream.errors import ApplyError
 from cdc_reconciler.stream.metrics import Bounds, Dependency, Health, Metrics, serve
 from cdc_reconciler.stream.runner import Runner, RunSummary
-from cdc_reconciler.stream.tables import ApplyError, TableResolver
+from cdc_reconciler.stream.tables import TableResolver
 
 log = logging.getLogger(__name__)
 
@@ -318,8 +319,8 @@ def table_names(name: str, mapping: TableMapping) -> tuple[tuple[str, str], tupl
 def sync_tables(settings: Settings, tables: list[str], *, dry_run: bool = False) -> list[str]:
     """Create missing target tables mirroring the named source tables ("schema.table").
     Returns the DDL executed (or that would be, with dry_run). Raises CdcrError."""
-    from cdc_reconciler.connectors.target import reflect_table
-    from cdc_reconciler.stream.tables import mirror_ddl
+    from cdc_reconciler.connectors.postgres.reflect import reflect_table
+    from cdc_reconciler.stream.mirror import mirror_ddl
 
     # Every name and mapping is checked before anything is read or created.
     plan: list[tuple[tuple[str, str], tuple[str, str], TableMapping]] = []

@@ -47,26 +47,24 @@ from cdc_reconciler.connectors.debezium import (
     TransactionMarker,
 )
 from cdc_reconciler.connectors.kafka import Record
-from cdc_reconciler.connectors.redis_ids import ProcessedIds
-from cdc_reconciler.connectors.target import (
-    TRUNCATE_KEY,
+from cdc_reconciler.connectors.postgres.sql import qualified_ident, quote_ident
+from cdc_reconciler.connectors.postgres.table import TRUNCATE_KEY, TargetTable, key_text
+from cdc_reconciler.connectors.postgres.write import (
     KeylessWrite,
     RowWrite,
-    TargetTable,
-    key_text,
     keyless_position_index,
-    qualified_ident,
-    quote_ident,
     truncate_table,
     write_batch,
     write_keyless,
 )
+from cdc_reconciler.connectors.redis_ids import ProcessedIds
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.stream.checkpoint import record_applied
 from cdc_reconciler.stream.dead_letters import DeadLetter, DeadLetterSink
+from cdc_reconciler.stream.errors import ApplyError
 from cdc_reconciler.stream.metrics import Metrics
 from cdc_reconciler.stream.outcomes import BatchOutcome
-from cdc_reconciler.stream.tables import ApplyError, Route, TableResolver, key_of
+from cdc_reconciler.stream.tables import Route, TableResolver, key_of
 
 log = logging.getLogger(__name__)
 

@@ -32,10 +32,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import faust
+import typer
 
+from cdc_reconciler.cli.common import guarded, to_json
 from cdc_reconciler.config import Settings, load_settings
 from cdc_reconciler.connectors.kafka import Record, make_consumer
 from cdc_reconciler.errors import CdcrError
@@ -147,6 +150,39 @@ def make_app(
     return app, stats
 
 
+def _prepare(
+    create_missing: bool,
+) -> Callable[[], tuple[Settings, list[str], EngineParts]]:
+    def prepare() -> tuple[Settings, list[str], EngineParts]:
+        settings = load_settings()
+        topics = matching_topics(settings)
+        if not topics:
+            raise CdcrError(f"no topic matches {settings.kafka.topic_pattern!r}")
+        parts = build_engine(
+            settings,
+            create_missing=create_missing,
+            group=f"{settings.kafka.group_id}-faust",
+            stop=threading.Event(),
+        )
+        return settings, topics, parts
+
+    return prepare
+
+
+def summary(stats: dict[str, Any]) -> dict[str, Any]:
+    """The one-line JSON summary, keyed as ``cdcr run --json`` (times in Unix seconds)."""
+    rate = None
+    if stats["first"] and stats["last"] and stats["last"] > stats["first"]:
+        rate = stats["consumed"] / (stats["last"] - stats["first"])
+    return {
+        "consumed": stats["consumed"],
+        "events_per_s": rate or None,
+        "first_record_at": stats["first"] or None,
+        "last_commit_at": stats["last"] or None,
+        "error": "error" in stats,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m cdc_reconciler.stream.faust_app", description=__doc__.split("\n\n")[0]
@@ -158,19 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        settings = load_settings()
-        topics = matching_topics(settings)
-        if not topics:
-            raise CdcrError(f"no topic matches {settings.kafka.topic_pattern!r}")
-        parts = build_engine(
-            settings,
-            create_missing=args.create_missing,
-            group=f"{settings.kafka.group_id}-faust",
-            stop=threading.Event(),
-        )
-    except CdcrError as exc:
-        print(f"FAILED: {exc}", file=sys.stderr)
-        return 1
+        # The CLI's one edge: a CdcrError, database or Kafka error is one FAILED line, exit 1.
+        settings, topics, parts = guarded(_prepare(args.create_missing))
+    except typer.Exit as exc:
+        return exc.exit_code
     datadir = tempfile.mkdtemp(prefix="cdcr-faust-")
     app, stats = make_app(
         settings, parts, topics, stop_when_idle_s=args.stop_when_idle, datadir=datadir
@@ -186,14 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         code = 0
     finally:
         shutil.rmtree(datadir, ignore_errors=True)
-    rate = None
-    if stats["first"] and stats["last"] and stats["last"] > stats["first"]:
-        rate = stats["consumed"] / (stats["last"] - stats["first"])
-    print(
-        f'{{"consumed": {stats["consumed"]}, "events_per_s": {rate if rate else "null"}, '
-        f'"first_record_at": {stats["first"] or "null"}, "last_commit_at": '
-        f'{stats["last"] or "null"}, "error": {"true" if "error" in stats else "false"}}}'
-    )
+    print(to_json(summary(stats)))
     return 1 if "error" in stats else code
 
 

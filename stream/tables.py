@@ -3,11 +3,13 @@
 Topic ``<prefix>.<schema>.<table>`` (or the event's ``source.schema``/``source.table``) maps to the
 target ``<schema>.<table>`` unless the YAML mapping says otherwise. Target tables are reflected once
 and cached. With ``create_missing`` a missing target table is created by mirroring the source
-table (SQLAlchemy reflection) plus the engine columns; a column that appears in events but not in
-the target is added (its type read from the source) and logged.
+table (stream/mirror.py) plus the engine columns; a column
+that appears in events but not in the target is added (its type read from the source) and
+logged. Values whose Debezium shape the target's COPY input does not read are reshaped by the
+route's adapters (connectors/postgres/adapters.py).
 
-Failures to map an event are :class:`ApplyError` with a stable ``kind``; the engine dead-letters
-them.
+Failures to map an event are :class:`~cdc_reconciler.stream.errors.ApplyError` with a stable
+``kind``; the engine dead-letters them.
 """
 
 from __future__ import annotations
@@ -16,53 +18,32 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
-from cdc_reconciler.config import TableMapping, interval_seconds
+from cdc_reconciler.config import TableMapping, column_selected
 from cdc_reconciler.connectors.debezium import ChangeEvent
-from cdc_reconciler.connectors.target import (
-    ENGINE_COLUMNS,
-    INTERVAL_COMMENT,
-    TargetTable,
-    bucket_start,
-    catalog_columns,
-    engine_column_ddl,
-    partition_ddl,
-    qualified_ident,
-    quote_ident,
-    reflect_table,
-)
+from cdc_reconciler.connectors.postgres import catalog
+from cdc_reconciler.connectors.postgres.adapters import value_adapters
+from cdc_reconciler.connectors.postgres.partitions import partition_setup
+from cdc_reconciler.connectors.postgres.reflect import reflect_table
+from cdc_reconciler.connectors.postgres.sql import qualified_ident, quote_ident
+from cdc_reconciler.connectors.postgres.table import TargetTable
 from cdc_reconciler.errors import CdcrError
+from cdc_reconciler.stream.errors import ApplyError
+from cdc_reconciler.stream.mirror import (
+    db_message,
+    mirror_ddl,
+    mirror_types,
+    require_timescaledb,
+    transient,
+)
 
 log = logging.getLogger(__name__)
 
 # A table whose target DDL failed is retried this often (its events are dead-lettered meanwhile).
 BLOCKED_RETRY_S = 60.0
-
-
-class ApplyError(CdcrError):
-    """An event that cannot be applied. ``kind`` is stable and documented (the engine
-    dead-letters it with that reason; outside the engine, e.g. `cdcr tables sync`, it is a
-    user-facing CdcrError):
-
-    - ``unknown_table``: no source schema/table in the event or the topic name;
-    - ``no_target_table``: the target table does not exist (create it, or run with
-      ``--create-missing``);
-    - ``missing_key``: the key columns are not in the Kafka key nor in the row;
-    - ``unknown_column``: the event has a column the target lacks and it could not be added;
-    - ``bad_value``: a value cannot be turned into the target column's text form;
-    - ``target_ddl_failed``: the target table (or a type or extension it needs) could not be
-      created; the message carries the statement's error. The table is retried every
-      ``BLOCKED_RETRY_S`` seconds; other tables keep flowing.
-    """
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,11 +144,11 @@ class TableResolver:
                 for stmt in partition_setup(conn, target, mapping):
                     conn.execute(sa.text(stmt))
         except sa.exc.DBAPIError as exc:
-            if _transient(exc):
+            if transient(exc):
                 raise
             raise ApplyError(
                 "target_ddl_failed",
-                f"creating target table {target[0]}.{target[1]} failed: {_db_message(exc)}",
+                f"creating target table {target[0]}.{target[1]} failed: {db_message(exc)}",
             ) from exc
         log.warning("created target table %s.%s mirroring %s.%s", *target, *source)
         created = reflect_table(
@@ -188,12 +169,8 @@ class TableResolver:
                 return route, values
             out = values
         else:
-            out = {
-                k: v
-                for k, v in values.items()
-                if k not in m.exclude_columns
-                and (m.include_columns is None or k in m.include_columns)
-            }
+            inc, exc, keys = m.include_columns, m.exclude_columns, route.table.key_columns
+            out = {k: v for k, v in values.items() if column_selected(k, inc, exc, keys)}
             if out.keys() <= route.columns:
                 return route, out
         unknown = [k for k in out if k not in route.columns]
@@ -211,7 +188,7 @@ class TableResolver:
                 "added without CDCR_SOURCE__URL",
             )
         src = self._source_for(table)
-        types = {c["name"]: c["type"] for c in source_columns(self._source, src)}
+        types = {c.name: c.type for c in catalog.qualified_columns(self._source, *src)}
         mirror_types(self._source, self._target, src, names)
         with self._target.begin() as conn:
             for n in names:
@@ -256,503 +233,9 @@ def key_of(route: Route, event: ChangeEvent) -> tuple[Any, ...]:
     raise ApplyError("missing_key", f"key columns {list(cols)} not found in the event")
 
 
-def mirror_ddl(
-    source: sa.Engine, src: tuple[str, str], tgt: tuple[str, str], mapping: TableMapping
-) -> str:
-    """CREATE TABLE for the target from the source table's definition. Non-key columns are
-    nullable in the target (an unchanged TOASTed value may arrive before its row)."""
-    insp = sa.inspect(source)
-    if not insp.has_table(src[1], schema=src[0]):
-        raise ApplyError("no_target_table", f"source table {src[0]}.{src[1]} does not exist")
-    cols = source_columns(source, src)
-    keys = list(
-        mapping.key_columns
-        or insp.get_pk_constraint(src[1], schema=src[0]).get("constrained_columns")
-        or []
-    )
-    # No key: the target has none either; the engine applies it by its keyless rules
-    # (docs/apply.md: REPLICA IDENTITY FULL, or ``mode: append``), else dead-letters ``no_key``.
-    parts = []
-    for c in cols:
-        n = c["name"]
-        if n in ENGINE_COLUMNS or n in mapping.exclude_columns:
-            continue
-        if (
-            mapping.include_columns is not None
-            and n not in mapping.include_columns
-            and n not in keys
-        ):
-            continue
-        typ = c["type"]
-        parts.append(f"{quote_ident(n)} {typ}{' NOT NULL' if n in keys else ''}")
-    part = mapping.partition_column
-    if part is not None:
-        types = {c["name"]: c["type"] for c in cols}
-        typ = types.get(part)
-        if typ is None or (typ != "date" and not typ.startswith("timestamp")):
-            what = "not a column of the source table" if typ is None else f"of type {typ}"
-            raise ApplyError(
-                "target_ddl_failed",
-                f"table {src[0]}.{src[1]}: the partition column {part!r} is {what}; it must "
-                "be a timestamp, timestamptz or date column",
-            )
-        # PostgreSQL (and TimescaleDB) require every unique key to include the partitioning
-        # column: the target's key is the source key plus it (docs/partitioning.md).
-        parts = [p + " NOT NULL" if p == f"{quote_ident(part)} {typ}" else p for p in parts]
-        if keys and part not in keys:
-            keys = [*keys, part]
-    parts.extend(engine_column_ddl())
-    if keys:
-        parts.append(f"PRIMARY KEY ({', '.join(quote_ident(k) for k in keys)})")
-    ddl = f"CREATE TABLE IF NOT EXISTS {qualified_ident(*tgt)} ({', '.join(parts)})"
-    if mapping.partition_by is not None:
-        ddl += f" PARTITION BY RANGE ({quote_ident(mapping.partition_by.column)})"
-    return ddl
-
-
-def partition_setup(
-    conn: sa.Connection, tgt: tuple[str, str], mapping: TableMapping, now: datetime | None = None
-) -> list[str]:
-    """What follows the CREATE TABLE of a time-partitioned target: for ``partition_by``, the
-    comment recording the interval and the partitions from ``ahead`` intervals before now to
-    ``ahead`` after it (others are made on demand by the writer); for ``hypertable``,
-    ``create_hypertable``. Values in the statements are formatted from validated settings
-    (intervals) or literals quoted by the server, never from event text."""
-    rel = qualified_ident(*tgt)
-    if mapping.hypertable is not None:
-        h = mapping.hypertable
-        col = conn.execute(sa.text("SELECT quote_literal(:c)"), {"c": h.time_column}).scalar()
-        rel_lit = conn.execute(sa.text("SELECT quote_literal(:r)"), {"r": rel}).scalar()
-        iv = conn.execute(sa.text("SELECT quote_literal(:i)"), {"i": h.chunk_interval}).scalar()
-        return [
-            f"SELECT create_hypertable({rel_lit}::regclass, {col}::name, "
-            f"chunk_time_interval => {iv}::interval, if_not_exists => true)"
-        ]
-    if mapping.partition_by is None:
-        return []
-    p = mapping.partition_by
-    comment = conn.execute(
-        sa.text("SELECT quote_literal(:c)"), {"c": INTERVAL_COMMENT + p.interval}
-    ).scalar()
-    out = [f"COMMENT ON TABLE {rel} IS {comment}"]
-    typ = {c["name"]: c["type"] for c in catalog_columns(conn, *tgt)}[p.column]
-    table = TargetTable(
-        tgt[0],
-        tgt[1],
-        (),
-        (p.column,),
-        (typ,),
-        partition_column=p.column,
-        partition_interval=p.interval,
-    )
-    first = bucket_start(now or datetime.now(UTC), p.interval)
-    step = timedelta(seconds=interval_seconds(p.interval))
-    out.extend(partition_ddl(table, first + k * step) for k in range(-p.ahead, p.ahead + 1))
-    return out
-
-
-def require_timescaledb(target: sa.Engine, tgt: tuple[str, str]) -> None:
-    """Raise ApplyError(target_ddl_failed) naming the extension unless the target database has
-    TimescaleDB installed (``CREATE EXTENSION timescaledb``); never installs it (it needs
-    ``shared_preload_libraries`` and a server restart, an operator's decision)."""
-    with target.connect() as conn:
-        if conn.execute(
-            sa.text("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")
-        ).first():
-            return
-        available = conn.execute(
-            sa.text("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
-        ).first()
-    how = (
-        "it is available on the server: run CREATE EXTENSION timescaledb in the target database "
-        "(with timescaledb in shared_preload_libraries)"
-        if available
-        else "the target database server does not have it: install TimescaleDB there (e.g. the "
-        "timescale/timescaledb image, see docker-compose.yml) or use partition_by instead"
-    )
-    raise ApplyError(
-        "target_ddl_failed",
-        f"target table {tgt[0]}.{tgt[1]} is configured as a hypertable, which needs the "
-        f"extension timescaledb; {how}",
-    )
-
-
-# --------------------------------------------------------------------------- source types
-
-_SOURCE_COLUMNS = sa.text(
-    "SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type, "
-    "a.atttypid AS oid FROM pg_attribute a "
-    "WHERE a.attrelid = to_regclass(quote_ident(:schema) || '.' || quote_ident(:name)) "
-    "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
-)
-
-
-def source_columns(source: sa.Engine, src: tuple[str, str]) -> list[dict[str, Any]]:
-    """The source table's columns in order: name, type and type oid. Types are written by
-    ``format_type`` with an empty search_path, so every user or extension type comes
-    schema-qualified (``s.mood``, ``public.hstore[]``) and means the same in the target."""
-    with source.connect() as conn:
-        conn.execute(sa.text("SELECT set_config('search_path', '', true)"))
-        rows = [
-            dict(r._mapping)
-            for r in conn.execute(_SOURCE_COLUMNS, {"schema": src[0], "name": src[1]})
-        ]
-        conn.rollback()
-    return rows
-
-
-@dataclass(frozen=True, slots=True)
-class _TypeInfo:
-    oid: int
-    schema: str
-    name: str
-    typtype: str
-    category: str
-    elem: int
-    base: int
-    relid: int
-    extension: str | None
-    extension_schema: str | None
-
-    @property
-    def qualified(self) -> str:
-        return str(qualified_ident(self.schema, self.name))
-
-
-_TYPE_INFO = sa.text(
-    "SELECT t.oid, n.nspname AS schema, t.typname AS name, t.typtype, t.typcategory AS category, "
-    "t.typelem AS elem, t.typbasetype AS base, t.typrelid AS relid, e.extname AS extension, "
-    "en.nspname AS extension_schema "
-    "FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
-    "LEFT JOIN pg_depend d ON d.classid = 'pg_type'::regclass AND d.objid = t.oid "
-    "AND d.deptype = 'e' AND d.refclassid = 'pg_extension'::regclass "
-    "LEFT JOIN pg_extension e ON e.oid = d.refobjid "
-    "LEFT JOIN pg_namespace en ON en.oid = e.extnamespace WHERE t.oid = :oid"
-)
-
-
-def mirror_types(
-    source: sa.Engine,
-    target: sa.Engine,
-    src: tuple[str, str],
-    only: Sequence[str] | None = None,
-) -> list[str]:
-    """Create in the target what the source table's columns (or ``only`` those) need beyond the
-    built-in types: extensions (``CREATE EXTENSION IF NOT EXISTS`` when the target has them
-    available), enums (same labels, same order), domains (base type, default and CHECKs; not
-    NOT NULL, as target columns stay nullable) and composite types, recursively, arrays of them
-    too. A type that already exists is kept (an enum gets its missing labels). Returns the
-    statements run. Raises ApplyError(target_ddl_failed) naming the type or extension."""
-    cols = [c for c in source_columns(source, src) if only is None or c["name"] in only]
-    plan: list[tuple[str, _TypeInfo]] = []
-    seen: set[int] = set()
-    with source.connect() as sconn:
-        sconn.execute(sa.text("SELECT set_config('search_path', '', true)"))
-        for c in cols:
-            _plan_type(sconn, int(c["oid"]), plan, seen, f"column {c['name']}")
-        statements = [(what, info, _type_ddl(sconn, info)) for what, info in plan]
-        sconn.rollback()
-    done: list[str] = []
-    for what, info, ddl in statements:
-        done.extend(_ensure_in_target(target, what, info, ddl))
-    return done
-
-
-def _plan_type(
-    conn: sa.Connection, oid: int, plan: list[tuple[str, _TypeInfo]], seen: set[int], what: str
-) -> None:
-    if oid in seen or oid == 0:
-        return
-    seen.add(oid)
-    row = conn.execute(_TYPE_INFO, {"oid": oid}).first()
-    if row is None:
-        return
-    info = _TypeInfo(**row._mapping)
-    if info.schema == "pg_catalog" or info.schema == "information_schema":
-        return
-    if info.extension is not None:
-        plan.append((what, info))
-        return
-    if info.category == "A" and info.elem:
-        _plan_type(conn, info.elem, plan, seen, what)
-        return
-    if info.typtype == "d":
-        _plan_type(conn, info.base, plan, seen, what)
-    elif info.typtype == "c":
-        attrs = conn.execute(
-            sa.text(
-                "SELECT atttypid FROM pg_attribute WHERE attrelid = :r AND attnum > 0 "
-                "AND NOT attisdropped ORDER BY attnum"
-            ),
-            {"r": info.relid},
-        )
-        for (a,) in attrs.all():
-            _plan_type(conn, int(a), plan, seen, what)
-    elif info.typtype != "e":
-        kind = {"b": "base", "r": "range", "m": "multirange", "p": "pseudo"}.get(info.typtype)
-        raise ApplyError(
-            "target_ddl_failed",
-            f"{what}: type {info.schema}.{info.name} is a user-defined {kind or info.typtype} "
-            "type cdcr cannot mirror; create it in the target first",
-        )
-    plan.append((what, info))
-
-
-def _type_ddl(conn: sa.Connection, info: _TypeInfo) -> str:
-    """The CREATE statement for one user type, built from the source catalog: names quoted,
-    labels and defaults rendered by the source (quote_literal, pg_get_constraintdef)."""
-    if info.extension is not None:
-        return (
-            f"CREATE EXTENSION IF NOT EXISTS {quote_ident(info.extension)} "
-            f"WITH SCHEMA {quote_ident(info.extension_schema or 'public')}"
-        )
-    if info.typtype == "e":
-        labels = conn.execute(
-            sa.text(
-                "SELECT quote_literal(enumlabel) FROM pg_enum WHERE enumtypid = :o "
-                "ORDER BY enumsortorder"
-            ),
-            {"o": info.oid},
-        ).scalars()
-        return f"CREATE TYPE {info.qualified} AS ENUM ({', '.join(labels)})"
-    if info.typtype == "d":
-        d = conn.execute(
-            sa.text(
-                "SELECT format_type(t.typbasetype, t.typtypmod) AS base, t.typdefault AS dflt, "
-                "(SELECT string_agg(pg_get_constraintdef(c.oid), ' ' ORDER BY c.conname) "
-                " FROM pg_constraint c WHERE c.contypid = t.oid AND c.contype = 'c') AS checks "
-                "FROM pg_type t WHERE t.oid = :o"
-            ),
-            {"o": info.oid},
-        ).one()
-        ddl = f"CREATE DOMAIN {info.qualified} AS {d.base}"
-        if d.dflt is not None:
-            ddl += f" DEFAULT {d.dflt}"
-        return ddl + (f" {d.checks}" if d.checks else "")
-    attrs = conn.execute(
-        sa.text(
-            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
-            "WHERE attrelid = :r AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
-        ),
-        {"r": info.relid},
-    ).all()
-    body = ", ".join(f"{quote_ident(a)} {t}" for a, t in attrs)
-    return f"CREATE TYPE {info.qualified} AS ({body})"
-
-
-_AVAILABLE = sa.text("SELECT 1 FROM pg_available_extensions WHERE name = :e")
-
-
-def _ensure_in_target(target: sa.Engine, what: str, info: _TypeInfo, ddl: str) -> list[str]:
-    try:
-        with target.begin() as conn:
-            if info.extension is not None:
-                if conn.execute(
-                    sa.text("SELECT 1 FROM pg_extension WHERE extname = :e"), {"e": info.extension}
-                ).first():
-                    return []
-                if not conn.execute(_AVAILABLE, {"e": info.extension}).first():
-                    raise ApplyError(
-                        "target_ddl_failed",
-                        f"{what} needs the extension {info.extension} (type {info.name}), which "
-                        "the target database server does not have: install it there (for "
-                        f"hstore, citext, ltree: the postgresql-contrib package) or run "
-                        f"CREATE EXTENSION {info.extension} in the target",
-                    )
-            else:
-                found = conn.execute(
-                    sa.text("SELECT to_regtype(:t)::oid"), {"t": f"{info.qualified}"}
-                ).scalar()
-                if found is not None:
-                    return _add_enum_labels(conn, info, ddl, int(found))
-            schema = info.extension_schema if info.extension else info.schema
-            conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema or 'public')}"))
-            conn.execute(sa.text(ddl))
-    except sa.exc.DBAPIError as exc:
-        if _transient(exc):
-            raise
-        # Another consumer may have created it at the same moment: fine if it is there now.
-        with target.connect() as conn:
-            name = info.extension if info.extension else info.qualified
-            check = (
-                "SELECT 1 FROM pg_extension WHERE extname = :t"
-                if info.extension
-                else "SELECT to_regtype(:t)"
-            )
-            if conn.execute(sa.text(check), {"t": name}).scalar() is not None:
-                return []
-        raise ApplyError(
-            "target_ddl_failed", f"{what}: {ddl.split(' AS ')[0]} failed: {_db_message(exc)}"
-        ) from exc
-    log.warning("created in the target for %s: %s", what, ddl)
-    return [ddl]
-
-
-def _add_enum_labels(conn: sa.Connection, info: _TypeInfo, ddl: str, oid: int) -> list[str]:
-    """An enum that exists in the target gets the source's labels it lacks (added at the end:
-    PostgreSQL cannot reorder labels)."""
-    if info.typtype != "e":
-        return []
-    have = set(
-        conn.execute(
-            sa.text("SELECT quote_literal(enumlabel) FROM pg_enum WHERE enumtypid = :o"), {"o": oid}
-        ).scalars()
-    )
-    inner = ddl[ddl.index("ENUM (") + 6 : -1]
-    wanted = [x.strip() for x in _split_literals(inner)]
-    added = []
-    for label in wanted:
-        if label not in have:
-            stmt = f"ALTER TYPE {info.qualified} ADD VALUE IF NOT EXISTS {label}"
-            conn.execute(sa.text(stmt))
-            added.append(stmt)
-    return added
-
-
-def _split_literals(inner: str) -> list[str]:
-    """Split ``'a', 'b''c'`` (quote_literal output joined by ', ') into its literals."""
-    out: list[str] = []
-    i = 0
-    while i < len(inner):
-        if inner[i] in " ,":
-            i += 1
-            continue
-        start = i
-        if inner[i] == "E":
-            i += 1
-        i += 1  # opening quote
-        while i < len(inner):
-            if inner[i] == "'" and i + 1 < len(inner) and inner[i + 1] == "'":
-                i += 2
-            elif inner[i] == "\\" and inner[start] == "E":
-                i += 2
-            elif inner[i] == "'":
-                i += 1
-                break
-            else:
-                i += 1
-        out.append(inner[start:i])
-    return out
-
-
-def _transient(exc: sa.exc.DBAPIError) -> bool:
-    """The target is unreachable or the transaction was cancelled: not the statement's fault, so
-    not a dead letter; the caller's retry policy decides (the engine retries with backoff)."""
-    code = str(getattr(exc.orig, "pgcode", None) or "")
-    return (
-        exc.connection_invalidated
-        or code[:2] in ("08", "57", "40")
-        or (not code and isinstance(exc, sa.exc.OperationalError))
-    )
-
-
-def _db_message(exc: sa.exc.DBAPIError) -> str:
-    return " ".join(str(exc.orig).split()) if exc.orig is not None else str(exc)
-
-
-# --------------------------------------------------------------------------- value adapters
-# Debezium carries some types in a shape the target's COPY text input does not read; these turn
-# the decoded value into that text, chosen by the target column's type (TargetTable.column_kinds).
-
-_NUMERIC_SPECIAL = {"NAN": "NaN", "POSITIVE_INFINITY": "Infinity", "NEGATIVE_INFINITY": "-Infinity"}
-
-
-def _numeric(v: Any) -> Any:
-    # decimal.handling.mode=string spells NaN/±Infinity as Java enum names.
-    if v.__class__ is str and v[-1:] in ("N", "Y"):
-        return _NUMERIC_SPECIAL.get(v, v)
-    return v
-
-
-def _hstore_item(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _hstore(v: Any) -> Any:
-    """hstore.handling.mode=json (a JSON object as text) or map (an object): hstore text."""
-    if v.__class__ is str:
-        if not v.startswith("{"):
-            return v
-        import orjson
-
-        v = orjson.loads(v)
-    if isinstance(v, dict):
-        return ", ".join(
-            f"{_hstore_item(str(k))}=>{'NULL' if x is None else _hstore_item(str(x))}"
-            for k, x in v.items()
-        )
-    return v
-
-
-def _bits(width: int | None) -> Callable[[Any], Any]:
-    """io.debezium.data.Bits: little-endian bytes of the bit string read as a number; bit(1)
-    arrives as a boolean. bit(n) is padded to n; varbit's leading zeros are not carried."""
-
-    def conv(v: Any) -> Any:
-        if v is True or v is False:
-            return "1" if v else "0"
-        if isinstance(v, bytes | bytearray):
-            n = int.from_bytes(v, "little")
-            text = format(n, "b") if n or width else ""
-            return text.zfill(width) if width else text
-        return v
-
-    return conv
-
-
-def _point(v: Any) -> Any:
-    if isinstance(v, dict) and "x" in v:
-        return f"({float(v['x'])!r},{float(v['y'])!r})"
-    return v
-
-
-def _text_of_bytes(v: Any) -> Any:
-    """include.unknown.datatypes=true: types Debezium has no schema for (line, lseg, box, path,
-    polygon, circle, multiranges, composites) arrive as the bytes of their text form."""
-    if isinstance(v, bytes | bytearray):
-        return bytes(v).decode("utf-8")
-    return v
-
-
-# Built-in types of category U that Debezium has a schema for (they never arrive as bytes).
-_BUILTIN_USER_CATEGORY = frozenset(
-    {"bytea", "json", "jsonb", "uuid", "xml", "tsvector", "tsquery", "pg_lsn", "jsonpath"}
-)
-
-
-def value_adapters(table: TargetTable) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
-    out: list[tuple[str, Callable[[Any], Any]]] = []
-    for col, kind, typ in zip(
-        table.columns,
-        table.column_kinds,
-        table.column_types or ("",) * len(table.columns),
-        strict=False,
-    ):
-        head, _, name = kind.partition(":")
-        fn: Callable[[Any], Any] | None = None
-        if name == "numeric":
-            fn = _numeric
-        elif name == "hstore":
-            fn = _hstore
-        elif name in ("bit", "varbit"):
-            width = None
-            if name == "bit" and "(" in typ:
-                width = int(typ[typ.index("(") + 1 : typ.index(")")])
-            fn = _bits(width if name == "bit" else None)
-        elif name == "point":
-            fn = _point
-        elif (
-            head[:1] in ("c", "m")
-            or head[1:] == "G"
-            or (head[1:] == "U" and name not in _BUILTIN_USER_CATEGORY)
-        ):
-            fn = _text_of_bytes
-        if fn is not None:
-            out.append((col, fn))
-    return tuple(out)
-
-
 def _adapt(adapters: tuple[tuple[str, Callable[[Any], Any]], ...], values: dict[str, Any]) -> None:
+    """Reshape ``values`` in place by the route's adapters; ApplyError(bad_value) naming the
+    column when one cannot."""
     get = values.get
     name = ""
     try:

@@ -515,7 +515,7 @@ def test_dockerignore_excludes_local_state() -> None:
         "cdc_reconciler/__pycache__/x.pyc",
     ):
         assert ignored(path, patterns), f"{path} is not excluded"
-    for path in ("cdc_reconciler/cli.py", "alembic/env.py", "bench/run.py", "pyproject.toml"):
+    for path in ("cdc_reconciler/cli/root.py", "alembic/env.py", "bench/run.py", "pyproject.toml"):
         assert not ignored(path, patterns), f"{path} is excluded"
 
 

@@ -18,11 +18,11 @@ import sqlalchemy as sa
 from cdc_reconciler.connectors.doctor import (
     DEFAULTS,
     RECOMMENDED,
-    Column,
     captured,
     column_findings,
     connector_findings,
 )
+from cdc_reconciler.connectors.postgres.catalog import DatabaseColumn
 from tests.conftest import Connector
 from tests.stream.test_types_e2e import LOSSLESS
 
@@ -162,8 +162,8 @@ def test_rules_for_each_setting() -> None:
         dims: int = 0,
         typmod: int = -1,
         builtin: bool = True,
-    ) -> Column:
-        return Column(
+    ) -> DatabaseColumn:
+        return DatabaseColumn(
             table="s.t",
             name="c",
             type=type_,

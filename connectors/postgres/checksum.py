@@ -37,6 +37,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from cdc_reconciler.connectors.postgres.sql import quote_ident
 from cdc_reconciler.reconcile.segments import Key, Segment
 
 # Session settings that fix every type's text output, set per transaction (SET LOCAL).
@@ -58,10 +59,6 @@ _GROUPED_OFF = (
     "RESET work_mem; RESET enable_sort; RESET parallel_setup_cost; RESET parallel_tuple_cost"
 )
 _TEXT_LIKE = ("text", "character varying", "character", "citext", "name")
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def hash_family(typ: str) -> str | None:
@@ -162,34 +159,6 @@ Normalized = tuple[str | None, ...]
 
 
 # --- catalog ------------------------------------------------------------------------------
-
-
-def table_columns(conn: sa.Connection, schema: str, name: str) -> dict[str, str]:
-    """column -> format_type(), in column order; empty when the table does not exist."""
-    rows = conn.execute(
-        sa.text(
-            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-            "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = :s AND c.relname = :t AND a.attnum > 0 AND NOT a.attisdropped "
-            "ORDER BY a.attnum"
-        ),
-        {"s": schema, "t": name},
-    ).all()
-    return {r[0]: r[1] for r in rows}
-
-
-def primary_key(conn: sa.Connection, schema: str, name: str) -> tuple[str, ...]:
-    rows = conn.execute(
-        sa.text(
-            "SELECT a.attname FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true "
-            "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum "
-            "WHERE n.nspname = :s AND c.relname = :t AND i.indisprimary ORDER BY k.ord"
-        ),
-        {"s": schema, "t": name},
-    ).all()
-    return tuple(r[0] for r in rows)
 
 
 def database_collation(conn: sa.Connection) -> str | None:

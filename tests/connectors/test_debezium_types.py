@@ -515,7 +515,7 @@ def test_random_bytes_never_raise_anything_but_decode_error() -> None:
     ],
 )
 def test_date_infinity_decodes_to_a_sentinel_that_copies_as_the_word(days: int, text: str) -> None:
-    from cdc_reconciler.connectors.target import copy_field
+    from cdc_reconciler.connectors.postgres.copytext import copy_field
 
     d = dbz.date_from_days(days)
     assert isinstance(d, dbz.InfiniteDate)
@@ -542,7 +542,7 @@ def test_dates_at_pythons_range_edges_and_beyond() -> None:
     ],
 )
 def test_timestamp_infinity_copies_as_the_word(fn: Any, value: Any, text: str) -> None:
-    from cdc_reconciler.connectors.target import copy_field
+    from cdc_reconciler.connectors.postgres.copytext import copy_field
 
     got = fn(value)
     assert isinstance(got, dbz.InfiniteTimestamp)
@@ -550,7 +550,7 @@ def test_timestamp_infinity_copies_as_the_word(fn: Any, value: Any, text: str) -
 
 
 def test_ordinary_timestamps_stay_plain_datetimes() -> None:
-    from cdc_reconciler.connectors.target import copy_field
+    from cdc_reconciler.connectors.postgres.copytext import copy_field
 
     got = dbz.timestamp_from_ms(946684799999)
     assert type(got) is datetime
@@ -655,8 +655,9 @@ def test_lossless_modes_decode_to_values_that_copy_exactly(
 
 
 def _adapted(kind: str, typ: str, value: Any) -> Any:
-    from cdc_reconciler.connectors.target import TargetTable
-    from cdc_reconciler.stream.tables import _adapt, value_adapters
+    from cdc_reconciler.connectors.postgres.adapters import value_adapters
+    from cdc_reconciler.connectors.postgres.table import TargetTable
+    from cdc_reconciler.stream.tables import _adapt
 
     table = TargetTable("s", "t", ("id",), ("id", "v"), ("integer", typ), ("bN:int4", kind))
     values = {"id": 1, "v": value}
@@ -694,7 +695,7 @@ def test_values_are_reshaped_for_the_target_column_type(
 
 
 def test_a_value_an_adapter_cannot_convert_is_an_apply_error() -> None:
-    from cdc_reconciler.stream.tables import ApplyError
+    from cdc_reconciler.stream.errors import ApplyError
 
     with pytest.raises(ApplyError) as info:
         _adapted("bG:line", "line", b"\xff\xfe")
@@ -703,8 +704,8 @@ def test_a_value_an_adapter_cannot_convert_is_an_apply_error() -> None:
 
 
 def test_tables_without_special_types_get_no_adapters() -> None:
-    from cdc_reconciler.connectors.target import TargetTable
-    from cdc_reconciler.stream.tables import value_adapters
+    from cdc_reconciler.connectors.postgres.adapters import value_adapters
+    from cdc_reconciler.connectors.postgres.table import TargetTable
 
     table = TargetTable(
         "s",

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from cdc_reconciler.connectors.target import (
+from cdc_reconciler.connectors.postgres.copytext import copy_field
+from cdc_reconciler.connectors.postgres.reflect import reflect_table
+from cdc_reconciler.connectors.postgres.table import TargetTable
+from cdc_reconciler.connectors.postgres.write import (
     RowWrite,
-    TargetTable,
     WriteResult,
-    copy_field,
-    reflect_table,
     truncate_table,
     write_batch,
 )

@@ -15,7 +15,9 @@ import sqlalchemy as sa
 import yaml
 
 from cdc_reconciler.config import Settings
-from cdc_reconciler.connectors.target import RowWrite, key_text, reflect_table, write_batch
+from cdc_reconciler.connectors.postgres.reflect import reflect_table
+from cdc_reconciler.connectors.postgres.table import key_text
+from cdc_reconciler.connectors.postgres.write import RowWrite, write_batch
 from cdc_reconciler.reconcile import command
 
 from .helpers import BASE_POS, T0, Case, applied, cli, run

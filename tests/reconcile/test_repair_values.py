@@ -10,7 +10,8 @@ from collections.abc import Callable
 import pytest
 import sqlalchemy as sa
 
-from cdc_reconciler.connectors.target import RowWrite, reflect_table, write_batch
+from cdc_reconciler.connectors.postgres.reflect import reflect_table
+from cdc_reconciler.connectors.postgres.write import RowWrite, write_batch
 from cdc_reconciler.reconcile.checksum import describe_pair, fetch_text_by_keys
 
 from .helpers import create_pair, drop_pair, run

@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cdc_reconciler.connectors.target import key_text
+from cdc_reconciler.connectors.postgres.table import key_text
 
 from .helpers import BASE_POS, Case, applied, cli, run
 

@@ -23,13 +23,13 @@ from typer.testing import CliRunner
 
 from cdc_reconciler.cli import app
 from cdc_reconciler.config import TableMapping
-from cdc_reconciler.connectors.target import (
-    TargetTable,
+from cdc_reconciler.connectors.postgres.partitions import (
     bucket_start,
     compressed_chunk_action,
     partition_name,
-    reflect_table,
 )
+from cdc_reconciler.connectors.postgres.reflect import reflect_table
+from cdc_reconciler.connectors.postgres.table import TargetTable
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.stream import command
 from tests.conftest import Connector, Services
@@ -402,7 +402,7 @@ def test_partitioned_writes_are_guarded_by_position_across_partitions(
     the end-to-end test: a stale write carrying another partition value, a stale write back into
     the old partition, an old insert replayed after the delete, and a move whose event leaves the
     TOASTed column out."""
-    from cdc_reconciler.connectors.target import RowWrite, write_batch
+    from cdc_reconciler.connectors.postgres.write import RowWrite, write_batch
 
     t = unique_name("pw")
     q = f"public.{t}"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from cdc_reconciler.connectors.target import write_batch as real_write
+from cdc_reconciler.connectors.postgres.write import write_batch as real_write
 from cdc_reconciler.stream import engine as engine_module
 from tests.conftest import Connector, Services
 from tests.helpers import count_records, read_topic, rows, settings_for, wait_for

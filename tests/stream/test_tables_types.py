@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from cdc_reconciler.errors import CdcrError
-from cdc_reconciler.stream import command, tables
+from cdc_reconciler.stream import command, mirror, tables
 from tests.helpers import settings_for
 
 pytestmark = pytest.mark.services
@@ -104,7 +104,7 @@ def test_extension_missing_in_the_target_is_named(
         conn.execute(sa.text(f"create table {s}.t (id int primary key, v public.seg)"))
     try:
         # As if the target server had no contrib package: nothing is available to create.
-        monkeypatch.setattr(tables, "_AVAILABLE", sa.text("SELECT 1 WHERE :e = ''"))
+        monkeypatch.setattr(mirror, "_AVAILABLE", sa.text("SELECT 1 WHERE :e = ''"))
         with target_engine.connect() as conn:
             assert (
                 conn.execute(sa.text("select 1 from pg_extension where extname='seg'")).first()

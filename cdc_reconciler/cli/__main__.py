@@ -1,0 +1,3 @@
+from cdc_reconciler.cli.root import main
+
+main()
