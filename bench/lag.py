@@ -9,7 +9,8 @@ from typing import Any
 
 from bench import lag_bench as lb
 from bench.common import Endpoints, log
-from cdc_reconciler.connectors.kafka_admin import KafkaAdmin, client_config
+from cdc_reconciler import wiring
+from cdc_reconciler.config import KafkaSettings
 
 
 def run_lag(ep: Endpoints, runs: int = 5) -> dict[str, Any]:
@@ -29,7 +30,7 @@ def run_lag(ep: Endpoints, runs: int = 5) -> dict[str, Any]:
             times.append(elapsed)
         rows = sum(len(g["partitions"]) for g in doc["groups"])
     finally:
-        KafkaAdmin(client_config(ep.kafka)).delete_topics([topic])
+        wiring.kafka_admin(KafkaSettings(bootstrap_servers=ep.kafka)).delete_topics([topic])
     med = statistics.median(times)
     log(f"lag: median {med:.3f}s over {runs} runs")
     return {

@@ -31,7 +31,10 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from cdc_reconciler.connectors.kafka_admin import KafkaAdmin, KafkaAdminError, client_config
+from cdc_reconciler import wiring
+from cdc_reconciler.config import KafkaSettings
+from cdc_reconciler.connectors.kafka import KafkaEdgeError
+from cdc_reconciler.connectors.kafka.admin import KafkaAdmin
 
 PARTITIONS = 64
 GROUPS = 3
@@ -58,7 +61,7 @@ def _wait_for_leaders(admin: KafkaAdmin, topic: str, partitions: int) -> None:
             if admin.topic_partitions(f"^{topic}$").get(topic) == partitions:
                 admin.watermarks([(topic, p) for p in range(partitions)])
                 return
-        except KafkaAdminError:
+        except KafkaEdgeError:
             pass
         time.sleep(0.2)
     raise SystemExit(f"topic {topic}: no leaders for {partitions} partitions after 60 s")
@@ -76,7 +79,7 @@ def setup(
 ) -> None:
     """Create ``topic``, fill it and have each group commit ``fraction`` of every partition
     (except every ``skip_every``-th partition, left without a commit)."""
-    admin = KafkaAdmin(client_config(bootstrap))
+    admin = wiring.kafka_admin(KafkaSettings(bootstrap_servers=bootstrap))
     admin.create_topic(topic, partitions)
     _wait_for_leaders(admin, topic, partitions)
     prod = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
@@ -172,7 +175,7 @@ def shape(
     try:
         measured = measure(cmds, runs)
     finally:
-        admin = KafkaAdmin(client_config(bootstrap))
+        admin = wiring.kafka_admin(KafkaSettings(bootstrap_servers=bootstrap))
         admin.delete_topics([topic])
         admin.delete_groups(groups)
     results = []

@@ -70,13 +70,7 @@ def _engines(settings: Settings) -> tuple[sa.Engine, sa.Engine]:
 
 
 def _kafka_log_ends(settings: Settings, timeout_s: float | None = None) -> LogEnds:
-    k = settings.kafka
-    return kafka_log_ends(
-        k.bootstrap_servers,
-        sasl_username=k.sasl_username,
-        sasl_password=k.sasl_password.get_secret_value() if k.sasl_password else None,
-        timeout_s=timeout_s,
-    )
+    return kafka_log_ends(settings.kafka, timeout_s=timeout_s)
 
 
 def _aware(t: datetime | None, what: str) -> datetime | None:

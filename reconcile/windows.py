@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
+from cdc_reconciler.config import KafkaSettings
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.reconcile.segments import Window
 
@@ -123,29 +124,17 @@ def closed_windows(
         start = start + size
 
 
-def kafka_log_ends(
-    bootstrap_servers: str,
-    *,
-    sasl_username: str | None = None,
-    sasl_password: str | None = None,
-    timeout_s: float | None = None,
-) -> LogEnds:
+def kafka_log_ends(kafka: KafkaSettings, *, timeout_s: float | None = None) -> LogEnds:
     """A LogEnds backed by the Kafka admin client (created on first use); ``timeout_s`` bounds
     each request (default: the admin client's)."""
-    from cdc_reconciler.connectors.kafka_admin import DEFAULT_TIMEOUT_S, KafkaAdmin, client_config
+    from cdc_reconciler import wiring
+    from cdc_reconciler.connectors.kafka.admin import KafkaAdmin
 
     admin: list[KafkaAdmin] = []
 
     def lookup(tps: list[TP]) -> dict[TP, int]:
         if not admin:
-            admin.append(
-                KafkaAdmin(
-                    client_config(
-                        bootstrap_servers, sasl_username=sasl_username, sasl_password=sasl_password
-                    ),
-                    timeout_s=timeout_s or DEFAULT_TIMEOUT_S,
-                )
-            )
+            admin.append(wiring.kafka_admin(kafka, timeout_s=timeout_s))
         ends: dict[TP, int] = admin[0].log_end_offsets(tps)
         return ends
 

@@ -13,8 +13,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 
+from cdc_reconciler import wiring
 from cdc_reconciler.config import DatabaseSettings, Settings, TableMapping
-from cdc_reconciler.connectors.kafka import check_reachable, make_consumer, make_producer
+from cdc_reconciler.connectors.kafka import check_reachable
 from cdc_reconciler.connectors.redis_ids import ProcessedIds, namespace_for
 from cdc_reconciler.errors import CdcrError, ConfigError
 from cdc_reconciler.stream.dead_letters import DeadLetterSink
@@ -176,7 +177,7 @@ def build_engine(
     )
     resolver = TableResolver(target, settings.tables, source=source, create_missing=create_missing)
     sink = DeadLetterSink(
-        make_producer(settings.kafka), settings.kafka.dlq_topic(), stop=stop, kafka=kafka
+        wiring.kafka_producer(settings.kafka), settings.kafka.dlq_topic(), stop=stop, kafka=kafka
     )
     engine = ApplyEngine(
         target=target,
@@ -219,10 +220,10 @@ def run(
     watch = ConnectionWatch(target_state)
     watch.attach(parts.target)
     runner_ref: list[Runner] = []
-    consumer = make_consumer(
+    consumer = wiring.kafka_consumer(
         settings.kafka,
         # Served from the loop's consume(): broker down / fatal errors reach the runner.
-        extra={
+        overrides={
             "error_cb": lambda err: runner_ref[0].kafka_error(err) if runner_ref else None,
             "on_commit": lambda err, parts: (
                 runner_ref[0].committed(err, parts) if runner_ref else None

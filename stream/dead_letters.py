@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from confluent_kafka import KafkaError, KafkaException, Producer
 
 from cdc_reconciler.connectors.kafka import (
     PRODUCER_MAX_BYTES,
-    KafkaCallError,
+    KafkaEdgeError,
+    KafkaError,
+    KafkaException,
+    Producer,
     Record,
     error_of,
     is_fatal,
@@ -106,7 +108,7 @@ class DeadLetterSink:
 
     def publish(self, letters: Sequence[DeadLetter]) -> None:
         """Produce to the dead-letter topic and wait for the broker's ack, before the batch's
-        offsets can be committed. Waits out broker outages; raises KafkaCallError on a fatal
+        offsets can be committed. Waits out broker outages; raises KafkaEdgeError on a fatal
         Kafka error and Stopped when stopped while the broker does not take them."""
         if not letters or self._producer is None:
             return
@@ -116,7 +118,7 @@ class DeadLetterSink:
             failed, errors = self._send(self._producer, pending)
             fatal = [e for e in errors if is_fatal(e)]
             if fatal:
-                raise KafkaCallError(f"producing dead letters to {self.topic}", fatal[0])
+                raise KafkaEdgeError.wrap(f"producing dead letters to {self.topic}", fatal[0])
             if not failed:
                 self._kafka.mark_up()
                 break
@@ -161,7 +163,7 @@ class DeadLetterSink:
                 except KafkaException as exc:
                     err = error_of(exc)
                     if err is None or is_fatal(err):
-                        raise KafkaCallError(
+                        raise KafkaEdgeError.wrap(
                             f"producing dead letters to {self.topic}", err
                         ) from exc
                     failed.append(m)

@@ -333,7 +333,7 @@ class ApplyEngine:
         once the target has committed it.
 
         Raises Interrupted if stopped while the target is unavailable (nothing committed), and
-        KafkaCallError if the dead-letter topic does not take the batch's dead letters.
+        KafkaEdgeError if the dead-letter topic does not take the batch's dead letters.
         """
         return self.apply(self.prepare(records))
 
@@ -405,6 +405,11 @@ class ApplyEngine:
                 redis_up=self._ids.available if self._ids else None,
             )
         return plan.outcome
+
+    def wait_out_target(self, exc: Exception, delay: float) -> None:
+        """The engine's retry policy for a target outage met outside a batch (the consumer
+        loop's rebalance callbacks): log, count, wait ``delay``; Interrupted when stopped."""
+        self._retry_wait(exc, delay)
 
     def _retry_wait(self, exc: Exception, delay: float) -> None:
         self.db_retries += 1

@@ -2,7 +2,7 @@
 
 This module is data and logic only. It does no I/O of its own: a :class:`LagMonitor` reads the
 cluster through a :class:`LagSource` it is given (in production
-``cdc_reconciler.connectors.kafka_admin.KafkaAdmin``) and takes time from an injectable
+``cdc_reconciler.connectors.kafka.admin.KafkaAdmin``) and takes time from an injectable
 ``now_getter``, so every rule here is testable with plain values.
 
 Definitions (``docs/lag.md`` has the same, for operators):

@@ -4,15 +4,16 @@ Contract:
 - Its own consumer, assigned (not subscribed) to the partitions of the matching topics, with a
   throwaway group id and no offset commits: the live consumer group is never disturbed.
 - Each partition starts at the first offset whose Kafka record time is >= ``start``
-  (``offsets_for_times``) and is read until a record's time is >= ``end``, or up to the log end
-  seen when the replay started. Kafka record time is when Kafka Connect produced the event, within
+  (``offsets_for_times``) and ends before the first offset whose record time is >= ``end``, or at
+  the log end seen when the replay started; reading also stops at the first record whose time is
+  >= ``end`` (record times need not grow with offsets). Kafka record time is when Kafka Connect produced the event, within
   moments of the change's commit.
 - Records go through :class:`ApplyEngine` in batches: versioned writes, so replaying a past
   window after newer changes were applied leaves the newer data intact. No applied offsets are written (they belong to the
   live group). Redis is not consulted: a replay exists to re-apply changes the target may have
   lost after they were processed, so only the position guard decides. With ``dry_run`` every
   transaction is rolled back and the outcome says what would have applied.
-- Raises CdcrError (KafkaCallError with the Kafka code) when Kafka cannot answer.
+- Raises CdcrError (KafkaEdgeError with the Kafka code) when Kafka cannot answer.
 """
 
 from __future__ import annotations
@@ -24,10 +25,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
-
+from cdc_reconciler import wiring
 from cdc_reconciler.config import Settings
-from cdc_reconciler.connectors.kafka import COMMIT_TIMEOUT_S, Record, make_consumer, raise_for
+from cdc_reconciler.connectors.kafka import (
+    COMMIT_TIMEOUT_S,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Record,
+    TopicPartition,
+    raise_for,
+)
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.stream.command import build_engine
 from cdc_reconciler.stream.outcomes import OUTCOMES, PartitionCounts
@@ -42,7 +51,7 @@ class PartitionPlan:
     topic: str
     partition: int
     start: int
-    end: int  # exclusive: the log end when the replay started
+    end: int  # exclusive: the first offset at or after `end` time, else the log end at start
 
     @property
     def size(self) -> int:
@@ -54,7 +63,6 @@ class ReplayResult:
     partitions: list[PartitionPlan]
     totals: PartitionCounts = field(default_factory=PartitionCounts)
     by_table: dict[str, dict[str, int]] = field(default_factory=dict)
-    read_past_end: int = 0  # records at or after `end`, seen and not applied
     incomplete: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, object]:
@@ -97,29 +105,47 @@ def topics_for(consumer: Consumer, settings: Settings, tables: list[str]) -> lis
 def plan_partitions(
     consumer: Consumer, topics: list[str], start: datetime, end: datetime
 ) -> list[PartitionPlan]:
-    """Start offsets by timestamp and end offsets (log end now) for every partition."""
+    """For every partition: the first offset with record time >= ``start`` and the first with
+    record time >= ``end`` (exclusive end), each capped at the log end now."""
     meta = consumer.list_topics(timeout=COMMIT_TIMEOUT_S)
-    start_ms = int(start.timestamp() * 1000)
-    tps = [
-        TopicPartition(t, p, start_ms) for t in topics for p in sorted(meta.topics[t].partitions)
-    ]
-    if not tps:
+    parts = [(t, p) for t in topics for p in sorted(meta.topics[t].partitions)]
+    if not parts:
         return []
     try:
-        found = consumer.offsets_for_times(tps, timeout=COMMIT_TIMEOUT_S)
+        firsts = _offsets_at(consumer, parts, start)
+        lasts = _offsets_at(consumer, parts, end)
         plans = []
-        for tp in found:
-            if tp.error is not None:
-                raise CdcrError(f"offsets_for_times {tp.topic}[{tp.partition}]: {tp.error}")
-            _lo, hi = consumer.get_watermark_offsets(
-                TopicPartition(tp.topic, tp.partition), timeout=COMMIT_TIMEOUT_S
+        for t, p in parts:
+            _lo, hi = consumer.get_watermark_offsets(TopicPartition(t, p), timeout=COMMIT_TIMEOUT_S)
+            first, last = firsts[(t, p)], lasts[(t, p)]
+            plans.append(
+                PartitionPlan(
+                    t,
+                    p,
+                    hi if first is None else min(first, hi),
+                    hi if last is None else min(last, hi),
+                )
             )
-            first = hi if tp.offset in (OFFSET_END, -1) else tp.offset
-            plans.append(PartitionPlan(tp.topic, tp.partition, first, hi))
     except KafkaException as exc:
         raise_for("planning the replay", exc)
-    del end
     return plans
+
+
+def _offsets_at(
+    consumer: Consumer, parts: list[tuple[str, int]], at: datetime
+) -> dict[tuple[str, int], int | None]:
+    """The first offset whose record time is >= ``at`` per partition; None when there is none
+    (every record is older)."""
+    at_ms = int(at.timestamp() * 1000)
+    found = consumer.offsets_for_times(
+        [TopicPartition(t, p, at_ms) for t, p in parts], timeout=COMMIT_TIMEOUT_S
+    )
+    out: dict[tuple[str, int], int | None] = {}
+    for tp in found:
+        if tp.error is not None:
+            raise CdcrError(f"offsets_for_times {tp.topic}[{tp.partition}]: {tp.error}")
+        out[(tp.topic, tp.partition)] = None if tp.offset in (OFFSET_END, -1) else tp.offset
+    return out
 
 
 def replay(
@@ -137,10 +163,10 @@ def replay(
     if end <= start:
         raise CdcrError(f"--to ({end.isoformat()}) must be after --from ({start.isoformat()})")
     stop = stop or threading.Event()
-    consumer = make_consumer(
+    consumer = wiring.kafka_consumer(
         settings.kafka,
         group_id=f"cdcr-replay-{uuid.uuid4().hex[:12]}",
-        extra={"enable.partition.eof": True},
+        overrides={"enable.partition.eof": True},
     )
     parts = None
     try:
@@ -209,7 +235,6 @@ def _read(
                 raise CdcrError(f"replay: a message of {topic}[{partition}] has no offset")
             ts_type, ts = m.timestamp()
             if offset >= plan.end or (ts_type != 0 and ts >= end_ms):
-                result.read_past_end += 1
                 _close(consumer, open_parts, key)
                 continue
             batch.append(Record(topic, partition, offset, m.key(), m.value()))

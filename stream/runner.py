@@ -27,19 +27,24 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from sqlalchemy.exc import DBAPIError
 
 from cdc_reconciler.connectors.kafka import (
     COMMIT_TIMEOUT_S,
     METADATA_TIMEOUT_S,
-    KafkaCallError,
+    Consumer,
+    KafkaEdgeError,
+    KafkaError,
+    KafkaException,
     Record,
+    TopicPartition,
     error_of,
     is_fatal,
 )
+from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.stream.checkpoint import applied_offsets
 from cdc_reconciler.stream.dead_letters import Stopped
-from cdc_reconciler.stream.engine import ApplyEngine, Interrupted
+from cdc_reconciler.stream.engine import RETRY_INITIAL_S, ApplyEngine, Interrupted
 from cdc_reconciler.stream.metrics import Dependency, Metrics
 from cdc_reconciler.stream.outcomes import BatchOutcome, PartitionCounts
 
@@ -59,6 +64,8 @@ DOWN_REFRESH_S = 2.0
 WAIT_TICK_S = 1.0
 # Backoff of the assignment callback while the target cannot give the applied offsets.
 ASSIGN_RETRY_MAX_S = 10.0
+# A rebalance callback as confluent-kafka calls it.
+_Rebalance = Callable[[Consumer, list[TopicPartition]], None]
 # librdkafka errors that mean "no broker answers" (as opposed to one partition's trouble).
 _DOWN_CODES = frozenset(
     {
@@ -177,9 +184,37 @@ class Runner:
             log.warning("Kafka client error (transient, retried by librdkafka): %s", err.str())
 
     # ------------------------------------------------------------------ rebalance callbacks
+    def _guarded(self, kind: str, callback: _Rebalance) -> _Rebalance:
+        """``callback`` as librdkafka calls it, from inside consume(), where an exception would
+        end the loop. A target outage in it is handled by the engine's retry policy (logged,
+        counted in ``cdcr_db_retries_total``, backed off, ``Interrupted`` on stop) and the callback
+        is run again; a stop, a CdcrError and a Kafka error reach the loop as they are (its own
+        handling); anything else ends the run as a CdcrError naming the callback (FAILED at the
+        CLI, never a traceback). Re-running is safe: nothing is assigned or revoked until the
+        callback's last step."""
+
+        def run(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            if self._metrics:
+                self._metrics.rebalances.labels(kind).inc()
+            delay = RETRY_INITIAL_S
+            while True:
+                try:
+                    callback(consumer, partitions)
+                    return
+                except DBAPIError as exc:
+                    self.target_state.mark_down(f"{kind} callback: {exc.orig}")
+                    self._engine.wait_out_target(exc, delay)
+                    delay = min(delay * 2, ASSIGN_RETRY_MAX_S)
+                except (CdcrError, KafkaException):
+                    raise
+                except Exception as exc:
+                    raise CdcrError(
+                        f"rebalance ({kind}) failed: {exc.__class__.__name__}: {exc}"
+                    ) from exc
+
+        return run
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if self._metrics:
-            self._metrics.rebalances.labels("assign").inc()
         wanted = [(p.topic, p.partition) for p in partitions]
         db = self._applied_offsets(wanted)
         try:
@@ -211,24 +246,13 @@ class Runner:
         log.info("assigned %d partitions", len(partitions))
 
     def _applied_offsets(self, wanted: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        """The target's applied offsets, waiting out a target outage (an exception here would
-        escape from consume() and end the process)."""
-        delay = 0.5
-        while True:
-            try:
-                with self._target.connect() as conn:
-                    got: dict[tuple[str, int], int] = applied_offsets(conn, self._group, wanted)
-                self.target_state.mark_up()
-                return got
-            except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-                self.target_state.mark_down(f"reading applied offsets: {exc.orig}")
-                if self.stop.wait(delay):
-                    raise Interrupted("stopped while the target database was unavailable") from exc
-                delay = min(delay * 2, ASSIGN_RETRY_MAX_S)
+        """The target's applied offsets (a target outage is waited out by :meth:`_guarded`)."""
+        with self._target.connect() as conn:
+            got: dict[tuple[str, int], int] = applied_offsets(conn, self._group, wanted)
+        self.target_state.mark_up()
+        return got
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if self._metrics:
-            self._metrics.rebalances.labels("revoke").inc()
         # The batch in flight may hold records of these partitions: let it commit (and commit
         # its offsets) before the partitions move, so the next owner resumes after it.
         self._finish_inflight()
@@ -238,7 +262,7 @@ class Runner:
     # ------------------------------------------------------------------ loop
     def run(self, *, stop_when_idle_s: float | None = None) -> RunSummary:
         """Consume until ``stop`` is set (SIGTERM), or until no record arrived for
-        ``stop_when_idle_s`` seconds. Raises KafkaCallError on a fatal Kafka error.
+        ``stop_when_idle_s`` seconds. Raises KafkaEdgeError on a fatal Kafka error.
 
         Pipelined: while batch N is written to the target (in the writer thread), batch N+1 is
         consumed and prepared (decoded, deduplicated, collapsed) here. Batches are written one
@@ -252,7 +276,7 @@ class Runner:
             while not self.stop.is_set():
                 self.last_loop = now = self._clock()
                 if self._fatal is not None:
-                    raise KafkaCallError("fatal Kafka error", self._fatal)
+                    raise KafkaEdgeError.wrap("fatal Kafka error", self._fatal)
                 every = TOPIC_REFRESH_S if self.kafka.up and not self._suspect else DOWN_REFRESH_S
                 if now - last_refresh >= every:
                     self._suspect = False
@@ -361,13 +385,13 @@ class Runner:
 
     def matching_topics(self) -> list[str] | None:
         """The topics the pattern matches; None while the broker does not answer (transient).
-        Raises KafkaCallError on a fatal error."""
+        Raises KafkaEdgeError on a fatal error."""
         try:
             meta = self._consumer.list_topics(timeout=METADATA_TIMEOUT_S)
         except KafkaException as exc:
             err = error_of(exc)
             if is_fatal(err):
-                raise KafkaCallError("listing topics", err) from exc
+                raise KafkaEdgeError.wrap("listing topics", err) from exc
             self.kafka.mark_down(f"listing topics: {err.str() if err else exc}")
             return None
         self.kafka.mark_up()
@@ -392,9 +416,9 @@ class Runner:
             if topics:
                 self._consumer.subscribe(
                     topics,
-                    on_assign=self._on_assign,
-                    on_revoke=self._on_revoke,
-                    on_lost=self._on_revoke,
+                    on_assign=self._guarded("assign", self._on_assign),
+                    on_revoke=self._guarded("revoke", self._on_revoke),
+                    on_lost=self._guarded("revoke", self._on_revoke),
                 )
                 log.info("subscribed to %d topics: %s", len(topics), ", ".join(topics[:10]))
             self._topics = topics
@@ -407,7 +431,7 @@ class Runner:
         except KafkaException as exc:
             err = error_of(exc)
             if is_fatal(err):
-                raise KafkaCallError("consuming", err) from exc
+                raise KafkaEdgeError.wrap("consuming", err) from exc
             self.kafka.mark_down(f"consuming: {err.str() if err else exc}")
             self.stop.wait(min(1.0, self._timeout))
             return []
@@ -422,7 +446,7 @@ class Runner:
             elif err.code() == KafkaError._PARTITION_EOF:
                 continue
             elif is_fatal(err):
-                raise KafkaCallError("fatal consumer error", err)
+                raise KafkaEdgeError.wrap("fatal consumer error", err)
             elif err.code() in _DOWN_CODES:
                 self._suspect = True
             else:
@@ -451,7 +475,7 @@ class Runner:
         except KafkaException as exc:
             err = error_of(exc)
             if is_fatal(err):
-                raise KafkaCallError("committing offsets", err) from exc
+                raise KafkaEdgeError.wrap("committing offsets", err) from exc
             if err is not None and err.code() in _DOWN_CODES:
                 self._suspect = True
             # Safe: the applied offsets are in the target, and on reassignment we resume from

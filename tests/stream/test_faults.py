@@ -641,7 +641,8 @@ def test_dead_letters_wait_for_the_broker(
 ) -> None:
     """Producing a dead letter while the broker is down waits (Kafka reported down) and
     delivers once it is back; a value too large for the producer goes trimmed."""
-    from cdc_reconciler.connectors.kafka import Record, make_producer
+    from cdc_reconciler import wiring
+    from cdc_reconciler.connectors.kafka import Record
     from cdc_reconciler.stream.dead_letters import DeadLetter, DeadLetterSink
     from cdc_reconciler.stream.metrics import Dependency
 
@@ -649,7 +650,7 @@ def test_dead_letters_wait_for_the_broker(
     topic = unique_name("dlq")
     broker.create_topic(topic)
     kafka = Dependency("kafka")
-    sink = DeadLetterSink(make_producer(settings.kafka), topic, kafka=kafka)
+    sink = DeadLetterSink(wiring.kafka_producer(settings.kafka), topic, kafka=kafka)
     big = b"v" * (3 * 1024 * 1024)
     letter = DeadLetter(Record("src.public.t", 1, 77, b'{"id":9}', big), "decode:not_json", "x")
     result: dict[str, Any] = {}

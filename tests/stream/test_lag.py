@@ -26,8 +26,11 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
+from cdc_reconciler import wiring
 from cdc_reconciler.cli import app
-from cdc_reconciler.connectors.kafka_admin import KafkaAdmin, KafkaAdminError, client_config
+from cdc_reconciler.config import KafkaSettings
+from cdc_reconciler.connectors.kafka import KafkaEdgeError
+from cdc_reconciler.connectors.kafka.admin import KafkaAdmin
 from cdc_reconciler.stream.lag import LagMonitor, Status, TimeLagSource, collect
 from tests.conftest import Services
 
@@ -42,7 +45,7 @@ TIME_TOLERANCE_CLI_S = 5.0
 
 @pytest.fixture()
 def admin(services: Services) -> KafkaAdmin:
-    return KafkaAdmin(client_config(services.kafka_bootstrap))
+    return wiring.kafka_admin(KafkaSettings(bootstrap_servers=services.kafka_bootstrap))
 
 
 @pytest.fixture(autouse=True)
@@ -79,7 +82,7 @@ def _wait_for_leaders(admin: KafkaAdmin, topic: str, partitions: int) -> None:
             if admin.topic_partitions(f"^{re.escape(topic)}$").get(topic) == partitions:
                 admin.watermarks([(topic, p) for p in range(partitions)])
                 return
-        except KafkaAdminError:
+        except KafkaEdgeError:
             time.sleep(0.1)
     pytest.fail(f"topic {topic} has no leaders after 15 s")
 
@@ -282,8 +285,8 @@ def test_unknown_group_is_an_error(admin: KafkaAdmin, unique_name: Callable[[str
 
 
 def test_unreachable_broker_keeps_the_kafka_error_code() -> None:
-    dead = KafkaAdmin(client_config("127.0.0.1:1"), timeout_s=1)
-    with pytest.raises(KafkaAdminError) as info:
+    dead = wiring.kafka_admin(KafkaSettings(bootstrap_servers="127.0.0.1:1"), timeout_s=1)
+    with pytest.raises(KafkaEdgeError) as info:
         dead.describe_groups(["g"])
     assert info.value.code in (
         KafkaError._TIMED_OUT,

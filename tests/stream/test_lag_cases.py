@@ -23,7 +23,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from typer.testing import CliRunner
 
 from cdc_reconciler.cli import app
-from cdc_reconciler.connectors.kafka_admin import KafkaAdmin
+from cdc_reconciler.connectors.kafka.admin import KafkaAdmin
 from cdc_reconciler.stream.lag import LagMonitor, Reason, Status, collect
 from tests.conftest import Services
 from tests.stream import test_lag
