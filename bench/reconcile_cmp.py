@@ -13,16 +13,21 @@ import json
 import os
 import random
 import re
+import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from bench.common import Endpoints, drop_database, log, recreate_database
 
 TABLE = "bench_rc"
-DB = "bench_rc"
+# Both sides live in databases of their own, created and dropped by the run (the names can be
+# changed with BENCH_RC_DB so that two runs on one cluster do not collide).
+DB = os.environ.get("BENCH_RC_DB", "bench_rc")
+SRC_DB = DB + "_src"
 DDL = """id bigint primary key, a int not null, b numeric(12,2), c text, d timestamptz,
     e jsonb, f boolean, g date, h varchar(32), i bigint"""
 COLS = ["a", "b", "c", "d", "e", "f", "g", "h", "i"]
@@ -31,12 +36,13 @@ FILL = f"""insert into public.{TABLE} select g, (g * 17) % 100000, (g % 100000) 
     jsonb_build_object('k', g % 1000, 'v', 'x' || (g % 77)), g % 2 = 0,
     date '2020-01-01' + (g % 2000)::int, 'h' || (g % 9999), g * 31
     from generate_series(%s::bigint, %s::bigint) g""".replace(" % ", " %% ")
-REPEATS = 1  # per contender and case; the pair is big enough to dwarf jitter at 1M+
+REPEATS = 3  # per contender and case, interleaved; the median is reported with the spread
 
 
 def build_pair(ep: Endpoints, rows: int) -> None:
+    recreate_database(ep, SRC_DB)
     recreate_database(ep, DB)
-    for db in ("source", DB):
+    for db in (SRC_DB, DB):
         conn = ep.connect_pg(db)
         with conn.cursor() as cur:
             cur.execute(f"drop table if exists public.{TABLE}")
@@ -57,7 +63,7 @@ def plant(ep: Endpoints, rows: int, seed: int = 20261122) -> dict[str, list[int]
         "extra": sorted(keys[34:67]),
         "mismatched": sorted(keys[67:]),
     }
-    src = ep.connect_pg("source")
+    src = ep.connect_pg(SRC_DB)
     tgt = ep.connect_pg(DB)
     with src.cursor() as s, tgt.cursor() as t:
         t.execute(f"delete from public.{TABLE} where id = any(%s)", (planted["missing"],))
@@ -104,7 +110,7 @@ def run_cdcr(ep: Endpoints) -> dict[str, Any]:
         "-m",
         "bench.reconcile_cmp",
         "verify",
-        ep.sa_url("source"),
+        ep.sa_url(SRC_DB),
         ep.sa_url(DB),
         f"public.{TABLE}",
     ]
@@ -131,7 +137,7 @@ def reladiff_cmd(ep: Endpoints) -> list[str]:
     exe = str(Path(sys.executable).with_name("reladiff"))
     cmd = [
         exe,
-        ep.pg_url("source"),
+        ep.pg_url(SRC_DB),
         f"public.{TABLE}",
         ep.pg_url(DB),
         f"public.{TABLE}",
@@ -169,42 +175,121 @@ def exact(found: dict[str, list[int]] | None, planted: dict[str, list[int]]) -> 
     return bool(found) and all(found[k] == planted[k] for k in planted)  # type: ignore[index]
 
 
+def _scan_s(ep: Endpoints, db: str, select: str) -> float:
+    conn = ep.connect_pg(db)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET TimeZone = 'UTC'")
+            t0 = time.perf_counter()
+            cur.execute(f"SELECT {select} FROM public.{TABLE} t")
+            cur.fetchall()
+            return time.perf_counter() - t0
+    finally:
+        conn.close()
+
+
+def scan_ceiling(ep: Endpoints) -> dict[str, Any]:
+    """What one full scan costs: one side alone and both sides at once (two connections), with
+    cdcr's row hash and with the issue's reference ``sum(hashtext(t::text))``; median of 3."""
+    import sqlalchemy as sa
+
+    from cdc_reconciler.reconcile.checksum import describe_pair, row_hash_sql
+
+    source, target = sa.create_engine(ep.sa_url(SRC_DB)), sa.create_engine(ep.sa_url(DB))
+    with source.connect() as s, target.connect() as t:
+        pair = describe_pair(s, t, f"public.{TABLE}")
+    source.dispose()
+    target.dispose()
+    out: dict[str, Any] = {}
+    for name, select in (
+        ("cdcr_hash", f"count(*), bit_xor({row_hash_sql(pair.source)})"),
+        ("hashtext_row_text", "count(*), sum(hashtext(t::text))"),
+    ):
+        one = [_scan_s(ep, SRC_DB, select) for _ in range(REPEATS)]
+        both: list[float] = []
+        for _ in range(REPEATS):
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(2) as pool:
+                list(pool.map(_scan_s, (ep, ep), (SRC_DB, DB), (select, select)))
+            both.append(time.perf_counter() - t0)
+        out[name] = {"one_side": _spread(one), "both_sides": _spread(both)}
+        log(
+            f"reconcile ceiling {name}: one side {out[name]['one_side']}, both {out[name]['both_sides']}"
+        )
+    return out
+
+
+def _spread(xs: list[float]) -> dict[str, float]:
+    return {
+        "median": round(statistics.median(xs), 2),
+        "min": round(min(xs), 2),
+        "max": round(max(xs), 2),
+    }
+
+
+def _summary(runs: list[dict[str, Any]], planted: dict[str, list[int]]) -> dict[str, Any]:
+    """Median of the runs, with the spread, each run's time and the load before it."""
+    fastest: dict[str, Any] = min(runs, key=lambda r: float(r.get("seconds", 1e9)))
+    best = dict(fastest)
+    ok = [r for r in runs if "error" not in r]
+    best["exact"] = (
+        bool(ok) and len(ok) == len(runs) and all(exact(r.get("found"), planted) for r in runs)
+    )
+    if not best["exact"] and best.get("found"):
+        best["found_counts"] = {k: len(v) for k, v in best["found"].items()}
+    best.pop("found", None)
+    if ok:
+        secs = [r["seconds"] for r in ok]
+        best.update(seconds=round(statistics.median(secs), 2), spread=_spread(secs))
+    best["runs"] = [{"seconds": r.get("seconds"), "load1": r.get("load1")} for r in runs]
+    return best
+
+
 def run_reconcile(ep: Endpoints, rows: int, logs: Path) -> dict[str, Any]:
-    log(f"reconcile: building a {rows:,}-row pair (source.public.{TABLE} vs {DB}.public.{TABLE})")
+    log(f"reconcile: building a {rows:,}-row pair ({SRC_DB}.public.{TABLE} vs {DB}.public.{TABLE})")
     t0 = time.perf_counter()
     build_pair(ep, rows)
     out: dict[str, Any] = {
         "rows": rows,
+        "repeats": REPEATS,
         "build_s": round(time.perf_counter() - t0, 1),
         "reladiff_command": " ".join(reladiff_cmd(ep)).replace(ep.pg_password + "@", "***@"),
         "cdcr_command": "python -m bench.reconcile_cmp verify SRC TGT "
-        f"public.{TABLE}  (reconcile.diff.diff_table, "
-        "DiffOptions() defaults: threshold 256, factor<=256)",
+        f"public.{TABLE}  (reconcile.diff.diff_table, DiffOptions() defaults: one grouped "
+        "scan per side over up to 65,536 key buckets, leaves of at most 512 rows)",
     }
     try:
+        out["ceiling"] = scan_ceiling(ep)
         empty: dict[str, list[int]] = {"missing": [], "extra": [], "mismatched": []}
         for case, planted in (("in_sync", empty), ("diff100", None)):
             if planted is None:
                 planted = plant(ep, rows)
                 out["planted"] = planted
-            for name, fn in (("reladiff", run_reladiff), ("cdcr", run_cdcr)):
-                runs = [fn(ep) for _ in range(REPEATS)]
-                best = min(runs, key=lambda r: r.get("seconds", 1e9))
-                best["exact"] = exact(best.get("found"), planted) and "error" not in best
-                if not best["exact"] and best.get("found"):
-                    best["found_counts"] = {k: len(v) for k, v in best["found"].items()}
-                best.pop("found", None)
-                out.setdefault(case, {})[name] = best
-                log(f"reconcile {case}: {name} {best.get('seconds')}s exact={best['exact']}")
+            runs: dict[str, list[dict[str, Any]]] = {"reladiff": [], "cdcr": []}
+            for _ in range(REPEATS):  # interleaved, so both see the same machine
+                for name, fn in (("reladiff", run_reladiff), ("cdcr", run_cdcr)):
+                    load1 = os.getloadavg()[0]
+                    runs[name].append({**fn(ep), "load1": round(load1, 2)})
+            for name, rs in runs.items():
+                out.setdefault(case, {})[name] = _summary(rs, planted)
+                log(
+                    f"reconcile {case}: {name} {out[case][name].get('spread')} exact={out[case][name]['exact']}"
+                )
+        both = out["ceiling"]["cdcr_hash"]["both_sides"]["median"]
         for case in ("in_sync", "diff100"):
             c = out[case]
             if c["cdcr"].get("seconds") and c["reladiff"].get("seconds"):
                 c["cdcr_over_reladiff"] = round(c["cdcr"]["seconds"] / c["reladiff"]["seconds"], 3)
+                ratios = [
+                    a["seconds"] / b["seconds"]
+                    for a, b in zip(c["cdcr"]["runs"], c["reladiff"]["runs"], strict=True)
+                    if a.get("seconds") and b.get("seconds")
+                ]
+                if ratios:
+                    c["ratio_spread"] = _spread(ratios)
+                c["cdcr_over_scan_ceiling"] = round(c["cdcr"]["seconds"] / both, 2)
     finally:
-        conn = ep.connect_pg("source")
-        with conn.cursor() as cur:
-            cur.execute(f"drop table if exists public.{TABLE}")
-        conn.close()
+        drop_database(ep, SRC_DB)
         drop_database(ep, DB)
     return out
 

@@ -1,134 +1,47 @@
-"""Count and checksum of a segment, computed inside each database; row reads for the leaves.
+"""Which rows and columns of a table pair are reconciled (describe_pair), over the SQL of
+``cdc_reconciler.connectors.postgres.checksum`` (re-exported here for the reconcile modules).
 
-Rows are normalized so that equal values hash equally across source and target:
-
-- the ``_cdc_*`` columns of the target are never compared;
-- ``numeric`` loses trailing zeros of its scale (``trim_scale``), so ``1.50`` == ``1.5``;
-- ``json`` is read as ``jsonb`` (key order and whitespace do not matter);
-- ``timetz`` is compared as an instant (at UTC): Debezium cannot carry its offset;
-- every query runs with ``TimeZone=UTC`` and fixed output styles, so ``timestamptz``, dates,
-  intervals, floats and ``bytea`` have one text form;
-- TOAST is invisible at this level (values are read whole inside the database).
-
-The row hash is ``hashtextextended(ROW(<normalized columns>)::text, 0)`` (64 bits); a segment's
-checksum is the ``bit_xor`` of its row hashes, next to ``count(*)``. Rows are unique by primary
-key, so xor cannot cancel equal rows; both aggregates are parallel-safe, so PostgreSQL may scan
-with parallel workers.
+What is compared and how values are normalized and hashed is described in that module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 
+from cdc_reconciler.connectors.postgres import catalog
+from cdc_reconciler.connectors.postgres import checksum as pg
+from cdc_reconciler.connectors.postgres.checksum import Normalized as Normalized
+from cdc_reconciler.connectors.postgres.checksum import SegmentStats as SegmentStats
+from cdc_reconciler.connectors.postgres.checksum import Side as Side
+from cdc_reconciler.connectors.postgres.checksum import TablePair as TablePair
+from cdc_reconciler.connectors.postgres.checksum import _keys_condition as _keys_condition
+from cdc_reconciler.connectors.postgres.checksum import bucket_stats as bucket_stats
+from cdc_reconciler.connectors.postgres.checksum import fetch_json_by_keys as fetch_json_by_keys
+from cdc_reconciler.connectors.postgres.checksum import fetch_normalized as fetch_normalized
+from cdc_reconciler.connectors.postgres.checksum import (
+    fetch_normalized_by_keys as fetch_normalized_by_keys,
+)
+from cdc_reconciler.connectors.postgres.checksum import (
+    fetch_normalized_many as fetch_normalized_many,
+)
+from cdc_reconciler.connectors.postgres.checksum import fetch_raw_by_keys as fetch_raw_by_keys
+from cdc_reconciler.connectors.postgres.checksum import fetch_text_by_keys as fetch_text_by_keys
+from cdc_reconciler.connectors.postgres.checksum import (
+    integer_bucket_stats as integer_bucket_stats,
+)
+from cdc_reconciler.connectors.postgres.checksum import key_bounds as key_bounds
+from cdc_reconciler.connectors.postgres.checksum import native_hash_columns
+from cdc_reconciler.connectors.postgres.checksum import quantile_keys as quantile_keys
+from cdc_reconciler.connectors.postgres.checksum import row_hash_sql as row_hash_sql
+from cdc_reconciler.connectors.postgres.checksum import segment_stats as segment_stats
+from cdc_reconciler.connectors.postgres.checksum import segment_where as segment_where
+from cdc_reconciler.connectors.postgres.checksum import stable_output as stable_output
+from cdc_reconciler.connectors.postgres.sql import quote_ident as quote_ident
 from cdc_reconciler.errors import CdcrError
-from cdc_reconciler.reconcile.segments import Key, Segment
 
 CDC_COLUMN_PREFIX = "_cdc_"
-
-# Session settings that fix every type's text output, set per transaction (SET LOCAL).
-_STABLE_OUTPUT = (
-    "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; "
-    "SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 1; "
-    "SET LOCAL bytea_output = 'hex'"
-)
-_TEXT_LIKE = ("text", "character varying", "character", "citext", "name")
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-@dataclass(frozen=True, slots=True)
-class Side:
-    """One database's view of a reconciled table: what is compared and how it is typed."""
-
-    schema: str
-    name: str
-    key_columns: tuple[str, ...]
-    columns: tuple[str, ...]  # compared columns, in compare order (keys included)
-    types: Mapping[str, str] = field(hash=False)  # column -> format_type()
-    change_time_column: str | None = None
-
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.name}"
-
-    @property
-    def sql_name(self) -> str:
-        return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
-
-
-@dataclass(frozen=True, slots=True)
-class TablePair:
-    """A source table and its target table. ``name`` is the source ``<schema>.<table>``."""
-
-    name: str
-    source: Side
-    target: Side
-
-    @property
-    def key_columns(self) -> tuple[str, ...]:
-        return self.source.key_columns
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return self.source.columns
-
-    @property
-    def windowed(self) -> bool:
-        return self.source.change_time_column is not None
-
-    def integer_key(self) -> bool:
-        return len(self.key_columns) == 1 and self.source.types[self.key_columns[0]] in (
-            "smallint",
-            "integer",
-            "bigint",
-        )
-
-    def text_key(self) -> bool:
-        return any(self.source.types[k].startswith(_TEXT_LIKE) for k in self.key_columns)
-
-
-@dataclass(frozen=True, slots=True)
-class SegmentStats:
-    count: int
-    checksum: int
-    min_key: Key | None = None
-    max_key: Key | None = None
-
-    def same_content(self, other: SegmentStats) -> bool:
-        return self.count == other.count and self.checksum == other.checksum
-
-
-def _columns(conn: sa.Connection, schema: str, name: str) -> dict[str, str]:
-    rows = conn.execute(
-        sa.text(
-            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-            "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = :s AND c.relname = :t AND a.attnum > 0 AND NOT a.attisdropped "
-            "ORDER BY a.attnum"
-        ),
-        {"s": schema, "t": name},
-    ).all()
-    return {r[0]: r[1] for r in rows}
-
-
-def _primary_key(conn: sa.Connection, schema: str, name: str) -> tuple[str, ...]:
-    rows = conn.execute(
-        sa.text(
-            "SELECT a.attname FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true "
-            "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum "
-            "WHERE n.nspname = :s AND c.relname = :t AND i.indisprimary ORDER BY k.ord"
-        ),
-        {"s": schema, "t": name},
-    ).all()
-    return tuple(r[0] for r in rows)
 
 
 def split_name(qualified: str) -> tuple[str, str]:
@@ -154,13 +67,13 @@ def describe_pair(
     or the change-time column is missing, or when text keys would order differently."""
     s_schema, s_name = split_name(source_table)
     t_schema, t_name = split_name(target_table or source_table)
-    s_types = _columns(source, s_schema, s_name)
-    t_types = _columns(target, t_schema, t_name)
+    s_types = catalog.column_types(source, s_schema, s_name)
+    t_types = catalog.column_types(target, t_schema, t_name)
     if not s_types:
         raise CdcrError(f"source table {source_table} not found")
     if not t_types:
         raise CdcrError(f"target table {t_schema}.{t_name} not found")
-    keys = tuple(key_columns or _primary_key(source, s_schema, s_name))
+    keys = tuple(key_columns or catalog.primary_key(source, s_schema, s_name))
     if not keys:
         raise CdcrError(f"{source_table} has no primary key: configure tables[...].key_columns")
     wanted = [c for c in s_types if not c.startswith(CDC_COLUMN_PREFIX)]
@@ -172,264 +85,20 @@ def describe_pair(
             raise CdcrError(f"key column {k!r} of {source_table} missing on one side")
     if change_time_column and change_time_column not in cols:
         raise CdcrError(f"change-time column {change_time_column!r} of {source_table} missing")
+    native = native_hash_columns(cols, s_types, t_types)
     pair = TablePair(
         name=source_table,
         source=Side(
-            s_schema, s_name, keys, cols, {c: s_types[c] for c in cols}, change_time_column
+            s_schema, s_name, keys, cols, {c: s_types[c] for c in cols}, change_time_column, native
         ),
         target=Side(
-            t_schema, t_name, keys, cols, {c: t_types[c] for c in cols}, change_time_column
+            t_schema, t_name, keys, cols, {c: t_types[c] for c in cols}, change_time_column, native
         ),
     )
     if pair.text_key():
-        q = sa.text("SELECT datcollate FROM pg_database WHERE datname = current_database()")
-        if source.execute(q).scalar() != target.execute(q).scalar():
+        if pg.database_collation(source) != pg.database_collation(target):
             raise CdcrError(
                 f"{source_table}: text keys but source and target databases use "
                 "different collations, so key ranges would not match"
             )
     return pair
-
-
-# --- SQL building -------------------------------------------------------------------------
-
-
-def _norm(side: Side, col: str) -> str:
-    typ = side.types[col]
-    q = quote_ident(col)
-    if typ.startswith("numeric"):
-        return f"trim_scale({q})"
-    if typ == "json":
-        return f"{q}::jsonb"
-    if (
-        typ.startswith("time")
-        and typ.endswith("with time zone")
-        and not typ.startswith("timestamp")
-    ):
-        # Debezium carries timetz converted to UTC (the offset is lost in every mode), so both
-        # sides compare the instant: 18:34:31+03:30 == 15:04:31+00.
-        return f"({q} AT TIME ZONE 'UTC')"
-    return q
-
-
-def row_hash_sql(side: Side) -> str:
-    return "hashtextextended(ROW(" + ", ".join(_norm(side, c) for c in side.columns) + ")::text, 0)"
-
-
-def _key_expr(side: Side) -> str:
-    cols = ", ".join(quote_ident(k) for k in side.key_columns)
-    return cols if len(side.key_columns) == 1 else f"ROW({cols})"
-
-
-def _key_literal(side: Side, prefix: str, key: Key, params: dict[str, Any]) -> str:
-    parts = []
-    for i, (k, v) in enumerate(zip(side.key_columns, key, strict=True)):
-        name = f"{prefix}_{i}"
-        params[name] = v
-        parts.append(f"CAST(:{name} AS {side.types[k]})")
-    return parts[0] if len(parts) == 1 else "ROW(" + ", ".join(parts) + ")"
-
-
-def segment_where(side: Side, seg: Segment, params: dict[str, Any]) -> str:
-    """The WHERE condition selecting ``seg``'s rows on ``side``; fills ``params``."""
-    conds = ["TRUE"]
-    key = _key_expr(side)
-    if seg.lo is not None:
-        conds.append(f"{key} >= {_key_literal(side, 'lo', seg.lo, params)}")
-    if seg.hi is not None:
-        conds.append(f"{key} < {_key_literal(side, 'hi', seg.hi, params)}")
-    if seg.window is not None and side.change_time_column is not None:
-        ct = quote_ident(side.change_time_column)
-        if seg.window.start is not None:
-            params["w_start"] = seg.window.start
-            conds.append(f"{ct} >= :w_start")
-        params["w_end"] = seg.window.end
-        conds.append(f"{ct} < :w_end")
-    return " AND ".join(conds)
-
-
-def stable_output(conn: sa.Connection) -> None:
-    """Fix every type's text output for the rest of the current transaction."""
-    conn.exec_driver_sql(_STABLE_OUTPUT)
-
-
-_stable = stable_output
-
-
-# --- queries -----------------------------------------------------------------------------
-
-
-def segment_stats(
-    conn: sa.Connection,
-    side: Side,
-    seg: Segment,
-    *,
-    with_bounds: bool = False,
-) -> SegmentStats:
-    """Count and checksum of ``seg`` on ``side`` in one scan; with ``with_bounds`` (single-column
-    keys only) also the smallest and largest key. Runs in the connection's transaction."""
-    _stable(conn)
-    params: dict[str, Any] = {}
-    extra = ""
-    if with_bounds:
-        k = quote_ident(side.key_columns[0])
-        extra = f", min({k}), max({k})"
-    row = conn.execute(
-        sa.text(
-            f"SELECT count(*), coalesce(bit_xor({row_hash_sql(side)}), 0){extra} "
-            f"FROM {side.sql_name} WHERE {segment_where(side, seg, params)}"
-        ),
-        params,
-    ).one()
-    if with_bounds:
-        lo = None if row[2] is None else (row[2],)
-        hi = None if row[3] is None else (row[3],)
-        return SegmentStats(int(row[0]), int(row[1]), lo, hi)
-    return SegmentStats(int(row[0]), int(row[1]))
-
-
-def bucket_stats(
-    conn: sa.Connection,
-    side: Side,
-    seg: Segment,
-    points: Sequence[Key],
-) -> list[SegmentStats]:
-    """Count and checksum of each child of ``seg.split_at(points)`` in one scan of ``seg``
-    (``width_bucket`` over the cut points, a binary search per row)."""
-    children = seg.split_at(points)
-    inner = [c.lo for c in children[1:]]
-    if not inner:
-        return [segment_stats(conn, side, seg)]
-    _stable(conn)
-    params: dict[str, Any] = {}
-    arr = ", ".join(
-        _key_literal(side, f"p{i}", p, params) for i, p in enumerate(inner) if p is not None
-    )
-    rows = conn.execute(
-        sa.text(
-            f"SELECT width_bucket({_key_expr(side)}, ARRAY[{arr}]), count(*), "
-            f"coalesce(bit_xor({row_hash_sql(side)}), 0) FROM {side.sql_name} "
-            f"WHERE {segment_where(side, seg, params)} GROUP BY 1"
-        ),
-        params,
-    ).all()
-    stats = [SegmentStats(0, 0)] * len(children)
-    for b, n, h in rows:
-        stats[int(b)] = SegmentStats(int(n), int(h))
-    return stats
-
-
-def quantile_keys(conn: sa.Connection, side: Side, seg: Segment, step: int) -> list[Key]:
-    """Every ``step``-th key of ``seg`` on ``side`` in key order: cut points for keys that
-    cannot be split arithmetically (text, composite)."""
-    params: dict[str, Any] = {"step": step}
-    cols = ", ".join(quote_ident(k) for k in side.key_columns)
-    rows = conn.execute(
-        sa.text(
-            f"SELECT {cols} FROM (SELECT {cols}, row_number() OVER (ORDER BY {cols}) AS rn "
-            f"FROM {side.sql_name} WHERE {segment_where(side, seg, params)}) q "
-            f"WHERE rn % :step = 0 ORDER BY {cols}"
-        ),
-        params,
-    ).all()
-    return [tuple(r) for r in rows]
-
-
-Normalized = tuple[str | None, ...]
-
-
-def fetch_normalized(conn: sa.Connection, side: Side, seg: Segment) -> dict[Key, Normalized]:
-    """The rows of ``seg``: key -> normalized text of every compared column."""
-    _stable(conn)
-    params: dict[str, Any] = {}
-    keys = ", ".join(quote_ident(k) for k in side.key_columns)
-    vals = ", ".join(f"({_norm(side, c)})::text" for c in side.columns)
-    rows = conn.execute(
-        sa.text(
-            f"SELECT {keys}, {vals} FROM {side.sql_name} WHERE {segment_where(side, seg, params)}"
-        ),
-        params,
-    ).all()
-    n = len(side.key_columns)
-    return {tuple(r[:n]): tuple(r[n:]) for r in rows}
-
-
-def _keys_condition(side: Side, keys: Sequence[Key], params: dict[str, Any]) -> str:
-    lits = ", ".join(_key_literal(side, f"k{i}", k, params) for i, k in enumerate(keys))
-    return f"{_key_expr(side)} IN ({lits})"
-
-
-def _rows_by_keys(
-    conn: sa.Connection, side: Side, keys: Iterable[Key], select: str, alias: str = ""
-) -> Iterator[sa.Row[Any]]:
-    """``SELECT {select} FROM side [alias] WHERE key IN (…)``, 500 keys per statement."""
-    for chunk in _chunks(list(keys), 500):
-        params: dict[str, Any] = {}
-        yield from conn.execute(
-            sa.text(
-                f"SELECT {select} FROM {side.sql_name} {alias} "
-                f"WHERE {_keys_condition(side, chunk, params)}"
-            ),
-            params,
-        )
-
-
-def fetch_normalized_by_keys(
-    conn: sa.Connection,
-    side: Side,
-    keys: Iterable[Key],
-) -> dict[Key, Normalized]:
-    """Like fetch_normalized, for the given keys regardless of any window."""
-    _stable(conn)
-    n = len(side.key_columns)
-    cols = ", ".join(quote_ident(k) for k in side.key_columns)
-    vals = ", ".join(f"({_norm(side, c)})::text" for c in side.columns)
-    return {tuple(r[:n]): tuple(r[n:]) for r in _rows_by_keys(conn, side, keys, f"{cols}, {vals}")}
-
-
-def fetch_raw_by_keys(
-    conn: sa.Connection, side: Side, keys: Iterable[Key], columns: Sequence[str] | None = None
-) -> dict[Key, dict[str, Any]]:
-    """Rows by key as Python values (for repair writes): key -> {column: value}."""
-    sel = ", ".join(quote_ident(c) for c in tuple(columns or side.columns))
-    out: dict[Key, dict[str, Any]] = {}
-    for r in _rows_by_keys(conn, side, keys, sel):
-        row = dict(r._mapping)
-        out[tuple(row[k] for k in side.key_columns)] = row
-    return out
-
-
-def fetch_text_by_keys(
-    conn: sa.Connection, side: Side, keys: Iterable[Key]
-) -> dict[Key, dict[str, Any]]:
-    """Rows by key for repair writes: key -> {column: the value's text, or None}. Text, read with
-    the fixed output styles (UTC, ISO dates, postgres intervals, shortest exact floats, hex bytea),
-    is what COPY reads back into the same type exactly; Python values would not round-trip (an
-    interval's months became 30 days, an hstore a dict COPY cannot read). The map's keys are the
-    key columns' Python values, as the diff reports them."""
-    stable_output(conn)
-    n = len(side.key_columns)
-    keys_sel = ", ".join(quote_ident(k) for k in side.key_columns)
-    text_sel = ", ".join(f"({quote_ident(c)})::text" for c in side.columns)
-    out: dict[Key, dict[str, Any]] = {}
-    for r in _rows_by_keys(conn, side, keys, f"{keys_sel}, {text_sel}"):
-        out[tuple(r[:n])] = dict(zip(side.columns, r[n:], strict=True))
-    return out
-
-
-def fetch_json_by_keys(
-    conn: sa.Connection,
-    side: Side,
-    keys: Iterable[Key],
-) -> dict[Key, str]:
-    """Whole rows by key as JSON text (``to_jsonb``), ``_cdc_*`` included: for archives. Text,
-    not parsed, because positions exceed 64 bits."""
-    n = len(side.key_columns)
-    cols = ", ".join(quote_ident(k) for k in side.key_columns)
-    rows = _rows_by_keys(conn, side, keys, f"{cols}, to_jsonb(t)::text", alias="t")
-    return {tuple(r[:n]): r[n] for r in rows}
-
-
-def _chunks(items: list[Key], size: int) -> Iterable[list[Key]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]

@@ -25,7 +25,7 @@ import math
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -58,6 +58,8 @@ class Difference:
 class DiffOptions:
     threshold: int = 512  # download rows once a differing segment holds at most this many
     max_factor: int = 2048  # most children per split (bench: 512/2048 beat 256/256 on 1M rows)
+    # Integer keys: buckets of the first grouped scan (at most; at least threshold/4 keys each).
+    first_buckets: int = 65536
 
 
 @dataclass(slots=True)
@@ -110,6 +112,7 @@ class _Differ:
         self.src, self.tgt, self.pair, self.opt, self.pool = src, tgt, pair, options, pool
         self.stats = DiffStats()
         self.found: list[Difference] = []
+        self.leaves: list[Segment] = []  # differing segments small enough to download
 
     def both(self, fn: Callable[..., T], *args: Any, **kw: Any) -> tuple[T, T]:
         fs = self.pool.submit(fn, self.src, self.pair.source, *args, **kw)
@@ -117,25 +120,49 @@ class _Differ:
         return fs.result(), ft
 
     def run(self, seg: Segment) -> None:
-        bounds = self.pair.integer_key()
-        s, t = self.both(ck.segment_stats, seg, with_bounds=bounds)
+        if self.pair.integer_key():
+            self.run_buckets(seg)
+            return
+        s, t = self.both(ck.segment_stats, seg)
         self.stats.source_rows, self.stats.target_rows = s.count, t.count
         self.stats.segments_compared += 1
-        if s.same_content(t):
+        if not s.same_content(t):
+            self.refine(seg, s, t, None)
+
+    def run_buckets(self, seg: Segment) -> None:
+        """Integer keys: the key range from the index (no scan), then ONE grouped scan per side
+        checksums up to ``first_buckets`` equal-width buckets at once; only differing buckets
+        are refined (most are already leaves). An in-sync table costs one scan per side."""
+        bounds = [b for b in self.both(ck.key_bounds, seg) if b is not None]
+        if not bounds:
+            self.stats.segments_compared += 1
             return
-        rng: tuple[int, int] | None = None
-        if bounds:
-            lows = [b[0] for b in (s.min_key, t.min_key) if b is not None]
-            highs = [b[0] for b in (s.max_key, t.max_key) if b is not None]
-            rng = (min(lows), max(highs) + 1)
-        self.refine(seg, s, t, rng)
+        lo, hi = min(b[0] for b in bounds), max(b[1] for b in bounds) + 1
+        width = max(-(-(hi - lo) // self.opt.first_buckets), max(1, self.opt.threshold // 4))
+        sb, tb = self.both(ck.integer_bucket_stats, seg, lo, width)
+        self.stats.source_rows = sum(x.count for x in sb.values())
+        self.stats.target_rows = sum(x.count for x in tb.values())
+        self.stats.segments_compared += len(sb.keys() | tb.keys())
+        empty = SegmentStats(0, 0)
+        for i in sorted(sb.keys() | tb.keys()):
+            a, b = sb.get(i, empty), tb.get(i, empty)
+            if a.same_content(b):
+                continue
+            clo, chi = lo + i * width, min(hi, lo + (i + 1) * width)
+            # The first and last buckets keep the segment's own open bounds.
+            child = replace(
+                seg,
+                lo=seg.lo if i == 0 else (clo,),
+                hi=seg.hi if chi >= hi else (chi,),
+            )
+            self.refine(child, a, b, (clo, chi))
 
     def refine(
         self, seg: Segment, s: SegmentStats, t: SegmentStats, rng: tuple[int, int] | None
     ) -> None:
         n = max(s.count, t.count)
         if n <= self.opt.threshold:
-            self.leaf(seg)
+            self.leaves.append(seg)
             return
         parts = max(2, min(self.opt.max_factor, math.ceil(n / self.opt.threshold)))
         if rng is not None:
@@ -147,7 +174,7 @@ class _Differ:
             points = ck.quantile_keys(conn, side, seg, math.ceil(n / parts))
         children = seg.split_at(points)
         if len(children) < 2:
-            self.leaf(seg)
+            self.leaves.append(seg)
             return
         cs, ct = self.both(ck.bucket_stats, seg, points)
         self.stats.segments_compared += len(children)
@@ -161,8 +188,13 @@ class _Differ:
                 sub = (lo, hi)
             self.refine(child, a, b, sub)
 
-    def leaf(self, seg: Segment) -> None:
-        src_rows, tgt_rows = self.both(ck.fetch_normalized, seg)
+    def fetch_leaves(self, window: Window | None) -> None:
+        """Download the rows of every pending leaf (one statement per side per 256 leaves; the
+        leaves are disjoint key ranges of one window) and classify the differences."""
+        if not self.leaves:
+            return
+        src_rows, tgt_rows = self.both(ck.fetch_normalized_many, self.leaves)
+        self.leaves = []
         self.stats.rows_downloaded += len(src_rows) + len(tgt_rows)
         only_src: list[Key] = []
         only_tgt: list[Key] = []
@@ -173,7 +205,7 @@ class _Differ:
             elif trow != srow:
                 self.found.append(self.mismatch(key, srow, trow))
         only_tgt = [k for k in tgt_rows if k not in src_rows]
-        if seg.window is None:
+        if window is None:
             self.found += [
                 Difference(Kind.MISSING, k, source_row=self.named(src_rows[k])) for k in only_src
             ]
@@ -181,7 +213,7 @@ class _Differ:
                 Difference(Kind.EXTRA, k, target_row=self.named(tgt_rows[k])) for k in only_tgt
             ]
             return
-        self.resolve_window(seg.window, only_src, only_tgt, src_rows, tgt_rows)
+        self.resolve_window(window, only_src, only_tgt, src_rows, tgt_rows)
 
     def resolve_window(
         self,
@@ -250,6 +282,7 @@ def diff_segment(
     ):
         d = _Differ(src, tgt, pair, options or DiffOptions(), pool)
         d.run(seg)
+        d.fetch_leaves(seg.window)
     found = sorted(d.found, key=lambda x: (x.kind.value, repr(x.key)))
     return DiffResult(tuple(found), d.stats)
 

@@ -10,5 +10,7 @@ database (the target, and the source when tables are mirrored or reconciled).
 - :mod:`.statements`: the SQL of the versioned writes, built once per table and column set;
 - :mod:`.write`: :func:`~.write.write_batch`, :func:`~.write.write_keyless`,
   :func:`~.write.truncate_table`: the versioned, set-based writes;
-- :mod:`.partitions`: partitions of time-partitioned targets.
+- :mod:`.partitions`: partitions of time-partitioned targets;
+- :mod:`.checksum`: reconcile's SQL: segment counts and row-hash checksums (grouped by key
+  bucket), key quantiles, and the row reads of the leaves and repairs.
 """
