@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from cdc_reconciler.config import Settings, require_driver
+from cdc_reconciler.config import DatabaseSettings, Settings, require_driver
 from cdc_reconciler.stream.lag import (
     AppliedOffset,
     LagMonitor,
@@ -65,7 +65,7 @@ class LagSession:
         target_url = settings.target.url.get_secret_value()
         if target_url:
             require_driver()  # a missing psycopg2 is a FAILED line, as for every command
-        self.applied = AppliedOffsetsReader(target_url)
+        self.applied = AppliedOffsetsReader(target_url, settings.target)
 
     def __enter__(self) -> LagSession:
         return self
@@ -98,8 +98,9 @@ class AppliedOffsetsReader:
     _EXISTS = "select to_regclass('cdcr.applied_offsets') is not null"
     _MISSING = "table cdcr.applied_offsets does not exist (run cdcr migrate)"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, db: DatabaseSettings | None = None) -> None:
         self._url = url
+        self._db = db  # the connection settings for the SQLAlchemy path (wiring.engine_for)
         self._engine: sa.Engine | None = None
         self._conn: Any = None
         self._libpq_refused = False  # the URL has options only SQLAlchemy understands
@@ -140,18 +141,31 @@ class AppliedOffsetsReader:
 
     def _read_sqlalchemy(self, groups: Sequence[str]) -> list[Any] | str:
         import sqlalchemy as sa
+        from pydantic import SecretStr
 
-        from cdc_reconciler.config import engine_url
+        from cdc_reconciler import wiring
+        from cdc_reconciler.config import DatabaseSettings
         from cdc_reconciler.errors import ConfigError
+        from cdc_reconciler.store import offsets
 
         try:
             if self._engine is None:
-                self._engine = sa.create_engine(engine_url(self._url), pool_pre_ping=True)
+                db = self._db or DatabaseSettings(url=SecretStr(self._url))
+                self._engine = wiring.engine_for(db, "target")
             with self._engine.connect() as conn:
-                if not conn.execute(sa.text(self._EXISTS)).scalar():
+                if not offsets.exists(conn):
                     return self._MISSING
-                query = sa.text(self._QUERY.replace("%(groups)s", ":groups"))
-                return list(conn.execute(query, {"groups": list(groups)}).all())
+                return [
+                    (
+                        o.consumer_group,
+                        o.topic,
+                        o.partition,
+                        o.next_offset,
+                        o.last_event_time,
+                        o.updated_at,
+                    )
+                    for o in offsets.for_groups(conn, groups)
+                ]
         except ConfigError as exc:
             return f"target database URL: {exc}"
         except sa.exc.SQLAlchemyError as exc:
