@@ -15,6 +15,7 @@ Debezium PostgreSQL connector to check.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -131,72 +132,141 @@ def captured(config: dict[str, str], table: str) -> bool:
     return True
 
 
+# One rule: when it applies to a column under the settings ``s`` (defaults filled in), what is
+# lost, and the connector option that avoids it (None when no setting does).
+_When = Callable[[DatabaseColumn, dict[str, str]], bool]
+
+
+@dataclass(frozen=True)
+class _Rule:
+    when: _When
+    problem: str
+    fix: str | None
+
+
+def _precise_numeric(c: DatabaseColumn, s: dict[str, str]) -> bool:
+    return c.base == "numeric" and s["decimal.handling.mode"] == "precise"
+
+
+def _unconstrained(c: DatabaseColumn) -> bool:
+    return c.typmod < 0
+
+
+def _cut_to_millis(c: DatabaseColumn, s: dict[str, str]) -> bool:
+    precision = c.typmod if c.typmod >= 0 else 6
+    return (
+        c.base in ("time", "timestamp", "timestamptz")
+        and s["time.precision.mode"] == "connect"
+        and precision > 3
+    )
+
+
+def _unknown_to_debezium(c: DatabaseColumn, s: dict[str, str]) -> bool:
+    unknown = (
+        c.base in _UNKNOWN_TO_DEBEZIUM
+        or c.typtype in ("c", "m")
+        or (c.typtype in ("b", "r") and not c.builtin and c.base not in _KNOWN_USER_TYPES)
+    )
+    return unknown and s["include.unknown.datatypes"] != "true"
+
+
+_DECODED_TIME_MODES = ("adaptive", "adaptive_time_microseconds", "connect", "microseconds")
+_TIME_TYPES = ("date", "time", "timetz", "timestamp", "timestamptz")
+_TO_STRING = "decimal.handling.mode=string"
+
+# The rules, in the order their findings are listed.
+_RULES: tuple[_Rule, ...] = (
+    _Rule(
+        lambda c, s: c.is_array and c.dims >= 2,
+        "multi-dimensional arrays arrive flattened, their elements NULL",
+        None,
+    ),
+    _Rule(
+        lambda c, s: c.base == "numeric" and c.is_array,
+        "an array holding NaN or ±Infinity arrives as NULL",
+        None,
+    ),
+    _Rule(
+        lambda c, s: c.base in ("numeric", "money") and s["decimal.handling.mode"] == "double",
+        "values are rounded through a double",
+        _TO_STRING,
+    ),
+    _Rule(
+        lambda c, s: _precise_numeric(c, s) and not _unconstrained(c),
+        "NaN arrives as NULL",
+        _TO_STRING,
+    ),
+    _Rule(
+        lambda c, s: _precise_numeric(c, s) and _unconstrained(c) and c.is_array,
+        "NaN and ±Infinity arrive as NULL",
+        _TO_STRING,
+    ),
+    _Rule(
+        lambda c, s: _precise_numeric(c, s) and _unconstrained(c) and not c.is_array,
+        "NaN and ±Infinity arrive as NULL; trailing zeros are dropped (1.50 arrives as 1.5)",
+        _TO_STRING,
+    ),
+    _Rule(
+        lambda c, s: c.base == "interval" and s["interval.handling.mode"] != "string",
+        "months become 30.4375 days and microseconds can be off by one "
+        "(io.debezium.time.MicroDuration)",
+        "interval.handling.mode=string",
+    ),
+    _Rule(
+        _cut_to_millis,
+        "fractions of a millisecond are cut",
+        "time.precision.mode=adaptive_time_microseconds",
+    ),
+    _Rule(
+        lambda c, s: c.base == "timetz",
+        "arrives converted to UTC: the offset is lost (the instant is kept)",
+        None,
+    ),
+    _Rule(
+        lambda c, s: c.base == "varbit",
+        "leading zero bits are lost (B'0101' arrives as 101)",
+        None,
+    ),
+    _Rule(
+        lambda c, s: c.base == "bytea" and s["binary.handling.mode"] != "bytes",
+        "arrives as text cdcr does not decode",
+        "binary.handling.mode=bytes",
+    ),
+    _Rule(
+        lambda c, s: c.base == "hstore" and s["hstore.handling.mode"] not in ("json", "map"),
+        "unknown hstore.handling.mode",
+        "hstore.handling.mode=json",
+    ),
+    _Rule(
+        lambda c, s: c.is_array and c.typtype == "e",
+        "an array with a NULL element arrives as NULL",
+        None,
+    ),
+    _Rule(
+        _unknown_to_debezium,
+        "Debezium leaves the column out of its events: the target keeps NULL",
+        "include.unknown.datatypes=true",
+    ),
+)
+
+
 def column_findings(col: DatabaseColumn, s: dict[str, str]) -> list[Finding]:
     """The rules: what the settings ``s`` (defaults filled in) lose for one column."""
-    out: list[Finding] = []
-
-    def add(problem: str, fix: str | None) -> None:
-        out.append(Finding(col.table, col.name, col.type, problem, fix))
-
-    dec = s["decimal.handling.mode"]
-    base = col.base
-    if col.is_array and col.dims >= 2:
-        add("multi-dimensional arrays arrive flattened, their elements NULL", None)
-    if base == "numeric":
-        unconstrained = col.typmod < 0
-        if col.is_array:
-            add("an array holding NaN or ±Infinity arrives as NULL", None)
-        if dec == "double":
-            add("values are rounded through a double", "decimal.handling.mode=string")
-        elif dec == "precise":
-            what = "NaN and ±Infinity arrive as NULL" if unconstrained else "NaN arrives as NULL"
-            if unconstrained and not col.is_array:
-                what += "; trailing zeros are dropped (1.50 arrives as 1.5)"
-            add(what, "decimal.handling.mode=string")
-    elif base == "money" and dec == "double":
-        add("values are rounded through a double", "decimal.handling.mode=string")
-    elif base == "interval" and s["interval.handling.mode"] != "string":
-        add(
-            "months become 30.4375 days and microseconds can be off by one "
-            "(io.debezium.time.MicroDuration)",
-            "interval.handling.mode=string",
-        )
-    elif base in ("time", "timestamp", "timestamptz") and s["time.precision.mode"] == "connect":
-        precision = col.typmod if col.typmod >= 0 else 6
-        if precision > 3:
-            add(
-                "fractions of a millisecond are cut",
+    out = [
+        Finding(col.table, col.name, col.type, rule.problem, rule.fix)
+        for rule in _RULES
+        if rule.when(col, s)
+    ]
+    mode = s["time.precision.mode"]
+    if mode not in _DECODED_TIME_MODES and col.base in _TIME_TYPES:
+        out.append(
+            Finding(
+                col.table,
+                col.name,
+                col.type,
+                f"time.precision.mode={mode} is not decoded by cdcr",
                 "time.precision.mode=adaptive_time_microseconds",
             )
-    elif base == "timetz":
-        add("arrives converted to UTC: the offset is lost (the instant is kept)", None)
-    elif base == "varbit":
-        add("leading zero bits are lost (B'0101' arrives as 101)", None)
-    elif base == "bytea" and s["binary.handling.mode"] != "bytes":
-        add("arrives as text cdcr does not decode", "binary.handling.mode=bytes")
-    elif base == "hstore" and s["hstore.handling.mode"] not in ("json", "map"):
-        add("unknown hstore.handling.mode", "hstore.handling.mode=json")
-    if col.is_array and col.typtype == "e":
-        add("an array with a NULL element arrives as NULL", None)
-    unknown = (
-        base in _UNKNOWN_TO_DEBEZIUM
-        or col.typtype in ("c", "m")
-        or (col.typtype in ("b", "r") and not col.builtin and base not in _KNOWN_USER_TYPES)
-    )
-    if unknown and s["include.unknown.datatypes"] != "true":
-        add(
-            "Debezium leaves the column out of its events: the target keeps NULL",
-            "include.unknown.datatypes=true",
-        )
-    if s["time.precision.mode"] not in (
-        "adaptive",
-        "adaptive_time_microseconds",
-        "connect",
-        "microseconds",
-    ) and base in ("date", "time", "timetz", "timestamp", "timestamptz"):
-        add(
-            f"time.precision.mode={s['time.precision.mode']} is not decoded by cdcr",
-            "time.precision.mode=adaptive_time_microseconds",
         )
     return out
 
@@ -221,42 +291,51 @@ def connector_findings(s: dict[str, str]) -> list[Finding]:
     return []
 
 
-def diagnose(settings: Settings, only: list[str] | None = None) -> Report:
-    """Check every Debezium PostgreSQL connector Kafka Connect runs (or the ``only`` named ones).
-    Raises CdcrError."""
-    engine = wiring.source_engine(settings)  # doctor reads the source tables' column types
+def _pg_connectors(connect_url: str, only: list[str] | None) -> dict[str, dict[str, str]]:
+    """The Debezium PostgreSQL connectors to check (the ``only`` named ones when given)."""
     configs = {
         n: c
-        for n, c in fetch_connectors(settings.kafka.connect_url).items()
+        for n, c in fetch_connectors(connect_url).items()
         if c.get("connector.class") == PG_CONNECTOR and (not only or n in only)
     }
     if not configs:
         raise CdcrError(
             f"no Debezium PostgreSQL connector{' named ' + ', '.join(only) if only else ''} in "
-            f"Kafka Connect at {settings.kafka.connect_url}: "
+            f"Kafka Connect at {connect_url}: "
             "register one first (docs/fidelity.md lists the settings to use)"
         )
+    return configs
+
+
+def _check_connector(
+    name: str, cfg: dict[str, str], columns: list[DatabaseColumn], dbname: str | None
+) -> ConnectorReport:
+    """One connector's report against the source database ``dbname``'s ``columns``."""
+    effective = {k: cfg.get(k, v) for k, v in DEFAULTS.items()}
+    rep = ConnectorReport(name, cfg.get("database.dbname"), effective)
+    if rep.database and dbname and rep.database != dbname:
+        rep.skipped = f"reads database {rep.database}; CDCR_SOURCE__URL is {dbname}"
+        return rep
+    tables = {c.table for c in columns if captured(cfg, c.table)}
+    rep.tables = len(tables)
+    rep.findings.extend(connector_findings(effective))
+    for col in columns:
+        if col.table in tables:
+            rep.findings.extend(column_findings(col, effective))
+    return rep
+
+
+def diagnose(settings: Settings, only: list[str] | None = None) -> Report:
+    """Check every Debezium PostgreSQL connector Kafka Connect runs (or the ``only`` named ones).
+    Raises CdcrError."""
+    engine = wiring.source_engine(settings)  # doctor reads the source tables' column types
+    configs = _pg_connectors(settings.kafka.connect_url, only)
     try:
         columns = catalog.database_columns(engine)
         dbname = engine.url.database
     finally:
         engine.dispose()
-    reports = []
-    for name, cfg in sorted(configs.items()):
-        effective = {k: cfg.get(k, v) for k, v in DEFAULTS.items()}
-        rep = ConnectorReport(name, cfg.get("database.dbname"), effective)
-        if rep.database and dbname and rep.database != dbname:
-            rep.skipped = f"reads database {rep.database}; CDCR_SOURCE__URL is {dbname}"
-            reports.append(rep)
-            continue
-        tables = {c.table for c in columns if captured(cfg, c.table)}
-        rep.tables = len(tables)
-        rep.findings.extend(connector_findings(effective))
-        for col in columns:
-            if col.table in tables:
-                rep.findings.extend(column_findings(col, effective))
-        reports.append(rep)
-    return Report(reports)
+    return Report([_check_connector(n, cfg, columns, dbname) for n, cfg in sorted(configs.items())])
 
 
 def print_report(report: Report, console: Any) -> None:

@@ -45,6 +45,7 @@ from cdc_reconciler.connectors import files
 from cdc_reconciler.connectors.postgres import catalog
 from cdc_reconciler.connectors.postgres.reflect import reflect_table
 from cdc_reconciler.connectors.postgres.sql import quote_ident
+from cdc_reconciler.connectors.postgres.table import TargetTable
 from cdc_reconciler.connectors.postgres.write import RowWrite, write_batch
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.reconcile.checksum import split_name
@@ -206,6 +207,27 @@ def build_mapping(
     or a key column that is not in the table or not in the file."""
     schema, name = split_name(table)
     data_cols = [c for c in types if not c.startswith(ENGINE_PREFIX)]
+    _check_key(table, types, key, data_cols)
+    db_to_file = _explicit_maps(table, types, file_columns, maps, data_cols)
+    _match_names(types, data_cols, file_columns, maps, db_to_file)
+    _check_key_in_file(key, db_to_file, file_columns)
+    mapped_files = set(db_to_file.values())
+    ignored = [f for f in file_columns if f not in mapped_files]
+    compared = [*key, *(c for c in data_cols if c in db_to_file and c not in key)]
+    not_compared = [c for c in data_cols if c not in db_to_file]
+    m = Mapping(
+        schema,
+        name,
+        tuple(ColumnType(k, types[k]) for k in key),
+        tuple(ColumnType(c, types[c]) for c in compared),
+        {c: db_to_file[c] for c in compared},
+        db_where,
+    )
+    return m, ignored, not_compared
+
+
+def _check_key(table: str, types: dict[str, str], key: Sequence[str], data_cols: list[str]) -> None:
+    """CdcrError unless ``key`` names at least one column, each a column of the table."""
     if not key:
         raise CdcrError("--key: name at least one key column of the table")
     for k in key:
@@ -213,6 +235,29 @@ def build_mapping(
             raise CdcrError(
                 f"--key {k!r}: table {table} has no such column (columns: {', '.join(data_cols)})"
             )
+
+
+def _check_key_in_file(
+    key: Sequence[str], db_to_file: dict[str, str], file_columns: Sequence[str]
+) -> None:
+    """CdcrError for a key column no file column feeds."""
+    for k in key:
+        if k not in db_to_file:
+            raise CdcrError(
+                f"key column {k!r} is not in the file (file columns: {', '.join(file_columns)}); "
+                f"name its file column with --map FILE_COLUMN={k}"
+            )
+
+
+def _explicit_maps(
+    table: str,
+    types: dict[str, str],
+    file_columns: Sequence[str],
+    maps: dict[str, str],
+    data_cols: list[str],
+) -> dict[str, str]:
+    """The ``--map`` items as {table column: file column}; CdcrError for a column unknown on
+    either side or a table column mapped twice."""
     db_to_file: dict[str, str] = {}
     for f, d in maps.items():
         if f not in file_columns:
@@ -228,6 +273,18 @@ def build_mapping(
         if d in db_to_file:
             raise CdcrError(f"--map: table column {d!r} is mapped from two file columns")
         db_to_file[d] = f
+    return db_to_file
+
+
+def _match_names(
+    types: dict[str, str],
+    data_cols: list[str],
+    file_columns: Sequence[str],
+    maps: dict[str, str],
+    db_to_file: dict[str, str],
+) -> None:
+    """Add to ``db_to_file`` each file column not in ``maps``: to the table column of the same
+    name, else to the one table column still free whose name is equal ignoring case."""
     lower: dict[str, list[str]] = {}
     for c in data_cols:
         lower.setdefault(c.lower(), []).append(c)
@@ -240,25 +297,6 @@ def build_mapping(
         cands = [c for c in lower.get(f.lower(), []) if c not in db_to_file]
         if len(cands) == 1:
             db_to_file[cands[0]] = f
-    for k in key:
-        if k not in db_to_file:
-            raise CdcrError(
-                f"key column {k!r} is not in the file (file columns: {', '.join(file_columns)}); "
-                f"name its file column with --map FILE_COLUMN={k}"
-            )
-    mapped_files = set(db_to_file.values())
-    ignored = [f for f in file_columns if f not in mapped_files]
-    compared = [*key, *(c for c in data_cols if c in db_to_file and c not in key)]
-    not_compared = [c for c in data_cols if c not in db_to_file]
-    m = Mapping(
-        schema,
-        name,
-        tuple(ColumnType(k, types[k]) for k in key),
-        tuple(ColumnType(c, types[c]) for c in compared),
-        {c: db_to_file[c] for c in compared},
-        db_where,
-    )
-    return m, ignored, not_compared
 
 
 # --- the command ----------------------------------------------------------------------------
@@ -310,66 +348,25 @@ def _run(
     on_file_progress: Callable[[float], None] | None,
     now_getter: Callable[[], datetime],
 ) -> FileReport:
-    schema, name = split_name(req.table)
-    with engine.connect() as conn:
-        types = catalog.column_types(conn, schema, name)
-        audit_ok = runs.exists(conn)
-        target_table = None
-        if req.backfill:
-            target_table = reflect_table(conn, schema, name, None) if types else None
-        conn.rollback()
-    if not types:
-        raise CdcrError(f"table {req.table} not found in the target database")
-    if not req.dry_run and not audit_ok:
-        raise CdcrError(
-            "the service tables are missing (cdcr.reconcile_runs): run `cdcr migrate`, "
-            "or pass --dry-run"
-        )
+    types, audit_ok, target_table = _read_target(engine, req)
     backup_dir = req.backup_dir or req.path.parent
-    if req.backfill and not req.dry_run and not os.access(backup_dir, os.W_OK):
-        raise CdcrError(f"cannot write the backup to {backup_dir}: pass --backup-dir")
+    _check_request(req, types, audit_ok, backup_dir)
     with files.open_file(req.path, req.format, req.where) as df:
         mapping, ignored, not_compared = build_mapping(
             req.table, types, df.columns, req.key, maps, req.db_where
         )
         if target_table is not None:
-            missing = [k for k in mapping.key_names if k not in target_table.key_columns]
-            if missing or len(target_table.key_columns) != len(mapping.key_names):
-                raise CdcrError(
-                    f"--backfill-db: --key must be the table's primary key "
-                    f"({', '.join(target_table.key_columns)}) for versioned inserts"
-                )
+            _check_backfill_key(mapping, target_table)
         run_id = uuid.uuid4()
         started = now_getter()
         if not req.dry_run:
             _audit_start(engine, run_id, mapping.qualified, started, req)
         try:
-            with engine.connect() as conn:
-                start_snapshot(conn)
-                if on_file_progress is not None:
-                    with files.watch_progress(df, on_file_progress):
-                        result = diff_file(conn, df, mapping, options, on_phase)
-                else:
-                    result = diff_file(conn, df, mapping, options, on_phase)
-                conn.rollback()
+            result = _diff(engine, df, mapping, options, on_phase, on_file_progress)
             report = FileReport(
                 run_id, req, mapping, df.format, result, ignored, not_compared, started
             )
-            if req.export_missing is not None:
-                on_phase(f"exporting table-only rows to {req.export_missing}")
-                report.exported = export_missing(engine, mapping, result, req.export_missing)
-            if req.backfill:
-                report.backfill = backfill(
-                    engine,
-                    mapping,
-                    result,
-                    target_table,
-                    run_id,
-                    backup_dir,
-                    dry_run=req.dry_run,
-                    now=now_getter(),
-                    on_phase=on_phase,
-                )
+            _repair(engine, report, target_table, backup_dir, on_phase, now_getter)
             report.finished = now_getter()
         except BaseException as exc:
             if not req.dry_run:
@@ -378,6 +375,96 @@ def _run(
     if not req.dry_run:
         _audit_finish(engine, report)
     return report
+
+
+def _read_target(
+    engine: sa.Engine, req: FileRequest
+) -> tuple[dict[str, str], bool, TargetTable | None]:
+    """The table's column types (empty when there is no such table), whether the service
+    tables exist, and the table's layout when ``req`` backfills."""
+    schema, name = split_name(req.table)
+    with engine.connect() as conn:
+        types = catalog.column_types(conn, schema, name)
+        audit_ok = runs.exists(conn)
+        target_table = None
+        if req.backfill:
+            target_table = reflect_table(conn, schema, name, None) if types else None
+        conn.rollback()
+    return types, audit_ok, target_table
+
+
+def _check_request(
+    req: FileRequest, types: dict[str, str], audit_ok: bool, backup_dir: Path
+) -> None:
+    """CdcrError when the table is missing, the service tables are (unless a dry run), or the
+    backup directory cannot be written (when backfilling for real)."""
+    if not types:
+        raise CdcrError(f"table {req.table} not found in the target database")
+    if not req.dry_run and not audit_ok:
+        raise CdcrError(
+            "the service tables are missing (cdcr.reconcile_runs): run `cdcr migrate`, "
+            "or pass --dry-run"
+        )
+    if req.backfill and not req.dry_run and not os.access(backup_dir, os.W_OK):
+        raise CdcrError(f"cannot write the backup to {backup_dir}: pass --backup-dir")
+
+
+def _check_backfill_key(mapping: Mapping, target_table: TargetTable) -> None:
+    """CdcrError unless --key is the table's primary key (versioned inserts need it)."""
+    missing = [k for k in mapping.key_names if k not in target_table.key_columns]
+    if missing or len(target_table.key_columns) != len(mapping.key_names):
+        raise CdcrError(
+            f"--backfill-db: --key must be the table's primary key "
+            f"({', '.join(target_table.key_columns)}) for versioned inserts"
+        )
+
+
+def _diff(
+    engine: sa.Engine,
+    df: files.DataFile,
+    mapping: Mapping,
+    options: FileDiffOptions | None,
+    on_phase: Callable[[str], None],
+    on_file_progress: Callable[[float], None] | None,
+) -> FileDiffResult:
+    """The comparison, on one snapshot of the table; the file's progress reported when asked."""
+    with engine.connect() as conn:
+        start_snapshot(conn)
+        if on_file_progress is not None:
+            with files.watch_progress(df, on_file_progress):
+                result = diff_file(conn, df, mapping, options, on_phase)
+        else:
+            result = diff_file(conn, df, mapping, options, on_phase)
+        conn.rollback()
+    return result
+
+
+def _repair(
+    engine: sa.Engine,
+    report: FileReport,
+    target_table: TargetTable | None,
+    backup_dir: Path,
+    on_phase: Callable[[str], None],
+    now_getter: Callable[[], datetime],
+) -> None:
+    """Export the table-only rows and backfill the file-only ones, as ``report.request`` asks;
+    their outcomes go into ``report``."""
+    req, mapping, result = report.request, report.mapping, report.result
+    if req.export_missing is not None:
+        on_phase(f"exporting table-only rows to {req.export_missing}")
+        report.exported = export_missing(engine, mapping, result, req.export_missing)
+    if req.backfill:
+        report.backfill = backfill(
+            engine,
+            mapping,
+            result,
+            target_table,
+            report.run_id,
+            backup_dir,
+            dry_run=req.dry_run,
+            now=now_getter(),
+            on_phase=on_phase,
+        )
 
 
 # --- audit ----------------------------------------------------------------------------------
@@ -598,8 +685,49 @@ def backfill(
     ``dry_run`` only plan and report. The backup is written (and fsynced) before the insert, in
     the same transaction; the insert commits as a whole or not at all."""
     out = BackfillOutcome()
-    writes: list[RowWrite] = []
     ts_us = int(now.timestamp() * 1_000_000)
+    writes, planned = _plan_backfill(m, result, ts_us, out)
+    out.planned = len(writes)
+    if dry_run or not writes:
+        return out
+    assert target_table is not None
+    leaves = [
+        leaf for leaf in result.leaves if any(_in_leaf(d, leaf) for d in planned.values())
+    ] or list(result.leaves)
+    tag = f"{m.schema}.{m.name}.{run_id.hex[:8]}"
+    backup = backup_dir / f"{tag}.backup.csv"
+    on_phase(f"backing up the affected key ranges to {backup}")
+    with engine.connect() as conn:
+        with conn.begin():
+            _write_backup(conn, m, leaves, backup)
+            out.backup = str(backup)
+            on_phase(f"inserting {len(writes)} rows")
+            write_batch(conn, target_table, writes)
+            landed = _landed_keys(conn, m, ts_us)
+    inserted = [k for k in planned if k in landed]
+    out.inserted = len(inserted)
+    out.skipped.extend(
+        {
+            "key": list(k),
+            "reason": "not inserted: the key has a tombstone (deleted in the source) "
+            "or a row appeared since the comparison; the versioned writer keeps it",
+        }
+        for k in planned
+        if k not in landed
+    )
+    out.inserted_keys_file = _write_inserted_keys(
+        backup_dir / f"{tag}.inserted-keys.csv", m, inserted
+    )
+    return out
+
+
+def _plan_backfill(
+    m: Mapping, result: FileDiffResult, ts_us: int, out: BackfillOutcome
+) -> tuple[list[RowWrite], dict[tuple[str | None, ...], FileDifference]]:
+    """The inserts of the file-only rows, and those rows by canonical key; the rows that cannot
+    be inserted (a key on several file rows, a value the table cannot take) go to
+    ``out.skipped``."""
+    writes: list[RowWrite] = []
     planned: dict[tuple[str | None, ...], FileDifference] = {}
     for d in result.differences:
         if d.kind == DUPLICATE_IN_FILE and d.table_key is None:
@@ -615,60 +743,47 @@ def backfill(
         key = tuple(_typed_key(k, vals[k.name]) for k in m.key)
         writes.append(RowWrite(key, vals, BACKFILL_POSITION, ts_us))
         planned[d.key] = d
-    out.planned = len(writes)
-    if dry_run or not writes:
-        return out
-    assert target_table is not None
-    leaves = [
-        leaf for leaf in result.leaves if any(_in_leaf(d, leaf) for d in planned.values())
-    ] or list(result.leaves)
-    tag = f"{m.schema}.{m.name}.{run_id.hex[:8]}"
-    backup = backup_dir / f"{tag}.backup.csv"
-    keys_file = backup_dir / f"{tag}.inserted-keys.csv"
-    on_phase(f"backing up the affected key ranges to {backup}")
-    with engine.connect() as conn:
-        with conn.begin():
-            conn.exec_driver_sql(PG_SESSION)
-            raw: Any = conn.connection.dbapi_connection
-            with raw.cursor() as cur:
-                try:
-                    _backup(cur, m, leaves, backup)
-                except OSError as exc:
-                    raise CdcrError(f"cannot write the backup {backup}: {exc}") from exc
-            out.backup = str(backup)
-            on_phase(f"inserting {len(writes)} rows")
-            write_batch(conn, target_table, writes)
-            canon_keys = ", ".join(pg_canonical(k) for k in m.key)
-            landed = {
-                tuple(r)
-                for r in conn.execute(
-                    sa.text(
-                        f"SELECT {canon_keys} FROM {m.sql_name} WHERE _cdc_pos = :p "
-                        "AND _cdc_ts = timestamptz 'epoch' + :us * interval '1 microsecond'"
-                    ),
-                    {"p": BACKFILL_POSITION, "us": ts_us},
-                )
-            }
-    inserted = [k for k in planned if k in landed]
-    out.inserted = len(inserted)
-    for k in planned:
-        if k not in landed:
-            out.skipped.append(
-                {
-                    "key": list(k),
-                    "reason": "not inserted: the key has a tombstone (deleted in the source) "
-                    "or a row appeared since the comparison; the versioned writer keeps it",
-                }
-            )
+    return writes, planned
+
+
+def _write_backup(conn: sa.Connection, m: Mapping, leaves: list[Leaf], backup: Path) -> None:
+    """The table's rows in ``leaves`` into the CSV ``backup`` (fsynced), inside the caller's
+    transaction."""
+    conn.exec_driver_sql(PG_SESSION)
+    raw: Any = conn.connection.dbapi_connection
+    with raw.cursor() as cur:
+        try:
+            _backup(cur, m, leaves, backup)
+        except OSError as exc:
+            raise CdcrError(f"cannot write the backup {backup}: {exc}") from exc
+
+
+def _landed_keys(conn: sa.Connection, m: Mapping, ts_us: int) -> set[tuple[Any, ...]]:
+    """Canonical keys of the rows this backfill wrote (its position and time stamp)."""
+    canon_keys = ", ".join(pg_canonical(k) for k in m.key)
+    return {
+        tuple(r)
+        for r in conn.execute(
+            sa.text(
+                f"SELECT {canon_keys} FROM {m.sql_name} WHERE _cdc_pos = :p "
+                "AND _cdc_ts = timestamptz 'epoch' + :us * interval '1 microsecond'"
+            ),
+            {"p": BACKFILL_POSITION, "us": ts_us},
+        )
+    }
+
+
+def _write_inserted_keys(keys_file: Path, m: Mapping, inserted: list[tuple[Any, ...]]) -> str:
+    """The inserted keys as CSV into ``keys_file``; its path. CdcrError when it cannot be
+    written."""
     try:
         with open(keys_file, "w", encoding="utf-8", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(m.key_names)
             w.writerows(inserted)
-        out.inserted_keys_file = str(keys_file)
     except OSError as exc:
         raise CdcrError(f"rows inserted, but cannot write {keys_file}: {exc}") from exc
-    return out
+    return str(keys_file)
 
 
 def _in_leaf(d: FileDifference, leaf: Leaf) -> bool:

@@ -425,23 +425,34 @@ class _FileDiffer:
         return found
 
     def fetch_chunk(self, leaves: list[Leaf]) -> list[FileDifference]:
+        """Download both sides' rows of ``leaves`` (the table's in a thread, beside the file's)
+        and classify them key by key."""
         self.on_phase(f"downloading rows of {len(leaves)} differing ranges")
-        nk, nc = len(self.m.key), len(self.m.columns)
         by_shift: dict[int, list[int]] = {}
         for leaf in leaves:
             by_shift.setdefault(leaf.shift, []).append(leaf.prefix)
-        shifts = sorted(by_shift)
-        params: dict[str, Any] = {}
-        conds = []
-        for i, sh in enumerate(shifts):
-            params[f"s{i}"], params[f"ids{i}"] = sh, by_shift[sh]
-            conds.append(f"(kh >> :s{i}) = ANY(:ids{i})")
-        rs = ", ".join(f"r{i}" for i in range(nk))
-        cs = ", ".join(f"c{j}" for j in range(nc))
-        sql = f"SELECT {rs}, {cs}, kh FROM ({self.tbase}) t WHERE {' OR '.join(conds)}"
+        sql, params = self._table_rows_query(leaves, by_shift)
+
+        def table_rows() -> list[sa.Row[Any]]:
+            return list(self.conn.execute(sa.text(sql), params))
+
+        fut = self.pool.submit(table_rows)
+        frows = self._file_rows(by_shift)
+        trows = fut.result()
+        self.stats.rows_downloaded += len(frows) + len(trows)
+        sides = self._by_key(frows, trows, _leaf_finder(leaves, sorted(by_shift)))
+        return _differences(sides, self.m.column_names)
+
+    def _table_rows_query(
+        self, leaves: list[Leaf], by_shift: dict[int, list[int]]
+    ) -> tuple[str, dict[str, Any]]:
+        """The query for the table's rows of ``leaves``: their canonical key and columns, then
+        the key hash."""
+        rs = ", ".join(f"r{i}" for i in range(len(self.m.key)))
+        cs = ", ".join(f"c{j}" for j in range(len(self.m.columns)))
         if self.m.integer_key:
             # Ranges of the key itself: index range scans instead of a scan of the table.
-            params = {
+            params: dict[str, Any] = {
                 "lo": [max(x.prefix << x.shift, -(2**63)) for x in leaves],
                 "hi": [min(((x.prefix + 1) << x.shift) - 1, 2**63 - 1) for x in leaves],
             }
@@ -449,106 +460,45 @@ class _FileDiffer:
                 f"SELECT {rs}, {cs}, kh FROM ({self.tbase}) t JOIN unnest(CAST(:lo AS bigint[]), "
                 "CAST(:hi AS bigint[])) AS g(lo, hi) ON t.r0 BETWEEN g.lo AND g.hi"
             )
+            return sql, params
+        params = {}
+        conds = []
+        for i, sh in enumerate(sorted(by_shift)):
+            params[f"s{i}"], params[f"ids{i}"] = sh, by_shift[sh]
+            conds.append(f"(kh >> :s{i}) = ANY(:ids{i})")
+        return f"SELECT {rs}, {cs}, kh FROM ({self.tbase}) t WHERE {' OR '.join(conds)}", params
 
-        def table_rows() -> list[sa.Row[Any]]:
-            return list(self.conn.execute(sa.text(sql), params))
-
-        fut = self.pool.submit(table_rows)
+    def _file_rows(self, by_shift: dict[int, list[int]]) -> list[tuple[Any, ...]]:
+        """The file's canonical rows under the (shift -> prefixes) ranges, then the key hash."""
+        shifts = sorted(by_shift)
         self._parents([(sh, p) for sh in shifts for p in by_shift[sh]])
         fconds = " OR ".join(
             f"(kh >> {int(sh)}) IN (SELECT p FROM cdcr_parents WHERE s = {int(sh)})"
             for sh in shifts
         )
-        frows = self.df.query(f"SELECT {cs}, kh FROM {FILE_ROWS} t WHERE valid AND ({fconds})")
-        leafset = {(x.prefix, x.shift) for x in leaves}
+        cs = ", ".join(f"c{j}" for j in range(len(self.m.columns)))
+        return self.df.query(f"SELECT {cs}, kh FROM {FILE_ROWS} t WHERE valid AND ({fconds})")
 
-        def leaf_at(kh: int) -> tuple[int, int]:
-            for sh in shifts:
-                if (kh >> sh, sh) in leafset:
-                    return (kh >> sh, sh)
-            raise AssertionError("a downloaded row outside every leaf")
-
-        trows = fut.result()
-        self.stats.rows_downloaded += len(frows) + len(trows)
-        names = self.m.column_names
-        file_by_key: dict[CanonKey, list[tuple[str | None, ...]]] = {}
-        leaf_of: dict[CanonKey, tuple[int, int]] = {}
+    def _by_key(
+        self,
+        frows: Sequence[Sequence[Any]],
+        trows: Sequence[Sequence[Any]],
+        leaf_at: Callable[[int], tuple[int, int]],
+    ) -> _Sides:
+        """Both sides' downloaded rows by canonical key."""
+        nk, nc = len(self.m.key), len(self.m.columns)
+        sides = _Sides()
         for r in frows:
             key = tuple(r[:nk])
-            file_by_key.setdefault(key, []).append(tuple(r[:nc]))
-            leaf_of[key] = leaf_at(int(r[nc]))
-        table_by_key: dict[CanonKey, tuple[tuple[Any, ...], tuple[str | None, ...]]] = {}
-        table_seen: dict[CanonKey, int] = {}
+            sides.file.setdefault(key, []).append(tuple(r[:nc]))
+            sides.leaf[key] = leaf_at(int(r[nc]))
         for r in trows:
             canon = tuple(r[nk : nk + nc])
-            table_by_key[tuple(canon[:nk])] = (tuple(r[:nk]), canon)
-            table_seen[tuple(canon[:nk])] = table_seen.get(tuple(canon[:nk]), 0) + 1
-            leaf_of[tuple(canon[:nk])] = leaf_at(int(r[nk + nc]))
-        out: list[FileDifference] = []
-        # A key on several table rows (--key is not unique there) cannot be matched row to row:
-        # it is reported as such and nothing else is said about it.
-        for key, n in table_seen.items():
-            if n > 1:
-                out.append(
-                    FileDifference(
-                        DUPLICATE_IN_TABLE,
-                        key,
-                        table_key=table_by_key[key][0],
-                        occurrences=n,
-                        leaf=leaf_of[key],
-                    )
-                )
-                del table_by_key[key]
-                if len(file_by_key.get(key, ())) <= 1:  # a file duplicate is still said
-                    file_by_key.pop(key, None)
-        for key, frs in file_by_key.items():
-            trow = table_by_key.get(key)
-            if len(frs) > 1:
-                out.append(
-                    FileDifference(
-                        DUPLICATE_IN_FILE,
-                        key,
-                        table_key=None if trow is None else trow[0],
-                        occurrences=len(frs),
-                        leaf=leaf_of[key],
-                    )
-                )
-                continue
-            frow = frs[0]
-            if trow is None:
-                out.append(
-                    FileDifference(
-                        MISSING_IN_TABLE,
-                        key,
-                        file_row=dict(zip(names, frow, strict=True)),
-                        leaf=leaf_of[key],
-                    )
-                )
-            elif trow[1] != frow:
-                cols = tuple(n for n, a, b in zip(names, frow, trow[1], strict=True) if a != b)
-                out.append(
-                    FileDifference(
-                        MISMATCHED,
-                        key,
-                        cols,
-                        dict(zip(names, frow, strict=True)),
-                        dict(zip(names, trow[1], strict=True)),
-                        trow[0],
-                        leaf=leaf_of[key],
-                    )
-                )
-        for key, (raw, canon) in table_by_key.items():
-            if key not in file_by_key:
-                out.append(
-                    FileDifference(
-                        MISSING_IN_FILE,
-                        key,
-                        table_row=dict(zip(names, canon, strict=True)),
-                        table_key=raw,
-                        leaf=leaf_of[key],
-                    )
-                )
-        return out
+            key = tuple(canon[:nk])
+            sides.table[key] = (tuple(r[:nk]), canon)
+            sides.table_count[key] = sides.table_count.get(key, 0) + 1
+            sides.leaf[key] = leaf_at(int(r[nk + nc]))
+        return sides
 
     def bad_key_examples(self, limit: int = 5) -> list[dict[str, Any]]:
         cols = ", ".join(quote_ident(self.m.file_column[k.name]) for k in self.m.key)
@@ -622,3 +572,109 @@ def diff_file(
         examples = d.bad_key_examples() if bad else []
     found.sort(key=lambda x: (KINDS.index(x.kind), [_order(v) for v in x.key]))
     return FileDiffResult(tuple(found), d.stats, tuple(leaves), tuple(examples))
+
+
+@dataclass
+class _Sides:
+    """One chunk's downloaded rows by canonical key: the file's (every row with the key), the
+    table's (raw key, canonical row; the last one read), how many table rows hold the key, and
+    the leaf (prefix, shift) each key fell in."""
+
+    file: dict[CanonKey, list[tuple[str | None, ...]]] = field(default_factory=dict)
+    table: dict[CanonKey, tuple[tuple[Any, ...], tuple[str | None, ...]]] = field(
+        default_factory=dict
+    )
+    table_count: dict[CanonKey, int] = field(default_factory=dict)
+    leaf: dict[CanonKey, tuple[int, int]] = field(default_factory=dict)
+
+
+def _leaf_finder(leaves: list[Leaf], shifts: list[int]) -> Callable[[int], tuple[int, int]]:
+    """kh -> the (prefix, shift) of the leaf among ``leaves`` that holds it."""
+    leafset = {(x.prefix, x.shift) for x in leaves}
+
+    def leaf_at(kh: int) -> tuple[int, int]:
+        for sh in shifts:
+            if (kh >> sh, sh) in leafset:
+                return (kh >> sh, sh)
+        raise AssertionError("a downloaded row outside every leaf")
+
+    return leaf_at
+
+
+def _table_duplicates(sides: _Sides) -> list[FileDifference]:
+    """A key on several table rows (--key is not unique there) cannot be matched row to row:
+    it is reported as such and nothing else is said about it (a file duplicate still is)."""
+    out: list[FileDifference] = []
+    for key, n in sides.table_count.items():
+        if n > 1:
+            out.append(
+                FileDifference(
+                    DUPLICATE_IN_TABLE,
+                    key,
+                    table_key=sides.table[key][0],
+                    occurrences=n,
+                    leaf=sides.leaf[key],
+                )
+            )
+            del sides.table[key]
+            if len(sides.file.get(key, ())) <= 1:
+                sides.file.pop(key, None)
+    return out
+
+
+def _file_key_difference(
+    key: CanonKey,
+    frs: list[tuple[str | None, ...]],
+    trow: tuple[tuple[Any, ...], tuple[str | None, ...]] | None,
+    leaf: tuple[int, int],
+    names: Sequence[str],
+) -> FileDifference | None:
+    """What differs for a key the file has: duplicated in the file, missing in the table,
+    mismatched, or nothing (None)."""
+    if len(frs) > 1:
+        return FileDifference(
+            DUPLICATE_IN_FILE,
+            key,
+            table_key=None if trow is None else trow[0],
+            occurrences=len(frs),
+            leaf=leaf,
+        )
+    frow = frs[0]
+    if trow is None:
+        return FileDifference(
+            MISSING_IN_TABLE, key, file_row=dict(zip(names, frow, strict=True)), leaf=leaf
+        )
+    if trow[1] == frow:
+        return None
+    cols = tuple(n for n, a, b in zip(names, frow, trow[1], strict=True) if a != b)
+    return FileDifference(
+        MISMATCHED,
+        key,
+        cols,
+        dict(zip(names, frow, strict=True)),
+        dict(zip(names, trow[1], strict=True)),
+        trow[0],
+        leaf=leaf,
+    )
+
+
+def _differences(sides: _Sides, names: Sequence[str]) -> list[FileDifference]:
+    """Every difference of one chunk: table duplicates, then the file's keys, then the keys
+    only the table has."""
+    out = _table_duplicates(sides)
+    for key, frs in sides.file.items():
+        diff = _file_key_difference(key, frs, sides.table.get(key), sides.leaf[key], names)
+        if diff is not None:
+            out.append(diff)
+    out.extend(
+        FileDifference(
+            MISSING_IN_FILE,
+            key,
+            table_row=dict(zip(names, canon, strict=True)),
+            table_key=raw,
+            leaf=sides.leaf[key],
+        )
+        for key, (raw, canon) in sides.table.items()
+        if key not in sides.file
+    )
+    return out

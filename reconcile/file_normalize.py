@@ -84,28 +84,45 @@ class ColumnType:
         return kind_of(self.pg_type)
 
 
+# A type's kind: its exact name (lower case) first, then the first prefix its name starts with
+# (names with a modifier: numeric(10,2), timestamp(3), character(4), character varying(8)).
+_KIND_BY_NAME: dict[str, Kind] = {
+    "smallint": Kind.NUMBER,
+    "integer": Kind.NUMBER,
+    "bigint": Kind.NUMBER,
+    "double precision": Kind.DOUBLE,
+    "real": Kind.REAL,
+    "boolean": Kind.BOOLEAN,
+    "date": Kind.DATE,
+    "uuid": Kind.UUID,
+    "character": Kind.CHAR,
+    "bpchar": Kind.CHAR,
+    "text": Kind.TEXT,
+    "citext": Kind.TEXT,
+    "name": Kind.TEXT,
+}
+_KIND_BY_PREFIX: tuple[tuple[str, Kind], ...] = (
+    ("numeric", Kind.NUMBER),
+    ("timestamp", Kind.TIMESTAMP),  # after _is_timestamptz
+    ("character(", Kind.CHAR),
+    ("character varying", Kind.TEXT),
+)
+
+
+def _is_timestamptz(t: str) -> bool:
+    return t.startswith("timestamp") and "with time zone" in t and "without" not in t
+
+
 def kind_of(pg_type: str) -> Kind:
     t = pg_type.lower()
-    if t in ("smallint", "integer", "bigint") or t.startswith("numeric"):
-        return Kind.NUMBER
-    if t == "double precision":
-        return Kind.DOUBLE
-    if t == "real":
-        return Kind.REAL
-    if t == "boolean":
-        return Kind.BOOLEAN
-    if t == "date":
-        return Kind.DATE
-    if t.startswith("timestamp") and "with time zone" in t and "without" not in t:
+    kind = _KIND_BY_NAME.get(t)
+    if kind is not None:
+        return kind
+    if _is_timestamptz(t):
         return Kind.TIMESTAMPTZ
-    if t.startswith("timestamp"):
-        return Kind.TIMESTAMP
-    if t == "uuid":
-        return Kind.UUID
-    if t.startswith("character(") or t == "character" or t == "bpchar":
-        return Kind.CHAR
-    if t in ("text", "citext", "name") or t.startswith("character varying"):
-        return Kind.TEXT
+    for prefix, by_prefix in _KIND_BY_PREFIX:
+        if t.startswith(prefix):
+            return by_prefix
     return Kind.OTHER
 
 
