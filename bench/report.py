@@ -324,15 +324,12 @@ def _loads(c: dict[str, Any]) -> str:
 def reconcile_section(w: Any, rc: dict[str, Any]) -> None:
     w("## 3. Reconcile")
     w("")
-    db = "bench_rc"
-    cmd = rc.get("reladiff_command", "")
-    if "/bench_rc_src " not in cmd and cmd:  # databases renamed with BENCH_RC_DB
-        db = cmd.split(" public.bench_rc ", 1)[1].split("/")[-1].split(" ")[0] or db
+    dbs = rc.get("databases") or {"source": "bench_rc_src", "target": "bench_rc"}
     g = rc.get("gate", {})
     w(
-        f"One table pair of {rc['rows']:,} rows (`{db}_src.public.bench_rc` vs "
-        f"`{db}.public.bench_rc`, two databases of their own, created and dropped by the run; "
-        "10 columns: bigint key, int, numeric, text, timestamptz, jsonb, boolean, date, varchar, "
+        f"One table pair of {rc['rows']:,} rows (`{dbs['source']}.public.bench_rc` vs "
+        f"`{dbs['target']}.public.bench_rc`, two databases of their own, created and dropped by "
+        "the run; 10 columns: bigint key, int, numeric, text, timestamptz, jsonb, boolean, date, varchar, "
         "bigint), vacuumed, analysed and read once before timing; first in sync, then with 100 "
         "scattered differences (34 rows missing in the target, 33 extra, 33 changed). Each "
         f"contender is one process, wall time including interpreter start, "
