@@ -380,7 +380,13 @@ def cleanup(ep: Endpoints, stream: Any) -> None:
     ):
         drop_database(ep, db)
     changes.drop_tables(ep)
-    log(f"cleaned up {len(topics)} topics, bench databases and source tables")
+    import redis
+
+    from bench.apply import REDIS_DB
+
+    for n in sorted(set(REDIS_DB.values())):  # the change IDs the cdcr runs recorded
+        redis.Redis.from_url(ep.redis_url(n)).flushdb()
+    log(f"cleaned up {len(topics)} topics, bench databases, Redis dbs and source tables")
 
 
 if __name__ == "__main__":
