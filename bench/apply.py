@@ -20,6 +20,7 @@ import redis
 
 from bench.changes import COLUMNS, TABLES, Stream
 from bench.common import (
+    KAFKA_JARS,
     ROOT,
     STACK,
     Endpoints,
@@ -358,7 +359,7 @@ connector.client.config.override.policy=All
             f"-Dcdcr.log.file={self.logs / 'connect-bench.log'}",
             f"-Dkafka.logs.dir={self.logs}",
             "-cp",
-            f"{STACK / 'jars' / 'kafka'}/*",
+            f"{KAFKA_JARS}/*",
             "org.apache.kafka.connect.cli.ConnectDistributed",
             str(conf),
         ]

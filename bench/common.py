@@ -24,7 +24,28 @@ import sqlalchemy as sa
 from confluent_kafka import Consumer, TopicPartition
 
 ROOT = Path(__file__).resolve().parent.parent
+
 STACK = Path(os.environ.get("CDCR_STACK_DIR", ROOT / ".stack"))
+
+
+def _kafka_jars() -> Path:
+    """Kafka's jars, which start the bench's own Connect worker: the stack's, else — in a git
+    worktree, which has no stack of its own — the main checkout's (where `scripts/stack up` put
+    them). Only read; what the bench fetches (the JDBC sink) goes under this checkout's STACK."""
+    own = STACK / "jars" / "kafka"
+    if own.is_dir() or "CDCR_STACK_DIR" in os.environ:
+        return own
+    r = subprocess.run(
+        ["git", "rev-parse", "--path-format=absolute", "--git-common-dir"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    main = Path(r.stdout.strip()).parent / ".stack" / "jars" / "kafka"
+    return main if r.returncode == 0 and main.is_dir() else own
+
+
+KAFKA_JARS = _kafka_jars()
 
 
 def log(msg: str) -> None:

@@ -74,13 +74,20 @@ def top(raw: Path, n: int = 15) -> dict[str, Any]:
         stack, _, count = line.rpartition(" ")
         if not stack:
             continue
+        parts = stack.split(";")
+        if parts[0].startswith("thread ("):  # --threads: the thread comes first, not a frame
+            if parts[0].split(": ", 1)[-1].startswith("cdcr-metrics"):
+                continue  # the metrics server only ever waits for a scrape
+            parts = parts[1:]
+        if not parts:
+            continue
         c = int(count)
         total += c
         frames = [
             f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")"
             if " (" in f
             else f
-            for f in stack.split(";")
+            for f in parts
         ]
         own[frames[-1]] += c
         for f in set(frames):
@@ -105,8 +112,11 @@ def top(raw: Path, n: int = 15) -> dict[str, Any]:
                     "(cdcr)",
                     "(<frozen runpy>)",
                     "(runpy.py)",
+                    "(root.py)",
                 )
             )
+            # the CLI's error guard, the `run` command's wrapper and thread start-up
+            and not f.startswith(("GuardedGroup.", "guarded (", "run (stream.py)", "Thread."))
         ][:n],
     }
 

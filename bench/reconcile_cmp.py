@@ -251,6 +251,7 @@ def run_reconcile(ep: Endpoints, rows: int, logs: Path) -> dict[str, Any]:
     build_pair(ep, rows)
     out: dict[str, Any] = {
         "rows": rows,
+        "databases": {"source": SRC_DB, "target": DB},
         "repeats": REPEATS,
         "build_s": round(time.perf_counter() - t0, 1),
         "reladiff_command": " ".join(reladiff_cmd(ep)).replace(ep.pg_password + "@", "***@"),

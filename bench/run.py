@@ -15,8 +15,11 @@ from the newest earlier result file of the same mode, and say so.
 
 Sizes: --quick is 50,000 records and a 1M-row reconcile pair (about 15 minutes); the full run is
 200,000 records and a 10M-row pair (about 40 minutes on 2 idle cores: 29 apply runs — 3 × 3
-contenders, 6 sweep settings, 3 × 2 loaded, 4 scale-out — the 10M-row reconcile, and up to 7
-waits for the load average to fall to 0.5 after the previous section, about a minute each).
+contenders, 6 sweep settings, 3 × 2 loaded, 4 scale-out — about 20 minutes; the 10M-row
+reconcile — build, scan ceiling, 3 alternating repeats of both contenders in both cases — about
+12; and up to 7 waits for the load average to fall to 0.5 after the previous section, 1-2 minutes
+each). `--only` without `profile` saves one more apply run: the per-stage wall time of every
+`cdcr run` is in its own --json output and in the doc either way.
 """
 
 from __future__ import annotations
@@ -380,7 +383,13 @@ def cleanup(ep: Endpoints, stream: Any) -> None:
     ):
         drop_database(ep, db)
     changes.drop_tables(ep)
-    log(f"cleaned up {len(topics)} topics, bench databases and source tables")
+    import redis
+
+    from bench.apply import REDIS_DB
+
+    for n in sorted(set(REDIS_DB.values())):  # the change IDs the cdcr runs recorded
+        redis.Redis.from_url(ep.redis_url(n)).flushdb()
+    log(f"cleaned up {len(topics)} topics, bench databases, Redis dbs and source tables")
 
 
 if __name__ == "__main__":

@@ -86,3 +86,83 @@ def test_busy_loop_burns_cpu_and_is_stopped_by_pid() -> None:
             time.sleep(0.05)
         assert _cpu_s(bl.proc.pid) >= 0.1  # it spins (even on a shared, busy machine)
     assert bl.proc.poll() is not None  # stopped and reaped on exit
+
+
+def _reconcile_result() -> dict[str, Any]:
+    def side(secs: list[float]) -> dict[str, Any]:
+        return {
+            "seconds": sorted(secs)[1],
+            "spread": spread(secs),
+            "exact": True,
+            "runs": [{"seconds": s, "load1": 0.2 + i / 10} for i, s in enumerate(secs)],
+        }
+
+    case = {
+        "reladiff": side([10.0, 11.0, 12.0]),
+        "cdcr": side([2.0, 2.5, 3.0]),
+        "cdcr_over_reladiff": 0.227,
+        "ratio_spread": {"median": 0.23, "min": 0.2, "max": 0.25},
+        "cdcr_over_scan_ceiling": 1.25,
+    }
+    return {
+        "rows": 20_000,
+        "repeats": 3,
+        "build_s": 1.0,
+        "gate": {"loadavg_1m": 0.3, "noisy": False},
+        "reladiff_command": "reladiff postgresql://u:***@h:1/bench_rc_src public.bench_rc "
+        "postgresql://u:***@h:1/bench_rc public.bench_rc -k id",
+        "cdcr_command": "python -m bench.reconcile_cmp verify SRC TGT public.bench_rc",
+        "ceiling": {
+            "cdcr_hash": {
+                "one_side": {"median": 1.5, "min": 1.4, "max": 1.6},
+                "both_sides": {"median": 2.0, "min": 1.9, "max": 2.1},
+            },
+            "hashtext_row_text": {
+                "one_side": {"median": 1.0, "min": 0.9, "max": 1.1},
+                "both_sides": {"median": 1.2, "min": 1.1, "max": 1.3},
+            },
+        },
+        "in_sync": case,
+        "diff100": case,
+    }
+
+
+def test_report_reconcile_shows_spread_load_and_scan_ceiling() -> None:
+    from bench.report import reconcile_section
+
+    lines: list[str] = []
+    reconcile_section(lines.append, _reconcile_result())
+    text = "\n".join(lines)
+    assert "`bench_rc_src.public.bench_rc` vs `bench_rc.public.bench_rc`" in text
+    assert "source.public.bench_rc" not in text
+    in_sync = next(ln for ln in lines if ln.startswith("| in sync |"))
+    assert "11.00 (10.00–12.00)" in in_sync  # reladiff median (min–max)
+    assert "2.50 (2.00–3.00)" in in_sync  # cdcr
+    assert "0.23 (runs 0.20–0.25)" in in_sync  # ratio with its per-run spread
+    assert "1.25×" in in_sync  # over the scan ceiling
+    assert "0.20, 0.30, 0.40; 0.20, 0.30, 0.40" in in_sync  # each run's load
+    assert "| 1.50 (1.40–1.60) | 2.00 (1.90–2.10) |" in text  # the ceiling table
+    assert "1.25× the scan ceiling (2.00 s)" in text
+
+
+def test_report_timing_table_per_run() -> None:
+    from bench.report import timing_table
+
+    rep = {
+        "runs": [
+            {"run": 1, "span_s": 10.0, "output": {"timing": {"kafka_wait": 5.0, "decode": 1.0}}},
+            {"run": 2, "span_s": 8.0, "output": {"timing": {"kafka_wait": 2.0, "decode": 0.5}}},
+        ]
+    }
+    lines: list[str] = []
+    timing_table(lines.append, "`cdcr run`", rep)
+    text = "\n".join(lines)
+    assert (
+        "| `kafka_wait` | fetching from Kafka, or waiting for records | 5.00 (50%) | 2.00 (25%) |"
+        in text
+    )
+    assert "| `decode` |" in text
+    assert "`db_write`" not in text  # stages no run spent time in are left out
+    lines.clear()
+    timing_table(lines.append, "x", {"runs": [{"run": 1, "output": {}}]})
+    assert lines == []  # no timing block (older cdcr): no table
