@@ -113,19 +113,7 @@ def reconcile(
     all of them or a random ``sample_windows`` of them (``seed``); the watermark never moves
     (run.reverify_table). With ``metrics``, every pass updates them (reconcile/metrics.py).
     Raises CdcrError on configuration or database failures."""
-    if start is not None and end is not None and start >= end:
-        raise CdcrError("--from must be before --to")
-    if sample_windows is not None and sample_windows < 1:
-        raise CdcrError("--sample needs a positive number of windows")
-    if (since is not None or sample_windows is not None) and not reverify:
-        raise CdcrError("--since and a window sample apply to --reverify only")
-    if since is not None and start is not None:
-        raise CdcrError("--since and --from are alternatives: pick one")
-    if reverify and not once:
-        raise CdcrError(
-            "--reverify is one pass (use --once); continuous mode re-verifies history on its "
-            "own within the reconcile.reverify_* budget"
-        )
+    _check_options(start, end, once, reverify, since, sample_windows)
     source, target, applied, names = _open_tables(settings, tables, "reconcile")
     for name in names:
         table_checks(settings, name)  # invalid checks fail before any work
@@ -151,49 +139,89 @@ def reconcile(
         on_window,
         applied,
     )
-    outage_delay = OUTAGE_RETRY_S
+
+    def one(env: Env, names: tuple[str, ...]) -> _Pass:
+        return _one_pass(
+            env,
+            req,
+            names,
+            tables,
+            once,
+            dry_run,
+            metrics,
+            target,
+            reverify=reverify,
+            since=since,
+            sample_windows=sample_windows,
+            seed=seed,
+        )
+
     try:
-        while True:
-            try:
-                reports = _one_pass(
-                    env,
-                    req,
-                    names,
-                    tables,
-                    once,
-                    dry_run,
-                    metrics,
-                    target,
-                    reverify=reverify,
-                    since=since,
-                    sample_windows=sample_windows,
-                    seed=seed,
-                )
-            except (CdcrError, SQLAlchemyError) as exc:
-                if once or isinstance(exc, wm.WatermarkConflict):
-                    raise
-                # Continuous mode is always on: a target (or source, or Kafka) outage in the
-                # middle of a pass is logged and the pass retried with backoff, never the end of
-                # the process. Watermarks move only by compare-and-swap, so a retried pass is safe.
-                logging.getLogger(__name__).error(
-                    "reconcile pass failed (%s); retrying in %.0fs", exc, outage_delay
-                )
-                if should_stop():
-                    return []
-                time.sleep(outage_delay)
-                outage_delay = min(outage_delay * 2, OUTAGE_RETRY_MAX_S)
-                continue
-            outage_delay = OUTAGE_RETRY_S
-            env, names = reports.env, reports.names
-            if once or should_stop():
-                return reports.reports
-            if not any(r.windows for r in reports.reports if not r.reverify):
-                time.sleep(settings.reconcile.window_s * POLL_FRACTION)
+        return _passes(one, env, names, once, should_stop)
     except SQLAlchemyError as exc:
         raise CdcrError(f"reconcile failed: {exc.__class__.__name__}: {exc}") from exc
     finally:
         source.dispose()
         target.dispose()
+
+
+def _check_options(
+    start: datetime | None,
+    end: datetime | None,
+    once: bool,
+    reverify: bool,
+    since: timedelta | None,
+    sample_windows: int | None,
+) -> None:
+    """The option combinations ``reconcile`` refuses, before any connection."""
+    if start is not None and end is not None and start >= end:
+        raise CdcrError("--from must be before --to")
+    if sample_windows is not None and sample_windows < 1:
+        raise CdcrError("--sample needs a positive number of windows")
+    if (since is not None or sample_windows is not None) and not reverify:
+        raise CdcrError("--since and a window sample apply to --reverify only")
+    if since is not None and start is not None:
+        raise CdcrError("--since and --from are alternatives: pick one")
+    if reverify and not once:
+        raise CdcrError(
+            "--reverify is one pass (use --once); continuous mode re-verifies history on its "
+            "own within the reconcile.reverify_* budget"
+        )
+
+
+def _passes(
+    one: Callable[[Env, tuple[str, ...]], _Pass],
+    env: Env,
+    names: tuple[str, ...],
+    once: bool,
+    should_stop: Callable[[], bool],
+) -> list[TableReport]:
+    """Run ``one`` pass (``once``) or pass after pass until ``should_stop()``; the reports of
+    the last pass."""
+    outage_delay = OUTAGE_RETRY_S
+    while True:
+        try:
+            reports = one(env, names)
+        except (CdcrError, SQLAlchemyError) as exc:
+            if once or isinstance(exc, wm.WatermarkConflict):
+                raise
+            # Continuous mode is always on: a target (or source, or Kafka) outage in the
+            # middle of a pass is logged and the pass retried with backoff, never the end of
+            # the process. Watermarks move only by compare-and-swap, so a retried pass is safe.
+            logging.getLogger(__name__).error(
+                "reconcile pass failed (%s); retrying in %.0fs", exc, outage_delay
+            )
+            if should_stop():
+                return []
+            time.sleep(outage_delay)
+            outage_delay = min(outage_delay * 2, OUTAGE_RETRY_MAX_S)
+            continue
+        outage_delay = OUTAGE_RETRY_S
+        env, names = reports.env, reports.names
+        if once or should_stop():
+            return reports.reports
+        if not any(r.windows for r in reports.reports if not r.reverify):
+            time.sleep(env.settings.reconcile.window_s * POLL_FRACTION)
 
 
 @dataclass(frozen=True)
@@ -364,54 +392,80 @@ def sample(
     env = Env(
         settings, source, target, now_getter, log_ends or _kafka_log_ends(settings), applied=applied
     )
-    reports: list[SampleReport] = []
     try:
-        for table in names:
-            pair, _ = describe(env, table)
-            started = checked_now(now_getter)
-            window: Window | None = None
-            note: str | None = None
-            if pair.windowed:
-                closed = closed_time(env, table, started)
-                upper = end if closed is None else min(closed, end or closed)
-                if closed is None:
-                    note = (
-                        "nothing proves closure (no applied offsets): rows changed recently "
-                        "may still be in flight"
-                    )
-                if upper is not None and start is not None and upper <= start:
-                    reports.append(
-                        SampleReport(
-                            table,
-                            n,
-                            "census",
-                            seed or 0,
-                            start,
-                            upper,
-                            note="the change-time range is not closed yet",
-                        )
-                    )
-                    continue
-                if start is not None or upper is not None:
-                    window = Window(start, upper or FAR_FUTURE)
-            report = sample_table(source, target, pair, n, seed=seed, window=window)
-            report.note = report.note or note
-            if not dry_run:
-                with target.begin() as c:
-                    record_sample(
-                        c,
-                        report,
-                        run_id=str(uuid.uuid4()),
-                        started=started,
-                        finished=checked_now(now_getter),
-                    )
-            reports.append(report)
+        return [
+            _sample_one(env, table, n, start, end, seed=seed, dry_run=dry_run) for table in names
+        ]
     except SQLAlchemyError as exc:
         raise CdcrError(f"sample failed: {exc.__class__.__name__}: {exc}") from exc
     finally:
         source.dispose()
         target.dispose()
-    return reports
+
+
+@dataclass(frozen=True)
+class _SampleRange:
+    """Where a windowed table is sampled: ``window`` (None: everywhere), a ``note`` on it, or
+    ``not_closed`` (the upper end is not after ``--from``: nothing to sample yet)."""
+
+    window: Window | None = None
+    note: str | None = None
+    not_closed: datetime | None = None
+
+
+def _sample_range(
+    env: Env, table: str, started: datetime, start: datetime | None, end: datetime | None
+) -> _SampleRange:
+    closed = closed_time(env, table, started)
+    upper = end if closed is None else min(closed, end or closed)
+    note = (
+        "nothing proves closure (no applied offsets): rows changed recently may still be in flight"
+        if closed is None
+        else None
+    )
+    if upper is not None and start is not None and upper <= start:
+        return _SampleRange(not_closed=upper)
+    if start is not None or upper is not None:
+        return _SampleRange(Window(start, upper or FAR_FUTURE), note)
+    return _SampleRange(None, note)
+
+
+def _sample_one(
+    env: Env,
+    table: str,
+    n: int,
+    start: datetime | None,
+    end: datetime | None,
+    *,
+    seed: int | None,
+    dry_run: bool,
+) -> SampleReport:
+    """Sample one table and, unless ``dry_run``, write its ``sampled`` audit row."""
+    pair, _ = describe(env, table)
+    started = checked_now(env.now_getter)
+    rng = _sample_range(env, table, started, start, end) if pair.windowed else _SampleRange()
+    if rng.not_closed is not None:
+        return SampleReport(
+            table,
+            n,
+            "census",
+            seed or 0,
+            start,
+            rng.not_closed,
+            note="the change-time range is not closed yet",
+        )
+    report = sample_table(env.source, env.target, pair, n, seed=seed, window=rng.window)
+    report.note = report.note or rng.note
+    if not dry_run:
+        with env.target.begin() as c:
+            record_sample(
+                c,
+                report,
+                run_id=str(uuid.uuid4()),
+                started=started,
+                finished=checked_now(env.now_getter),
+            )
+    return report
 
 
 # `cdcr status` asks Kafka for log ends with this timeout per request, and only once per call.
@@ -763,6 +817,89 @@ def _verification(
     return out
 
 
+def _overlaps_any(bad: Sequence[tuple[str, Window]], table: str, x: Window) -> bool:
+    """Whether ``x`` of ``table`` overlaps a failed window (listed once, as failed)."""
+    return any(
+        t == table and (x.start is None or y.end > x.start) and (y.start is None or x.end > y.start)
+        for t, y in bad
+    )
+
+
+def _unverified_items(
+    gaps: Sequence[dict[str, Any]], bad: Sequence[tuple[str, Window]]
+) -> list[dict[str, Any]]:
+    """The gaps' windows, as priority items, except those that failed."""
+    items: list[dict[str, Any]] = []
+    for g in gaps:
+        for gw in g["windows"]:
+            x = Window(
+                None if gw["start"] is None else datetime.fromisoformat(gw["start"]),
+                datetime.fromisoformat(gw["end"]),
+            )
+            if _overlaps_any(bad, g["table"], x):
+                continue
+            items.append(
+                {
+                    "table": g["table"],
+                    "window": x,
+                    "status": "unverified",
+                    "run_id": None,
+                    "found": None,
+                }
+            )
+    return items
+
+
+def _failed_item(f: dict[str, Any]) -> dict[str, Any]:
+    counts = f["counts"] or {}
+    return {
+        "table": f["table_name"],
+        "window": Window(f["window_start"], f["window_end"]),
+        "status": f["status"],
+        "run_id": str(f["run_id"]),
+        "found": sum(int(counts.get(k, 0) or 0) for k in ("missing", "extra", "mismatched")),
+    }
+
+
+def _add_rows_changed(
+    c: sa.Connection, settings: Settings, items: Sequence[dict[str, Any]]
+) -> None:
+    """Set each item's ``rows_changed`` (target rows changed in its window), one query set
+    per table."""
+    size = timedelta(seconds=settings.reconcile.window_s)
+    by_table: dict[str, list[dict[str, Any]]] = {}
+    for it in items:
+        by_table.setdefault(it["table"], []).append(it)
+    for table, its in by_table.items():
+        mapping = settings.tables.get(table)
+        ct = mapping.change_time_column if mapping else None
+        target = (mapping.target if mapping else None) or table
+        n = history.rows_changed(c, target, ct, [it["window"] for it in its], size)
+        for it, rows in zip(its, n, strict=True):
+            it["rows_changed"] = rows
+
+
+def _ranked_item(
+    it: dict[str, Any], reconciled: dict[str, datetime | None], now: datetime
+) -> dict[str, Any]:
+    w: Window = it["window"]
+    age = (now - w.end).total_seconds()
+    mark = reconciled.get(it["table"])
+    behind = mark is not None and w.end <= mark
+    return {
+        "table": it["table"],
+        "window_start": _iso(w.start),
+        "window_end": _iso(w.end),
+        "status": it["status"],
+        "age_s": age,
+        "rows_changed": it["rows_changed"],
+        "differences": it["found"],
+        "run_id": it["run_id"],
+        "priority": history.priority(it["status"], age, it["rows_changed"]),
+        "next": history.next_command(it["table"], w, it["status"], behind_watermark=behind),
+    }
+
+
 def _priorities(
     c: sa.Connection,
     settings: Settings,
@@ -775,81 +912,10 @@ def _priorities(
     check_failed or failed, not verified since), highest priority first
     (history.priority: status, age since the window closed, target rows changed in it), each
     with the command that would verify it next."""
-    r_ = settings.reconcile
-    items: list[dict[str, Any]] = []
     bad = [(f["table_name"], Window(f["window_start"], f["window_end"])) for f in failed]
-
-    def overlaps(table: str, x: Window) -> bool:
-        # A window that failed is listed once, as failed, not again as unverified.
-        return any(
-            t == table
-            and (x.start is None or y.end > x.start)
-            and (y.start is None or x.end > y.start)
-            for t, y in bad
-        )
-
-    for g in gaps:
-        for gw in g["windows"]:
-            x = Window(
-                None if gw["start"] is None else datetime.fromisoformat(gw["start"]),
-                datetime.fromisoformat(gw["end"]),
-            )
-            if overlaps(g["table"], x):
-                continue
-            items.append(
-                {
-                    "table": g["table"],
-                    "window": x,
-                    "status": "unverified",
-                    "run_id": None,
-                    "found": None,
-                }
-            )
-    for f in failed:
-        counts = f["counts"] or {}
-        items.append(
-            {
-                "table": f["table_name"],
-                "window": Window(f["window_start"], f["window_end"]),
-                "status": f["status"],
-                "run_id": str(f["run_id"]),
-                "found": sum(
-                    int(counts.get(k, 0) or 0) for k in ("missing", "extra", "mismatched")
-                ),
-            }
-        )
-    by_table: dict[str, list[dict[str, Any]]] = {}
-    for it in items:
-        by_table.setdefault(it["table"], []).append(it)
-    for table, its in by_table.items():
-        mapping = settings.tables.get(table)
-        ct = mapping.change_time_column if mapping else None
-        target = (mapping.target if mapping else None) or table
-        n = history.rows_changed(
-            c, target, ct, [it["window"] for it in its], timedelta(seconds=r_.window_s)
-        )
-        for it, rows in zip(its, n, strict=True):
-            it["rows_changed"] = rows
-    out = []
-    for it in items:
-        w: Window = it["window"]
-        age = (now - w.end).total_seconds()
-        mark = reconciled.get(it["table"])
-        behind = mark is not None and w.end <= mark
-        out.append(
-            {
-                "table": it["table"],
-                "window_start": _iso(w.start),
-                "window_end": _iso(w.end),
-                "status": it["status"],
-                "age_s": age,
-                "rows_changed": it["rows_changed"],
-                "differences": it["found"],
-                "run_id": it["run_id"],
-                "priority": history.priority(it["status"], age, it["rows_changed"]),
-                "next": history.next_command(it["table"], w, it["status"], behind_watermark=behind),
-            }
-        )
+    items = _unverified_items(gaps, bad) + [_failed_item(f) for f in failed]
+    _add_rows_changed(c, settings, items)
+    out = [_ranked_item(it, reconciled, now) for it in items]
     out.sort(key=lambda x: (-x["priority"], x["window_end"] or "", x["table"]))
     return out
 
