@@ -6,9 +6,10 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from functools import partial
 from typing import Any
 
@@ -112,19 +113,7 @@ def reconcile(
     all of them or a random ``sample_windows`` of them (``seed``); the watermark never moves
     (run.reverify_table). With ``metrics``, every pass updates them (reconcile/metrics.py).
     Raises CdcrError on configuration or database failures."""
-    if start is not None and end is not None and start >= end:
-        raise CdcrError("--from must be before --to")
-    if sample_windows is not None and sample_windows < 1:
-        raise CdcrError("--sample needs a positive number of windows")
-    if (since is not None or sample_windows is not None) and not reverify:
-        raise CdcrError("--since and a window sample apply to --reverify only")
-    if since is not None and start is not None:
-        raise CdcrError("--since and --from are alternatives: pick one")
-    if reverify and not once:
-        raise CdcrError(
-            "--reverify is one pass (use --once); continuous mode re-verifies history on its "
-            "own within the reconcile.reverify_* budget"
-        )
+    _check_options(start, end, once, reverify, since, sample_windows)
     source, target, applied, names = _open_tables(settings, tables, "reconcile")
     for name in names:
         table_checks(settings, name)  # invalid checks fail before any work
@@ -150,49 +139,89 @@ def reconcile(
         on_window,
         applied,
     )
-    outage_delay = OUTAGE_RETRY_S
+
+    def one(env: Env, names: tuple[str, ...]) -> _Pass:
+        return _one_pass(
+            env,
+            req,
+            names,
+            tables,
+            once,
+            dry_run,
+            metrics,
+            target,
+            reverify=reverify,
+            since=since,
+            sample_windows=sample_windows,
+            seed=seed,
+        )
+
     try:
-        while True:
-            try:
-                reports = _one_pass(
-                    env,
-                    req,
-                    names,
-                    tables,
-                    once,
-                    dry_run,
-                    metrics,
-                    target,
-                    reverify=reverify,
-                    since=since,
-                    sample_windows=sample_windows,
-                    seed=seed,
-                )
-            except (CdcrError, SQLAlchemyError) as exc:
-                if once or isinstance(exc, wm.WatermarkConflict):
-                    raise
-                # Continuous mode is always on: a target (or source, or Kafka) outage in the
-                # middle of a pass is logged and the pass retried with backoff, never the end of
-                # the process. Watermarks move only by compare-and-swap, so a retried pass is safe.
-                logging.getLogger(__name__).error(
-                    "reconcile pass failed (%s); retrying in %.0fs", exc, outage_delay
-                )
-                if should_stop():
-                    return []
-                time.sleep(outage_delay)
-                outage_delay = min(outage_delay * 2, OUTAGE_RETRY_MAX_S)
-                continue
-            outage_delay = OUTAGE_RETRY_S
-            env, names = reports.env, reports.names
-            if once or should_stop():
-                return reports.reports
-            if not any(r.windows for r in reports.reports if not r.reverify):
-                time.sleep(settings.reconcile.window_s * POLL_FRACTION)
+        return _passes(one, env, names, once, should_stop)
     except SQLAlchemyError as exc:
         raise CdcrError(f"reconcile failed: {exc.__class__.__name__}: {exc}") from exc
     finally:
         source.dispose()
         target.dispose()
+
+
+def _check_options(
+    start: datetime | None,
+    end: datetime | None,
+    once: bool,
+    reverify: bool,
+    since: timedelta | None,
+    sample_windows: int | None,
+) -> None:
+    """The option combinations ``reconcile`` refuses, before any connection."""
+    if start is not None and end is not None and start >= end:
+        raise CdcrError("--from must be before --to")
+    if sample_windows is not None and sample_windows < 1:
+        raise CdcrError("--sample needs a positive number of windows")
+    if (since is not None or sample_windows is not None) and not reverify:
+        raise CdcrError("--since and a window sample apply to --reverify only")
+    if since is not None and start is not None:
+        raise CdcrError("--since and --from are alternatives: pick one")
+    if reverify and not once:
+        raise CdcrError(
+            "--reverify is one pass (use --once); continuous mode re-verifies history on its "
+            "own within the reconcile.reverify_* budget"
+        )
+
+
+def _passes(
+    one: Callable[[Env, tuple[str, ...]], _Pass],
+    env: Env,
+    names: tuple[str, ...],
+    once: bool,
+    should_stop: Callable[[], bool],
+) -> list[TableReport]:
+    """Run ``one`` pass (``once``) or pass after pass until ``should_stop()``; the reports of
+    the last pass."""
+    outage_delay = OUTAGE_RETRY_S
+    while True:
+        try:
+            reports = one(env, names)
+        except (CdcrError, SQLAlchemyError) as exc:
+            if once or isinstance(exc, wm.WatermarkConflict):
+                raise
+            # Continuous mode is always on: a target (or source, or Kafka) outage in the
+            # middle of a pass is logged and the pass retried with backoff, never the end of
+            # the process. Watermarks move only by compare-and-swap, so a retried pass is safe.
+            logging.getLogger(__name__).error(
+                "reconcile pass failed (%s); retrying in %.0fs", exc, outage_delay
+            )
+            if should_stop():
+                return []
+            time.sleep(outage_delay)
+            outage_delay = min(outage_delay * 2, OUTAGE_RETRY_MAX_S)
+            continue
+        outage_delay = OUTAGE_RETRY_S
+        env, names = reports.env, reports.names
+        if once or should_stop():
+            return reports.reports
+        if not any(r.windows for r in reports.reports if not r.reverify):
+            time.sleep(env.settings.reconcile.window_s * POLL_FRACTION)
 
 
 @dataclass(frozen=True)
@@ -363,54 +392,80 @@ def sample(
     env = Env(
         settings, source, target, now_getter, log_ends or _kafka_log_ends(settings), applied=applied
     )
-    reports: list[SampleReport] = []
     try:
-        for table in names:
-            pair, _ = describe(env, table)
-            started = checked_now(now_getter)
-            window: Window | None = None
-            note: str | None = None
-            if pair.windowed:
-                closed = closed_time(env, table, started)
-                upper = end if closed is None else min(closed, end or closed)
-                if closed is None:
-                    note = (
-                        "nothing proves closure (no applied offsets): rows changed recently "
-                        "may still be in flight"
-                    )
-                if upper is not None and start is not None and upper <= start:
-                    reports.append(
-                        SampleReport(
-                            table,
-                            n,
-                            "census",
-                            seed or 0,
-                            start,
-                            upper,
-                            note="the change-time range is not closed yet",
-                        )
-                    )
-                    continue
-                if start is not None or upper is not None:
-                    window = Window(start, upper or FAR_FUTURE)
-            report = sample_table(source, target, pair, n, seed=seed, window=window)
-            report.note = report.note or note
-            if not dry_run:
-                with target.begin() as c:
-                    record_sample(
-                        c,
-                        report,
-                        run_id=str(uuid.uuid4()),
-                        started=started,
-                        finished=checked_now(now_getter),
-                    )
-            reports.append(report)
+        return [
+            _sample_one(env, table, n, start, end, seed=seed, dry_run=dry_run) for table in names
+        ]
     except SQLAlchemyError as exc:
         raise CdcrError(f"sample failed: {exc.__class__.__name__}: {exc}") from exc
     finally:
         source.dispose()
         target.dispose()
-    return reports
+
+
+@dataclass(frozen=True)
+class _SampleRange:
+    """Where a windowed table is sampled: ``window`` (None: everywhere), a ``note`` on it, or
+    ``not_closed`` (the upper end is not after ``--from``: nothing to sample yet)."""
+
+    window: Window | None = None
+    note: str | None = None
+    not_closed: datetime | None = None
+
+
+def _sample_range(
+    env: Env, table: str, started: datetime, start: datetime | None, end: datetime | None
+) -> _SampleRange:
+    closed = closed_time(env, table, started)
+    upper = end if closed is None else min(closed, end or closed)
+    note = (
+        "nothing proves closure (no applied offsets): rows changed recently may still be in flight"
+        if closed is None
+        else None
+    )
+    if upper is not None and start is not None and upper <= start:
+        return _SampleRange(not_closed=upper)
+    if start is not None or upper is not None:
+        return _SampleRange(Window(start, upper or FAR_FUTURE), note)
+    return _SampleRange(None, note)
+
+
+def _sample_one(
+    env: Env,
+    table: str,
+    n: int,
+    start: datetime | None,
+    end: datetime | None,
+    *,
+    seed: int | None,
+    dry_run: bool,
+) -> SampleReport:
+    """Sample one table and, unless ``dry_run``, write its ``sampled`` audit row."""
+    pair, _ = describe(env, table)
+    started = checked_now(env.now_getter)
+    rng = _sample_range(env, table, started, start, end) if pair.windowed else _SampleRange()
+    if rng.not_closed is not None:
+        return SampleReport(
+            table,
+            n,
+            "census",
+            seed or 0,
+            start,
+            rng.not_closed,
+            note="the change-time range is not closed yet",
+        )
+    report = sample_table(env.source, env.target, pair, n, seed=seed, window=rng.window)
+    report.note = report.note or rng.note
+    if not dry_run:
+        with env.target.begin() as c:
+            record_sample(
+                c,
+                report,
+                run_id=str(uuid.uuid4()),
+                started=started,
+                finished=checked_now(env.now_getter),
+            )
+    return report
 
 
 # `cdcr status` asks Kafka for log ends with this timeout per request, and only once per call.
@@ -425,6 +480,232 @@ def _dicts(rows: Sequence[Any]) -> list[dict[str, Any]]:
 MAX_GAP_WINDOWS = 50  # windows listed per table in `cdcr status` (windows_behind counts all)
 
 
+class LogEndsState(StrEnum):
+    """Whether ``cdcr status`` needed Kafka's log-end offsets and got them."""
+
+    NOT_NEEDED = "not_needed"
+    OK = "ok"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass
+class KafkaProbe:
+    """The one short log-end request of ``cdcr status``: its outcome and Kafka's error."""
+
+    log_ends: LogEndsState = LogEndsState.NOT_NEEDED
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"log_ends": self.log_ends.value, "error": self.error}
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A table's windows behind their closure time (ISO instants, as ``--json`` writes them)."""
+
+    table: str
+    reconciled_through: str | None
+    closed_through: str | None
+    behind_s: float | None
+    windows_behind: int | None
+    windows: list[dict[str, str | None]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StatusReport(Mapping[str, Any]):
+    """What ``cdcr status`` shows. Renderers read the fields; ``as_dict()`` is the ``--json``
+    document (same keys as before the result was typed). Reading by key still works (a
+    Mapping over ``as_dict()``) for callers written against the dict."""
+
+    now: datetime
+    kafka: KafkaProbe
+    watermarks: list[wm.Watermark]
+    gaps: list[Gap]
+    verification: list[dict[str, Any]]
+    priorities: list[dict[str, Any]]
+    priorities_total: int
+    applied_offsets: list[dict[str, Any]]
+    recent_runs: list[dict[str, Any]]
+    integrity: list[dict[str, Any]]
+    dead_letters: list[dict[str, Any]]
+    blocked: list[dict[str, Any]]
+    review_open: list[dict[str, Any]]
+    open_counts: list[dict[str, Any]]
+    open_latest: list[dict[str, Any]]
+
+    @property
+    def kafka_unavailable(self) -> bool:
+        return self.kafka.log_ends is LogEndsState.UNAVAILABLE
+
+    def review(self) -> dict[str, Any]:
+        q = self.review_open
+        return {
+            "open": q,
+            "open_total": sum(x["open"] for x in q),
+            "oldest_age_s": max((x["oldest_age_s"] for x in q), default=None),
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "now": self.now.isoformat(),
+            "kafka": self.kafka.as_dict(),
+            "watermarks": [
+                {
+                    "table": m.table,
+                    "reconciled_through": _iso(m.reconciled_through),
+                    "state": m.state,
+                    "updated_at": _iso(m.updated_at),
+                }
+                for m in self.watermarks
+            ],
+            "gaps": [g.as_dict() for g in self.gaps],
+            "verification": self.verification,
+            "priorities": self.priorities[:MAX_PRIORITIES],
+            "priorities_total": self.priorities_total,
+            "applied_offsets": _plain_rows(self.applied_offsets),
+            "recent_runs": _plain_rows(self.recent_runs),
+            "integrity": self.integrity,
+            "dead_letters": _plain_rows(self.dead_letters),
+            "blocked": self.blocked,
+            "review": self.review(),
+            "open_discrepancies": {
+                "counts": [dict(r) for r in self.open_counts],
+                "latest": _plain_rows(self.open_latest),
+            },
+        }
+
+    def __getitem__(self, key: str) -> Any:
+        return self.as_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.as_dict())
+
+    def __len__(self) -> int:
+        return len(self.as_dict())
+
+
+def _plain_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: _plain(v) for k, v in r.items()} for r in rows]
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """What ``status`` reads from the service's tables in one connection."""
+
+    marks: list[wm.Watermark]
+    offsets: list[dict[str, Any]]
+    recent: list[dict[str, Any]]
+    applied: AppliedTables
+    queue: list[dict[str, Any]]
+    latest_checks: list[dict[str, Any]]
+    open_counts: list[dict[str, Any]]
+    open_rows: list[dict[str, Any]]
+    failed: list[dict[str, Any]]
+    dead: list[dict[str, Any]]
+
+
+def _read_stored(
+    engine: sa.Engine, settings: Settings, now: datetime, runs: int, discrepancies: int
+) -> _Stored:
+    try:
+        with engine.connect() as c:
+            return _Stored(
+                marks=list(wm.read_all(c)),
+                offsets=_dicts(offsets_store.all_offsets(c)),
+                recent=_dicts(run_store.recent(c, runs)),
+                applied=applied_tables(c, settings, engine),
+                queue=list(review_summary(c, now)),
+                latest_checks=_dicts(run_store.latest_checks(c)),
+                open_counts=[
+                    {"table_name": o.table, "kind": o.kind, "n": o.n}
+                    for o in review_store.open_by_kind(c)
+                ],
+                open_rows=_dicts(review_store.open_latest(c, discrepancies)),
+                failed=list(history.failed_windows(c)),
+                dead=_dicts(dead_store.last_day(c)),
+            )
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise CdcrError(
+            f"status failed (is the target migrated? run `cdcr migrate`): "
+            f"{exc.__class__.__name__}: {exc}"
+        ) from exc
+
+
+def _probe(kafka: KafkaProbe, real: LogEnds) -> LogEnds:
+    """``real`` asked at most until it fails once; the outcome is recorded in ``kafka``."""
+
+    def guarded(tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        if kafka.log_ends is LogEndsState.UNAVAILABLE:
+            return {}
+        try:
+            ends: dict[tuple[str, int], int] = real(tps)
+        except CdcrError as exc:
+            kafka.log_ends, kafka.error = LogEndsState.UNAVAILABLE, str(exc)
+            return {}
+        kafka.log_ends = LogEndsState.OK
+        return ends
+
+    return guarded
+
+
+def _progress(offsets: Sequence[dict[str, Any]], group: str) -> dict[str, list[PartitionProgress]]:
+    """The applied progress of ``group`` per topic."""
+    progress: dict[str, list[PartitionProgress]] = {}
+    for o in offsets:
+        if o["consumer_group"] == group:
+            progress.setdefault(o["topic"], []).append(
+                PartitionProgress(
+                    o["topic"], o["partition"], o["next_offset"], o["last_event_time"]
+                )
+            )
+    return progress
+
+
+def _gap(table: str, mark: datetime | None, closed: datetime, size: timedelta) -> Gap | None:
+    windows = gap_windows(mark, closed, size, limit=MAX_GAP_WINDOWS)
+    if not windows:
+        return None
+    grid = floor_to_grid(closed, size)
+    return Gap(
+        table=table,
+        reconciled_through=_iso(mark),
+        closed_through=_iso(grid),
+        behind_s=None if mark is None else (grid - mark).total_seconds(),
+        windows_behind=windows_behind(mark, closed, size),
+        windows=[{"start": _iso(w.start), "end": _iso(w.end)} for w in windows],
+    )
+
+
+def _gaps(
+    settings: Settings,
+    stored: _Stored,
+    reconciled: dict[str, datetime | None],
+    now: datetime,
+    log_ends: LogEnds,
+) -> list[Gap]:
+    """Per table, the windows behind their closure time, most recent first (they hold the
+    freshest data back; ``priorities`` ranks them)."""
+    grace = timedelta(seconds=settings.reconcile.grace_s)
+    size = timedelta(seconds=settings.reconcile.window_s)
+    progress = _progress(stored.offsets, settings.kafka.group_id)
+    gaps = []
+    for table in sorted({*reconciled, *settings.tables, *stored.applied.tables()}):
+        topics = stored.applied.topics_of(table) or (
+            table_topic(settings.kafka.topic_prefix, table),
+        )
+        parts = [p for t in topics for p in progress.get(t, [])]
+        closed = closed_through(parts, grace, now, log_ends)
+        gap = None if closed is None else _gap(table, reconciled.get(table), closed, size)
+        if gap is not None:
+            gaps.append(gap)
+    gaps.sort(key=lambda g: (g.closed_through or "", g.table), reverse=True)
+    return gaps
+
+
 def status(
     settings: Settings,
     *,
@@ -432,9 +713,10 @@ def status(
     runs: int = 20,
     discrepancies: int = 50,
     log_ends: LogEnds | None = None,
-) -> dict[str, Any]:
+) -> StatusReport:
     """Watermarks, gaps (windows behind their closure time, newest first), applied offsets,
-    recent runs and open discrepancies, as plain data (the ``--json`` form).
+    recent runs and open discrepancies, as a typed report (``as_dict()`` is the ``--json``
+    form).
 
     Closure is computed as ``cdcr reconcile`` does (windows.closed_through over the applied
     offsets). Partitions whose event time lags the clock need Kafka's log ends to tell "idle at
@@ -443,117 +725,37 @@ def status(
     later) and ``kafka.log_ends`` says ``unavailable``."""
     engine = wiring.target_engine(settings)
     now = checked_now(now_getter)
-    grace = timedelta(seconds=settings.reconcile.grace_s)
-    size = timedelta(seconds=settings.reconcile.window_s)
-    try:
-        with engine.connect() as c:
-            marks = wm.read_all(c)
-            offsets = _dicts(offsets_store.all_offsets(c))
-            recent = _dicts(run_store.recent(c, runs))
-            applied = applied_tables(c, settings, engine)
-            queue = review_summary(c, now)
-            latest_checks = _dicts(run_store.latest_checks(c))
-            open_counts = [
-                {"table_name": o.table, "kind": o.kind, "n": o.n}
-                for o in review_store.open_by_kind(c)
-            ]
-            open_rows = _dicts(review_store.open_latest(c, discrepancies))
-            failed = history.failed_windows(c)
-            dead = _dicts(dead_store.last_day(c))
-    except SQLAlchemyError as exc:
-        engine.dispose()
-        raise CdcrError(
-            f"status failed (is the target migrated? run `cdcr migrate`): "
-            f"{exc.__class__.__name__}: {exc}"
-        ) from exc
-
-    kafka: dict[str, Any] = {"log_ends": "not_needed", "error": None}
+    stored = _read_stored(engine, settings, now, runs, discrepancies)
+    kafka = KafkaProbe()
     real = log_ends or _kafka_log_ends(settings, STATUS_KAFKA_TIMEOUT_S)
-
-    def guarded(tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        if kafka["log_ends"] == "unavailable":
-            return {}
-        try:
-            ends: dict[tuple[str, int], int] = real(tps)
-        except CdcrError as exc:
-            kafka.update(log_ends="unavailable", error=str(exc))
-            return {}
-        kafka["log_ends"] = "ok"
-        return ends
-
-    progress: dict[str, list[PartitionProgress]] = {}
-    for o in offsets:
-        if o["consumer_group"] == settings.kafka.group_id:
-            progress.setdefault(o["topic"], []).append(
-                PartitionProgress(
-                    o["topic"], o["partition"], o["next_offset"], o["last_event_time"]
-                )
-            )
-    reconciled = {m.table: m.reconciled_through for m in marks}
-    gaps = []
-    for table in sorted({*reconciled, *settings.tables, *applied.tables()}):
-        topics = applied.topics_of(table) or (table_topic(settings.kafka.topic_prefix, table),)
-        parts = [p for t in topics for p in progress.get(t, [])]
-        closed = closed_through(parts, grace, now, guarded)
-        if closed is None:
-            continue
-        mark = reconciled.get(table)
-        windows = gap_windows(mark, closed, size, limit=MAX_GAP_WINDOWS)
-        if not windows:
-            continue
-        grid = floor_to_grid(closed, size)
-        behind = None if mark is None else (grid - mark).total_seconds()
-        gaps.append(
-            {
-                "table": table,
-                "reconciled_through": _iso(mark),
-                "closed_through": _iso(grid),
-                "behind_s": behind,
-                "windows_behind": windows_behind(mark, closed, size),
-                "windows": [{"start": _iso(w.start), "end": _iso(w.end)} for w in windows],
-            }
-        )
-    # Listed most recent first (they hold the freshest data back); `priorities` ranks them.
-    gaps.sort(key=lambda g: (g["closed_through"] or "", g["table"]), reverse=True)
+    reconciled = {m.table: m.reconciled_through for m in stored.marks}
+    gaps = _gaps(settings, stored, reconciled, now, _probe(kafka, real))
+    gap_rows = [g.as_dict() for g in gaps]
     try:
         with engine.connect() as c:
-            verification = _verification(c, settings, marks, now)
-            priorities = _priorities(c, settings, gaps, failed, reconciled, now)
+            verification = _verification(c, settings, stored.marks, now)
+            priorities = _priorities(c, settings, gap_rows, stored.failed, reconciled, now)
     except SQLAlchemyError as exc:
         raise CdcrError(f"status failed: {exc.__class__.__name__}: {exc}") from exc
     finally:
         engine.dispose()
-    return {
-        "now": now.isoformat(),
-        "kafka": kafka,
-        "watermarks": [
-            {
-                "table": m.table,
-                "reconciled_through": _iso(m.reconciled_through),
-                "state": m.state,
-                "updated_at": _iso(m.updated_at),
-            }
-            for m in marks
-        ],
-        "gaps": gaps,
-        "verification": verification,
-        "priorities": priorities[:MAX_PRIORITIES],
-        "priorities_total": len(priorities),
-        "applied_offsets": [{k: _plain(v) for k, v in o.items()} for o in offsets],
-        "recent_runs": [{k: _plain(v) for k, v in r.items()} for r in recent],
-        "integrity": _integrity(latest_checks),
-        "dead_letters": [{k: _plain(v) for k, v in d.items()} for d in dead],
-        "blocked": _blocked(dead, now),
-        "review": {
-            "open": queue,
-            "open_total": sum(q["open"] for q in queue),
-            "oldest_age_s": max((q["oldest_age_s"] for q in queue), default=None),
-        },
-        "open_discrepancies": {
-            "counts": [dict(r) for r in open_counts],
-            "latest": [{k: _plain(v) for k, v in r.items()} for r in open_rows],
-        },
-    }
+    return StatusReport(
+        now=now,
+        kafka=kafka,
+        watermarks=stored.marks,
+        gaps=gaps,
+        verification=verification,
+        priorities=priorities,
+        priorities_total=len(priorities),
+        applied_offsets=stored.offsets,
+        recent_runs=stored.recent,
+        integrity=_integrity(stored.latest_checks),
+        dead_letters=stored.dead,
+        blocked=_blocked(stored.dead, now),
+        review_open=stored.queue,
+        open_counts=stored.open_counts,
+        open_latest=stored.open_rows,
+    )
 
 
 # Dead-letter kinds that stop a whole table, not one record: every event of its topic goes to
@@ -615,6 +817,89 @@ def _verification(
     return out
 
 
+def _overlaps_any(bad: Sequence[tuple[str, Window]], table: str, x: Window) -> bool:
+    """Whether ``x`` of ``table`` overlaps a failed window (listed once, as failed)."""
+    return any(
+        t == table and (x.start is None or y.end > x.start) and (y.start is None or x.end > y.start)
+        for t, y in bad
+    )
+
+
+def _unverified_items(
+    gaps: Sequence[dict[str, Any]], bad: Sequence[tuple[str, Window]]
+) -> list[dict[str, Any]]:
+    """The gaps' windows, as priority items, except those that failed."""
+    items: list[dict[str, Any]] = []
+    for g in gaps:
+        for gw in g["windows"]:
+            x = Window(
+                None if gw["start"] is None else datetime.fromisoformat(gw["start"]),
+                datetime.fromisoformat(gw["end"]),
+            )
+            if _overlaps_any(bad, g["table"], x):
+                continue
+            items.append(
+                {
+                    "table": g["table"],
+                    "window": x,
+                    "status": "unverified",
+                    "run_id": None,
+                    "found": None,
+                }
+            )
+    return items
+
+
+def _failed_item(f: dict[str, Any]) -> dict[str, Any]:
+    counts = f["counts"] or {}
+    return {
+        "table": f["table_name"],
+        "window": Window(f["window_start"], f["window_end"]),
+        "status": f["status"],
+        "run_id": str(f["run_id"]),
+        "found": sum(int(counts.get(k, 0) or 0) for k in ("missing", "extra", "mismatched")),
+    }
+
+
+def _add_rows_changed(
+    c: sa.Connection, settings: Settings, items: Sequence[dict[str, Any]]
+) -> None:
+    """Set each item's ``rows_changed`` (target rows changed in its window), one query set
+    per table."""
+    size = timedelta(seconds=settings.reconcile.window_s)
+    by_table: dict[str, list[dict[str, Any]]] = {}
+    for it in items:
+        by_table.setdefault(it["table"], []).append(it)
+    for table, its in by_table.items():
+        mapping = settings.tables.get(table)
+        ct = mapping.change_time_column if mapping else None
+        target = (mapping.target if mapping else None) or table
+        n = history.rows_changed(c, target, ct, [it["window"] for it in its], size)
+        for it, rows in zip(its, n, strict=True):
+            it["rows_changed"] = rows
+
+
+def _ranked_item(
+    it: dict[str, Any], reconciled: dict[str, datetime | None], now: datetime
+) -> dict[str, Any]:
+    w: Window = it["window"]
+    age = (now - w.end).total_seconds()
+    mark = reconciled.get(it["table"])
+    behind = mark is not None and w.end <= mark
+    return {
+        "table": it["table"],
+        "window_start": _iso(w.start),
+        "window_end": _iso(w.end),
+        "status": it["status"],
+        "age_s": age,
+        "rows_changed": it["rows_changed"],
+        "differences": it["found"],
+        "run_id": it["run_id"],
+        "priority": history.priority(it["status"], age, it["rows_changed"]),
+        "next": history.next_command(it["table"], w, it["status"], behind_watermark=behind),
+    }
+
+
 def _priorities(
     c: sa.Connection,
     settings: Settings,
@@ -627,81 +912,10 @@ def _priorities(
     check_failed or failed, not verified since), highest priority first
     (history.priority: status, age since the window closed, target rows changed in it), each
     with the command that would verify it next."""
-    r_ = settings.reconcile
-    items: list[dict[str, Any]] = []
     bad = [(f["table_name"], Window(f["window_start"], f["window_end"])) for f in failed]
-
-    def overlaps(table: str, x: Window) -> bool:
-        # A window that failed is listed once, as failed, not again as unverified.
-        return any(
-            t == table
-            and (x.start is None or y.end > x.start)
-            and (y.start is None or x.end > y.start)
-            for t, y in bad
-        )
-
-    for g in gaps:
-        for gw in g["windows"]:
-            x = Window(
-                None if gw["start"] is None else datetime.fromisoformat(gw["start"]),
-                datetime.fromisoformat(gw["end"]),
-            )
-            if overlaps(g["table"], x):
-                continue
-            items.append(
-                {
-                    "table": g["table"],
-                    "window": x,
-                    "status": "unverified",
-                    "run_id": None,
-                    "found": None,
-                }
-            )
-    for f in failed:
-        counts = f["counts"] or {}
-        items.append(
-            {
-                "table": f["table_name"],
-                "window": Window(f["window_start"], f["window_end"]),
-                "status": f["status"],
-                "run_id": str(f["run_id"]),
-                "found": sum(
-                    int(counts.get(k, 0) or 0) for k in ("missing", "extra", "mismatched")
-                ),
-            }
-        )
-    by_table: dict[str, list[dict[str, Any]]] = {}
-    for it in items:
-        by_table.setdefault(it["table"], []).append(it)
-    for table, its in by_table.items():
-        mapping = settings.tables.get(table)
-        ct = mapping.change_time_column if mapping else None
-        target = (mapping.target if mapping else None) or table
-        n = history.rows_changed(
-            c, target, ct, [it["window"] for it in its], timedelta(seconds=r_.window_s)
-        )
-        for it, rows in zip(its, n, strict=True):
-            it["rows_changed"] = rows
-    out = []
-    for it in items:
-        w: Window = it["window"]
-        age = (now - w.end).total_seconds()
-        mark = reconciled.get(it["table"])
-        behind = mark is not None and w.end <= mark
-        out.append(
-            {
-                "table": it["table"],
-                "window_start": _iso(w.start),
-                "window_end": _iso(w.end),
-                "status": it["status"],
-                "age_s": age,
-                "rows_changed": it["rows_changed"],
-                "differences": it["found"],
-                "run_id": it["run_id"],
-                "priority": history.priority(it["status"], age, it["rows_changed"]),
-                "next": history.next_command(it["table"], w, it["status"], behind_watermark=behind),
-            }
-        )
+    items = _unverified_items(gaps, bad) + [_failed_item(f) for f in failed]
+    _add_rows_changed(c, settings, items)
+    out = [_ranked_item(it, reconciled, now) for it in items]
     out.sort(key=lambda x: (-x["priority"], x["window_end"] or "", x["table"]))
     return out
 

@@ -230,10 +230,21 @@ def rows_changed(
     schema, name = split_name(qualified_target)
     ct = quote_ident(change_time_column)
     rel = f"{quote_ident(schema)}.{quote_ident(name)}"
+    step = size.total_seconds()
+    buckets = _count_buckets(conn, ct, rel, windows, step)
+    if buckets is None:
+        return [None] * len(windows)
+    return _per_window(buckets, windows, step)
+
+
+def _count_buckets(
+    conn: sa.Connection, ct: str, rel: str, windows: Sequence[Window], step: float
+) -> dict[int, int] | None:
+    """Rows of ``rel`` per grid bucket of ``step`` seconds over the windows' whole range, in one
+    scan bounded by ``ROWS_CHANGED_TIMEOUT_MS``; None when the count fails or times out."""
     starts = [w.start for w in windows]
     lo = None if any(x is None for x in starts) else min(x for x in starts if x is not None)
     hi = max(w.end for w in windows)
-    step = size.total_seconds()
     sql = (
         f"SELECT floor(extract(epoch FROM {ct}) / :step)::bigint, count(*) FROM {rel} "
         f"WHERE {ct} < :hi" + ("" if lo is None else f" AND {ct} >= :lo") + " GROUP BY 1"
@@ -247,7 +258,14 @@ def rows_changed(
                 if b is not None
             }
     except sa.exc.DBAPIError:
-        return [None] * len(windows)
+        return None
+    return buckets
+
+
+def _per_window(
+    buckets: dict[int, int], windows: Sequence[Window], step: float
+) -> list[int | None]:
+    """Each window's rows: the buckets it touches."""
 
     def bucket(t: datetime) -> int:
         return math.floor(t.timestamp() / step)

@@ -192,15 +192,33 @@ def repair(
             rows = ck.fetch_text_by_keys(sconn, pair.source, wanted) if wanted else {}
 
     ts = _ts_us(now)
+    writes = _fix_writes(out, [k for k in to_fix if k in remaining], rows, ts)
+    archive = _extra_deletes(out, extras, rows, delete_extra)
+    writes += [RowWrite(k, None, out.position, ts) for k in archive]
+    _commit_repair(target, pair, table, diff, run_id, out, writes, archive)
+    return out
+
+
+def _fix_writes(
+    out: RepairOutcome, keys: Sequence[Key], rows: dict[Key, Any], ts: int
+) -> list[RowWrite]:
+    """Upserts of the keys replay left different (action ``upserted``, or ``vanished`` when the
+    source no longer has the row)."""
     writes: list[RowWrite] = []
-    for k in to_fix:
-        if k not in remaining:
-            continue
+    for k in keys:
         if k in rows:
             writes.append(RowWrite(k, rows[k], out.position, ts))
             out.actions[k] = "upserted"
         else:
             out.actions[k] = "vanished"  # deleted in the source since the diff; a later run sees it
+    return writes
+
+
+def _extra_deletes(
+    out: RepairOutcome, extras: Sequence[Key], rows: dict[Key, Any], delete_extra: bool
+) -> list[Key]:
+    """The extra keys to archive and delete (only with ``delete_extra``; the others are
+    reported, or left when the source has the row again)."""
     archive: list[Key] = []
     for k in extras:
         if not delete_extra:
@@ -209,9 +227,21 @@ def repair(
             out.actions[k] = "source_has_row"  # appeared in the source since the diff
         else:
             archive.append(k)
-            writes.append(RowWrite(k, None, out.position, ts))
             out.actions[k] = "deleted"
+    return archive
 
+
+def _commit_repair(
+    target: sa.Engine,
+    pair: TablePair,
+    table: TargetTable,
+    diff: DiffResult,
+    run_id: uuid.UUID,
+    out: RepairOutcome,
+    writes: list[RowWrite],
+    archive: list[Key],
+) -> None:
+    """Archive the deleted rows, write, and record the discrepancies in one transaction."""
     with target.begin() as tconn:
         if archive:
             whole = ck.fetch_json_by_keys(tconn, pair.target, archive)
@@ -227,7 +257,6 @@ def repair(
         result = write_batch(tconn, table, writes)
         out.applied, out.stale = result.applied, result.stale
         record_discrepancies(tconn, run_id, pair.name, diff.differences, out.actions)
-    return out
 
 
 def record_discrepancies(

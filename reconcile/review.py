@@ -41,7 +41,7 @@ from cdc_reconciler.reconcile import repair as rp
 from cdc_reconciler.reconcile.run import Env, describe
 from cdc_reconciler.reconcile.windows import checked_now, utc_now
 from cdc_reconciler.store import discrepancies as store
-from cdc_reconciler.store.discrepancies import ArchivedRow, ReviewItem, ReviewState
+from cdc_reconciler.store.discrepancies import ArchivedRow, ReviewDetail, ReviewItem, ReviewState
 
 DECISIONS = ("apply_source", "keep_target", "delete_target")
 STATES = ("open", "resolved", "all")
@@ -74,8 +74,9 @@ def list_items(
     kind: str | None = None,
     state: str = "open",
     limit: int = 200,
-) -> list[dict[str, Any]]:
-    """Queue items, oldest first, filtered by table, kind and review state (``all``: any)."""
+) -> list[ReviewItem]:
+    """Queue items, oldest first, filtered by table, kind and review state (``all``: any);
+    ``item_json`` is the ``--json`` form of each."""
     if state not in STATES:
         raise CdcrError(f"--state must be one of {', '.join(STATES)}")
     if kind is not None and kind not in KINDS:
@@ -83,24 +84,47 @@ def list_items(
     target = wiring.target_engine(settings)
     try:
         with target.connect() as c:
-            found = store.items(c, table=table, kind=kind, state=state, limit=limit)
-            return [_plain_dict(asdict(r)) for r in found]
+            return list(store.items(c, table=table, kind=kind, state=state, limit=limit))
     except SQLAlchemyError as exc:
         raise CdcrError(f"review list failed: {exc.__class__.__name__}: {exc}") from exc
     finally:
         target.dispose()
 
 
-def show(settings: Settings, item_id: int) -> dict[str, Any]:
-    """One item with the rows recorded when it was found, and both rows as they are now."""
-    source = wiring.source_engine(settings)
-    target = wiring.target_engine(settings)
-    try:
-        with target.connect() as c:
-            row = store.detail(c, item_id)
-        if row is None:
-            raise CdcrError(f"no review item {item_id}")
-        item = _plain_dict(
+def item_json(item: ReviewItem) -> dict[str, Any]:
+    """A queue item as ``--json`` writes it (instants ISO, ids as text)."""
+    return _plain_dict(asdict(item))
+
+
+@dataclass(frozen=True, slots=True)
+class RowsNow:
+    """Both rows of an item's key as they are now, or why they could not be read."""
+
+    source_row: dict[str, Any] | None = None
+    target_row: dict[str, Any] | None = None
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"error": self.error}
+        return {"source_row": self.source_row, "target_row": self.target_row}
+
+
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """``cdcr review show``: the item, the rows recorded when it was found, its run's window,
+    and both rows now."""
+
+    detail: ReviewDetail
+    now: RowsNow
+
+    @property
+    def item(self) -> ReviewItem:
+        return self.detail.item
+
+    def as_json(self) -> dict[str, Any]:
+        row = self.detail
+        doc = _plain_dict(
             {
                 **asdict(row.item),
                 "source_row": row.source_row,
@@ -109,21 +133,35 @@ def show(settings: Settings, item_id: int) -> dict[str, Any]:
                 "window_end": row.window_end,
             }
         )
+        doc["now"] = self.now.as_json()
+        return doc
+
+
+def show(settings: Settings, item_id: int) -> Shown:
+    """One item with the rows recorded when it was found, and both rows as they are now."""
+    source = wiring.source_engine(settings)
+    target = wiring.target_engine(settings)
+    try:
+        with target.connect() as c:
+            row = store.detail(c, item_id)
+        if row is None:
+            raise CdcrError(f"no review item {item_id}")
         env = Env(settings, source, target, utc_now, lambda tps: {})
         try:
-            pair, _ = describe(env, item["table_name"])
+            pair, _ = describe(env, row.item.table_name)
         except CdcrError as exc:
-            item["now"] = {"error": str(exc)}
-            return item
-        key = tuple(orjson.loads(item["key"]))
+            return Shown(row, RowsNow(error=str(exc)))
+        key = tuple(orjson.loads(row.item.key))
         with source.connect() as s, target.connect() as t:
             src = ck.fetch_normalized_by_keys(s, pair.source, [key]).get(key)
             tgt = ck.fetch_normalized_by_keys(t, pair.target, [key]).get(key)
-        item["now"] = {
-            "source_row": None if src is None else dict(zip(pair.columns, src, strict=True)),
-            "target_row": None if tgt is None else dict(zip(pair.columns, tgt, strict=True)),
-        }
-        return item
+        return Shown(
+            row,
+            RowsNow(
+                None if src is None else dict(zip(pair.columns, src, strict=True)),
+                None if tgt is None else dict(zip(pair.columns, tgt, strict=True)),
+            ),
+        )
     except SQLAlchemyError as exc:
         raise CdcrError(f"review show failed: {exc.__class__.__name__}: {exc}") from exc
     finally:

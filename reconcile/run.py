@@ -296,21 +296,10 @@ def reconcile_table(env: Env, req: Request, table: str) -> TableReport:
         r = reconcile_window(env, req, pair, ttable, w, current, pending, report.drift)
         pending = ()
         report.windows.append(r)
-        if req.dry_run:
-            pos = w.end
-        elif r.status == RunStatus.SUPERSEDED:
-            with env.target.connect() as c:
-                mark = wm.read(c, table)
-            current = mark.reconciled_through if mark else None
-            pos = w.end if explicit else current
-        elif r.status in ADVANCING:
-            if w.start == current:
-                current = w.end
-            pos = w.end
-        elif explicit:
-            pos = w.end  # an explicit range is reported whole; the watermark stays behind
-        else:
+        step = _after_window(env, req, table, w, r.status, current, explicit)
+        if step is None:
             break  # the watermark cannot pass an unresolved window: later windows wait
+        pos, current = step
     if pending and current is not None:
         # No window ran this pass: re-check the deferred keys on their own (no diff, no checks),
         # recorded as a run over the verified range; it never moves the watermark.
@@ -318,6 +307,44 @@ def reconcile_table(env: Env, req: Request, table: str) -> TableReport:
             env, req, pair, ttable, Window(None, current), current, pending, recheck_only=True
         )
         report.windows.append(r)
+    _close_report(env, report, table, closed, size, first)
+    return report
+
+
+def _after_window(
+    env: Env,
+    req: Request,
+    table: str,
+    w: Window,
+    status: str,
+    current: datetime | None,
+    explicit: bool,
+) -> tuple[datetime | None, datetime | None] | None:
+    """Where the next window starts and the watermark now is after window ``w`` ended in
+    ``status``; None when no later window may run this pass."""
+    if req.dry_run:
+        return w.end, current
+    if status == RunStatus.SUPERSEDED:
+        with env.target.connect() as c:
+            mark = wm.read(c, table)
+        current = mark.reconciled_through if mark else None
+        return (w.end if explicit else current), current
+    if status in ADVANCING:
+        return w.end, (w.end if w.start == current else current)
+    if explicit:
+        return w.end, current  # an explicit range is reported whole; the watermark stays behind
+    return None
+
+
+def _close_report(
+    env: Env,
+    report: TableReport,
+    table: str,
+    closed: datetime,
+    size: timedelta,
+    first: datetime | None,
+) -> None:
+    """The watermark and windows behind after the pass, and why nothing was verified."""
     with env.target.connect() as c:
         mark = wm.read(c, table)
     report.reconciled_through = mark.reconciled_through if mark else None
@@ -332,7 +359,6 @@ def reconcile_table(env: Env, req: Request, table: str) -> TableReport:
             f"{env.settings.reconcile.window_s}s, first change "
             f"{'unknown' if first is None else first.isoformat()})"
         )
-    return report
 
 
 def _why_not_closed(env: Env, table: str) -> str:
@@ -376,25 +402,8 @@ def reconcile_window(
         env.on_window(pair.name, w)
     started = checked_now(env.now_getter)
     raw = DiffResult(()) if recheck_only else diff_table(env.source, env.target, pair, w, req.diff)
-    # Candidates are confirmed before anything is reported, repaired or counted (inflight.py).
-    conf = _confirm(env, pair, [*(d.key for d in raw.differences), *pending])
-    bound = timedelta(seconds=env.settings.reconcile.deferred_bound_s)
-    with env.target.begin() as c:
-        inflight.apply_bound(c, pair.name, conf, now=started, bound=bound, write=not req.dry_run)
-    before = DiffResult(
-        tuple(sorted(conf.confirmed, key=lambda x: (x.kind.value, repr(x.key)))), raw.stats
-    )
-    counts: dict[str, Any] = {
-        **raw.stats.as_dict(),
-        **_kinds(before.differences),
-        "candidates": len(raw.differences),
-        "rechecked": len(pending),
-        **conf.counts(),
-    }
-    counts["deferred"] = raw.stats.deferred + len(conf.deferred)
-    if req.reverify:
-        counts["reverify"] = True
-        counts["found_in_history"] = len(before.differences)
+    conf, before = _confirmed(env, req, pair, raw, pending, started)
+    counts = _window_counts(req, raw, before, conf, len(pending))
     deferred = tuple(sorted(conf.deferred.items(), key=lambda x: repr(x[0])))
     checks: list[dict[str, Any]] = [
         {"check": "recheck_deferred", "keys": len(pending)}
@@ -407,10 +416,8 @@ def reconcile_window(
     )
     counts["orphan"] = len(orphans)
     if req.dry_run:
-        status = RunStatus.CLEAN if before.clean else RunStatus.DIFFERENCES
         results = chk.run_checks(env.source, env.target, pair, w, configured) + integrity_checks
-        if not chk.passed(results):
-            status = RunStatus.CHECK_FAILED
+        status = _dry_run_status(before, results)
         return WindowReport(
             pair.name,
             w,
@@ -430,37 +437,9 @@ def reconcile_window(
         status = RunStatus.CLEAN
         remaining: tuple[Difference, ...] = ()
         if not before.clean:
-            outcome = rp.repair(
-                env.source,
-                env.target,
-                pair,
-                ttable,
-                before,
-                window=w,
-                run_id=run_id,
-                delete_extra=req.delete_extra,
-                now=started,
-                replay_hook=env.replay_hook,
+            status, remaining = _repair_window(
+                env, req, pair, ttable, w, before, run_id, started, counts, checks
             )
-            counts.update(outcome.counts())
-            # Re-verify the keys this window confirmed, through the same in-flight rules.
-            again = _confirm(env, pair, [d.key for d in before.differences])
-            remaining = tuple(again.confirmed)
-            checks.append(
-                {
-                    "check": "reverify",
-                    "keys": len(before.differences),
-                    "result": "equal" if not remaining else f"{len(remaining)} differences",
-                }
-            )
-            reported = {k for k, a in outcome.actions.items() if a == "reported"}
-            if not remaining:
-                status = RunStatus.REPAIRED
-            elif all(d.kind is Kind.EXTRA and d.key in reported for d in remaining):
-                status = RunStatus.OPEN_EXTRAS
-            else:
-                status = RunStatus.UNRESOLVED
-            counts["remaining"] = len(remaining)
         results = chk.run_checks(env.source, env.target, pair, w, configured) + integrity_checks
         checks += results
         if status in ADVANCING and not chk.passed(results):
@@ -469,19 +448,9 @@ def reconcile_window(
             if not before.clean:
                 rp.resolve_discrepancies(c, run_id, remaining)
             _record_orphans(c, run_id, pair.name, orphans)
-            if status in ADVANCING and w.start == expected and not req.reverify:
-                try:
-                    with c.begin_nested():
-                        wm.advance(c, pair.name, expected, w.end)
-                except wm.WatermarkConflict:
-                    status = RunStatus.SUPERSEDED
+            status = _advance(c, req, pair.name, w, expected, status)
             runs.finish(c, run_id, status, checked_now(env.now_getter), counts, checks)
-            if not req.reverify:
-                wm.set_state(
-                    c,
-                    pair.name,
-                    "idle" if status in (*ADVANCING, RunStatus.SUPERSEDED) else str(status),
-                )
+            _set_state(c, req, pair.name, status)
     except Exception:
         with env.target.begin() as c:
             runs.finish(c, run_id, RunStatus.FAILED, checked_now(env.now_getter), counts, checks)
@@ -489,6 +458,128 @@ def reconcile_window(
     return WindowReport(
         pair.name, w, status, before.differences, counts, run_id, checks, deferred=deferred
     )
+
+
+def _window_counts(
+    req: Request,
+    raw: DiffResult,
+    before: DiffResult,
+    conf: inflight.Confirmation,
+    rechecked: int,
+) -> dict[str, Any]:
+    """A window's run counts: the diff's statistics, the confirmed differences per kind, and
+    what the in-flight rules made of the candidates."""
+    counts: dict[str, Any] = {
+        **raw.stats.as_dict(),
+        **_kinds(before.differences),
+        "candidates": len(raw.differences),
+        "rechecked": rechecked,
+        **conf.counts(),
+    }
+    counts["deferred"] = raw.stats.deferred + len(conf.deferred)
+    if req.reverify:
+        counts["reverify"] = True
+        counts["found_in_history"] = len(before.differences)
+    return counts
+
+
+def _repair_window(
+    env: Env,
+    req: Request,
+    pair: TablePair,
+    ttable: TargetTable,
+    w: Window,
+    before: DiffResult,
+    run_id: uuid.UUID,
+    started: datetime,
+    counts: dict[str, Any],
+    checks: list[dict[str, Any]],
+) -> tuple[RunStatus, tuple[Difference, ...]]:
+    """Repair the window's confirmed differences, re-verify them (adds to ``counts`` and
+    ``checks``), and the status that leaves with the differences remaining."""
+    outcome = rp.repair(
+        env.source,
+        env.target,
+        pair,
+        ttable,
+        before,
+        window=w,
+        run_id=run_id,
+        delete_extra=req.delete_extra,
+        now=started,
+        replay_hook=env.replay_hook,
+    )
+    counts.update(outcome.counts())
+    # Re-verify the keys this window confirmed, through the same in-flight rules.
+    again = _confirm(env, pair, [d.key for d in before.differences])
+    remaining = tuple(again.confirmed)
+    checks.append(
+        {
+            "check": "reverify",
+            "keys": len(before.differences),
+            "result": "equal" if not remaining else f"{len(remaining)} differences",
+        }
+    )
+    reported = {k for k, a in outcome.actions.items() if a == "reported"}
+    counts["remaining"] = len(remaining)
+    if not remaining:
+        return RunStatus.REPAIRED, remaining
+    if all(d.kind is Kind.EXTRA and d.key in reported for d in remaining):
+        return RunStatus.OPEN_EXTRAS, remaining
+    return RunStatus.UNRESOLVED, remaining
+
+
+def _confirmed(
+    env: Env,
+    req: Request,
+    pair: TablePair,
+    raw: DiffResult,
+    pending: tuple[Key, ...],
+    started: datetime,
+) -> tuple[inflight.Confirmation, DiffResult]:
+    """Candidates are confirmed before anything is reported, repaired or counted (inflight.py):
+    the confirmation, and the confirmed differences in a stable order."""
+    conf = _confirm(env, pair, [*(d.key for d in raw.differences), *pending])
+    bound = timedelta(seconds=env.settings.reconcile.deferred_bound_s)
+    with env.target.begin() as c:
+        inflight.apply_bound(c, pair.name, conf, now=started, bound=bound, write=not req.dry_run)
+    before = DiffResult(
+        tuple(sorted(conf.confirmed, key=lambda x: (x.kind.value, repr(x.key)))), raw.stats
+    )
+    return conf, before
+
+
+def _dry_run_status(before: DiffResult, results: list[dict[str, Any]]) -> RunStatus:
+    if not chk.passed(results):
+        return RunStatus.CHECK_FAILED
+    return RunStatus.CLEAN if before.clean else RunStatus.DIFFERENCES
+
+
+def _set_state(c: sa.Connection, req: Request, table: str, status: RunStatus) -> None:
+    """The watermark's state after a run (re-verification leaves it alone)."""
+    if not req.reverify:
+        wm.set_state(
+            c, table, "idle" if status in (*ADVANCING, RunStatus.SUPERSEDED) else str(status)
+        )
+
+
+def _advance(
+    c: sa.Connection,
+    req: Request,
+    table: str,
+    w: Window,
+    expected: datetime | None,
+    status: RunStatus,
+) -> RunStatus:
+    """Advance the watermark from ``expected`` past ``w`` when the run allows it; a concurrent
+    move makes the run ``superseded``."""
+    if status in ADVANCING and w.start == expected and not req.reverify:
+        try:
+            with c.begin_nested():
+                wm.advance(c, table, expected, w.end)
+        except wm.WatermarkConflict:
+            return RunStatus.SUPERSEDED
+    return status
 
 
 def _integrity(

@@ -229,19 +229,7 @@ def sample_table(
         from_target = _draw(tgt, pair.target, t_where, tp, q, seed + 1)
         in_source = ck.fetch_normalized_by_keys(src, pair.source, from_target)
         extras = [k for k in from_target if k not in in_source]
-        kept: list[tuple[str, Key]] = [("s", k) for k in from_source] + [("t", k) for k in extras]
-        trimmed = len(kept) > n
-        if trimmed:
-            kept = rng.sample(kept, n)
-        report.method = "census" if q >= 1.0 and not trimmed else "bernoulli"
-        report.sampled = len(kept)
-        report.population = (
-            len(from_source) + len(extras)
-            if q >= 1.0
-            else max(report.sampled, report.source_rows + round(len(extras) / q))
-        )
-        s_keys = [k for side, k in kept if side == "s"]
-        t_keys = [k for side, k in kept if side == "t"]
+        s_keys, t_keys = _keep(report, rng, n, q, from_source, extras)
         src_rows = ck.fetch_normalized_by_keys(src, pair.source, s_keys)
         tgt_rows = ck.fetch_normalized_by_keys(tgt, pair.target, [*s_keys, *t_keys])
     report.differences = tuple(
@@ -253,6 +241,30 @@ def sample_table(
     for d in report.differences:
         report.counts[d.kind.value] += 1
     return report
+
+
+def _keep(
+    report: SampleReport,
+    rng: random.Random,
+    n: int,
+    q: float,
+    from_source: Sequence[Key],
+    extras: Sequence[Key],
+) -> tuple[list[Key], list[Key]]:
+    """At most ``n`` of the drawn keys (source keys and target-only keys), recording the
+    method, sample size and estimated population in ``report``."""
+    kept: list[tuple[str, Key]] = [("s", k) for k in from_source] + [("t", k) for k in extras]
+    trimmed = len(kept) > n
+    if trimmed:
+        kept = rng.sample(kept, n)
+    report.method = "census" if q >= 1.0 and not trimmed else "bernoulli"
+    report.sampled = len(kept)
+    report.population = (
+        len(from_source) + len(extras)
+        if q >= 1.0
+        else max(report.sampled, report.source_rows + round(len(extras) / q))
+    )
+    return [k for side, k in kept if side == "s"], [k for side, k in kept if side == "t"]
 
 
 def _classify(

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from cdc_reconciler.cli.common import ConfigOpt, JsonOpt, echo_json, out_console, say, settings
 from cdc_reconciler.errors import CdcrError
+
+if TYPE_CHECKING:
+    from cdc_reconciler.reconcile.review import Shown
+    from cdc_reconciler.store.discrepancies import ReviewItem
 
 # The decisions of `review resolve`, one option each.
 DECISIONS = ("apply_source", "keep_target", "delete_target")
@@ -48,29 +52,23 @@ def list_(
 
     items = review.list_items(settings(config), table=table, kind=kind, state=state, limit=limit)
     if as_json:
-        echo_json({"items": items}, indent=2)
+        echo_json({"items": [review.item_json(i) for i in items]}, indent=2)
     elif not items:
         say(f"no {'' if state == 'all' else state + ' '}review items")
     else:
         out_console.print(_items_table(items))
 
 
-def _items_table(items: list[dict[str, Any]]) -> Table:
+def _items_table(items: list[ReviewItem]) -> Table:
     t = Table(box=None, pad_edge=False)
     for col in ("id", "table", "kind", "key", "state", "found"):
         t.add_column(col, overflow="fold")
     for i in items:
-        state_txt = i["review_state"]
-        if i["resolution"]:
-            state_txt = f"{i['resolution']} by {i['resolved_by']}"
-        t.add_row(
-            str(i["id"]),
-            i["table_name"],
-            i["kind"],
-            i["key"],
-            state_txt,
-            (i["created_at"] or "")[:19].replace("T", " "),
-        )
+        state_txt = str(i.review_state)
+        if i.resolution:
+            state_txt = f"{i.resolution} by {i.resolved_by}"
+        found = "" if i.created_at is None else i.created_at.isoformat()
+        t.add_row(str(i.id), i.table_name, i.kind, i.key, state_txt, found[:19].replace("T", " "))
     return t
 
 
@@ -84,27 +82,31 @@ def show(
 
     item = review.show(settings(config), item_id)
     if as_json:
-        echo_json(item, indent=2)
+        echo_json(item.as_json(), indent=2)
     else:
         _print_item(item)
 
 
-def _print_item(item: dict[str, Any]) -> None:
+def _print_item(shown: Shown) -> None:
+    from cdc_reconciler.reconcile.review import item_json
+
+    item = shown.item
+    plain = item_json(item)  # instants as ISO text, as before
     for k in ("id", "table_name", "key", "kind", "action", "review_state", "created_at"):
-        say(f"{k}: {item[k]}")
-    if item.get("columns"):
-        say(f"columns: {', '.join(item['columns'])}")
-    if item.get("resolution"):
+        say(f"{k}: {plain[k]}")
+    if item.columns:
+        say(f"columns: {', '.join(item.columns)}")
+    if item.resolution:
         say(
-            f"resolved: {item['resolution']} by {item['resolved_by']} at "
-            f"{item['resolved_at']}" + (f" ({item['note']})" if item.get("note") else "")
+            f"resolved: {item.resolution} by {item.resolved_by} at "
+            f"{plain['resolved_at']}" + (f" ({item.note})" if item.note else "")
         )
-    now = item.get("now", {})
-    if "error" in now:
-        say(f"rows now: unavailable ({now['error']})")
+    now = shown.now
+    if now.error is not None:
+        say(f"rows now: unavailable ({now.error})")
         return
-    for side in ("source_row", "target_row"):
-        say(f"{side.replace('_', ' ')} now: {json.dumps(now.get(side))}")
+    say(f"source row now: {json.dumps(now.source_row)}")
+    say(f"target row now: {json.dumps(now.target_row)}")
 
 
 def resolve(

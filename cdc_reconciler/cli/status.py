@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -20,6 +20,10 @@ from cdc_reconciler.cli.common import (
     settings,
     short_time,
 )
+
+if TYPE_CHECKING:
+    from cdc_reconciler.reconcile.command import Gap, StatusReport
+    from cdc_reconciler.store.watermarks import Watermark
 
 Row = dict[str, Any]
 
@@ -48,13 +52,13 @@ def status(
     answer."""
     from cdc_reconciler.reconcile import command
 
-    data = command.status(settings(config))
+    report = command.status(settings(config))
     if as_json:
-        echo_json(data, indent=2)
+        echo_json(report.as_dict(), indent=2)
     elif wide:
-        print_wide(data)
+        print_wide(report)
     else:
-        print_summary(data)
+        print_summary(report)
 
 
 def _line(text: str) -> None:
@@ -65,20 +69,20 @@ def _line(text: str) -> None:
 # -- the summary ----------------------------------------------------------------------------------
 
 
-def print_summary(data: Row) -> None:
+def print_summary(report: StatusReport) -> None:
     """The default ``cdcr status``: a few short lines per table and group, readable at 80
     columns (names longer than the terminal wrap; nothing else does)."""
-    _print_tables(data)
-    _print_priorities(data.get("priorities", []), data.get("priorities_total"))
-    _print_blocked(data.get("blocked", []))
-    _print_groups(data["applied_offsets"], datetime.fromisoformat(data["now"]))
-    review = data.get("review", {})
+    _print_tables(report)
+    _print_priorities(report.priorities, report.priorities_total)
+    _print_blocked(report.blocked)
+    _print_groups(report.applied_offsets, report.now)
+    review = report.review()
     if review.get("open_total"):
         _line(
             f"review queue: {review['open_total']} open, oldest "
             f"{ago(review['oldest_age_s'] or 0)} old (cdcr review list)"
         )
-    if data["kafka"]["log_ends"] == "unavailable":
+    if report.kafka_unavailable:
         say(
             "note: Kafka did not answer for log-end offsets; windows behind may be understated",
             err=True,
@@ -90,20 +94,20 @@ def _by_table(rows: Iterable[Row]) -> dict[str, Row]:
     return {x["table"]: x for x in rows}
 
 
-def _open_items(data: Row) -> dict[str, dict[str, int]]:
+def _open_items(report: StatusReport) -> dict[str, dict[str, int]]:
     """Open review items per table and kind."""
     queue: dict[str, dict[str, int]] = {}
-    for q in data.get("review", {}).get("open", []):
+    for q in report.review_open:
         queue.setdefault(q["table"], {})[q["kind"]] = q["open"]
     return queue
 
 
-def _print_tables(data: Row) -> None:
-    marks = _by_table(data["watermarks"])
-    gaps = _by_table(data["gaps"])
-    integ = _by_table(data.get("integrity", []))
-    ver = _by_table(data.get("verification", []))
-    queue = _open_items(data)
+def _print_tables(report: StatusReport) -> None:
+    marks = {m.table: m for m in report.watermarks}
+    gaps = {g.table: g for g in report.gaps}
+    integ = _by_table(report.integrity)
+    ver = _by_table(report.verification)
+    queue = _open_items(report)
     names = sorted({*marks, *gaps, *integ, *queue})
     say("[bold]tables[/]" if names else "tables: none reconciled yet")
     for name in names:
@@ -115,20 +119,20 @@ def _print_tables(data: Row) -> None:
             _print_verification(ver[name])
 
 
-def _behind(gap: Row | None) -> Any:
+def _behind(gap: Gap | None) -> Any:
     if gap is None:
         return 0
     # Never reconciled and no first change known: the whole table.
-    return "all" if gap["windows_behind"] is None else gap["windows_behind"]
+    return "all" if gap.windows_behind is None else gap.windows_behind
 
 
-def _print_table_state(mark: Row | None, gap: Row | None, kinds: dict[str, int]) -> None:
+def _print_table_state(mark: Watermark | None, gap: Gap | None, kinds: dict[str, int]) -> None:
     total = sum(kinds.values())
     open_txt = f"{total} open"
     if kinds:
         open_txt += " (" + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) + ")"
-    state = "" if mark is None or mark["state"] == "idle" else f" · {mark['state']}"
-    through = short_time(mark["reconciled_through"] if mark else None)
+    state = "" if mark is None or mark.state == "idle" else f" · {mark.state}"
+    through = short_time(mark.reconciled_through if mark else None)
     line = f"  verified through {through} · {_behind(gap)} behind · {open_txt}{state}"
     if len(line) > 78 and kinds:  # the breakdown of the open items on a line of its own
         _line(line.replace(open_txt, f"{total} open"))
@@ -205,7 +209,7 @@ def _plural(n: int, word: str) -> str:
 
 
 def _print_group(rows: list[Row], now: datetime) -> None:
-    times = [datetime.fromisoformat(r["last_event_time"]) for r in rows if r["last_event_time"]]
+    times: list[datetime] = [r["last_event_time"] for r in rows if r["last_event_time"]]
     oldest = min(times) if times else None
     topics = len({r["topic"] for r in rows})
     dlq = sum(int(r["dead_lettered"] or 0) for r in rows)
@@ -242,29 +246,31 @@ def _table(title: str, columns: Iterable[str], rows: Iterable[Iterable[str]]) ->
     return t
 
 
-def print_wide(data: Row) -> None:
+def print_wide(report: StatusReport) -> None:
     """``cdcr status --wide``: every watermark, gap, priority, partition, run and discrepancy."""
     p = out_console.print
-    p(_watermarks(data["watermarks"]))
-    if data["gaps"]:
-        p(_gaps(data["gaps"]))
-    if data.get("priorities"):
-        p(_priorities(data["priorities"]))
-    if data["kafka"]["log_ends"] == "unavailable":
+    # The partition and run rows as --json writes them (instants in ISO form).
+    doc = report.as_dict()
+    p(_watermarks(doc["watermarks"]))
+    if report.gaps:
+        p(_gaps(doc["gaps"]))
+    if report.priorities:
+        p(_priorities(doc["priorities"]))
+    if report.kafka_unavailable:
         say(
             "note: Kafka did not answer for log-end offsets, so idle partitions could "
             f"not be told apart from lagging ones; gaps may be understated "
-            f"({data['kafka']['error']})",
+            f"({report.kafka.error})",
             err=True,
         )
-    p(_applied_offsets(data["applied_offsets"]))
+    p(_applied_offsets(doc["applied_offsets"]))
     p(
         _table(
             "recent runs",
             ("started", "table", "window_end", "status"),
             (
                 (str(x["started"]), x["table_name"], str(x["window_end"]), x["status"])
-                for x in data["recent_runs"]
+                for x in doc["recent_runs"]
             ),
         )
     )
@@ -272,10 +278,7 @@ def print_wide(data: Row) -> None:
         _table(
             "open discrepancies",
             ("table", "kind", "count"),
-            (
-                (x["table_name"], x["kind"], str(x["n"]))
-                for x in data["open_discrepancies"]["counts"]
-            ),
+            ((x["table_name"], x["kind"], str(x["n"])) for x in report.open_counts),
         )
     )
 

@@ -193,6 +193,17 @@ def test_status_gaps_newest_first_and_kafka_unavailable(
     assert len(calls) == 1
     [gap] = [g for g in st["gaps"] if g["table"] == case.table]
     assert gap["windows_behind"] == 2
+    # The same report, typed: the probe's outcome is an enum, the gaps are dataclasses.
+    assert isinstance(st, command.StatusReport)
+    assert st.kafka.log_ends is command.LogEndsState.UNAVAILABLE and st.kafka_unavailable
+    [typed] = [g for g in st.gaps if g.table == case.table]
+    assert isinstance(typed, command.Gap) and typed.windows_behind == 2
+    assert st.as_dict()["gaps"] == [g.as_dict() for g in st.gaps]
+    assert set(st.as_dict()) == {
+        "now", "kafka", "watermarks", "gaps", "verification", "priorities",
+        "priorities_total", "applied_offsets", "recent_runs", "integrity", "dead_letters",
+        "blocked", "review", "open_discrepancies",
+    }  # fmt: skip
 
 
 def test_status_cli_json(target_engine: sa.Engine, case: Case) -> None:

@@ -145,3 +145,31 @@ def test_status_shows_the_open_queue(target_engine: sa.Engine, case: Case) -> No
     review = json.loads(out)["review"]
     [mine] = [q for q in review["open"] if q["table"] == t]
     assert mine["kind"] == "extra" and mine["open"] == 1 and mine["oldest_age_s"] >= 0
+
+
+def test_review_show_result_is_typed_and_its_json_keeps_the_keys() -> None:
+    import uuid
+
+    from cdc_reconciler.reconcile.review import RowsNow, Shown, item_json
+    from cdc_reconciler.store.discrepancies import ReviewDetail, ReviewItem, ReviewState
+
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    item = ReviewItem(
+        7, uuid.UUID(int=1), "t", "[1]", "extra", None, "reported", ReviewState.OPEN, at,
+        None, None, None, None,
+    )  # fmt: skip
+    detail = ReviewDetail(item, None, {"v": "x"}, None, at + timedelta(minutes=5))
+    doc = Shown(detail, RowsNow(None, {"v": "x"})).as_json()
+    assert doc == {
+        **item_json(item),
+        "source_row": None,
+        "target_row": {"v": "x"},
+        "window_start": None,
+        "window_end": "2026-01-01T00:05:00+00:00",
+        "now": {"source_row": None, "target_row": {"v": "x"}},
+    }
+    assert item_json(item)["created_at"] == "2026-01-01T00:00:00+00:00"
+    assert item_json(item)["run_id"] == str(uuid.UUID(int=1))
+    assert Shown(detail, RowsNow(error="no such table")).as_json()["now"] == {
+        "error": "no such table"
+    }
