@@ -476,16 +476,7 @@ class ApplyEngine:
         write is skipped as stale (never a NULL the source does not have) and the key recorded
         as an open discrepancy for the reconciler. Returns the groups to write and the skipped
         pendings."""
-        needs: dict[str, list[tuple[Pending, tuple[str, ...]]]] = {}
-        for route, group in plan.writes.values():
-            for p in group:
-                if p.values is None or not p.event.unavailable or p.keyless:
-                    continue
-                cols = tuple(
-                    c for c in route.table.columns if c in p.event.unavailable and c not in p.values
-                )
-                if cols:
-                    needs.setdefault(route.table.qualified, []).append((p, cols))
+        needs = _unavailable_needs(plan)
         if not needs:
             return plan.writes, []
         replaced: dict[int, Pending] = {}
@@ -499,16 +490,7 @@ class ApplyEngine:
             gk: (route, [replaced.get(id(p), p) for p in group if id(p) not in gone_ids])
             for gk, (route, group) in plan.writes.items()
         }
-        for p in replaced.values():
-            plan.outcome.table_add(p.route.table.qualified, "toast_refetched")
-        for p in vanished:
-            plan.outcome.table_add(p.route.table.qualified, "toast_source_missing")
-        if replaced:
-            log.warning(
-                "re-read %d rows' unchanged TOASTed columns from the source (no target row to "
-                "keep them from)",
-                len(replaced),
-            )
+        _count_completed(plan, replaced, vanished)
         if vanished:
             self._record_vanished(conn, needs, vanished)
         return out, vanished
@@ -518,18 +500,9 @@ class ApplyEngine:
     ) -> tuple[dict[int, Pending], list[Pending]]:
         """For one table: the pendings re-read from the source (by id of the original), and those
         whose source row is gone."""
-        route = items[0][0].route
-        table = route.table
+        table = items[0][0].route.table
         keys = table.key_columns
-        # Keys whose target row exists keep its values; keys behind a newer tombstone are stale.
-        live = _existing_keys(conn, table, [p.key for p, _c in items])
-        tombs = _tombstones(conn, table, [p.key for p, _c in items])
-        todo = [
-            (p, c)
-            for p, c in items
-            if _norm_key(p.key) not in live
-            and max(tombs.get(key_text(p.key), -1), tombs.get(TRUNCATE_KEY, -1)) < p.event.position
-        ]
+        todo = _without_target_row(conn, table, items)
         if not todo:
             return {}, []
         if self._source is None:
@@ -543,17 +516,7 @@ class ApplyEngine:
         schema, name = self._resolver.source_name(todo[0][0].record.topic, todo[0][0].event)
         cols = sorted({col for _p, cs in todo for col in cs})
         found = _fetch_source(self._source, (schema, name), keys, cols, [p.key for p, _c in todo])
-        got: dict[int, Pending] = {}
-        gone: list[Pending] = []
-        for p, missing in todo:
-            row = found.get(_norm_key(p.key))
-            if row is None:
-                gone.append(p)
-                continue
-            assert p.values is not None
-            values = {**p.values, **{c: row[c] for c in missing}}
-            got[id(p)] = Pending(p.record, p.event, p.route, p.key, values)
-        return got, gone
+        return _merge_refetched(todo, found)
 
     def _record_vanished(
         self,
@@ -737,6 +700,72 @@ def _norm_key(key: Sequence[Any]) -> str:
         v.astimezone(UTC) if isinstance(v, datetime) and v.tzinfo is not None else v for v in key
     ]
     return str(key_text(norm))
+
+
+_Needs = dict[str, list[tuple[Pending, tuple[str, ...]]]]
+
+
+def _unavailable_needs(plan: Plan) -> _Needs:
+    """By table: the keyed upserts whose event left out unchanged TOASTed columns, with the
+    columns their values lack."""
+    needs: _Needs = {}
+    for route, group in plan.writes.values():
+        for p in group:
+            if p.values is None or not p.event.unavailable or p.keyless:
+                continue
+            cols = tuple(
+                c for c in route.table.columns if c in p.event.unavailable and c not in p.values
+            )
+            if cols:
+                needs.setdefault(route.table.qualified, []).append((p, cols))
+    return needs
+
+
+def _count_completed(plan: Plan, replaced: dict[int, Pending], vanished: list[Pending]) -> None:
+    """Count the re-read and the skipped pendings in the batch outcome; log the re-reads."""
+    for p in replaced.values():
+        plan.outcome.table_add(p.route.table.qualified, "toast_refetched")
+    for p in vanished:
+        plan.outcome.table_add(p.route.table.qualified, "toast_source_missing")
+    if replaced:
+        log.warning(
+            "re-read %d rows' unchanged TOASTed columns from the source (no target row to "
+            "keep them from)",
+            len(replaced),
+        )
+
+
+def _without_target_row(
+    conn: sa.Connection, table: TargetTable, items: list[tuple[Pending, tuple[str, ...]]]
+) -> list[tuple[Pending, tuple[str, ...]]]:
+    """The items to re-read: keys whose target row exists keep its values; keys behind a newer
+    tombstone (or truncate) are stale and left out too."""
+    live = _existing_keys(conn, table, [p.key for p, _c in items])
+    tombs = _tombstones(conn, table, [p.key for p, _c in items])
+    return [
+        (p, c)
+        for p, c in items
+        if _norm_key(p.key) not in live
+        and max(tombs.get(key_text(p.key), -1), tombs.get(TRUNCATE_KEY, -1)) < p.event.position
+    ]
+
+
+def _merge_refetched(
+    todo: list[tuple[Pending, tuple[str, ...]]], found: dict[str, dict[str, Any]]
+) -> tuple[dict[int, Pending], list[Pending]]:
+    """The pendings completed with the source's values (by id of the original), and those whose
+    source row is gone."""
+    got: dict[int, Pending] = {}
+    gone: list[Pending] = []
+    for p, missing in todo:
+        row = found.get(_norm_key(p.key))
+        if row is None:
+            gone.append(p)
+            continue
+        assert p.values is not None
+        values = {**p.values, **{c: row[c] for c in missing}}
+        got[id(p)] = Pending(p.record, p.event, p.route, p.key, values)
+    return got, gone
 
 
 def _key_filter(

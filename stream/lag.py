@@ -221,28 +221,45 @@ def partition_status(
     latest = samples[-1]
     if latest.offset_lag == 0:
         return Status.OK
-    commits = [s.committed for s in samples if s.committed is not None]
-    if any(b < a for a, b in zip(commits, commits[1:], strict=False)):
+    if _rewound(samples):
         return Status.REWIND
     if not group_active:
         return Status.STOP
-    first = samples[0]
+    moving = _progress_status(samples, age_s, since_progress_s, thresholds)
+    if moving is not None:
+        return moving
+    if latest.reason is not None:
+        return Status.WARN  # records waiting and no usable commit: never OK
+    return Status.OK
+
+
+def _rewound(samples: Sequence[Sample]) -> bool:
+    """Whether the group's commit ever went backwards across the samples."""
+    commits = [s.committed for s in samples if s.committed is not None]
+    return any(b < a for a, b in zip(commits, commits[1:], strict=False))
+
+
+def _progress_status(
+    samples: Sequence[Sample],
+    age_s: float | None,
+    since_progress_s: float | None,
+    thresholds: Thresholds,
+) -> Status | None:
+    """STALL for a position that has not moved for long enough, WARN for a lag that kept
+    growing, None when neither holds."""
+    first, latest = samples[0], samples[-1]
     if first.position == latest.position:
         # A stall needs both: no recorded progress for that long, and a message waiting that
         # long (a burst after a quiet spell is not a stall, nor old data read steadily).
         known = [s for s in (since_progress_s, age_s) if s is not None]
         waited = min(known) if known else (latest.at - first.at).total_seconds()
-        if waited >= thresholds.stall_after_s:
-            return Status.STALL
-    else:
-        lags = [s.offset_lag for s in samples]
-        if len(lags) >= thresholds.warn_min_samples and all(
-            b > a for a, b in zip(lags, lags[1:], strict=False)
-        ):
-            return Status.WARN
-    if latest.reason is not None:
-        return Status.WARN  # records waiting and no usable commit: never OK
-    return Status.OK
+        return Status.STALL if waited >= thresholds.stall_after_s else None
+    lags = [s.offset_lag for s in samples]
+    if len(lags) >= thresholds.warn_min_samples and all(
+        b > a for a, b in zip(lags, lags[1:], strict=False)
+    ):
+        return Status.WARN
+    return None
 
 
 def group_status(statuses: Iterable[Status]) -> Status:
@@ -450,18 +467,9 @@ class LagMonitor:
         counts: Mapping[str, int],
     ) -> dict[TP, int | None]:
         """Every partition of every topic the group consumes, with its commit (None: none)."""
-        topics = {t for t, _ in committed} | ({t for t, _ in info.assigned} if info else set())
-        if self._rx is not None:
-            topics.update(t for t in counts if self._rx.search(t))
-        if (own := self._group_rx.get(group)) is not None:
-            # As `cdcr run` subscribes: never "_"-prefixed topics nor the excluded (dead letters).
-            skip = self._group_excludes.get(group, frozenset())
-            topics.update(
-                t for t in counts if own.search(t) and not t.startswith("_") and t not in skip
-            )
         known = set(committed) | (set(info.assigned) if info else set())
         parts: dict[TP, int | None] = {}
-        for t in sorted(topics):
+        for t in sorted(self._topics_of(group, info, committed, counts)):
             if not self._matches((t, 0)):
                 continue
             n = counts.get(t)
@@ -473,6 +481,25 @@ class LagMonitor:
                 parts.update({tp: committed.get(tp) for tp in known if tp[0] == t})
             # Not in the metadata at all: the topic was deleted; old commits on it are not lag.
         return parts
+
+    def _topics_of(
+        self,
+        group: str,
+        info: GroupState | None,
+        committed: Mapping[TP, int | None],
+        counts: Mapping[str, int],
+    ) -> set[str]:
+        """The topics the group consumes: committed on, assigned, or matching its pattern."""
+        topics = {t for t, _ in committed} | ({t for t, _ in info.assigned} if info else set())
+        if self._rx is not None:
+            topics.update(t for t in counts if self._rx.search(t))
+        if (own := self._group_rx.get(group)) is not None:
+            # As `cdcr run` subscribes: never "_"-prefixed topics nor the excluded (dead letters).
+            skip = self._group_excludes.get(group, frozenset())
+            topics.update(
+                t for t in counts if own.search(t) and not t.startswith("_") and t not in skip
+            )
+        return topics
 
     def report(
         self,
@@ -502,49 +529,10 @@ class LagMonitor:
         for g in self._groups:
             view = self._views[g]
             active = group_is_active(view.state, view.members)
-            parts = []
-            for (topic, part), hist in sorted(view.history.items()):
-                latest = hist[-1]
-                oldest = stamps.get((topic, part, latest.position))
-                newest = latest.newest or stamps.get((topic, part, latest.log_end - 1))
-                secs, how = time_lag(now, hist, oldest, newest)
-                age = None
-                if latest.offset_lag == 0:
-                    age = 0.0
-                elif oldest is not None:
-                    age = _seconds_since(now, oldest)
-                ap = (applied or {}).get((g, topic, part))
-                since = (
-                    _seconds_since(now, ap.updated_at)
-                    if ap is not None and ap.updated_at is not None
-                    else None
-                )
-                status = partition_status(
-                    hist,
-                    group_active=active,
-                    age_s=age,
-                    since_progress_s=since,
-                    thresholds=self._thresholds,
-                )
-                parts.append(
-                    PartitionLag(
-                        topic,
-                        part,
-                        latest.committed,
-                        latest.log_end,
-                        latest.offset_lag,
-                        None if secs is None else round(secs, 3),
-                        status,
-                        log_start=latest.log_start,
-                        time_lag_source=how,
-                        applied=ap.next_offset if ap else None,
-                        applied_event_time=ap.last_event_time if ap else None,
-                        reason=latest.reason,
-                        position=latest.position,
-                        age_s=None if age is None else round(age, 3),
-                        applied_updated_at=ap.updated_at if ap else None,
-                    )
-                )
+            parts = [
+                self._partition_lag(now, g, tp, hist, stamps, applied, active)
+                for tp, hist in sorted(view.history.items())
+            ]
             groups.append(
                 GroupLag(
                     g, view.state, view.members, group_status(p.status for p in parts), tuple(parts)
@@ -557,6 +545,58 @@ class LagMonitor:
             tuple(groups),
             applied_available=applied is not None,
             applied_note=applied_note,
+        )
+
+    def _partition_lag(
+        self,
+        now: datetime,
+        group: str,
+        tp: TP,
+        hist: Sequence[Sample],
+        stamps: Mapping[tuple[str, int, int], datetime],
+        applied: Mapping[tuple[str, str, int], AppliedOffset] | None,
+        active: bool,
+    ) -> PartitionLag:
+        """One partition's line of the report, from its samples and the timestamps read."""
+        topic, part = tp
+        latest = hist[-1]
+        oldest = stamps.get((topic, part, latest.position))
+        newest = latest.newest or stamps.get((topic, part, latest.log_end - 1))
+        secs, how = time_lag(now, hist, oldest, newest)
+        age = None
+        if latest.offset_lag == 0:
+            age = 0.0
+        elif oldest is not None:
+            age = _seconds_since(now, oldest)
+        ap = (applied or {}).get((group, topic, part))
+        since = (
+            _seconds_since(now, ap.updated_at)
+            if ap is not None and ap.updated_at is not None
+            else None
+        )
+        status = partition_status(
+            hist,
+            group_active=active,
+            age_s=age,
+            since_progress_s=since,
+            thresholds=self._thresholds,
+        )
+        return PartitionLag(
+            topic,
+            part,
+            latest.committed,
+            latest.log_end,
+            latest.offset_lag,
+            None if secs is None else round(secs, 3),
+            status,
+            log_start=latest.log_start,
+            time_lag_source=how,
+            applied=ap.next_offset if ap else None,
+            applied_event_time=ap.last_event_time if ap else None,
+            reason=latest.reason,
+            position=latest.position,
+            age_s=None if age is None else round(age, 3),
+            applied_updated_at=ap.updated_at if ap else None,
         )
 
     def _matches(self, tp: TP) -> bool:

@@ -85,6 +85,15 @@ _DOWN_CODES = frozenset(
 
 
 @dataclass(slots=True)
+class _LoopClock:
+    """When the run loop last logged, received a record, and refreshed its subscription."""
+
+    last_log: float
+    last_record: float
+    last_refresh: float
+
+
+@dataclass(slots=True)
 class RunSummary:
     batches: int = 0
     totals: PartitionCounts = field(default_factory=PartitionCounts)
@@ -277,70 +286,85 @@ class Runner:
         transaction committed. A revocation waits for the batch in flight first."""
         summary = self._summary = RunSummary()
         self._interval = PartitionCounts()
-        last_log = last_record = self._clock()
-        last_refresh = -TOPIC_REFRESH_S
+        start = self._clock()
+        loop = _LoopClock(last_log=start, last_record=start, last_refresh=-TOPIC_REFRESH_S)
         try:
             while not self.stop.is_set():
-                self.last_loop = now = self._clock()
-                if self._fatal is not None:
-                    raise KafkaEdgeError.wrap("fatal Kafka error", self._fatal)
-                every = TOPIC_REFRESH_S if self.kafka.up and not self._suspect else DOWN_REFRESH_S
-                if now - last_refresh >= every:
-                    self._suspect = False
-                    self._refresh_subscription()
-                    last_refresh = now
-                if not self._topics:
-                    self.stop.wait(min(1.0, self._timeout))
-                    if stop_when_idle_s is not None and self._idle(
-                        now, last_record, stop_when_idle_s
-                    ):
-                        summary.stopped_by = "idle"
-                        break
-                    continue
-                records = self._consume()
-                if records:
-                    last_record = now
-                    if summary.first_record_at is None:
-                        summary.first_record_at = time.time()
-                    try:
-                        prepared = self._engine.prepare(records)
-                    except Stopped:
-                        summary.stopped_by = "signal"
-                        break
-                    if not self._finish_inflight():
-                        break
-                    prepared.timing.kafka_wait += self._kafka_wait
-                    self._kafka_wait = 0.0
-                    self._inflight_since = self._clock()
-                    self._inflight_batch = prepared
-                    self._inflight = self._writer.submit(self._engine.apply, prepared)
-                else:
-                    if not self._finish_inflight():
-                        break
-                    if stop_when_idle_s is not None and self._idle(
-                        now, last_record, stop_when_idle_s
-                    ):
-                        summary.stopped_by = "idle"
-                        break
-                if now - last_log >= LOG_INTERVAL_S:
-                    _log_interval(self._interval)
-                    self._interval = PartitionCounts()
-                    last_log = now
+                if not self._turn(loop, stop_when_idle_s):
+                    break
             else:
                 summary.stopped_by = "signal"
             self._finish_inflight()  # a stop lets the batch in flight commit (or be interrupted)
         finally:
-            _log_interval(self._interval)
-            if summary.batches:
-                log.info(
-                    "timing over %d batches (seconds of wall time per stage): %s",
-                    summary.batches,
-                    json.dumps(summary.timing.as_json()),
-                )
-            self._writer.shutdown(wait=True)
-            self._engine.close()
-            self._consumer.close()
+            self._close(summary)
         return summary
+
+    def _turn(self, loop: _LoopClock, stop_when_idle_s: float | None) -> bool:
+        """One pass of the loop (one batch at most). False to stop; ``stopped_by`` says why."""
+        self.last_loop = now = self._clock()
+        if self._fatal is not None:
+            raise KafkaEdgeError.wrap("fatal Kafka error", self._fatal)
+        every = TOPIC_REFRESH_S if self.kafka.up and not self._suspect else DOWN_REFRESH_S
+        if now - loop.last_refresh >= every:
+            self._suspect = False
+            self._refresh_subscription()
+            loop.last_refresh = now
+        if not self._topics:
+            self.stop.wait(min(1.0, self._timeout))
+            return not self._stop_if_idle(now, loop.last_record, stop_when_idle_s)
+        records = self._consume()
+        if records:
+            loop.last_record = now
+            if not self._hand_over(records):
+                return False
+        elif not self._finish_inflight() or self._stop_if_idle(
+            now, loop.last_record, stop_when_idle_s
+        ):
+            return False
+        if now - loop.last_log >= LOG_INTERVAL_S:
+            _log_interval(self._interval)
+            self._interval = PartitionCounts()
+            loop.last_log = now
+        return True
+
+    def _hand_over(self, records: list[Record]) -> bool:
+        """Prepare the batch consumed, wait for the one in flight, then hand this one to the
+        writer. False when a stop came in between."""
+        if self._summary.first_record_at is None:
+            self._summary.first_record_at = time.time()
+        try:
+            prepared = self._engine.prepare(records)
+        except Stopped:
+            self._summary.stopped_by = "signal"
+            return False
+        if not self._finish_inflight():
+            return False
+        prepared.timing.kafka_wait += self._kafka_wait
+        self._kafka_wait = 0.0
+        self._inflight_since = self._clock()
+        self._inflight_batch = prepared
+        self._inflight = self._writer.submit(self._engine.apply, prepared)
+        return True
+
+    def _stop_if_idle(self, now: float, last_record: float, idle_s: float | None) -> bool:
+        """Whether to stop for having had no record for ``idle_s`` seconds (then says so)."""
+        if idle_s is not None and self._idle(now, last_record, idle_s):
+            self._summary.stopped_by = "idle"
+            return True
+        return False
+
+    def _close(self, summary: RunSummary) -> None:
+        """Log the last interval and the timing, then close the writer, engine and consumer."""
+        _log_interval(self._interval)
+        if summary.batches:
+            log.info(
+                "timing over %d batches (seconds of wall time per stage): %s",
+                summary.batches,
+                json.dumps(summary.timing.as_json()),
+            )
+        self._writer.shutdown(wait=True)
+        self._engine.close()
+        self._consumer.close()
 
     def _finish_inflight(self) -> bool:
         """Wait for the batch being written, then commit its offsets. False when the writer was
