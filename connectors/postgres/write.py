@@ -108,12 +108,65 @@ def write_batch(conn: sa.Connection, table: TargetTable, writes: Sequence[RowWri
     applied = 0
     with _raw_cursor(conn, "write_batch", table) as cur:
         for cols, group in groups.items():
-            applied += _write_group(cur, table, _statements(table, cols), group)
+            applied += _write_group(cur, conn, table, _statements(table, cols), group)
     return WriteResult(applied, len(writes) - applied)
 
 
-def _write_group(cur: Any, table: TargetTable, st: Statements, writes: list[RowWrite]) -> int:
-    cur.execute(st.create)
+# The temporary tables a connection has, in its pool entry's ``info`` (which lives as long as
+# the DBAPI connection): staging name -> what it was made for; and the ones holding rows of the
+# open transaction (commit empties them: ON COMMIT DELETE ROWS).
+_MADE = "cdcr_staging"
+_FILLED = "cdcr_staging_filled"
+
+
+def _forget_staging(conn: sa.Connection, *_args: Any) -> None:
+    """A rollback (also to a savepoint) may have undone a staging table's CREATE: make it again
+    on next use."""
+    try:
+        info = conn.connection.info
+    except sa.exc.SQLAlchemyError:  # an invalidated connection: its info goes with it
+        return
+    info.pop(_MADE, None)
+    info.pop(_FILLED, None)
+
+
+def _committed(conn: sa.Connection) -> None:
+    try:
+        conn.connection.info.pop(_FILLED, None)
+    except sa.exc.SQLAlchemyError:
+        return
+
+
+def _reset(_dbapi: Any, record: Any, *_args: Any) -> None:
+    record.info.pop(_MADE, None)
+    record.info.pop(_FILLED, None)
+
+
+sa.event.listen(sa.Engine, "rollback", _forget_staging)
+sa.event.listen(sa.Engine, "rollback_savepoint", _forget_staging)
+sa.event.listen(sa.Engine, "commit", _committed)
+sa.event.listen(sa.pool.Pool, "reset", _reset)
+
+
+def _staging(cur: Any, conn: sa.Connection, name: str, made_for: object, create: str) -> None:
+    """Make sure the temporary table ``name`` exists on this connection as ``made_for`` needs
+    it, and is empty. It is made once per connection (and again when the target table changed,
+    or after a rollback), not per batch: every CREATE and DROP writes the catalog."""
+    info = conn.connection.info
+    made: dict[str, object] = info.setdefault(_MADE, {})
+    filled: set[str] = info.setdefault(_FILLED, set())
+    if made.get(name) != made_for:
+        cur.execute(create)
+        made[name] = made_for
+    elif name in filled:  # written earlier in this transaction (a retry, or a second group)
+        cur.execute(f"DELETE FROM {quote_ident(name)}")
+    filled.add(name)
+
+
+def _write_group(
+    cur: Any, conn: sa.Connection, table: TargetTable, st: Statements, writes: list[RowWrite]
+) -> int:
+    _staging(cur, conn, st.staging, table, st.create)
     buf = io.StringIO()
     key_pos = [st.columns.index(k) for k in table.key_columns]
     has_delete = False
@@ -153,22 +206,18 @@ def _write_group(cur: Any, table: TargetTable, st: Statements, writes: list[RowW
             ensure_partitions(cur, table, [r[0] for r in cur.fetchall()])
         moving = False
         if st.others:
-            cur.execute(st.others_create)
+            _staging(cur, conn, st.others, table, st.others_create)
             cur.execute(st.others_fill)
             moving = cur.rowcount > 0
+        # The plain upsert also drops the tombstones it supersedes.
         cur.execute(st.upsert_moving if moving else st.upsert, params)
         applied += cur.rowcount
         if moving:
             cur.execute(st.move, params)
-            cur.execute(f"TRUNCATE {quote_ident(st.others)}")
-        cur.execute(st.clear_tombstones, params)
+            cur.execute(st.clear_tombstones, params)
     if has_delete:
-        cur.execute(st.delete, params)
-        cur.execute(st.tombstone, params)
+        cur.execute(st.delete, params)  # the rows, and their tombstones (the row count)
         applied += cur.rowcount
-    # ON COMMIT DROP removes staging at commit; empty it now too, since one transaction
-    # may write the same table twice (a retry, or a second group).
-    cur.execute(f"TRUNCATE {quote_ident(st.staging)}")
     return int(applied)
 
 
@@ -213,7 +262,7 @@ def write_keyless(
         st = _KEYLESS[table] = KeylessStatements(table)
     applied = 0
     with _raw_cursor(conn, "write_keyless", table) as cur:
-        cur.execute(st.create)
+        _staging(cur, conn, st.staging, table, st.create)
         i = 0
         while i < len(writes):
             n, i = _keyless_step(cur, st, writes, i)
