@@ -28,7 +28,7 @@ import time
 import types
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -87,7 +87,7 @@ def _values(rng: random.Random, key: int) -> dict[str, Any]:
         "updated_at": datetime(2024, 1, 1, tzinfo=UTC) + timedelta(seconds=rng.randrange(10**7)),
         "note": "note " * rng.randrange(1, 6),
         "ref": str(uuid.UUID(int=rng.getrandbits(128))),
-        "day": (datetime(2020, 1, 1) + timedelta(days=rng.randrange(2000))).date(),
+        "day": date(2020, 1, 1) + timedelta(days=rng.randrange(2000)),
         "attrs": {"k": rng.randrange(100), "tag": "x"},
     }
 

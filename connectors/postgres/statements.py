@@ -28,14 +28,11 @@ _TS_EXPR = "(timestamptz 'epoch' + s._cdc_ts_us * interval '1 microsecond')"
 _TOMBSTONES = f"{SERVICE_SCHEMA}.tombstones"
 
 
-
 def _tomb_position(key: str) -> str:
     """The position of the tombstone of ``key`` (NULL: none). A scalar subquery is a probe of
     the tombstones' primary key per staged row, whatever the (missing) statistics of staging
     say; a join may be planned as a nested loop over every tombstone of the table."""
-    return (
-        f"(SELECT tb.position FROM {_TOMBSTONES} tb WHERE tb.table_name = %(tn)s AND tb.key = {key})"
-    )
+    return f"(SELECT tb.position FROM {_TOMBSTONES} tb WHERE tb.table_name = %(tn)s AND tb.key = {key})"
 
 
 # The position of the table's TRUNCATE tombstone, -1 when none: uncorrelated, so evaluated once
@@ -80,8 +77,7 @@ class _Parts:
             select_cols=", ".join([*(f"s.{c}" for c in data_cols), f"s.{pos}", _TS_EXPR]),
             sets=", ".join(f"{c} = EXCLUDED.{c}" for c in [*non_key, *engine_cols]),
             tomb_guard=(
-                f"s.{pos} > COALESCE({_tomb_position('s._cdc_key')}, -1) "
-                f"AND s.{pos} > {_TRUNCATED}"
+                f"s.{pos} > COALESCE({_tomb_position('s._cdc_key')}, -1) AND s.{pos} > {_TRUNCATED}"
             ),
         )
 
@@ -115,11 +111,7 @@ class Statements:
         self.others_create = self.others_fill = self.upsert_moving = ""
         part = table.partition_column
         self.clear_tombstones, self.delete = _deletes(p)
-        # One statement: the guarded upsert, and (same snapshot, other rows) the tombstones it
-        # supersedes dropped.
-        self.upsert = f"WITH _clr AS ({self.clear_tombstones}) " + _upsert(
-            p, [quote_ident(part)] if part else []
-        )
+        self.upsert = _upsert(p, [quote_ident(part)] if part else [])
         if part:
             self._moving_rows(table, columns, p)
             if table.partition_interval:
@@ -171,11 +163,24 @@ class Statements:
 
 def _upsert(p: _Parts, partition: list[str]) -> str:
     """The guarded upsert of the staged ``u`` rows (the conflict target is the key, plus the
-    partition column of a partitioned table)."""
+    partition column of a partitioned table), in one statement with dropping the tombstones
+    those writes are newer than. The key's tombstone is probed once per staged row, in ``_u``;
+    the tombstones to drop are then fetched by their ``ctid`` (one probe each, for the few keys
+    that have one), never by scanning the table's tombstones."""
+    pos = p.pos
+    older_tomb = (
+        f"SELECT tb.ctid FROM {_TOMBSTONES} tb WHERE tb.table_name = %(tn)s "
+        f"AND tb.key = s._cdc_key AND tb.position < s.{pos}"
+    )
     return (
+        f"WITH _u AS MATERIALIZED (SELECT s.*, {_tomb_position('s._cdc_key')} AS _cdc_tomb "
+        f"FROM {p.stg} s WHERE s._cdc_op = 'u'), "
+        f"_clr AS (DELETE FROM {_TOMBSTONES} WHERE ctid = ANY(ARRAY("
+        f"SELECT ({older_tomb}) FROM _u s WHERE s.{pos} > s._cdc_tomb))) "
         f"INSERT INTO {p.tgt} AS t ({p.all_cols}) "
-        f"SELECT {p.select_cols} FROM {p.stg} s WHERE s._cdc_op = 'u' AND {p.tomb_guard} "
-        f"{p.conflict(partition)}WHERE t.{p.pos} < EXCLUDED.{p.pos}"
+        f"SELECT {p.select_cols} FROM _u s WHERE s.{pos} > COALESCE(s._cdc_tomb, -1) "
+        f"AND s.{pos} > {_TRUNCATED} "
+        f"{p.conflict(partition)}WHERE t.{pos} < EXCLUDED.{pos}"
     )
 
 
@@ -198,8 +203,9 @@ def _deletes(p: _Parts) -> tuple[str, str]:
     remains (the delete is then stale). ``delete`` is one statement: its tombstone part sees the
     rows as they were before its delete part, so it asks for a row at least as new as the delete
     (the ones the delete part leaves); its row count is the tombstones written."""
-    # The keys whose tombstone a staged write is newer than: one index probe per staged write,
-    # then the tombstones fetched by primary key (ARRAY(...) is evaluated once).
+    # (After a moving upsert; the plain upsert does this itself.) The keys whose tombstone a
+    # staged write is newer than: one index probe per staged write; then the tombstones fetched
+    # by primary key (ARRAY(...) is evaluated once).
     clear_tombstones = (
         f"DELETE FROM {_TOMBSTONES} tb WHERE tb.table_name = %(tn)s AND tb.key = ANY(ARRAY("
         f"SELECT s._cdc_key FROM {p.stg} s WHERE s._cdc_op = 'u' "
