@@ -203,6 +203,11 @@ def _run(url: sa.URL, args: argparse.Namespace) -> None:
     loads = {n: Workload(args.preload, seed=7) for n in contenders}  # the same stream for both
     conns = {n: engine.connect() for n in contenders}
     times: dict[str, list[list[float]]] = {n: [] for n in contenders}
+    for name, (fn, rw) in contenders.items():  # warm-up, untimed: caches, first plans
+        table = tables[name]
+        assert table is not None
+        with conns[name].begin():
+            fn(conns[name], table, loads[name].batch(args.size, rw))
     print(f"load average before: {os.getloadavg()}")
     for rnd in range(args.rounds):
         per: dict[str, list[float]] = {n: [] for n in contenders}
