@@ -28,6 +28,18 @@ _TS_EXPR = "(timestamptz 'epoch' + s._cdc_ts_us * interval '1 microsecond')"
 _TOMBSTONES = f"{SERVICE_SCHEMA}.tombstones"
 
 
+def _tomb_position(key: str) -> str:
+    """The position of the tombstone of ``key`` (NULL: none). A scalar subquery is a probe of
+    the tombstones' primary key per staged row, whatever the (missing) statistics of staging
+    say; a join may be planned as a nested loop over every tombstone of the table."""
+    return f"(SELECT tb.position FROM {_TOMBSTONES} tb WHERE tb.table_name = %(tn)s AND tb.key = {key})"
+
+
+# The position of the table's TRUNCATE tombstone, -1 when none: uncorrelated, so evaluated once
+# per statement.
+_TRUNCATED = "COALESCE(" + _tomb_position(f"'{TRUNCATE_KEY}'") + ", -1)"
+
+
 def _digest(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
 
@@ -65,8 +77,7 @@ class _Parts:
             select_cols=", ".join([*(f"s.{c}" for c in data_cols), f"s.{pos}", _TS_EXPR]),
             sets=", ".join(f"{c} = EXCLUDED.{c}" for c in [*non_key, *engine_cols]),
             tomb_guard=(
-                f"NOT EXISTS (SELECT 1 FROM {_TOMBSTONES} tb WHERE tb.table_name = %(tn)s "
-                f"AND tb.key IN (s._cdc_key, '{TRUNCATE_KEY}') AND tb.position >= s.{pos})"
+                f"s.{pos} > COALESCE({_tomb_position('s._cdc_key')}, -1) AND s.{pos} > {_TRUNCATED}"
             ),
         )
 
@@ -87,8 +98,10 @@ class Statements:
         self.copy_columns = ", ".join(
             [*p.data_cols, p.pos, '"_cdc_ts_us"', '"_cdc_op"', '"_cdc_key"']
         )
+        # Made once per connection (write.py remembers it); COPY fills it, commit empties it.
         self.create = (
-            f"CREATE TEMP TABLE IF NOT EXISTS {p.stg} ON COMMIT DROP AS "
+            f"DROP TABLE IF EXISTS pg_temp.{p.stg}; CREATE TEMP TABLE {p.stg} "
+            "ON COMMIT DELETE ROWS AS "
             f'SELECT {", ".join([*p.data_cols, p.pos])}, 0::bigint AS "_cdc_ts_us", '
             f"''::text AS \"_cdc_op\", ''::text AS \"_cdc_key\" FROM {p.tgt} WITH NO DATA"
         )
@@ -97,12 +110,12 @@ class Statements:
         self.others = ""
         self.others_create = self.others_fill = self.upsert_moving = ""
         part = table.partition_column
+        self.clear_tombstones, self.delete = _deletes(p)
         self.upsert = _upsert(p, [quote_ident(part)] if part else [])
         if part:
             self._moving_rows(table, columns, p)
             if table.partition_interval:
                 self.bucket = _bucket(table, p)
-        self.clear_tombstones, self.delete, self.tombstone = _deletes(p)
 
     def _moving_rows(self, table: TargetTable, columns: tuple[str, ...], p: _Parts) -> None:
         """Partitioned: the unique key is (key, partition column), so a row with the same
@@ -117,7 +130,7 @@ class Statements:
         self.others = "cdcr_oth_" + _digest(f"{table.qualified}|{','.join(table.columns)}|others")
         oth = quote_ident(self.others)
         self.others_create = (
-            f"CREATE TEMP TABLE IF NOT EXISTS {oth} ON COMMIT DELETE ROWS AS "
+            f"DROP TABLE IF EXISTS pg_temp.{oth}; CREATE TEMP TABLE {oth} ON COMMIT DELETE ROWS AS "
             f"SELECT o.*, ''::text AS \"_cdc_key\" FROM {tgt} o WITH NO DATA"
         )
         # LATERAL keeps this a per-row index probe (never a scan of every partition).
@@ -150,11 +163,24 @@ class Statements:
 
 def _upsert(p: _Parts, partition: list[str]) -> str:
     """The guarded upsert of the staged ``u`` rows (the conflict target is the key, plus the
-    partition column of a partitioned table)."""
+    partition column of a partitioned table), in one statement with dropping the tombstones
+    those writes are newer than. The key's tombstone is probed once per staged row, in ``_u``;
+    the tombstones to drop are then fetched by their ``ctid`` (one probe each, for the few keys
+    that have one), never by scanning the table's tombstones."""
+    pos = p.pos
+    older_tomb = (
+        f"SELECT tb.ctid FROM {_TOMBSTONES} tb WHERE tb.table_name = %(tn)s "
+        f"AND tb.key = s._cdc_key AND tb.position < s.{pos}"
+    )
     return (
+        f"WITH _u AS MATERIALIZED (SELECT s.*, {_tomb_position('s._cdc_key')} AS _cdc_tomb "
+        f"FROM {p.stg} s WHERE s._cdc_op = 'u'), "
+        f"_clr AS (DELETE FROM {_TOMBSTONES} WHERE ctid = ANY(ARRAY("
+        f"SELECT ({older_tomb}) FROM _u s WHERE s.{pos} > s._cdc_tomb))) "
         f"INSERT INTO {p.tgt} AS t ({p.all_cols}) "
-        f"SELECT {p.select_cols} FROM {p.stg} s WHERE s._cdc_op = 'u' AND {p.tomb_guard} "
-        f"{p.conflict(partition)}WHERE t.{p.pos} < EXCLUDED.{p.pos}"
+        f"SELECT {p.select_cols} FROM _u s WHERE s.{pos} > COALESCE(s._cdc_tomb, -1) "
+        f"AND s.{pos} > {_TRUNCATED} "
+        f"{p.conflict(partition)}WHERE t.{pos} < EXCLUDED.{pos}"
     )
 
 
@@ -171,28 +197,32 @@ def _bucket(table: TargetTable, p: _Parts) -> str:
     )
 
 
-def _deletes(p: _Parts) -> tuple[str, str, str]:
-    """``(clear_tombstones, delete, tombstone)``: a newer write supersedes the key's tombstone
-    (dropped, so the table stays small); a delete removes older rows, then leaves a tombstone
-    unless a newer row remains (the delete is then stale)."""
+def _deletes(p: _Parts) -> tuple[str, str]:
+    """``(clear_tombstones, delete)``: a newer write supersedes the key's tombstone (dropped, so
+    the table stays small); a delete removes older rows and leaves a tombstone unless a newer row
+    remains (the delete is then stale). ``delete`` is one statement: its tombstone part sees the
+    rows as they were before its delete part, so it asks for a row at least as new as the delete
+    (the ones the delete part leaves); its row count is the tombstones written."""
+    # (After a moving upsert; the plain upsert does this itself.) The keys whose tombstone a
+    # staged write is newer than: one index probe per staged write; then the tombstones fetched
+    # by primary key (ARRAY(...) is evaluated once).
     clear_tombstones = (
-        f"DELETE FROM {_TOMBSTONES} tb USING {p.stg} s WHERE s._cdc_op = 'u' "
-        f"AND tb.table_name = %(tn)s AND tb.key = s._cdc_key "
-        f"AND tb.position < s.{p.pos}"
+        f"DELETE FROM {_TOMBSTONES} tb WHERE tb.table_name = %(tn)s AND tb.key = ANY(ARRAY("
+        f"SELECT s._cdc_key FROM {p.stg} s WHERE s._cdc_op = 'u' "
+        f"AND s.{p.pos} > {_tomb_position('s._cdc_key')}))"
     )
     join = p.same_key("t", "s")
     delete = (
-        f"DELETE FROM {p.tgt} t USING {p.stg} s WHERE s._cdc_op = 'd' AND {join} "
-        f"AND t.{p.pos} < s.{p.pos}"
-    )
-    tombstone = (
+        f"WITH _del AS (DELETE FROM {p.tgt} t USING {p.stg} s WHERE s._cdc_op = 'd' AND {join} "
+        f"AND t.{p.pos} < s.{p.pos}) "
         f"INSERT INTO {_TOMBSTONES} AS tb (table_name, key, position, deleted_at) "
         f"SELECT %(tn)s, s._cdc_key, s.{p.pos}, {_TS_EXPR} FROM {p.stg} s "
-        f"WHERE s._cdc_op = 'd' AND NOT EXISTS (SELECT 1 FROM {p.tgt} t WHERE {join}) "
+        f"WHERE s._cdc_op = 'd' AND NOT EXISTS (SELECT 1 FROM {p.tgt} t WHERE {join} "
+        f"AND t.{p.pos} >= s.{p.pos}) "
         f"ON CONFLICT (table_name, key) DO UPDATE SET position = EXCLUDED.position, "
         f"deleted_at = EXCLUDED.deleted_at WHERE tb.position < EXCLUDED.position"
     )
-    return clear_tombstones, delete, tombstone
+    return clear_tombstones, delete
 
 
 class KeylessStatements:
@@ -207,7 +237,7 @@ class KeylessStatements:
         cols = [quote_ident(c) for c in table.columns]
         pos = quote_ident(POS)
         self.create = (
-            f"CREATE TEMP TABLE IF NOT EXISTS {stg} ON COMMIT DROP AS "
+            f"DROP TABLE IF EXISTS pg_temp.{stg}; CREATE TEMP TABLE {stg} ON COMMIT DELETE ROWS AS "
             f'SELECT {", ".join([*cols, pos])}, 0::bigint AS "_cdc_ts_us", '
             f"''::text AS \"_cdc_op\" FROM {tgt} WITH NO DATA"
         )
@@ -238,5 +268,6 @@ class KeylessStatements:
             f"UPDATE {tgt} SET ({all_cols}) = (SELECT {', '.join(f's.{c}' for c in cols)}, "
             f"s.{pos}, {ts_expr} FROM {stg} s WHERE s._cdc_op = 'a') WHERE ctid = ({match})"
         )
-        self.truncate = f"TRUNCATE {stg}"
+        # Empties staging between steps of one transaction (TRUNCATE would write the catalog).
+        self.truncate = f"DELETE FROM {stg}"
         self.columns = table.columns

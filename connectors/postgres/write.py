@@ -107,13 +107,115 @@ def write_batch(conn: sa.Connection, table: TargetTable, writes: Sequence[RowWri
         groups.setdefault(cols, []).append(w)
     applied = 0
     with _raw_cursor(conn, "write_batch", table) as cur:
+        staging = _staging(cur, conn, table)
         for cols, group in groups.items():
-            applied += _write_group(cur, table, _statements(table, cols), group)
+            applied += _write_group(cur, staging, table, _statements(table, cols), group)
     return WriteResult(applied, len(writes) - applied)
 
 
-def _write_group(cur: Any, table: TargetTable, st: Statements, writes: list[RowWrite]) -> int:
-    cur.execute(st.create)
+class _Staging:
+    """The temporary tables of one DBAPI connection, kept in its pool entry's ``info`` (which
+    lives as long as that connection). They are made once per connection and target table shape
+    (ON COMMIT DELETE ROWS: commit empties them), not per batch: every CREATE and DROP writes
+    the catalog (pg_class, pg_attribute, pg_type) and sends invalidations to every backend."""
+
+    __slots__ = ("filled", "fresh", "made")
+
+    def __init__(self) -> None:
+        self.made: dict[str, object] = {}  # name -> the target shape it was made for
+        self.fresh: set[str] = set()  # made in the open transaction: a rollback undoes them
+        self.filled: set[str] = set()  # holding rows of the open transaction
+
+    def ensure(self, cur: Any, name: str, shape: object, create: str) -> None:
+        """Make ``name`` exist as ``shape`` needs it, and be empty."""
+        if self.made.get(name) != shape:
+            cur.execute(create)
+            self.made[name] = shape
+            self.fresh.add(name)
+        elif name in self.filled:  # written earlier in this transaction (a retry, a 2nd group)
+            cur.execute(f"DELETE FROM {quote_ident(name)}")
+        self.filled.add(name)
+
+    def committed(self) -> None:
+        self.fresh.clear()
+        self.filled.clear()
+
+    def rolled_back(self, to_savepoint: bool) -> None:
+        """Tables made in the transaction may be gone (a savepoint's extent is not tracked:
+        they are all made again, DROP IF EXISTS first). After a full rollback all are empty."""
+        for name in self.fresh:
+            self.made.pop(name, None)
+        self.fresh.clear()
+        if not to_savepoint:
+            self.filled.clear()
+
+
+_INFO_KEY = "cdcr_staging"
+
+
+def _staging_of(conn: sa.Connection) -> _Staging | None:
+    try:
+        found = conn.connection.info.get(_INFO_KEY)
+    except sa.exc.SQLAlchemyError:  # an invalidated connection: its info went with it
+        return None
+    return found if isinstance(found, _Staging) else None
+
+
+def _on_commit(conn: sa.Connection) -> None:
+    if (st := _staging_of(conn)) is not None:
+        st.committed()
+
+
+def _on_rollback(conn: sa.Connection) -> None:
+    if (st := _staging_of(conn)) is not None:
+        st.rolled_back(to_savepoint=False)
+
+
+def _on_rollback_savepoint(conn: sa.Connection, name: str, context: Any) -> None:
+    if (st := _staging_of(conn)) is not None:
+        st.rolled_back(to_savepoint=True)
+
+
+def _on_reset(dbapi_connection: Any, connection_record: Any, reset_state: Any) -> None:
+    # The pool rolls back a connection returned with its transaction open.
+    found = connection_record.info.get(_INFO_KEY)
+    if isinstance(found, _Staging):
+        found.rolled_back(to_savepoint=False)
+
+
+sa.event.listen(sa.Engine, "commit", _on_commit)
+sa.event.listen(sa.Engine, "rollback", _on_rollback)
+sa.event.listen(sa.Engine, "rollback_savepoint", _on_rollback_savepoint)
+sa.event.listen(sa.pool.Pool, "reset", _on_reset)
+
+# The target table's shape as the catalog has it now: a column altered while cdcr runs (the
+# table description cached) makes staging again with the new type. A catalog read, no write.
+_SHAPE_SQL = (
+    "SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ',' "
+    "ORDER BY a.attnum) FROM pg_attribute a WHERE a.attrelid = %(t)s::regclass AND a.attnum > 0 "
+    "AND NOT a.attisdropped"
+)
+
+
+def _staging(cur: Any, conn: sa.Connection, table: TargetTable) -> tuple[_Staging, object]:
+    """This connection's staging tables, and the shape of ``table`` they must have."""
+    info = conn.connection.info
+    st = info.get(_INFO_KEY)
+    if not isinstance(st, _Staging):
+        st = info[_INFO_KEY] = _Staging()
+    cur.execute(_SHAPE_SQL, {"t": qualified_ident(table.schema, table.name)})
+    return st, (table, cur.fetchone()[0])
+
+
+def _write_group(
+    cur: Any,
+    staging: tuple[_Staging, object],
+    table: TargetTable,
+    st: Statements,
+    writes: list[RowWrite],
+) -> int:
+    tables, shape = staging
+    tables.ensure(cur, st.staging, shape, st.create)
     buf = io.StringIO()
     key_pos = [st.columns.index(k) for k in table.key_columns]
     has_delete = False
@@ -153,22 +255,18 @@ def _write_group(cur: Any, table: TargetTable, st: Statements, writes: list[RowW
             ensure_partitions(cur, table, [r[0] for r in cur.fetchall()])
         moving = False
         if st.others:
-            cur.execute(st.others_create)
+            tables.ensure(cur, st.others, shape, st.others_create)
             cur.execute(st.others_fill)
             moving = cur.rowcount > 0
+        # The plain upsert also drops the tombstones it supersedes.
         cur.execute(st.upsert_moving if moving else st.upsert, params)
         applied += cur.rowcount
         if moving:
             cur.execute(st.move, params)
-            cur.execute(f"TRUNCATE {quote_ident(st.others)}")
-        cur.execute(st.clear_tombstones, params)
+            cur.execute(st.clear_tombstones, params)
     if has_delete:
-        cur.execute(st.delete, params)
-        cur.execute(st.tombstone, params)
+        cur.execute(st.delete, params)  # the rows, and their tombstones (the row count)
         applied += cur.rowcount
-    # ON COMMIT DROP removes staging at commit; empty it now too, since one transaction
-    # may write the same table twice (a retry, or a second group).
-    cur.execute(f"TRUNCATE {quote_ident(st.staging)}")
     return int(applied)
 
 
@@ -213,7 +311,8 @@ def write_keyless(
         st = _KEYLESS[table] = KeylessStatements(table)
     applied = 0
     with _raw_cursor(conn, "write_keyless", table) as cur:
-        cur.execute(st.create)
+        tables, shape = _staging(cur, conn, table)
+        tables.ensure(cur, st.staging, shape, st.create)
         i = 0
         while i < len(writes):
             n, i = _keyless_step(cur, st, writes, i)

@@ -214,3 +214,48 @@ def test_a_target_column_altered_while_running_takes_the_new_type(
         assert state(engine, table) == {1: ("widened", 30)}
     finally:
         engine.dispose()
+
+
+def test_staging_is_made_once_per_connection_and_again_after_a_rollback(
+    target_engine: sa.Engine, table: TargetTable
+) -> None:
+    """Staging is made once per connection, not per batch; a rollback (or a rollback to a
+    savepoint) that undid its CREATE makes it again on next use, and a second write in one
+    transaction starts from an empty staging table."""
+    from cdc_reconciler.connectors.postgres.write import _statements
+
+    staging = _statements(table, table.columns).staging
+    engine = sa.create_engine(target_engine.url, pool_size=1, max_overflow=0)
+
+    def staging_oid(conn: sa.Connection) -> int | None:
+        oid = conn.execute(sa.text("select to_regclass(:n)::oid"), {"n": f"pg_temp.{staging}"})
+        return oid.scalar()
+
+    try:
+        with engine.begin() as conn:  # made, then undone by the rollback
+            write_batch(conn, table, [row(1, "a", 10)])
+            conn.rollback()
+        with engine.connect() as conn:
+            assert staging_oid(conn) is None
+        assert write(engine, table, row(1, "a", 10)).applied == 1
+        with engine.connect() as conn:
+            first = staging_oid(conn)
+        assert first is not None
+        assert write(engine, table, row(2, "b", 10)).applied == 1
+        with engine.connect() as conn:
+            assert staging_oid(conn) == first  # not made again
+        # Two writes in one transaction: the second does not see the first one's rows.
+        with engine.begin() as conn:
+            assert write_batch(conn, table, [row(3, "c", 10)]).applied == 1
+            res = write_batch(conn, table, [row(3, "old", 5)])
+            assert (res.applied, res.stale) == (0, 1)
+        # A savepoint rolled back after staging was made again (new connection) inside it.
+        engine.dispose()
+        with engine.begin() as conn:
+            with conn.begin_nested() as sp:
+                write_batch(conn, table, [row(4, "gone", 10)])
+                sp.rollback()
+            assert write_batch(conn, table, [row(5, "e", 10)]).applied == 1
+        assert state(engine, table) == {1: ("a", 10), 2: ("b", 10), 3: ("c", 10), 5: ("e", 10)}
+    finally:
+        engine.dispose()
