@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from cdc_reconciler.reconcile.diff import Kind
-from cdc_reconciler.reconcile.run import TableReport
+from cdc_reconciler.reconcile.model import TableReport
 from cdc_reconciler.store import discrepancies
 from cdc_reconciler.stream import metrics as stream_metrics
 

@@ -38,7 +38,7 @@ from cdc_reconciler.connectors.postgres.write import RowWrite, write_batch
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.reconcile import checksum as ck
 from cdc_reconciler.reconcile import repair as rp
-from cdc_reconciler.reconcile.run import Env, describe
+from cdc_reconciler.reconcile.model import Env, describe
 from cdc_reconciler.reconcile.windows import checked_now, utc_now
 from cdc_reconciler.store import discrepancies as store
 from cdc_reconciler.store.discrepancies import ArchivedRow, ReviewDetail, ReviewItem, ReviewState

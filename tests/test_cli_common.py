@@ -18,6 +18,7 @@ from cdc_reconciler.cli.common import SCHEMA_VERSION, iso_utc, parse_time, to_js
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.reconcile import command as reconcile_command
 from cdc_reconciler.reconcile import review
+from cdc_reconciler.reconcile import status as reconcile_status
 from cdc_reconciler.stream import replay as replay_mod
 from cdc_reconciler.stream.replay import ReplayResult
 
@@ -185,7 +186,7 @@ def _raise(exc: BaseException) -> Any:
 def test_every_failure_is_one_failed_line_and_exit_1(
     monkeypatch: pytest.MonkeyPatch, name: str, exc: BaseException, message: str
 ) -> None:
-    monkeypatch.setattr(reconcile_command, "status", lambda *a, **k: _raise(exc))
+    monkeypatch.setattr(reconcile_status, "status", lambda *a, **k: _raise(exc))
     result = CliRunner().invoke(app, ["status"])
     assert result.exit_code == 1, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
@@ -213,7 +214,7 @@ def test_a_command_can_ask_for_another_exit_status(tmp_path: Any) -> None:
 
 def test_a_bug_is_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
     """Anything but a CdcrError, a database or a Kafka error keeps its traceback."""
-    monkeypatch.setattr(reconcile_command, "status", lambda *a, **k: _raise(KeyError("oops")))
+    monkeypatch.setattr(reconcile_status, "status", lambda *a, **k: _raise(KeyError("oops")))
     result = CliRunner().invoke(app, ["status"])
     assert result.exit_code == 1 and isinstance(result.exception, KeyError)
     assert "FAILED" not in result.output

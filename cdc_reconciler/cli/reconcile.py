@@ -30,7 +30,7 @@ from cdc_reconciler.errors import CdcrError
 if TYPE_CHECKING:  # annotations only: SQLAlchemy stays out of every command's start-up
     from cdc_reconciler.config import Settings
     from cdc_reconciler.reconcile.metrics import ReconcileMetrics
-    from cdc_reconciler.reconcile.run import TableReport, WindowReport
+    from cdc_reconciler.reconcile.model import TableReport, WindowReport
     from cdc_reconciler.reconcile.segments import Window
 
 # Window outcomes that make `cdcr reconcile` exit 1.

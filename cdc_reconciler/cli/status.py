@@ -22,7 +22,7 @@ from cdc_reconciler.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from cdc_reconciler.reconcile.command import Gap, StatusReport
+    from cdc_reconciler.reconcile.status import Gap, StatusReport
     from cdc_reconciler.store.watermarks import Watermark
 
 Row = dict[str, Any]
@@ -50,9 +50,9 @@ def status(
     in the target database; --wide for the full tables. Asks Kafka for log-end offsets (2 s
     timeout) only to tell idle partitions from lagging ones, and says so when Kafka does not
     answer."""
-    from cdc_reconciler.reconcile import command
+    from cdc_reconciler.reconcile import status as reconcile_status
 
-    report = command.status(settings(config))
+    report = reconcile_status.status(settings(config))
     if as_json:
         echo_json(report.as_dict(), indent=2)
     elif wide:

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cdc_reconciler.config import Settings
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.reconcile import command
+from cdc_reconciler.reconcile import status as reconcile_status
 from cdc_reconciler.reconcile.metrics import ReconcileMetrics, serve
 
 from .helpers import T0, Case, applied, cli, run
@@ -97,7 +98,7 @@ def test_metrics_after_one_pass(
 
     # Later the consumer moves on to 00:47: five more windows are closed and behind.
     applied(target_engine, case, T0 + timedelta(minutes=47))
-    status = command.status(
+    status = reconcile_status.status(
         settings_of(case), now_getter=lambda: now, log_ends=lambda tps: {tp: 99 for tp in tps}
     )
     [gap] = [g for g in status["gaps"] if g["table"] == case.table]
@@ -157,7 +158,7 @@ def test_status_gaps_newest_first_and_kafka_unavailable(
         asked.append(tps)
         return {tp: 50 for tp in tps}
 
-    st = command.status(settings_of(case), now_getter=lambda: now, log_ends=behind)
+    st = reconcile_status.status(settings_of(case), now_getter=lambda: now, log_ends=behind)
     assert asked == [[(case.topic, 0)]]
     [gap] = [g for g in st["gaps"] if g["table"] == case.table]
     # Applied through 00:17 with 30 s grace: closed through 00:15; watermark 00:05.
@@ -175,7 +176,7 @@ def test_status_gaps_newest_first_and_kafka_unavailable(
     ]
 
     # Idle at its log end: closure follows the clock.
-    st = command.status(
+    st = reconcile_status.status(
         settings_of(case), now_getter=lambda: now, log_ends=lambda tps: {tp: 10 for tp in tps}
     )
     [gap] = [g for g in st["gaps"] if g["table"] == case.table]
@@ -188,16 +189,16 @@ def test_status_gaps_newest_first_and_kafka_unavailable(
         calls.append(1)
         raise CdcrError("log-end offsets: no answer within 7s (is the broker reachable?)")
 
-    st = command.status(settings_of(case), now_getter=lambda: now, log_ends=down)
+    st = reconcile_status.status(settings_of(case), now_getter=lambda: now, log_ends=down)
     assert st["kafka"]["log_ends"] == "unavailable" and "no answer" in st["kafka"]["error"]
     assert len(calls) == 1
     [gap] = [g for g in st["gaps"] if g["table"] == case.table]
     assert gap["windows_behind"] == 2
     # The same report, typed: the probe's outcome is an enum, the gaps are dataclasses.
-    assert isinstance(st, command.StatusReport)
-    assert st.kafka.log_ends is command.LogEndsState.UNAVAILABLE and st.kafka_unavailable
+    assert isinstance(st, reconcile_status.StatusReport)
+    assert st.kafka.log_ends is reconcile_status.LogEndsState.UNAVAILABLE and st.kafka_unavailable
     [typed] = [g for g in st.gaps if g.table == case.table]
-    assert isinstance(typed, command.Gap) and typed.windows_behind == 2
+    assert isinstance(typed, reconcile_status.Gap) and typed.windows_behind == 2
     assert st.as_dict()["gaps"] == [g.as_dict() for g in st.gaps]
     assert set(st.as_dict()) == {
         "now", "kafka", "watermarks", "gaps", "verification", "priorities",

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cdc_reconciler.config import Settings
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.reconcile import command, history
+from cdc_reconciler.reconcile import status as reconcile_status
 from cdc_reconciler.reconcile.metrics import ReconcileMetrics
 from cdc_reconciler.reconcile.segments import Window
 
@@ -135,7 +136,7 @@ def test_reverify_finds_damage_after_verification_without_moving_the_watermark(
     assert min(w.window.start for w in bounded.windows) == T0 + 20 * M  # type: ignore[type-var]
     assert table_rows(target_engine, case.table) == damaged
     # status: the windows before 00:20 were verified last by the first pass, at 01:00.
-    st = command.status(s, now_getter=lambda: later, log_ends=idle)
+    st = reconcile_status.status(s, now_getter=lambda: later, log_ends=idle)
     [v] = [x for x in st["verification"] if x["table"] == case.table]
     assert v["oldest_verified_at"] == (T0 + 60 * M).isoformat()
     assert v["oldest_verified_age_s"] == 3600 and v["window"]["start"] == T0.isoformat()
@@ -174,7 +175,7 @@ def test_reverify_finds_damage_after_verification_without_moving_the_watermark(
     assert got[("cdcr_reconcile_discrepancies_found_total", kind("mismatched"))] == 0
 
     # status: every window of history (00:00 .. 00:55) was verified again at 02:00.
-    st = command.status(s, now_getter=lambda: later, log_ends=idle)
+    st = reconcile_status.status(s, now_getter=lambda: later, log_ends=idle)
     [v] = [x for x in st["verification"] if x["table"] == case.table]
     assert v["oldest_verified_at"] == later.isoformat() and v["oldest_verified_age_s"] == 0
     assert v["windows"] == 11 and v["due"] == 0
@@ -280,7 +281,7 @@ def test_status_orders_failed_and_unverified_windows_by_priority(
             },
         )
     now = T0 + 60 * M
-    st = command.status(
+    st = reconcile_status.status(
         settings_of(case), now_getter=lambda: now, log_ends=lambda tps: {tp: 99 for tp in tps}
     )
     mine = [p for p in st["priorities"] if p["table"] == case.table]
@@ -308,7 +309,7 @@ def test_status_orders_failed_and_unverified_windows_by_priority(
             ),
             {"t": case.table, "s": T0 + 5 * M, "e": T0 + 10 * M, "f": T0 + 11 * M},
         )
-    st = command.status(
+    st = reconcile_status.status(
         settings_of(case), now_getter=lambda: now, log_ends=lambda tps: {tp: 99 for tp in tps}
     )
     assert [p["status"] for p in st["priorities"] if p["table"] == case.table] == [

@@ -214,7 +214,7 @@ def test_a_table_that_cannot_be_created_is_dead_lettered_and_others_flow(
         assert all(f"{schema}.fr" in e and "range" in e for _, e in dead), dead
         # `cdcr status` shows the table as blocked (JSON and the 80-column summary), the good one
         # not.
-        from cdc_reconciler.reconcile.command import status
+        from cdc_reconciler.reconcile.status import status
 
         blocked = status(settings)["blocked"]
         assert [(b["topic"], b["kind"], b["dead_lettered"]) for b in blocked] == [
