@@ -35,7 +35,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cdc_reconciler.connectors.files import DataFile
-from cdc_reconciler.connectors.postgres.sql import quote_ident
+from cdc_reconciler.connectors.postgres.sql import qualified_ident, quote_ident
 from cdc_reconciler.reconcile.file_normalize import (
     PG_SESSION,
     ColumnType,
@@ -93,7 +93,7 @@ class Mapping:
 
     @property
     def sql_name(self) -> str:
-        return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
+        return qualified_ident(self.schema, self.name)
 
     @property
     def column_names(self) -> tuple[str, ...]:

@@ -33,13 +33,14 @@ from cdc_reconciler.connectors.kafka import (
     Consumer,
     KafkaError,
     KafkaException,
+    Message,
     Record,
     TopicPartition,
     raise_for,
 )
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.stream.command import build_engine
-from cdc_reconciler.stream.outcomes import OUTCOMES, PartitionCounts
+from cdc_reconciler.stream.outcomes import OUTCOMES, BatchOutcome, PartitionCounts
 
 # A partition that returns nothing for this long while below its end is reported, not waited on
 # forever (e.g. records deleted by retention between planning and reading).
@@ -218,36 +219,11 @@ def _read(
         msgs = consumer.consume(num_messages=5000, timeout=1.0)
         batch: list[Record] = []
         for m in msgs:
-            topic, partition = m.topic(), m.partition()
-            if topic is None or partition is None:
-                continue  # a client-wide event, not of a partition being replayed
-            key = (topic, partition)
-            plan = open_parts.get(key)
-            if plan is None:
-                continue
-            err = m.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    _close(consumer, open_parts, key)
-                continue
-            offset = m.offset()
-            if offset is None:  # librdkafka gives every message without an error an offset
-                raise CdcrError(f"replay: a message of {topic}[{partition}] has no offset")
-            ts_type, ts = m.timestamp()
-            if offset >= plan.end or (ts_type != 0 and ts >= end_ms):
-                _close(consumer, open_parts, key)
-                continue
-            batch.append(Record(topic, partition, offset, m.key(), m.value()))
-            if offset + 1 >= plan.end:
-                _close(consumer, open_parts, key)
+            record = _take(consumer, open_parts, m, end_ms)
+            if record is not None:
+                batch.append(record)
         if batch:
-            outcome = engine.process(batch)
-            for c in outcome.partitions.values():
-                result.totals.merge(c)
-            for table, counts in outcome.by_table.items():
-                mine = result.by_table.setdefault(table, {})
-                for k, v in counts.items():
-                    mine[k] = mine.get(k, 0) + v
+            _merge(result, engine.process(batch))
             done += len(batch)
             last_progress = time.monotonic()
             if progress:
@@ -255,6 +231,49 @@ def _read(
         elif time.monotonic() - last_progress > STALL_TIMEOUT_S:
             result.incomplete = [f"{t}[{p}]" for t, p in open_parts]
             break
+
+
+def _take(
+    consumer: Consumer,
+    open_parts: dict[tuple[str, int], PartitionPlan],
+    m: Message,
+    end_ms: int,
+) -> Record | None:
+    """The record of ``m`` when it is to be replayed, else None; closes ``m``'s partition at
+    its end (EOF, the planned end offset or the first record at or after ``end_ms``)."""
+    topic, partition = m.topic(), m.partition()
+    if topic is None or partition is None:
+        return None  # a client-wide event, not of a partition being replayed
+    key = (topic, partition)
+    plan = open_parts.get(key)
+    if plan is None:
+        return None
+    err = m.error()
+    if err is not None:
+        if err.code() == KafkaError._PARTITION_EOF:
+            _close(consumer, open_parts, key)
+        return None
+    offset = m.offset()
+    if offset is None:  # librdkafka gives every message without an error an offset
+        raise CdcrError(f"replay: a message of {topic}[{partition}] has no offset")
+    ts_type, ts = m.timestamp()
+    if offset >= plan.end or (ts_type != 0 and ts >= end_ms):
+        _close(consumer, open_parts, key)
+        return None
+    record = Record(topic, partition, offset, m.key(), m.value())
+    if offset + 1 >= plan.end:
+        _close(consumer, open_parts, key)
+    return record
+
+
+def _merge(result: ReplayResult, outcome: BatchOutcome) -> None:
+    """Add a batch's outcome to the replay's totals and per-table counts."""
+    for c in outcome.partitions.values():
+        result.totals.merge(c)
+    for table, counts in outcome.by_table.items():
+        mine = result.by_table.setdefault(table, {})
+        for k, v in counts.items():
+            mine[k] = mine.get(k, 0) + v
 
 
 def _close(
