@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 import psycopg2
 import sqlalchemy as sa
 from confluent_kafka import Consumer, TopicPartition
@@ -246,6 +245,8 @@ def run_measured(
     out_chunks: list[bytes] = []
     reader = threading.Thread(target=lambda: out_chunks.append(stdout.read()), daemon=True)
     reader.start()
+    import psutil  # the bench extra (make bench); tests import this module without it
+
     ps = psutil.Process(proc.pid)
     rusage = None
     status = 0
