@@ -509,6 +509,55 @@ def gates_header(w: Any, res: dict[str, Any]) -> None:
             )
 
 
+LOOP_STAGES = ("kafka_wait", "decode", "redis_seen", "plan", "dlq")
+WRITER_STAGES = ("db_connect", "db_write", "db_other", "db_commit", "redis_record")
+
+
+def critical_path(
+    w: Any, rep: dict[str, Any], cores: int, aim: float, ratio_goal_rate: Any
+) -> None:
+    """Read the timing table: which thread is the critical path, and what the aims would need."""
+    runs = _timings(rep)
+    med = rep.get("median_run", {})
+    if not runs or not med.get("cpu_s") or not med.get("consumed"):
+        return
+    by_span = sorted(runs, key=lambda r: r.get("span_s") or 0)
+    mid = by_span[len(by_span) // 2]
+    t, span = mid["timing"], mid.get("span_s") or 0
+    if not span:
+        return
+    loop = sum(t.get(s) or 0 for s in LOOP_STAGES)
+    writer = sum(t.get(s) or 0 for s in WRITER_STAGES)
+    records = med["consumed"]
+    cpu_per = med["cpu_s"] / records
+    w(
+        f"**Reading it (run {mid['run']}, the median span {span:.2f} s).** The loop thread is busy "
+        f"{loop:.2f} s ({loop / span:.0%} of the span: Kafka, decode, Redis, plan) and waits "
+        f"{t.get('writer_wait') or 0:.2f} s for the writer; the writer thread is busy "
+        f"{writer:.2f} s ({writer / span:.0%}), {t.get('db_write') or 0:.2f} s of it in "
+        "PostgreSQL's COPY + versioned merge + deletes. The writer is the critical path; with "
+        f"the loop busy {loop:.2f} s, a faster writer alone would shorten the span by at most "
+        f"{max(writer - loop, 0):.2f} s before the loop is the limit."
+    )
+    w("")
+    goals = [(aim, "the 50k aim")]
+    if ratio_goal_rate:
+        goals.append((ratio_goal_rate, "3× the better sink"))
+    parts = []
+    for rate, label in goals:
+        need_span = records / rate
+        parts.append(
+            f"{label} ({rate:,.0f} events/s) means the {records:,} records in {need_span:.2f} s: "
+            f"the writer's {writer:.2f} s and the loop's {loop:.2f} s would both have to fit in "
+            f"it ({writer / need_span:.1f}× and {loop / need_span:.1f}× faster), and the "
+            f"machine has {cores} × {need_span:.2f} = {cores * need_span:.1f} core-seconds for "
+            f"everything, while `cdcr run`'s own process alone uses {med['cpu_s']:.1f} s "
+            f"({cpu_per * 1e6:.0f} µs/record) before PostgreSQL, Kafka and Redis take theirs"
+        )
+    w("What the targets would need: " + "; ".join(parts) + ".")
+    w("")
+
+
 def write_doc(res: dict[str, Any], result_file: Path) -> None:
     has_png = bool(res.get("apply") or res.get("reconcile")) and plot(res)
     m = res["machine"]
@@ -879,6 +928,9 @@ def write_doc(res: dict[str, Any], result_file: Path) -> None:
             w("Missed: " + "; ".join(missed) + ".")
             w("")
         timing_table(w, "`cdcr run`", cdrep)
+        critical_path(
+            w, cdrep, int(res["machine"].get("cpus") or 0), 50_000, 3 * jr if jr else None
+        )
         if res.get("loaded", {}).get("cdcr"):
             timing_table(w, "`cdcr run` on the loaded machine", res["loaded"]["cdcr"])
         if prof.get("own"):

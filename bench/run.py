@@ -130,7 +130,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=None, help="override the reconcile pair size")
     ap.add_argument("--keep", action="store_true", help="keep topics and bench databases")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
+    ap.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        metavar="RESULTS_JSON",
+        help="measure nothing: rewrite docs/benchmarks.md from a saved bench/results/*.json",
+    )
     args = ap.parse_args(argv)
+    if args.report is not None:
+        from bench.report import write_doc
+
+        write_doc(json.loads(args.report.read_text()), args.report)
+        return 0
     # SIGTERM/SIGINT unwind: the busy loop, the bench Connect worker and the topics are cleaned up.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda n, _f: sys.exit(128 + n))

@@ -166,3 +166,34 @@ def test_report_timing_table_per_run() -> None:
     lines.clear()
     timing_table(lines.append, "x", {"runs": [{"run": 1, "output": {}}]})
     assert lines == []  # no timing block (older cdcr): no table
+
+
+def test_report_critical_path_names_the_busier_thread_and_what_the_aims_need() -> None:
+    from bench.report import critical_path
+
+    def run(n: int, span: float, write: float) -> dict[str, Any]:
+        t = {"kafka_wait": 1.0, "decode": 2.0, "plan": 1.0, "writer_wait": 1.5}
+        t |= {"db_connect": 0.5, "db_write": write, "redis_record": 0.5}
+        return {"run": n, "span_s": span, "output": {"timing": t}}
+
+    # runs 1 and 3 bracket run 2: the median span is run 2's (8.0 s), writer 7.0 s, loop 4.0 s
+    rep = {
+        "runs": [run(1, 9.0, 7.0), run(2, 8.0, 6.0), run(3, 7.0, 5.0)],
+        "median_run": {"cpu_s": 4.0, "consumed": 200_000},
+    }
+    lines: list[str] = []
+    critical_path(lines.append, rep, 2, 50_000, 30_000.0)
+    text = "\n".join(lines)
+    assert "run 2, the median span 8.00 s" in text
+    assert "loop thread is busy 4.00 s (50% of the span" in text
+    assert "writer thread is busy 7.00 s (88%), 6.00 s of it" in text
+    assert "shorten the span by at most 3.00 s" in text
+    # 200,000 records at 50k/s = 4.00 s: writer 7.00/4.00 = 1.8× faster, 2 cores × 4 s = 8 core-s
+    assert "the 200,000 records in 4.00 s" in text
+    assert "(1.8× and 1.0× faster)" in text
+    assert "2 × 4.00 = 8.0 core-seconds" in text
+    assert "uses 4.0 s (20 µs/record)" in text
+    assert "3× the better sink (30,000 events/s)" in text
+    lines.clear()
+    critical_path(lines.append, {"runs": [{"run": 1, "output": {}}]}, 2, 50_000, None)
+    assert lines == []  # no timing block: nothing to read
