@@ -67,7 +67,25 @@ def engine_for(
     args = connect_args(db, statement_timeout=statement_timeout)
     if not sa.engine.make_url(url).drivername.startswith("postgresql"):
         args = {}
-    return sa.create_engine(url, pool_pre_ping=True, connect_args=args, **kw)
+    engine = sa.create_engine(url, pool_pre_ping=True, connect_args=args, **kw)
+    _name_database_in_errors(engine, which)
+    return engine
+
+
+def _name_database_in_errors(engine: sa.Engine, which: str) -> None:
+    """Mark every database error of ``engine`` with which database it is ("the target database
+    at HOST:PORT/DB"), so a connection failure's ``FAILED:`` line says which one it could not
+    reach (cli.common reads the mark)."""
+    import sqlalchemy as sa
+
+    u = engine.url
+    where = f"{which} database at {u.host or 'localhost'}:{u.port or 5432}/{u.database or ''}"
+
+    def mark(ctx: sa.engine.ExceptionContext) -> None:
+        if ctx.sqlalchemy_exception is not None:
+            ctx.sqlalchemy_exception.cdcr_database = where  # type: ignore[attr-defined]
+
+    sa.event.listen(engine, "handle_error", mark)
 
 
 def target_engine(settings: Settings, **kw: Any) -> sa.Engine:

@@ -71,7 +71,11 @@ def describe_pair(
     s_types, t_types = _table_types(source, target, (s_schema, s_name), (t_schema, t_name))
     keys = tuple(key_columns or catalog.primary_key(source, s_schema, s_name))
     if not keys:
-        raise CdcrError(f"{source_table} has no primary key: configure tables[...].key_columns")
+        raise CdcrError(
+            f"{source_table} has no primary key: reconcile compares rows by key; configure "
+            "tables[...].key_columns with columns unique in both databases (docs/reconcile.md, "
+            "key-less tables)"
+        )
     cols = _compared_columns(s_types, t_types, keys, include_columns, exclude_columns)
     _check_keys_and_change_time(source_table, keys, cols, s_types, t_types, change_time_column)
     native = native_hash_columns(cols, s_types, t_types)

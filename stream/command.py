@@ -268,6 +268,12 @@ def sync_tables(settings: Settings, tables: list[str], *, dry_run: bool = False)
     for name in tables or list(settings.tables):
         mapping = settings.tables.get(name, TableMapping())
         plan.append((*table_names(name, mapping), mapping))
+    if not plan:
+        raise CdcrError(
+            "no tables to sync: name them (cdcr tables sync public.orders …) or list them under "
+            "`tables:` in the config file (--config / CDCR_CONFIG_FILE); `cdcr run --create-missing` "
+            "creates every table its topics carry"
+        )
     target = wiring.target_engine(settings)
     source = wiring.source_engine(settings)
     done: list[str] = []

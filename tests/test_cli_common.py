@@ -93,6 +93,32 @@ def test_reconcile_takes_a_time_without_zone_as_utc(monkeypatch: pytest.MonkeyPa
     assert json.loads(out)["schema_version"] == SCHEMA_VERSION
 
 
+@pytest.mark.parametrize(
+    ("status", "flag", "expected"),
+    [
+        ("repaired", False, 0),  # repaired windows are a success by default
+        ("repaired", True, 1),  # --fail-on-differences: any difference fails the gate
+        ("differences", False, 0),  # a dry run reports; documented exit 0
+        ("differences", True, 1),
+        ("clean", True, 0),  # no difference: the gate passes
+    ],
+)
+def test_fail_on_differences_gates_on_any_difference(
+    monkeypatch: pytest.MonkeyPatch, status: str, flag: bool, expected: int
+) -> None:
+    from cdc_reconciler.reconcile.diff import Difference, Kind
+    from cdc_reconciler.reconcile.model import TableReport, WindowReport
+    from cdc_reconciler.reconcile.segments import Window
+
+    diffs = () if status == "clean" else (Difference(Kind.MISSING, (7,)),)
+    window = WindowReport("public.t", Window(None, T), status, diffs)
+    report = TableReport("public.t", T, T, windows=[window])
+    monkeypatch.setattr(reconcile_command, "reconcile", lambda *a, **k: [report])
+    args = ["reconcile", "--once", "--json", *(["--fail-on-differences"] if flag else [])]
+    code, out = invoke(*args)
+    assert code == expected, out
+
+
 # -- the JSON writer ------------------------------------------------------------------------------
 
 
@@ -169,6 +195,11 @@ FAILURES: list[tuple[str, BaseException, str]] = [
         "cannot connect to PostgreSQL: refused",
     ),
     (
+        "wrapped-connect-named",
+        CdcrError("cannot reach the target database at db:5432/app: refused; check URL"),
+        "cannot reach the target database at db:5432/app: refused",
+    ),
+    (
         "kafka",
         KafkaException(KafkaError(KafkaError._TRANSPORT, "broker down")),
         "Kafka error _TRANSPORT: broker down",
@@ -177,7 +208,7 @@ FAILURES: list[tuple[str, BaseException, str]] = [
 
 
 def _raise(exc: BaseException) -> Any:
-    if exc.args == ("cannot read the watermarks",):
+    if str(exc).startswith(("cannot read the watermarks", "cannot reach the target")):
         raise exc from _operational("refused")
     raise exc
 

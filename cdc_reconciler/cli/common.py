@@ -195,8 +195,13 @@ def failure_message(exc: BaseException) -> str | None:
     if isinstance(exc, CdcrError):
         cause = exc.__cause__
         wrapped = _database_failure(cause) if cause is not None else None
-        # A wrapped connection failure is said in one line naming the host, whatever the command.
-        if wrapped is not None and wrapped.startswith("cannot connect"):
+        # A wrapped connection failure is said in one line naming the host, whatever the command
+        # -- unless the command's own message already names which database it could not reach.
+        if (
+            wrapped is not None
+            and wrapped.startswith(("cannot connect", "cannot reach"))
+            and not str(exc).startswith("cannot reach")
+        ):
             return wrapped
         return str(exc)
     return _kafka_failure(exc)
@@ -209,6 +214,9 @@ def _database_failure(exc: BaseException) -> str | None:
 
         cause = connection_failure(exc)
         if cause is not None:
+            where = getattr(exc, "cdcr_database", None)  # set by wiring's engines
+            if where:
+                return f"cannot reach the {where}: {cause}"
             return f"cannot connect to PostgreSQL: {cause}"
         orig = getattr(exc, "orig", None) or exc
         return f"database error: {type(orig).__name__}: {_first_line(orig)}"

@@ -83,6 +83,14 @@ def reconcile(
             "no watermark).",
         ),
     ] = False,
+    fail_on_differences: Annotated[
+        bool,
+        typer.Option(
+            "--fail-on-differences",
+            help="Exit 1 when any window had differences, even if they were repaired "
+            "(with --dry-run: when any was found). For CI gates and cron checks.",
+        ),
+    ] = False,
     delete_extra: Annotated[
         bool,
         typer.Option(
@@ -166,7 +174,9 @@ def reconcile(
     the watermark before that window.
 
     Exit status 1 when a window stays unresolved after repair or fails a configured check,
-    or when a sample finds any difference.
+    when a sample finds any difference, or (--once) when a table could not be verified at all;
+    with --fail-on-differences also when any difference was found (repaired or, with
+    --dry-run, reported).
     """
     from cdc_reconciler.reconcile import command
     from cdc_reconciler.reconcile.history import parse_duration
@@ -199,7 +209,7 @@ def reconcile(
         echo_json(_reports_json(reports, dry_run, reverify), indent=2)
     else:
         _print_reports(reports, dry_run)
-    raise typer.Exit(code=_exit_status(reports, once))
+    raise typer.Exit(code=_exit_status(reports, once, fail_on_differences))
 
 
 def _reports_json(reports: list[TableReport], dry_run: bool, reverify: bool) -> dict[str, Any]:
@@ -211,10 +221,14 @@ def _reports_json(reports: list[TableReport], dry_run: bool, reverify: bool) -> 
     }
 
 
-def _exit_status(reports: list[TableReport], once: bool) -> int:
+def _exit_status(reports: list[TableReport], once: bool, fail_on_differences: bool = False) -> int:
     """1 when a window stayed unresolved or failed a check, or (one pass) when a table could not
-    be verified at all: nothing verified is a failure, never a silent success."""
+    be verified at all: nothing verified is a failure, never a silent success. With
+    ``fail_on_differences``, also 1 when any window had a confirmed difference (repaired or,
+    in a dry run, only reported)."""
     if any(w.status in _FAILED_STATUSES for r in reports for w in r.windows):
+        return 1
+    if fail_on_differences and any(w.differences for r in reports for w in r.windows):
         return 1
     return 1 if once and any(r.unverified for r in reports) else 0
 

@@ -4,7 +4,8 @@ normalized and hashed, and the WHERE condition of a segment.
 Rows are normalized so that equal values hash equally across source and target:
 
 - the ``_cdc_*`` columns of the target are never compared;
-- ``numeric`` loses trailing zeros of its scale (``trim_scale``), so ``1.50`` == ``1.5``;
+- ``numeric`` loses trailing zeros of its scale (``trim_scale``), so ``1.50`` == ``1.5``; so do
+  the elements of a ``numeric[]`` (its dimensions are compared too);
 - ``json`` is read as ``jsonb`` (key order and whitespace do not matter);
 - ``timetz`` is compared as an instant (at UTC): Debezium cannot carry its offset;
 - every query runs with ``TimeZone=UTC`` and fixed output styles, so ``timestamptz``, dates,
@@ -47,6 +48,10 @@ _TEXT_LIKE = ("text", "character varying", "character", "citext", "name")
 def hash_family(typ: str) -> str | None:
     """The family whose native hash decides equality for a ``format_type()`` string, or None
     when the column must be hashed as its normalized text (see the module docstring)."""
+    if typ.endswith("]"):
+        # Arrays: an array's hash combines its elements' hashes but not its dimensions
+        # ({{1,2},{3,4}} hashes as {1,2,3,4}), so arrays are hashed as their normalized text.
+        return None
     if typ in ("smallint", "integer", "bigint"):
         return "int"
     if typ.startswith("numeric"):
@@ -145,6 +150,14 @@ def database_collation(conn: sa.Connection) -> str | None:
 def _norm(side: Side, col: str) -> str:
     typ = side.types[col]
     q = quote_ident(col)
+    if typ.startswith("numeric") and typ.endswith("[]"):
+        # Each element loses its trailing zeros; the dimensions are kept (so {{1,2},{3,4}} is
+        # not {1,2,3,4}) and an empty array is not NULL.
+        return (
+            f"CASE WHEN {q} IS NULL THEN NULL ELSE coalesce(array_dims({q}), '') || ':' || "
+            f"coalesce((SELECT array_agg(trim_scale(u.e) ORDER BY u.o)::text "
+            f"FROM unnest({q}) WITH ORDINALITY AS u(e, o)), '') END"
+        )
     if typ.startswith("numeric"):
         return f"trim_scale({q})"
     if typ == "json":

@@ -26,7 +26,21 @@ def test_hash_families() -> None:
     assert hash_family("timestamp(3) with time zone") == "timestamptz"
     assert hash_family("timestamp without time zone") == "timestamp"
     assert hash_family("time with time zone") == "timetz"
-    for typ in ("jsonb", "json", "double precision", "interval", "citext", "mood", "integer[]"):
+    for typ in (
+        "jsonb",
+        "json",
+        "double precision",
+        "interval",
+        "citext",
+        "mood",
+        "integer[]",
+        "numeric(12,2)[]",
+        "character varying[]",
+        "text[]",
+        "timestamp with time zone[]",
+        "date[]",
+        "uuid[]",
+    ):
         assert hash_family(typ) is None, typ
     cols = ("a", "b", "c", "d")
     src = {"a": "integer", "b": "text", "c": "timestamp without time zone", "d": "interval"}

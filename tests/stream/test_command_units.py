@@ -49,3 +49,12 @@ def test_sync_refuses_a_bare_target_before_connecting() -> None:
     )
     with pytest.raises(CdcrError, match=r"target 't2': write it as schema\.table"):
         sync_tables(settings, [])
+
+
+def test_sync_with_no_table_named_or_configured_fails_instead_of_doing_nothing() -> None:
+    """`cdcr tables sync` without a table used to print "created 0 table(s)" and exit 0 without
+    reading either database."""
+    nowhere = DatabaseSettings(url=SecretStr("postgresql://nobody@127.0.0.1:1/none"))
+    settings = Settings(source=nowhere, target=nowhere, tables={})
+    with pytest.raises(CdcrError, match=r"no tables to sync: name them"):
+        sync_tables(settings, [])
