@@ -8,3 +8,11 @@ class CdcrError(Exception):
 
 class ConfigError(CdcrError):
     """The configuration is missing or invalid."""
+
+
+def db_error_line(exc: BaseException) -> str:
+    """A database error in one line: its type and the driver's first line (SQLAlchemy's own text
+    adds the statement and a link on further lines, which a ``FAILED:`` line must not carry)."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip()
+    return f"{type(orig).__name__}: {text.splitlines()[0] if text else type(orig).__name__}"

@@ -13,7 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from alembic import command
 from cdc_reconciler import wiring
 from cdc_reconciler.config import Settings
-from cdc_reconciler.errors import CdcrError
+from cdc_reconciler.errors import CdcrError, db_error_line
 
 
 def script_location() -> Path:
@@ -40,7 +40,7 @@ def upgrade(settings: Settings, revision: str = "head", *, sql: bool = False) ->
     try:
         command.upgrade(alembic_config(settings), revision, sql=sql)
     except SQLAlchemyError as exc:
-        raise CdcrError(f"migration to {revision} failed: {exc.__class__.__name__}: {exc}") from exc
+        raise CdcrError(f"migration to {revision} failed: {db_error_line(exc)}") from exc
 
 
 def downgrade(settings: Settings, revision: str) -> None:

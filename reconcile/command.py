@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cdc_reconciler import wiring
 from cdc_reconciler.config import Settings
-from cdc_reconciler.errors import CdcrError
+from cdc_reconciler.errors import CdcrError, db_error_line
 from cdc_reconciler.reconcile import repair as rp
 from cdc_reconciler.reconcile.diff import DiffOptions
 from cdc_reconciler.reconcile.metrics import ReconcileMetrics
@@ -128,7 +128,7 @@ def reconcile(
     try:
         return _passes(one, env, names, once, should_stop)
     except SQLAlchemyError as exc:
-        raise CdcrError(f"reconcile failed: {exc.__class__.__name__}: {exc}") from exc
+        raise CdcrError(f"reconcile failed: {db_error_line(exc)}") from exc
     finally:
         source.dispose()
         target.dispose()
@@ -215,7 +215,7 @@ def sample(
             _sample_one(env, table, n, start, end, seed=seed, dry_run=dry_run) for table in names
         ]
     except SQLAlchemyError as exc:
-        raise CdcrError(f"sample failed: {exc.__class__.__name__}: {exc}") from exc
+        raise CdcrError(f"sample failed: {db_error_line(exc)}") from exc
     finally:
         source.dispose()
         target.dispose()

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from cdc_reconciler.config import Settings
-from cdc_reconciler.errors import CdcrError
+from cdc_reconciler.errors import CdcrError, db_error_line
 from cdc_reconciler.reconcile.metrics import ReconcileMetrics
 from cdc_reconciler.reconcile.model import Env, Request, TableReport
 from cdc_reconciler.reconcile.run import reconcile_table, reverify_table
@@ -64,8 +64,37 @@ def _passes(
         env, names = reports.env, reports.names
         if once or should_stop():
             return reports.reports
+        _log_pass(reports.reports)
         if not any(r.windows for r in reports.reports if not r.reverify):
             time.sleep(env.settings.reconcile.window_s * POLL_FRACTION)
+
+
+def pass_summary(reports: Sequence[TableReport]) -> str | None:
+    """One line saying what a continuous pass did, or None when it did nothing (no window closed
+    and no table unverified): the line a user watching `cdcr reconcile` sees per pass."""
+    windows = [w for r in reports for w in r.windows]
+    unverified = [f"{r.table} ({r.unverified})" for r in reports if r.unverified]
+    if not windows and not unverified:
+        return None
+    by_status: dict[str, int] = {}
+    for w in windows:
+        by_status[str(w.status)] = by_status.get(str(w.status), 0) + 1
+    statuses = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items()))
+    line = (
+        f"pass: {len(windows)} window(s) of {sum(1 for r in reports if r.windows)} table(s)"
+        + (f" ({statuses})" if statuses else "")
+        + f", {sum(len(w.differences) for w in windows)} difference(s), "
+        f"{sum(len(w.deferred) for w in windows)} key(s) deferred (in flight)"
+    )
+    if unverified:
+        line += "; not verified: " + "; ".join(unverified)
+    return line
+
+
+def _log_pass(reports: Sequence[TableReport]) -> None:
+    line = pass_summary(reports)
+    if line is not None:
+        logging.getLogger(__name__).info("%s", line)
 
 
 @dataclass(frozen=True)
@@ -126,7 +155,7 @@ def _applied(settings: Settings, target: sa.Engine) -> AppliedTables:
     except SQLAlchemyError as exc:
         raise CdcrError(
             f"cannot read the applied offsets (is the target migrated? run `cdcr migrate`): "
-            f"{exc.__class__.__name__}: {exc}"
+            f"{db_error_line(exc)}"
         ) from exc
 
 

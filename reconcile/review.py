@@ -35,7 +35,7 @@ from cdc_reconciler import wiring
 from cdc_reconciler.config import Settings
 from cdc_reconciler.connectors.postgres.table import key_text
 from cdc_reconciler.connectors.postgres.write import RowWrite, write_batch
-from cdc_reconciler.errors import CdcrError
+from cdc_reconciler.errors import CdcrError, db_error_line
 from cdc_reconciler.reconcile import checksum as ck
 from cdc_reconciler.reconcile import repair as rp
 from cdc_reconciler.reconcile.model import Env, describe
@@ -86,7 +86,7 @@ def list_items(
         with target.connect() as c:
             return list(store.items(c, table=table, kind=kind, state=state, limit=limit))
     except SQLAlchemyError as exc:
-        raise CdcrError(f"review list failed: {exc.__class__.__name__}: {exc}") from exc
+        raise CdcrError(f"review list failed: {db_error_line(exc)}") from exc
     finally:
         target.dispose()
 
@@ -163,7 +163,7 @@ def show(settings: Settings, item_id: int) -> Shown:
             ),
         )
     except SQLAlchemyError as exc:
-        raise CdcrError(f"review show failed: {exc.__class__.__name__}: {exc}") from exc
+        raise CdcrError(f"review show failed: {db_error_line(exc)}") from exc
     finally:
         source.dispose()
         target.dispose()
@@ -214,7 +214,7 @@ def resolve(
             raise CdcrError(f"no review item {', '.join(map(str, missing))}")
         return [_resolve_one(env, i, decision, who, note) for i in dict.fromkeys(ids)]
     except SQLAlchemyError as exc:
-        raise CdcrError(f"review resolve failed: {exc.__class__.__name__}: {exc}") from exc
+        raise CdcrError(f"review resolve failed: {db_error_line(exc)}") from exc
     finally:
         source.dispose()
         target.dispose()

@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cdc_reconciler import wiring
 from cdc_reconciler.config import Settings
-from cdc_reconciler.errors import CdcrError
+from cdc_reconciler.errors import CdcrError, db_error_line
 from cdc_reconciler.reconcile import history
 from cdc_reconciler.reconcile.command import _kafka_log_ends
 from cdc_reconciler.reconcile.priorities import (
@@ -206,8 +206,7 @@ def _read_stored(
     except SQLAlchemyError as exc:
         engine.dispose()
         raise CdcrError(
-            f"status failed (is the target migrated? run `cdcr migrate`): "
-            f"{exc.__class__.__name__}: {exc}"
+            f"status failed (is the target migrated? run `cdcr migrate`): {db_error_line(exc)}"
         ) from exc
 
 
@@ -312,7 +311,7 @@ def status(
             verification = _verification(c, settings, stored.marks, now)
             priorities = _priorities(c, settings, gap_rows, stored.failed, reconciled, now)
     except SQLAlchemyError as exc:
-        raise CdcrError(f"status failed: {exc.__class__.__name__}: {exc}") from exc
+        raise CdcrError(f"status failed: {db_error_line(exc)}") from exc
     finally:
         engine.dispose()
     return StatusReport(

@@ -42,7 +42,7 @@ from cdc_reconciler.connectors.kafka import (
     error_of,
     is_fatal,
 )
-from cdc_reconciler.errors import CdcrError
+from cdc_reconciler.errors import CdcrError, db_error_line
 from cdc_reconciler.store.offsets import applied_offsets
 from cdc_reconciler.stream.dead_letters import Stopped
 from cdc_reconciler.stream.engine import RETRY_INITIAL_S, ApplyEngine, Interrupted, Prepared
@@ -224,9 +224,7 @@ class Runner:
                 except (CdcrError, KafkaException):
                     raise
                 except Exception as exc:
-                    raise CdcrError(
-                        f"rebalance ({kind}) failed: {exc.__class__.__name__}: {exc}"
-                    ) from exc
+                    raise CdcrError(f"rebalance ({kind}) failed: {db_error_line(exc)}") from exc
 
         return run
 

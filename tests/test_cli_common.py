@@ -254,3 +254,14 @@ def test_a_bug_is_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_refused_option_combination_is_a_failed_line() -> None:
     code, out = invoke("review", "resolve", "1")
     assert code == 1 and out.startswith("FAILED: choose exactly one of --apply-source")
+
+
+def test_a_database_error_inside_a_failed_line_is_one_line() -> None:
+    """SQLAlchemy's text of an error carries the statement and a link on further lines; wrapped
+    into a CdcrError it used to make a many-line FAILED message (found by a new-user trial)."""
+    from cdc_reconciler.errors import db_error_line
+
+    exc = _operational('relation "cdcr.applied_offsets" does not exist\nLINE 1: SELECT …')
+    assert "\n" in str(exc)  # what SQLAlchemy itself prints
+    assert db_error_line(exc) == 'Orig: relation "cdcr.applied_offsets" does not exist'
+    assert db_error_line(ValueError("bad state")) == "ValueError: bad state"

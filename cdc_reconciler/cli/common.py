@@ -162,10 +162,13 @@ def ago(seconds: float) -> str:
 
 
 def progress(*columns: Any, hidden: bool) -> Progress:
-    """A progress display on stderr that disappears when done; ``hidden`` for --json (scripts)."""
+    """A progress display on stderr that disappears when done; ``hidden`` for --json (scripts).
+    Off when stderr is not a terminal (a pipe, a log file): there a transient display leaves
+    only an empty line behind (found by a new-user trial: a blank line before ``FAILED:``)."""
     from rich.progress import Progress
 
-    return Progress(*columns, console=err_console, transient=True, disable=hidden)
+    off = hidden or not err_console.is_terminal
+    return Progress(*columns, console=err_console, transient=True, disable=off)
 
 
 def say(text: str, *, err: bool = False, markup: bool = True, soft_wrap: bool = False) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -189,6 +190,16 @@ def reconcile(
         sample_tables(cfg, sample, tables, start, end, seed, dry_run, as_json)
         return
     serve = not once and not no_metrics
+    if not once:
+        # Continuous mode runs until stopped: say so, and one line per pass that did something.
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        say(
+            "reconciling continuously: each closed window as it closes, one log line per pass "
+            "(Ctrl-C to stop; --once for one pass)",
+            err=True,
+        )
     with _metrics(cfg, metrics_port, serve) as metrics, _progress(as_json) as on_window:
         reports = command.reconcile(
             cfg,

@@ -29,9 +29,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    from tests.stream.pipeline import free_port
+
+    return free_port(1)  # below the ephemeral range (see there)
 
 
 def _jars_dir() -> Path:

@@ -3,8 +3,11 @@ connector, topic and consumer group per test, the traffic it receives, and compa
 
 from __future__ import annotations
 
+import contextlib
+import random
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,10 +19,24 @@ from tests.helpers import count_records, rows, wait_for
 COLUMNS = "id, name, amount, created, payload::text, big, flag"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(span: int = 3) -> int:
+    """A port that is free now, with the ``span - 1`` ports after it free too (`cdcr run` serves
+    metrics on PORT, the Faust worker its web on PORT + 1, reconcile on PORT + 2), chosen below
+    the kernel's ephemeral range: a port from the ephemeral range (bind to 0) may be taken
+    moments later by any outgoing connection, which once failed the Faust test with "address
+    already in use" on PORT + 1."""
+    lo, _hi = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    for _ in range(200):
+        port = random.randrange(20_000, max(20_001, lo - span))
+        try:
+            with contextlib.ExitStack() as stack:
+                for p in range(port, port + span):
+                    s = stack.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", p))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port run found below the ephemeral range")
 
 
 @dataclass

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -400,9 +399,9 @@ def test_cli_json_schema_with_applied_offsets(
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    from tests.stream.pipeline import free_port
+
+    return free_port(1)  # below the ephemeral range (see there)
 
 
 def test_serve_exports_parseable_gauges(
