@@ -66,7 +66,10 @@ def runs(engine: sa.Engine, table: str) -> list[dict[str, Any]]:
             for r in c.execute(
                 sa.text(
                     "SELECT window_start, window_end, status, counts FROM cdcr.reconcile_runs "
-                    "WHERE table_name = :t ORDER BY started"
+                    # One pass's runs share `started` (the injected clock): order ties by
+                    # window, or two identical lists may compare unequal (a flaky CI failure).
+                    "WHERE table_name = :t "
+                    "ORDER BY started, window_start NULLS FIRST, window_end, status"
                 ),
                 {"t": table},
             ).mappings()
