@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import ROOT
+from cdc_reconciler.stream.timing import LOOP_STAGES, WRITER_STAGES
 
 DOC = ROOT / "docs" / "benchmarks.md"
 PNG = ROOT / "docs" / "benchmarks.png"
@@ -507,10 +508,6 @@ def gates_header(w: Any, res: dict[str, Any]) -> None:
                 + (" (`--allow-noisy`: the bench did not wait)" if res.get("allow_noisy") else "")
                 + ". Do not quote these figures; rerun on an idle machine."
             )
-
-
-LOOP_STAGES = ("kafka_wait", "decode", "redis_seen", "plan", "dlq")
-WRITER_STAGES = ("db_connect", "db_write", "db_other", "db_commit", "redis_record")
 
 
 def critical_path(

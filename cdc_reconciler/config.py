@@ -121,6 +121,11 @@ def engine_url(url: str) -> str:
     return u.render_as_string(hide_password=False)
 
 
+def database_address(url: Any) -> str:
+    """``HOST:PORT/DB`` of a SQLAlchemy URL, as connection failures name a database."""
+    return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
+
+
 def connection_failure(exc: BaseException) -> str | None:
     """The one-line cause of a failed database connection (it names the host and the reason,
     e.g. ``connection to server at "db", port 5432 failed: Connection refused``), or None when

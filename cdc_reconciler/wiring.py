@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from cdc_reconciler.config import DatabaseSettings, Settings
+from cdc_reconciler.config import DatabaseSettings, Settings, database_address
 from cdc_reconciler.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -78,8 +78,7 @@ def _name_database_in_errors(engine: sa.Engine, which: str) -> None:
     reach (cli.common reads the mark)."""
     import sqlalchemy as sa
 
-    u = engine.url
-    where = f"{which} database at {u.host or 'localhost'}:{u.port or 5432}/{u.database or ''}"
+    where = f"{which} database at {database_address(engine.url)}"
 
     def mark(ctx: sa.engine.ExceptionContext) -> None:
         if ctx.sqlalchemy_exception is not None:

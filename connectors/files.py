@@ -23,7 +23,7 @@ from typing import Any
 
 import duckdb
 
-from cdc_reconciler.errors import CdcrError
+from cdc_reconciler.errors import CdcrError, first_line
 
 FORMATS = ("csv", "parquet", "jsonl")
 _SUFFIXES = {
@@ -105,7 +105,7 @@ class DataFile:
         try:
             return self.con.execute(sql, params or []).fetchall()
         except duckdb.Error as exc:
-            raise CdcrError(f"reading {self.path}: {_first_line(exc)}") from exc
+            raise CdcrError(f"reading {self.path}: {first_line(exc)}") from exc
 
     def stream(
         self, sql: str, params: Sequence[Any] | None = None, batch: int = 10_000
@@ -116,7 +116,7 @@ class DataFile:
             while rows := cur.fetchmany(batch):
                 yield from rows
         except duckdb.Error as exc:
-            raise CdcrError(f"reading {self.path}: {_first_line(exc)}") from exc
+            raise CdcrError(f"reading {self.path}: {first_line(exc)}") from exc
 
     def progress(self) -> float:
         """Percent done of the running query (-1 when unknown)."""
@@ -124,10 +124,6 @@ class DataFile:
             return float(self.con.query_progress())
         except (duckdb.Error, AttributeError):
             return -1.0
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 @contextmanager
@@ -163,7 +159,7 @@ def open_file(path: Path, fmt: str | None = None, where: str | None = None) -> I
             try:
                 cols = con.execute(f"DESCRIBE SELECT * FROM {_reader(path, fmt)}").fetchall()
             except duckdb.Error as exc:
-                raise CdcrError(f"cannot read {path} as {fmt}: {_first_line(exc)}") from exc
+                raise CdcrError(f"cannot read {path} as {fmt}: {first_line(exc)}") from exc
             names = tuple(str(c[0]) for c in cols)
             if not names:
                 raise CdcrError(f"{path} has no columns")
@@ -179,7 +175,7 @@ def open_file(path: Path, fmt: str | None = None, where: str | None = None) -> I
                 )
                 con.execute("SELECT * FROM file_rows LIMIT 0").fetchall()
             except duckdb.Error as exc:
-                raise CdcrError(f"--where does not apply to {path}: {_first_line(exc)}") from exc
+                raise CdcrError(f"--where does not apply to {path}: {first_line(exc)}") from exc
             yield DataFile(path, fmt, names, con)
         finally:
             con.close()

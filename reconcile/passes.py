@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from cdc_reconciler.config import Settings
-from cdc_reconciler.errors import CdcrError, db_error_line
+from cdc_reconciler.errors import CdcrError, db_error_line, first_line
 from cdc_reconciler.reconcile.metrics import ReconcileMetrics
 from cdc_reconciler.reconcile.model import Env, Request, TableReport
 from cdc_reconciler.reconcile.run import reconcile_table, reverify_table
@@ -73,7 +73,7 @@ def pass_summary(reports: Sequence[TableReport]) -> str | None:
     """One line saying what a continuous pass did, or None when it did nothing (no window closed
     and no table unverified): the line a user watching `cdcr reconcile` sees per pass."""
     windows = [w for r in reports for w in r.windows]
-    unverified = [f"{r.table} ({r.unverified})" for r in reports if r.unverified]
+    unverified = [f"{r.table}: {r.unverified}" for r in reports if r.unverified]
     if not windows and not unverified:
         return None
     by_status: dict[str, int] = {}
@@ -87,7 +87,7 @@ def pass_summary(reports: Sequence[TableReport]) -> str | None:
         f"{sum(len(w.deferred) for w in windows)} key(s) deferred (in flight)"
     )
     if unverified:
-        line += "; not verified: " + "; ".join(unverified)
+        line += "; " + "; ".join(unverified)  # each reason says "not verified: …" itself
     return line
 
 
@@ -178,7 +178,7 @@ def _or_say(table: str, work: Callable[[], TableReport]) -> TableReport:
     except SQLAlchemyError as exc:
         # One table's database error (a value its repair cannot write, a lock timeout) says so
         # for that table and leaves the others to be verified in the same pass.
-        first = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0]
+        first = first_line(getattr(exc, "orig", None) or exc)
         return TableReport(
             table,
             None,

@@ -33,7 +33,7 @@ import typer.core
 from rich.console import Console
 
 from cdc_reconciler.config import Settings, load_settings
-from cdc_reconciler.errors import CdcrError
+from cdc_reconciler.errors import CdcrError, db_error_line, first_line
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -221,11 +221,10 @@ def _database_failure(exc: BaseException) -> str | None:
             if where:
                 return f"cannot reach the {where}: {cause}"
             return f"cannot connect to PostgreSQL: {cause}"
-        orig = getattr(exc, "orig", None) or exc
-        return f"database error: {type(orig).__name__}: {_first_line(orig)}"
+        return f"database error: {db_error_line(exc)}"
     pg = sys.modules.get("psycopg2")
     if pg is not None and isinstance(exc, pg.Error):
-        return f"database error: {type(exc).__name__}: {_first_line(exc)}"
+        return f"database error: {db_error_line(exc)}"
     return None
 
 
@@ -236,12 +235,7 @@ def _kafka_failure(exc: BaseException) -> str | None:
     err = exc.args[0] if exc.args else None
     if isinstance(err, ck.KafkaError):
         return f"Kafka error {err.name()}: {err.str()}"
-    return f"Kafka error: {_first_line(exc)}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0].strip() if text else type(exc).__name__
+    return f"Kafka error: {first_line(exc)}"
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -192,9 +192,11 @@ def reconcile(
     serve = not once and not no_metrics
     if not once:
         # Continuous mode runs until stopped: say so, and one line per pass that did something.
+        # cdcr's own INFO lines; libraries (alembic announces its plugins at INFO) stay quiet.
         logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+            level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
+        logging.getLogger("cdc_reconciler").setLevel(logging.INFO)
         say(
             "reconciling continuously: each closed window as it closes, one log line per pass "
             "(Ctrl-C to stop; --once for one pass)",

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 
+from cdc_reconciler.config import database_address
 from cdc_reconciler.errors import CdcrError
 from cdc_reconciler.migrations import script_location
 from cdc_reconciler.store import SCHEMA
@@ -45,11 +46,6 @@ def state(conn: sa.Connection) -> SchemaState:
     return SchemaState(current_revision(conn), head_revision())
 
 
-def _where(engine: sa.Engine) -> str:
-    u = engine.url
-    return f"{u.host or 'localhost'}:{u.port or 5432}/{u.database or ''}"
-
-
 def require_head(engine: sa.Engine) -> SchemaState:
     """Raise CdcrError unless the target is reachable and its service tables are at head."""
     try:
@@ -58,7 +54,7 @@ def require_head(engine: sa.Engine) -> SchemaState:
     except sa.exc.OperationalError as exc:
         detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         raise CdcrError(
-            f"cannot reach the target database at {_where(engine)}: {detail}; "
+            f"cannot reach the target database at {database_address(engine.url)}: {detail}; "
             "check CDCR_TARGET__URL"
         ) from exc
     if found.current is None:

@@ -27,11 +27,12 @@ def test_a_pass_that_did_something_is_one_line() -> None:
     reports = [
         TableReport("public.a", T, T, windows=[_w("public.a", "clean", deferred=3)]),
         TableReport("public.b", T, T, windows=[_w("public.b", "repaired", diffs=2)] * 2),
-        TableReport("public.h", None, None, unverified="has no primary key"),
+        # As reconcile words the reason (passes._or_say, run.py): it starts "not verified:".
+        TableReport("public.h", None, None, unverified="not verified: has no primary key"),
     ]
     assert pass_summary(reports) == (
         "pass: 3 window(s) of 2 table(s) (1 clean, 2 repaired), 4 difference(s), "
-        "3 key(s) deferred (in flight); not verified: public.h (has no primary key)"
+        "3 key(s) deferred (in flight); public.h: not verified: has no primary key"
     )
 
 
