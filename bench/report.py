@@ -10,6 +10,8 @@ from cdc_reconciler.stream.timing import LOOP_STAGES, WRITER_STAGES
 
 DOC = ROOT / "docs" / "benchmarks.md"
 PNG = ROOT / "docs" / "benchmarks.png"
+# docs/design.md: `cdcr lag` for 3 groups x 64 partitions in under 0.5 s.
+LAG_TARGET_S = 0.5
 
 
 def _n(x: Any, fmt: str = "{:,.0f}") -> str:
@@ -618,7 +620,7 @@ def write_doc(res: dict[str, Any], result_file: Path) -> None:
 
     # ---------------------------------------------------------------- targets
     targets_at = len(L)
-    w("## Targets (DESIGN.md) at a glance")
+    w("## Targets ([design.md](design.md)) at a glance")
     w("")
     w("| target | measured | met? |")
     w("|---|---|---|")
@@ -653,8 +655,8 @@ def write_doc(res: dict[str, Any], result_file: Path) -> None:
         )
     if lag.get("median_s") is not None:
         w(
-            f"| `cdcr lag` 3 groups × 64 partitions < 1 s | {lag['median_s']:.3f} s | "
-            f"{'yes' if lag['median_s'] < 1 else 'NO'} |"
+            f"| `cdcr lag` 3 groups × 64 partitions < {LAG_TARGET_S} s | {lag['median_s']:.3f} s | "
+            f"{'yes' if lag['median_s'] < LAG_TARGET_S else 'NO'} |"
         )
     rp = res.get("replay", {})
     if rp:
@@ -853,7 +855,7 @@ def write_doc(res: dict[str, Any], result_file: Path) -> None:
             f"**`cdcr lag` latency.** {lag['groups']} groups × {lag['partitions']} partitions "
             f"({lag['rows']} rows), `{lag['command']}`: median **{lag['median_s']:.3f} s** over "
             f"{lag['runs']} runs (min {lag['min_s']:.3f}, max {lag['max_s']:.3f}), process start "
-            "included. Target < 1 s."
+            f"included. Target < {LAG_TARGET_S} s (docs/design.md)."
         )
         w("")
     rp = res.get("replay", {})
@@ -911,9 +913,9 @@ def write_doc(res: dict[str, Any], result_file: Path) -> None:
                     + _n(rc[case].get("cdcr_over_scan_ceiling"), "{:.2f}×")
                     + " the both-sides scan ceiling, section 3)"
                 )
-        if lag.get("median_s", 0) >= 1:
+        if lag.get("median_s", 0) >= LAG_TARGET_S:
             missed.append(
-                f"`cdcr lag` takes {lag['median_s']:.2f} s (target < 1 s; not a "
+                f"`cdcr lag` takes {lag['median_s']:.2f} s (target < {LAG_TARGET_S} s; not a "
                 "`cdcr run` matter, so not in the profile below)"
             )
         if (cd.get("peak_rss_mb") or 0) >= 300:
