@@ -44,6 +44,7 @@ from cdc_reconciler.connectors.debezium import (
     DebeziumDecoder,
 )
 from cdc_reconciler.connectors.kafka import Record
+from cdc_reconciler.connectors.postgres.sides import stable_output
 from cdc_reconciler.connectors.postgres.sql import qualified_ident, quote_ident
 from cdc_reconciler.connectors.postgres.table import TRUNCATE_KEY, TargetTable, key_text
 from cdc_reconciler.connectors.postgres.write import (
@@ -264,10 +265,6 @@ class ApplyEngine:
         except DBAPIError as exc:
             log.warning("cannot index %s._cdc_pos: %s", table.qualified, str(exc.orig).strip())
 
-    @staticmethod
-    def _count(plan: Plan, p: Pending, outcome: str) -> None:
-        plan.count(p, outcome)
-
     # ------------------------------------------------------------------ applying
     def process(self, records: Sequence[Record]) -> BatchOutcome:
         """Apply one batch: :meth:`prepare` then :meth:`apply`. Returns the per-partition outcome
@@ -450,9 +447,9 @@ class ApplyEngine:
                 {gk: len(g) for gk, (_r, g) in writes.items()},
             )
             for p in vanished:
-                self._count(plan, p, "skipped_stale")
+                plan.count(p, "skipped_stale")
             for p, _d in rejected:
-                self._count(plan, p, "dead_lettered")
+                plan.count(p, "dead_lettered")
             DeadLetterSink.record(conn, [*plan.dead, *letters])
             if self._group is not None:
                 record_applied(conn, self._group, plan.outcome)
@@ -623,7 +620,7 @@ class ApplyEngine:
             plan.outcome.table_add(table, "applied", n)
             plan.outcome.table_add(table, "skipped_stale", total - n)
         for p in plan.truncates:
-            self._count(plan, p, "applied")
+            plan.count(p, "applied")
 
 
 # ---------------------------------------------------------------------- classifying target errors
@@ -818,6 +815,9 @@ def _fetch_source(
     )
     out: dict[str, dict[str, Any]] = {}
     with source.connect() as conn:
+        # The text in fixed output styles (ISO dates, postgres intervals, hex bytea, UTC), which
+        # COPY reads back exactly whatever the source's or the target's session settings.
+        stable_output(conn)
         for i in range(0, len(values), _CHUNK):
             where, params = _key_filter(keys, values[i : i + _CHUNK])
             for r in conn.execute(sa.text(f"SELECT {select} FROM {src} WHERE {where}"), params):

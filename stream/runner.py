@@ -332,7 +332,8 @@ class Runner:
             self._summary.first_record_at = time.time()
         try:
             prepared = self._engine.prepare(records)
-        except Stopped:
+        except (Stopped, Interrupted):  # Interrupted: stopped while waiting out a target outage
+            # (prepare resolves tables in the target); the batch in flight is finished on the way out
             self._summary.stopped_by = "signal"
             return False
         if not self._finish_inflight():

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 # A table whose target DDL failed is retried this often (its events are dead-lettered meanwhile).
 BLOCKED_RETRY_S = 60.0
+# A missing target table (no --create-missing) is looked up again at most this often: its events
+# are dead-lettered without a catalog read each, and a table created meanwhile is used within it.
+MISSING_RECHECK_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +78,8 @@ class TableResolver:
         self._create_missing = create_missing
         self._routes: dict[tuple[str, str], Route] = {}
         self._blocked: dict[tuple[str, str], tuple[ApplyError, float]] = {}
+        # Target tables found missing, until when that answer holds (see MISSING_RECHECK_S).
+        self._missing: dict[tuple[str, str], tuple[ApplyError, float]] = {}
 
     def source_name(self, topic: str, event: ChangeEvent) -> tuple[str, str]:
         if event.source_schema and event.source_table:
@@ -88,18 +93,24 @@ class TableResolver:
         name = self.source_name(topic, event)
         found = self._routes.get(name)
         if found is None:
-            blocked = self._blocked.get(name)
-            if blocked is not None and time.monotonic() < blocked[1]:
-                raise blocked[0]
+            now = time.monotonic()
+            for known in (self._blocked.get(name), self._missing.get(name)):
+                if known is not None and now < known[1]:
+                    raise known[0]
             try:
                 found = self._routes[name] = self._load(name)
             except ApplyError as exc:
+                if exc.kind == "no_target_table":
+                    # Every event of the topic would read the catalog again before its dead
+                    # letter; a table created meanwhile is found within MISSING_RECHECK_S.
+                    self._missing[name] = (exc, now + MISSING_RECHECK_S)
                 if exc.kind == "target_ddl_failed":
                     # Every event of the table would retry the DDL; retry once a while instead.
                     self._blocked[name] = (exc, time.monotonic() + BLOCKED_RETRY_S)
                     log.error("table %s.%s is blocked: %s", *name, exc.message)
                 raise
             self._blocked.pop(name, None)
+            self._missing.pop(name, None)
         return found
 
     def blocked(self) -> dict[str, str]:

@@ -39,7 +39,8 @@ _INSERT = sa.text(
 
 
 def insert(conn: sa.Connection, rows: Sequence[DeadLetterRow]) -> None:
-    """One statement (executemany); a record already dead-lettered is left as it is."""
+    """All of a batch's dead letters through one executemany (psycopg2 sends a statement per
+    row: dead letters are few); a record already dead-lettered is left as it is."""
     if not rows:
         return
     conn.execute(

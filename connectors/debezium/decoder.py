@@ -47,6 +47,11 @@ class DebeziumDecoder:
         self._schemas = SchemaCache(cache_size, _compile_schema)
         self._lru: OrderedDict[bytes, _Compiled | None] = self._schemas.lru  # the same objects
         self._by_len: dict[int, list[bytes]] = self._schemas.by_len
+        # Records the fast path does not take (pretty-printed JSON, a trailing newline, fields in
+        # another order): their parsed schema, keyed by its canonical bytes, so that the schema is
+        # compiled once per table version there too, not once per record.
+        self._slow: dict[bytes, _Compiled | None] = {}
+        self._slow_size = cache_size
 
     @property
     def cache_hits(self) -> int:
@@ -75,8 +80,20 @@ class DebeziumDecoder:
             and len(obj) <= 2
             and (len(obj) == 1 or "schema" in obj)
         ):
-            return _compile_schema(obj.get("schema")), obj["payload"]
+            return self._compiled(obj.get("schema")), obj["payload"]
         return None, obj
+
+    def _compiled(self, schema: Any) -> _Compiled | None:
+        if schema is None:
+            return _compile_schema(None)
+        k = orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)
+        try:
+            return self._slow[k]
+        except KeyError:
+            if len(self._slow) >= self._slow_size:
+                self._slow.clear()
+            found = self._slow[k] = _compile_schema(schema)
+            return found
 
     # -- keys ---------------------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ def _tomb_position(key: str) -> str:
 _TRUNCATED = "COALESCE(" + _tomb_position(f"'{TRUNCATE_KEY}'") + ", -1)"
 
 
-def _digest(text: str) -> str:
+def name_digest(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
 
 
@@ -93,7 +93,7 @@ class Statements:
 
     def __init__(self, table: TargetTable, columns: tuple[str, ...]) -> None:
         self.columns = columns
-        self.staging = "cdcr_stg_" + _digest(f"{table.qualified}|{','.join(columns)}")
+        self.staging = "cdcr_stg_" + name_digest(f"{table.qualified}|{','.join(columns)}")
         p = _Parts.of(table, columns, self.staging)
         self.copy_columns = ", ".join(
             [*p.data_cols, p.pos, '"_cdc_ts_us"', '"_cdc_op"', '"_cdc_key"']
@@ -127,7 +127,9 @@ class Statements:
         older one. Under the same position guard, in one transaction: nothing is duplicated."""
         pq = quote_ident(table.partition_column)
         pos, tgt, stg = p.pos, p.tgt, p.stg
-        self.others = "cdcr_oth_" + _digest(f"{table.qualified}|{','.join(table.columns)}|others")
+        self.others = "cdcr_oth_" + name_digest(
+            f"{table.qualified}|{','.join(table.columns)}|others"
+        )
         oth = quote_ident(self.others)
         self.others_create = (
             f"DROP TABLE IF EXISTS pg_temp.{oth}; CREATE TEMP TABLE {oth} ON COMMIT DELETE ROWS AS "
@@ -231,7 +233,7 @@ class KeylessStatements:
 
     def __init__(self, table: TargetTable) -> None:
         tgt = qualified_ident(table.schema, table.name)
-        digest = _digest(f"{table.qualified}|keyless")
+        digest = name_digest(f"{table.qualified}|keyless")
         self.staging = f"cdcr_stgk_{digest}"
         stg = quote_ident(self.staging)
         cols = [quote_ident(c) for c in table.columns]
@@ -242,7 +244,6 @@ class KeylessStatements:
             f"''::text AS \"_cdc_op\" FROM {tgt} WITH NO DATA"
         )
         self.copy_columns = ", ".join([*cols, pos, '"_cdc_ts_us"', '"_cdc_op"'])
-        ts_expr = "(timestamptz 'epoch' + s._cdc_ts_us * interval '1 microsecond')"
 
         def row(alias: str) -> str:
             return f"ROW({', '.join(f'{alias}.{c}' for c in cols)})::text"
@@ -253,7 +254,7 @@ class KeylessStatements:
         # rows of one snapshot, which share a position, arriving twice).
         self.append = (
             f"INSERT INTO {tgt} ({all_cols}) "
-            f"SELECT {', '.join(f's.{c}' for c in cols)}, s.{pos}, {ts_expr} FROM ("
+            f"SELECT {', '.join(f's.{c}' for c in cols)}, s.{pos}, {_TS_EXPR} FROM ("
             f"SELECT s.*, {row('s')} AS _cdc_row, row_number() OVER "
             f"(PARTITION BY s.{pos}, {row('s')}) AS _cdc_n FROM {stg} s WHERE s._cdc_op = 'i') s "
             f"WHERE s._cdc_n > (SELECT count(*) FROM {tgt} t WHERE t.{pos} = s.{pos} "
@@ -266,7 +267,7 @@ class KeylessStatements:
         self.delete = f"DELETE FROM {tgt} WHERE ctid = ({match})"
         self.update = (
             f"UPDATE {tgt} SET ({all_cols}) = (SELECT {', '.join(f's.{c}' for c in cols)}, "
-            f"s.{pos}, {ts_expr} FROM {stg} s WHERE s._cdc_op = 'a') WHERE ctid = ({match})"
+            f"s.{pos}, {_TS_EXPR} FROM {stg} s WHERE s._cdc_op = 'a') WHERE ctid = ({match})"
         )
         # Empties staging between steps of one transaction (TRUNCATE would write the catalog).
         self.truncate = f"DELETE FROM {stg}"

@@ -11,7 +11,6 @@ SQLAlchemy's ``DBAPIError`` (also those of the raw COPY cursor), with the SQLSTA
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -24,7 +23,7 @@ import sqlalchemy as sa
 from cdc_reconciler.connectors.postgres.copytext import copy_field
 from cdc_reconciler.connectors.postgres.partitions import ensure_partitions
 from cdc_reconciler.connectors.postgres.sql import qualified_ident, quote_ident
-from cdc_reconciler.connectors.postgres.statements import KeylessStatements, Statements
+from cdc_reconciler.connectors.postgres.statements import KeylessStatements, Statements, name_digest
 from cdc_reconciler.connectors.postgres.table import (
     POS,
     SERVICE_SCHEMA,
@@ -119,12 +118,14 @@ class _Staging:
     (ON COMMIT DELETE ROWS: commit empties them), not per batch: every CREATE and DROP writes
     the catalog (pg_class, pg_attribute, pg_type) and sends invalidations to every backend."""
 
-    __slots__ = ("filled", "fresh", "made")
+    __slots__ = ("committing", "filled", "fresh", "made")
 
     def __init__(self) -> None:
         self.made: dict[str, object] = {}  # name -> the target shape it was made for
         self.fresh: set[str] = set()  # made in the open transaction: a rollback undoes them
         self.filled: set[str] = set()  # holding rows of the open transaction
+        # Made in the transaction whose COMMIT was sent last: undone if that COMMIT fails.
+        self.committing: set[str] = set()
 
     def ensure(self, cur: Any, name: str, shape: object, create: str) -> None:
         """Make ``name`` exist as ``shape`` needs it, and be empty."""
@@ -137,8 +138,23 @@ class _Staging:
         self.filled.add(name)
 
     def committed(self) -> None:
-        self.fresh.clear()
+        """COMMIT is about to be sent (SQLAlchemy's "commit" event fires before it)."""
+        self.committing = self.fresh
+        self.fresh = set()
         self.filled.clear()
+
+    def began(self) -> None:
+        """A new transaction: the last COMMIT succeeded (or its failure was seen)."""
+        self.committing.clear()
+
+    def failed(self) -> None:
+        """A database error on the connection. Right after :meth:`committed` it can only be the
+        COMMIT's: the tables it would have made exist no more (a serialization failure or a
+        deferred trigger at COMMIT once left them "made", and every later batch on that
+        connection failed on the missing table until the watchdog)."""
+        for name in self.committing:
+            self.made.pop(name, None)
+        self.committing.clear()
 
     def rolled_back(self, to_savepoint: bool) -> None:
         """Tables made in the transaction may be gone (a savepoint's extent is not tracked:
@@ -166,6 +182,16 @@ def _on_commit(conn: sa.Connection) -> None:
         st.committed()
 
 
+def _on_begin(conn: sa.Connection) -> None:
+    if (st := _staging_of(conn)) is not None:
+        st.began()
+
+
+def _on_error(ctx: sa.engine.ExceptionContext) -> None:
+    if ctx.connection is not None and (st := _staging_of(ctx.connection)) is not None:
+        st.failed()
+
+
 def _on_rollback(conn: sa.Connection) -> None:
     if (st := _staging_of(conn)) is not None:
         st.rolled_back(to_savepoint=False)
@@ -183,7 +209,9 @@ def _on_reset(dbapi_connection: Any, connection_record: Any, reset_state: Any) -
         found.rolled_back(to_savepoint=False)
 
 
+sa.event.listen(sa.Engine, "begin", _on_begin)
 sa.event.listen(sa.Engine, "commit", _on_commit)
+sa.event.listen(sa.Engine, "handle_error", _on_error)
 sa.event.listen(sa.Engine, "rollback", _on_rollback)
 sa.event.listen(sa.Engine, "rollback_savepoint", _on_rollback_savepoint)
 sa.event.listen(sa.pool.Pool, "reset", _on_reset)
@@ -291,7 +319,7 @@ _KEYLESS: dict[TargetTable, KeylessStatements] = {}
 
 def keyless_position_index(table: TargetTable) -> str:
     """The DDL of the index on ``_cdc_pos`` that keeps guarded appends to a keyless table fast."""
-    digest = hashlib.blake2b(f"{table.qualified}|pos".encode(), digest_size=6).hexdigest()
+    digest = name_digest(f"{table.qualified}|pos")
     return (
         f"CREATE INDEX IF NOT EXISTS {quote_ident(f'cdcr_pos_{digest}')} ON "
         f"{qualified_ident(table.schema, table.name)} ({quote_ident(POS)})"

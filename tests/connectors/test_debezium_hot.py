@@ -228,3 +228,32 @@ def test_bound_decimal_converter_equals_decimal_from_bytes(scale: int) -> None:
     for bad in (True, None, "not base64!"):
         with pytest.raises((TypeError, ValueError)):
             conv(bad)
+
+
+def test_slow_path_compiles_a_schema_once_not_per_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A JsonConverter record the fast path does not take (here pretty-printed, as the Debezium
+    docs print it, and with a trailing newline) used to compile its schema for every record
+    (~360 µs each); it is compiled once per schema and decodes as the compact record does."""
+    from pathlib import Path
+
+    from cdc_reconciler.connectors.debezium import decoder as decoder_module
+
+    raw = (
+        Path(__file__).resolve().parents[1]
+        / "fixtures"
+        / "debezium"
+        / "pg_c_insert_full_schema_envelope__debezium-docs.json"
+    ).read_bytes()
+    compact = orjson.dumps(orjson.loads(raw))
+    calls: list[int] = []
+    real = _compile_schema  # what decoder.py imported
+
+    def counting(schema: Any) -> Any:
+        calls.append(1)
+        return real(schema)
+
+    monkeypatch.setattr(decoder_module, "_compile_schema", counting)
+    dec = DebeziumDecoder()
+    slow = [dec.decode(None, raw), dec.decode(None, raw + b"\n"), dec.decode(None, raw)]
+    assert len(calls) == 1
+    assert slow[0] == slow[1] == slow[2] == DebeziumDecoder().decode(None, compact)

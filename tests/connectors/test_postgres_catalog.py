@@ -3,7 +3,9 @@ the mirrored DDL built from them."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -161,3 +163,37 @@ def test_mirror_ddl_carries_the_selected_columns(target_engine: sa.Engine, schem
         mirror_ddl(target_engine, src, tgt, TableMapping(partition_by=PartitionBy(column="note")))
     with pytest.raises(ApplyError, match="does not exist"):
         mirror_ddl(target_engine, (schema, "missing"), tgt, TableMapping())
+
+
+def test_a_missing_target_table_is_not_looked_up_for_every_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without --create-missing, each event of a topic whose target table is missing used to
+    read the catalog before its dead letter; the answer now holds for MISSING_RECHECK_S, and a
+    table created meanwhile is used once it has passed."""
+    from types import SimpleNamespace
+
+    from cdc_reconciler.stream import tables
+
+    made = TargetTable("public", "t", ("id",), ("id",), ("integer",))
+    lookups: list[str] = []
+    exists = [False]
+
+    def reflect(_engine: Any, schema: str, name: str, *_a: Any, **_k: Any) -> Any:
+        lookups.append(f"{schema}.{name}")
+        return made if exists[0] else None
+
+    clock = [100.0]
+    monkeypatch.setattr(tables, "reflect_table", reflect)
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])  # the module tables.py reads
+    resolver = TableResolver(sa.create_engine("postgresql+psycopg2://nobody@127.0.0.1:1/none"), {})
+    event = cast(Any, SimpleNamespace(source_schema="public", source_table="t"))
+    for _ in range(3):
+        with pytest.raises(ApplyError) as info:
+            resolver.route("cdc.public.t", event)
+        assert info.value.kind == "no_target_table"
+    assert lookups == ["public.t"]  # one catalog read for three events
+    exists[0] = True
+    clock[0] += tables.MISSING_RECHECK_S
+    assert resolver.route("cdc.public.t", event).table is made
+    assert lookups == ["public.t", "public.t"]

@@ -216,6 +216,46 @@ def test_a_target_column_altered_while_running_takes_the_new_type(
         engine.dispose()
 
 
+def test_a_failed_commit_does_not_leave_staging_believed_made(
+    target_engine: sa.Engine, table: TargetTable
+) -> None:
+    """SQLAlchemy's "commit" event fires before COMMIT is sent. A COMMIT that fails (here a
+    deferred trigger raising a serialization failure once, as serializable isolation or a
+    deferred constraint can) rolls back the staging table's CREATE; the next batch on the same
+    connection must make it again, not fail on a missing relation until the watchdog."""
+    name = table.qualified.split(".")[1]
+    fn, seq = f"{name}_fail_once", f"{name}_tries"
+    with target_engine.begin() as conn:
+        conn.execute(sa.text(f"create sequence public.{seq}"))
+        conn.execute(
+            sa.text(
+                f"create function public.{fn}() returns trigger language plpgsql as $$ begin "
+                f"if nextval('public.{seq}') = 1 then raise exception 'fail at commit once' "
+                "using errcode = '40001'; end if; return null; end $$"
+            )
+        )
+        conn.execute(
+            sa.text(
+                f"create constraint trigger {fn} after insert or update on {table.qualified} "
+                f"deferrable initially deferred for each row execute function public.{fn}()"
+            )
+        )
+    engine = sa.create_engine(target_engine.url, pool_size=1, max_overflow=0)
+    try:
+        with pytest.raises(sa.exc.DBAPIError) as info:
+            write(engine, table, row(1, "a", 10))  # staging made in this transaction
+        assert getattr(info.value.orig, "pgcode", None) == "40001"
+        assert write(engine, table, row(1, "a", 10)).applied == 1  # same connection
+        assert write(engine, table, row(2, "b", 10)).applied == 1
+        assert state(engine, table) == {1: ("a", 10), 2: ("b", 10)}
+    finally:
+        engine.dispose()
+        with target_engine.begin() as conn:
+            conn.execute(sa.text(f"drop trigger if exists {fn} on {table.qualified}"))
+            conn.execute(sa.text(f"drop function if exists public.{fn}()"))
+            conn.execute(sa.text(f"drop sequence if exists public.{seq}"))
+
+
 def test_staging_is_made_once_per_connection_and_again_after_a_rollback(
     target_engine: sa.Engine, table: TargetTable
 ) -> None:

@@ -91,3 +91,17 @@ def test_any_other_failure_becomes_a_cdcr_error_naming_the_callback() -> None:
         runner._guarded("revoke", broken)(cast(Consumer, object()), PARTS)
     assert str(info.value) == "rebalance (revoke) failed: ValueError: bad state"
     assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_a_stop_while_preparing_during_a_target_outage_is_a_stop_not_a_failure() -> None:
+    """engine.prepare() resolves tables in the target and, stopped while waiting out an outage,
+    raises Interrupted: the loop ends as stopped by a signal (the batch in flight is finished on
+    the way out), never as a failure of the command."""
+
+    class _Preparing(_Engine):
+        def prepare(self, records: Any) -> Any:
+            raise Interrupted("stopped while the target is unavailable")
+
+    runner = _runner(_Preparing())
+    assert runner._hand_over([]) is False
+    assert runner._summary.stopped_by == "signal"
